@@ -1,0 +1,216 @@
+//! `codex.repo.yaml`: the orchestration contract, read from the repository at the branch tip.
+//!
+//! Unknown keys are errors, so a typo never silently falls back to a default.
+
+use serde::Deserialize;
+
+use super::yaml::{self, locate};
+use super::{Violation, Violations};
+
+/// Where the contract lives in the repository.
+pub const CONFIG_PATH: &str = "codex.repo.yaml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    repo: RepoFile,
+    #[serde(default)]
+    codex: CodexFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepoFile {
+    purpose: String,
+    strategy: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodexFile {
+    deploy_trigger_path: Option<String>,
+    deploy_output_path: Option<String>,
+    processed_path: Option<String>,
+    mainline_branch: Option<String>,
+    enforce_merge_before_execution: Option<bool>,
+    cleanup_after_success: Option<bool>,
+}
+
+/// The only execution strategy this runner implements.
+pub const STRATEGY: &str = "git-merge-execution";
+
+/// The validated contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoConfig {
+    /// `repo.purpose`: a label, e.g. `infrastructure-orchestration`.
+    pub purpose: String,
+    /// Inbox directory with a trailing slash (`requests/`).
+    pub trigger_path: String,
+    /// Outbox directory for logs and status files (`logs/`).
+    pub output_path: String,
+    /// Where finished requests move (`processed/`).
+    pub processed_path: String,
+    /// The branch whose tip is the authority (`main`).
+    pub mainline_branch: String,
+    /// Only run what is on the mainline branch.
+    pub enforce_merge: bool,
+    /// Move a succeeded request out of the inbox (failed ones always move).
+    pub cleanup_after_success: bool,
+}
+
+impl Default for RepoConfig {
+    fn default() -> Self {
+        RepoConfig {
+            purpose: "infrastructure-orchestration".into(),
+            trigger_path: "requests/".into(),
+            output_path: "logs/".into(),
+            processed_path: "processed/".into(),
+            mainline_branch: "main".into(),
+            enforce_merge: true,
+            cleanup_after_success: true,
+        }
+    }
+}
+
+impl RepoConfig {
+    /// Parse and check `codex.repo.yaml`.
+    pub fn parse(bytes: &[u8]) -> Result<Self, Violations> {
+        let file = CONFIG_PATH;
+        let text = yaml::text(file, bytes)?;
+        let raw: ConfigFile = yaml::parse(file, text)?;
+        let at = |a: &str, b: &str| locate(text, &[a.into(), b.into()], false);
+        let mut errors = Vec::new();
+        let d = RepoConfig::default();
+
+        let purpose_ok = !raw.repo.purpose.is_empty()
+            && raw.repo.purpose.len() <= 64
+            && raw.repo.purpose.starts_with(|c: char| c.is_ascii_lowercase())
+            && raw.repo.purpose.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !purpose_ok {
+            errors.push(
+                Violation::new(file, "invalid-value", format!("repo.purpose `{}` is not a lowercase label", raw.repo.purpose))
+                    .at(at("repo", "purpose"))
+                    .hint("e.g. `purpose: infrastructure-orchestration`"),
+            );
+        }
+        if raw.repo.strategy != STRATEGY {
+            errors.push(
+                Violation::new(file, "unsupported-strategy", format!("repo.strategy `{}` is not supported", raw.repo.strategy))
+                    .at(at("repo", "strategy"))
+                    .hint(format!("codex-runner implements `{STRATEGY}`")),
+            );
+        }
+        let mut dir = |key: &str, value: Option<String>, default: &str| -> String {
+            let v = value.unwrap_or_else(|| default.to_string());
+            let name = v.strip_suffix('/').unwrap_or(&v);
+            let ok = !name.is_empty()
+                && !name.starts_with('.')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if ok {
+                format!("{name}/")
+            } else {
+                errors.push(
+                    Violation::new(file, "invalid-path", format!("codex.{key} `{v}` must name one top-level directory"))
+                        .at(at("codex", key))
+                        .hint(format!("e.g. `{key}: {default}`")),
+                );
+                default.to_string()
+            }
+        };
+        let trigger_path = dir("deploy_trigger_path", raw.codex.deploy_trigger_path, &d.trigger_path);
+        let output_path = dir("deploy_output_path", raw.codex.deploy_output_path, &d.output_path);
+        let processed_path = dir("processed_path", raw.codex.processed_path, &d.processed_path);
+        let reserved = ["handlers/", "containers/", ".git/"];
+        let dirs = [("deploy_trigger_path", &trigger_path), ("deploy_output_path", &output_path), ("processed_path", &processed_path)];
+        for (i, (key, value)) in dirs.iter().enumerate() {
+            let clash = dirs[..i].iter().any(|(_, other)| other == value) || reserved.contains(&value.as_str());
+            if clash {
+                errors.push(
+                    Violation::new(file, "path-clash", format!("codex.{key} `{value}` is used for something else"))
+                        .at(at("codex", key))
+                        .hint("inbox, outbox and processed must be three different directories outside handlers/ and containers/"),
+                );
+            }
+        }
+        let mainline_branch = raw.codex.mainline_branch.unwrap_or(d.mainline_branch);
+        if !valid_branch(&mainline_branch) {
+            errors.push(
+                Violation::new(file, "invalid-branch", format!("codex.mainline_branch `{mainline_branch}` is not a valid branch name"))
+                    .at(at("codex", "mainline_branch")),
+            );
+        }
+        if !errors.is_empty() {
+            return Err(Violations(errors));
+        }
+        Ok(RepoConfig {
+            purpose: raw.repo.purpose,
+            trigger_path,
+            output_path,
+            processed_path,
+            mainline_branch,
+            enforce_merge: raw.codex.enforce_merge_before_execution.unwrap_or(d.enforce_merge),
+            cleanup_after_success: raw.codex.cleanup_after_success.unwrap_or(d.cleanup_after_success),
+        })
+    }
+}
+
+/// A conservative subset of git's branch-name rules.
+pub fn valid_branch(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with(['-', '/', '.'])
+        && !name.ends_with(['/', '.'])
+        && !name.ends_with(".lock")
+        && !name.contains("..")
+        && !name.contains("//")
+        && !name.contains("@{")
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const START: &str = "repo:\n  purpose: infrastructure-orchestration\n  strategy: git-merge-execution\ncodex:\n  deploy_trigger_path: requests/\n  deploy_output_path: logs/\n  mainline_branch: main\n  enforce_merge_before_execution: true\n  cleanup_after_success: true\n";
+
+    #[test]
+    fn starting_shape_parses() {
+        assert_eq!(RepoConfig::parse(START.as_bytes()).unwrap(), RepoConfig::default());
+    }
+
+    #[test]
+    fn values_take_effect() {
+        let text = "repo:\n  purpose: ops\n  strategy: git-merge-execution\ncodex:\n  deploy_trigger_path: inbox\n  deploy_output_path: out/\n  mainline_branch: trunk\n  cleanup_after_success: false\n";
+        let c = RepoConfig::parse(text.as_bytes()).unwrap();
+        assert_eq!((c.trigger_path.as_str(), c.output_path.as_str()), ("inbox/", "out/"));
+        assert_eq!(c.mainline_branch, "trunk");
+        assert!(!c.cleanup_after_success);
+        assert!(c.enforce_merge);
+    }
+
+    #[test]
+    fn each_field_broken_is_named() {
+        let cases = [
+            (START.replace("purpose: infrastructure-orchestration", "purpose: Infra Stuff"), "invalid-value", 2),
+            (START.replace("strategy: git-merge-execution", "strategy: yolo"), "unsupported-strategy", 3),
+            (START.replace("deploy_trigger_path: requests/", "deploy_trigger_path: ../etc"), "invalid-path", 5),
+            (START.replace("deploy_output_path: logs/", "deploy_output_path: requests/"), "path-clash", 6),
+            (START.replace("mainline_branch: main", "mainline_branch: ma..in"), "invalid-branch", 7),
+            (START.replace("enforce_merge_before_execution: true", "enforce_merge_before_execution: maybe"), "yaml-syntax", 8),
+            (START.replace("cleanup_after_success", "cleanup_after_sucess"), "unknown-field", 9),
+        ];
+        for (text, rule, line) in cases {
+            let err = RepoConfig::parse(text.as_bytes()).unwrap_err();
+            assert_eq!((err.0[0].rule, err.0[0].line), (rule, Some(line)), "{err}");
+        }
+    }
+
+    #[test]
+    fn branch_names() {
+        assert!(valid_branch("main"));
+        assert!(valid_branch("release/1.2"));
+        assert!(!valid_branch("-x"));
+        assert!(!valid_branch("a..b"));
+        assert!(!valid_branch("a.lock"));
+    }
+}

@@ -1,0 +1,257 @@
+//! YAML loading with hard limits, and positions for JSON-pointer paths.
+//!
+//! serde-saphyr enforces the budget (nesting, alias replay, node count) and rejects duplicate
+//! keys; this module adds the file-level rules (size, UTF-8, BOM) and maps a JSON pointer back
+//! to the line and column it came from, so schema errors can point into the file.
+
+use granit_parser::{Event, Parser};
+use serde::de::DeserializeOwned;
+
+use super::Violation;
+
+/// Largest request or contract file accepted.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+/// Deepest nesting accepted.
+pub const MAX_DEPTH: usize = 32;
+
+fn options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_DEPTH,
+            max_documents: 1,
+            max_nodes: 100_000,
+            max_aliases: 64,
+            max_anchors: 64,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: 10_000,
+            max_replay_stack_depth: 8,
+            max_alias_expansions_per_anchor: 64,
+        },
+    }
+}
+
+/// Check the raw bytes of a file and return its text.
+pub fn text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, Violation> {
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(Violation::new(
+            file,
+            "too-large",
+            format!(
+                "file is {} bytes, more than the {} allowed",
+                bytes.len(),
+                MAX_FILE_BYTES
+            ),
+        )
+        .hint("keep requests small; put bulky data behind a reference the handler fetches"));
+    }
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        return Err(Violation::new(file, "bom", "file starts with a UTF-8 byte-order mark")
+            .at(Some((1, 1)))
+            .hint("save the file as UTF-8 without BOM"));
+    }
+    std::str::from_utf8(bytes).map_err(|e| {
+        let good = &bytes[..e.valid_up_to()];
+        let line = good.iter().filter(|b| **b == b'\n').count() + 1;
+        let col = good.len() - good.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1) + 1;
+        Violation::new(
+            file,
+            "not-utf8",
+            format!("byte {} is not valid UTF-8", e.valid_up_to()),
+        )
+        .at(Some((line, col)))
+        .hint("requests must be UTF-8 text")
+    })
+}
+
+/// Parse YAML text into `T` under the budget; errors carry the position serde-saphyr knows.
+pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Violation> {
+    serde_saphyr::from_str_with_options::<T>(text, options()).map_err(|e| {
+        let pos = e.location().and_then(|l| {
+            let (line, col) = (l.line() as usize, l.column() as usize);
+            (line > 0).then_some((line, col.max(1)))
+        });
+        let message = first_line(&e.to_string());
+        let (rule, hint) = classify(&message);
+        let v = Violation::new(file, rule, message).at(pos);
+        match hint {
+            Some(h) => v.hint(h),
+            None => v,
+        }
+    })
+}
+
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or("invalid YAML").trim();
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    if let Some(c) = chars.next() {
+        out.extend(c.to_lowercase());
+    }
+    out.extend(chars);
+    out
+}
+
+fn classify(message: &str) -> (&'static str, Option<&'static str>) {
+    let m = message.to_ascii_lowercase();
+    if m.contains("duplicate") {
+        ("duplicate-key", Some("each key may appear once in a mapping"))
+    } else if m.contains("alias") || m.contains("anchor") {
+        ("alias-limit", Some("avoid YAML anchors and aliases in requests; write values out"))
+    } else if m.contains("depth") || m.contains("budget") || m.contains("nodes") {
+        ("too-complex", Some("nesting is limited to 32 levels; flatten the structure"))
+    } else if m.contains("multiple documents") || m.contains("document") {
+        ("multiple-documents", Some("a request file holds exactly one YAML document"))
+    } else if m.contains("unknown field") {
+        ("unknown-field", None)
+    } else {
+        ("yaml-syntax", Some("check indentation and quoting near the position shown"))
+    }
+}
+
+/// One step of a JSON pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A mapping key.
+    Key(String),
+    /// A sequence index.
+    Index(usize),
+}
+
+/// Split a JSON pointer (`/params/hosts/0`) into steps.
+pub fn pointer_steps(pointer: &str) -> Vec<String> {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect()
+}
+
+enum Frame {
+    Map { key: Option<String> },
+    Seq { index: usize },
+}
+
+/// Position (1-based line, column) of the node at `path`; with `key`, of the mapping key itself.
+///
+/// Only called on YAML that already parsed within budget, so walking its events is bounded.
+pub fn locate(text: &str, path: &[String], key: bool) -> Option<(usize, usize)> {
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut best: Option<(usize, usize)> = None;
+    let mut best_len = 0usize;
+    for item in Parser::new_from_str(text) {
+        let (event, span) = item.ok()?;
+        let pos = (span.start.line(), span.start.col() + 1);
+        let is_node = matches!(
+            event,
+            Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..) | Event::Alias(..)
+        );
+        if is_node {
+            // A scalar in key position of a mapping names the next value.
+            if let (Event::Scalar(s, ..), Some(Frame::Map { key: k @ None })) =
+                (&event, stack.last_mut())
+            {
+                *k = Some(s.to_string());
+                let cur = current_path(&stack);
+                if key && cur.as_slice() == path {
+                    return Some(pos);
+                }
+                if prefix_len(&cur, path) > best_len {
+                    best_len = prefix_len(&cur, path);
+                    best = Some(pos);
+                }
+                continue;
+            }
+            let cur = current_path(&stack);
+            if !key && cur.as_slice() == path {
+                return Some(pos);
+            }
+            if prefix_len(&cur, path) >= best_len && best.is_none() {
+                best = Some(pos);
+            }
+        }
+        match event {
+            Event::MappingStart(..) => stack.push(Frame::Map { key: None }),
+            Event::SequenceStart(..) => stack.push(Frame::Seq { index: 0 }),
+            Event::MappingEnd | Event::SequenceEnd => {
+                stack.pop();
+                advance(&mut stack);
+            }
+            Event::Scalar(..) | Event::Alias(..) => advance(&mut stack),
+            _ => {}
+        }
+    }
+    best
+}
+
+fn advance(stack: &mut [Frame]) {
+    match stack.last_mut() {
+        Some(Frame::Map { key }) => *key = None,
+        Some(Frame::Seq { index }) => *index += 1,
+        None => {}
+    }
+}
+
+fn current_path(stack: &[Frame]) -> Vec<String> {
+    let mut out = Vec::with_capacity(stack.len());
+    for f in stack {
+        match f {
+            Frame::Map { key: Some(k) } => out.push(k.clone()),
+            Frame::Map { key: None } => break,
+            Frame::Seq { index } => out.push(index.to_string()),
+        }
+    }
+    out
+}
+
+fn prefix_len(a: &[String], b: &[String]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "kind: deploy\nparams:\n  service: web\n  hosts:\n    - a\n    - b\n";
+
+    #[test]
+    fn locates_values_and_keys() {
+        let p = |s: &str| pointer_steps(s);
+        assert_eq!(locate(DOC, &p("/kind"), false), Some((1, 7)));
+        assert_eq!(locate(DOC, &p("/kind"), true), Some((1, 1)));
+        assert_eq!(locate(DOC, &p("/params/service"), false), Some((3, 12)));
+        assert_eq!(locate(DOC, &p("/params/hosts/1"), false), Some((6, 7)));
+        assert_eq!(locate(DOC, &p("/params/service"), true), Some((3, 3)));
+    }
+
+    #[test]
+    fn rejects_bom_non_utf8_and_size() {
+        assert_eq!(text("f", b"\xEF\xBB\xBFkind: x").unwrap_err().rule, "bom");
+        let v = text("f", b"kind: x\nparams: \xff\n").unwrap_err();
+        assert_eq!((v.rule, v.line, v.column), ("not-utf8", Some(2), Some(9)));
+        let big = vec![b'a'; MAX_FILE_BYTES + 1];
+        assert_eq!(text("f", &big).unwrap_err().rule, "too-large");
+    }
+
+    #[test]
+    fn rejects_duplicates_aliases_and_depth() {
+        let dup = parse::<serde_json::Value>("f", "kind: a\nkind: b\n").unwrap_err();
+        assert_eq!(dup.rule, "duplicate-key", "{dup}");
+        assert_eq!(dup.line, Some(2));
+
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let prev = (b'a' + (i - 1) as u8) as char;
+            let cur = (b'a' + i as u8) as char;
+            bomb.push_str(&format!(
+                "{cur}: &{cur} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+            ));
+        }
+        let err = parse::<serde_json::Value>("f", &bomb).unwrap_err();
+        assert_eq!(err.rule, "alias-limit", "{err}");
+
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        let err = parse::<serde_json::Value>("f", &deep).unwrap_err();
+        assert_eq!(err.rule, "too-complex", "{err}");
+    }
+}
