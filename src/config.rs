@@ -1,0 +1,180 @@
+//! The host's runner config (TOML). It adds only what the repository must not decide:
+//! the runner's name, its directories, commit identity and the ceilings on container limits.
+//! `codex-runner register` will write it; today `dispatch --config` reads it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::contract::units::{parse_duration, parse_size};
+
+/// Ceilings a handler entry may not exceed on this host, and run-wide settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostLimits {
+    /// Largest memory limit a handler may ask for.
+    pub max_memory: u64,
+    /// Largest process limit.
+    pub max_pids: i64,
+    /// Most CPUs.
+    pub max_cpus: f64,
+    /// Largest `/tmp`.
+    pub max_tmpfs: u64,
+    /// Longest timeout.
+    pub max_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL when a handler is stopped.
+    pub grace: Duration,
+    /// Output kept per request; the rest is cut with a marker.
+    pub output_cap: u64,
+    /// Handlers may use `network: host`.
+    pub allow_network_host: bool,
+    /// Handlers may run as uid 0.
+    pub allow_root: bool,
+    /// Handlers may have a writable root filesystem.
+    pub allow_writable_root: bool,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        HostLimits {
+            max_memory: 4 << 30,
+            max_pids: 4096,
+            max_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+            max_tmpfs: 1 << 30,
+            max_timeout: Duration::from_secs(6 * 3600),
+            grace: Duration::from_secs(10),
+            output_cap: 8 << 20,
+            allow_network_host: false,
+            allow_root: false,
+            allow_writable_root: false,
+        }
+    }
+}
+
+/// The whole host config.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostConfig {
+    /// Runner name (default: the host name).
+    pub name: Option<String>,
+    /// State directory (journal, locks, run logs).
+    pub state_dir: Option<PathBuf>,
+    /// Work directory (git mirror, checkouts).
+    pub work_dir: Option<PathBuf>,
+    /// Concurrent requests on different resources.
+    pub concurrency: Option<usize>,
+    /// Commit author name.
+    pub author_name: Option<String>,
+    /// Commit author email.
+    pub author_email: Option<String>,
+    /// Container ceilings.
+    pub limits: HostLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    runner: RunnerFile,
+    #[serde(default)]
+    git: GitFile,
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunnerFile {
+    /// Runner name, recorded in every status file.
+    name: Option<String>,
+    /// State directory.
+    state_dir: Option<PathBuf>,
+    /// Work directory.
+    work_dir: Option<PathBuf>,
+    /// Concurrency.
+    concurrency: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GitFile {
+    /// Author and committer name of the runner's commits.
+    author_name: Option<String>,
+    /// Author and committer email.
+    author_email: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_memory: Option<String>,
+    max_pids: Option<i64>,
+    max_cpus: Option<f64>,
+    max_tmpfs: Option<String>,
+    max_timeout: Option<String>,
+    grace: Option<String>,
+    output_cap: Option<String>,
+    allow_network_host: Option<bool>,
+    allow_root: Option<bool>,
+    allow_writable_root: Option<bool>,
+}
+
+impl HostConfig {
+    /// Read and check the TOML file at `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read host config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("failed to load host config {}", path.display()))
+    }
+
+    /// Parse TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let f: File = toml::from_str(text).context("invalid TOML")?;
+        let d = HostLimits::default();
+        let size = |key: &str, v: Option<String>, default: u64| -> anyhow::Result<u64> {
+            v.map_or(Ok(default), |s| parse_size(&s).map_err(anyhow::Error::msg))
+                .with_context(|| format!("limits.{key}"))
+        };
+        let dur = |key: &str, v: Option<String>, default: Duration| -> anyhow::Result<Duration> {
+            v.map_or(Ok(default), |s| parse_duration(&s).map_err(anyhow::Error::msg))
+                .with_context(|| format!("limits.{key}"))
+        };
+        let l = f.limits;
+        Ok(HostConfig {
+            name: f.runner.name,
+            state_dir: f.runner.state_dir,
+            work_dir: f.runner.work_dir,
+            concurrency: f.runner.concurrency,
+            author_name: f.git.author_name,
+            author_email: f.git.author_email,
+            limits: HostLimits {
+                max_memory: size("max_memory", l.max_memory, d.max_memory)?,
+                max_pids: l.max_pids.unwrap_or(d.max_pids),
+                max_cpus: l.max_cpus.unwrap_or(d.max_cpus),
+                max_tmpfs: size("max_tmpfs", l.max_tmpfs, d.max_tmpfs)?,
+                max_timeout: dur("max_timeout", l.max_timeout, d.max_timeout)?,
+                grace: dur("grace", l.grace, d.grace)?,
+                output_cap: size("output_cap", l.output_cap, d.output_cap)?,
+                allow_network_host: l.allow_network_host.unwrap_or(d.allow_network_host),
+                allow_root: l.allow_root.unwrap_or(d.allow_root),
+                allow_writable_root: l.allow_writable_root.unwrap_or(d.allow_writable_root),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_unknown_keys() {
+        let c = HostConfig::parse("[runner]\nname = \"h1\"\n[limits]\noutput_cap = \"1MiB\"\nallow_network_host = true\n").unwrap();
+        assert_eq!(c.name.as_deref(), Some("h1"));
+        assert_eq!(c.limits.output_cap, 1 << 20);
+        assert!(c.limits.allow_network_host);
+        assert!(HostConfig::parse("[runner]\nnmae = \"x\"\n").is_err());
+        let err = HostConfig::parse("[limits]\ngrace = \"soon\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("limits.grace"), "{err:#}");
+    }
+}

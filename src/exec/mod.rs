@@ -1,0 +1,471 @@
+//! The ONLY place that talks to Docker (through bollard).
+//!
+//! The engine describes a run as a [`ContainerSpec`] (plain data, built by the pure
+//! [`spec`] module) and gets back a [`RunOutcome`]; output reaches it line by line as the
+//! container writes. Every container created here is removed before `run` returns.
+
+pub mod spec;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, BuildImageOptionsBuilder, CreateContainerOptionsBuilder,
+    CreateImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+pub use spec::{ContainerSpec, Mount};
+
+/// Label every container of ours carries.
+pub const LABEL_MANAGED: &str = "io.codex-runner.managed";
+/// Label naming the runner that created the container.
+pub const LABEL_RUNNER: &str = "io.codex-runner.runner";
+/// Label naming the request.
+pub const LABEL_REQUEST: &str = "io.codex-runner.request";
+
+/// Which stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    /// The name written to the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Output as it arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputEvent {
+    /// One line (without its newline); very long lines arrive in pieces.
+    Line(Stream, String),
+    /// The cap was reached; later output is dropped.
+    Truncated {
+        /// The cap in bytes.
+        cap: u64,
+    },
+}
+
+/// How a container run ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// Exit code, when the process exited.
+    pub exit_code: Option<i64>,
+    /// The kernel's OOM killer ended it.
+    pub oom_killed: bool,
+    /// The timeout fired and the container was stopped.
+    pub timed_out: bool,
+    /// Bytes of output seen (including dropped ones).
+    pub output_bytes: u64,
+    /// Output passed the cap.
+    pub truncated: bool,
+}
+
+/// Failures of the executor, split by what the caller does about them.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The image can be neither found nor pulled nor built: the request is rejected.
+    #[error("image unavailable: {0}")]
+    ImageUnavailable(String),
+    /// The engine failed: infrastructure, the request is retried in a later pass.
+    #[error(transparent)]
+    Engine(#[from] anyhow::Error),
+}
+
+/// Longest line kept in one piece.
+const MAX_LINE: usize = 64 * 1024;
+
+/// A connection to the Docker engine.
+#[derive(Clone)]
+pub struct DockerExecutor {
+    docker: Docker,
+}
+
+impl DockerExecutor {
+    /// Connect through `DOCKER_HOST` or the local socket and agree on an API version.
+    pub async fn connect() -> anyhow::Result<Self> {
+        let docker = Docker::connect_with_local_defaults().context("failed to find the docker socket")?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .context("failed to reach the docker engine (is dockerd running?)")?;
+        Ok(DockerExecutor { docker })
+    }
+
+    /// The engine's version string.
+    pub async fn version(&self) -> anyhow::Result<String> {
+        let v = self.docker.version().await.context("failed to ask the docker engine its version")?;
+        Ok(format!("{} (API {})", v.version.unwrap_or_default(), v.api_version.unwrap_or_default()))
+    }
+
+    /// Make sure `reference` is present locally, pulling it if not.
+    pub async fn ensure_image(&self, reference: &str) -> Result<(), ExecError> {
+        if self.docker.inspect_image(reference).await.is_ok() {
+            return Ok(());
+        }
+        let opts = CreateImageOptionsBuilder::default().from_image(reference).build();
+        let pull = async {
+            let mut stream = self.docker.create_image(Some(opts), None, None);
+            while let Some(item) = stream.next().await {
+                let info = item.map_err(|e| e.to_string())?;
+                if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                    return Err(err);
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(300), pull).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ExecError::ImageUnavailable(format!(
+                "`{reference}` is not on this host and could not be pulled: {e}"
+            ))),
+            Err(_) => Err(ExecError::ImageUnavailable(format!(
+                "`{reference}` is not on this host and pulling it took over 300s"
+            ))),
+        }
+    }
+
+    /// Build `tag` from the directory `context` unless an image with that tag exists.
+    pub async fn ensure_built(&self, tag: &str, context: &Path) -> Result<(), ExecError> {
+        if self.docker.inspect_image(tag).await.is_ok() {
+            return Ok(());
+        }
+        let context = context.to_path_buf();
+        let tar = tokio::task::spawn_blocking(move || tar_dir(&context))
+            .await
+            .context("failed to join the tar task")??;
+        let opts = BuildImageOptionsBuilder::default()
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .pull("false")
+            .build();
+        let mut stream = self
+            .docker
+            .build_image(opts, None, Some(bollard::body_full(tar.into())));
+        let mut last = String::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| ExecError::ImageUnavailable(format!("building `{tag}` failed: {e}")))?;
+            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                return Err(ExecError::ImageUnavailable(format!("building `{tag}` failed: {err}")));
+            }
+            if let Some(s) = info.stream {
+                if !s.trim().is_empty() {
+                    last = s.trim().to_string();
+                }
+            }
+        }
+        tracing::info!(image = tag, last = %last, "built image");
+        Ok(())
+    }
+
+    /// Run one container to the end, streaming its output to `on_output`.
+    ///
+    /// The container is removed before this returns, whatever happened.
+    pub async fn run(
+        &self,
+        spec: &ContainerSpec,
+        on_output: impl FnMut(OutputEvent) + Send,
+    ) -> Result<RunOutcome, ExecError> {
+        // A container of the same name is a leftover of ours from a dead run: remove it.
+        self.remove(&spec.name).await;
+        let result = self.run_inner(spec, on_output).await;
+        self.remove(&spec.name).await;
+        result
+    }
+
+    async fn remove(&self, name: &str) {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match self.docker.remove_container(name, Some(opts)).await {
+            Ok(()) => tracing::debug!(container = name, "removed container"),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(e) => tracing::warn!(container = name, error = %e, "failed to remove container"),
+        }
+    }
+
+    async fn run_inner(
+        &self,
+        spec: &ContainerSpec,
+        mut on_output: impl FnMut(OutputEvent) + Send,
+    ) -> Result<RunOutcome, ExecError> {
+        let create = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        self.docker
+            .create_container(Some(create), body(spec))
+            .await
+            .with_context(|| format!("failed to create container {}", spec.name))?;
+        let attach = AttachContainerOptionsBuilder::default()
+            .stream(true)
+            .stdout(true)
+            .stderr(true)
+            .logs(true)
+            .build();
+        let mut output = self
+            .docker
+            .attach_container(&spec.name, Some(attach))
+            .await
+            .with_context(|| format!("failed to attach to container {}", spec.name))?
+            .output;
+        self.docker
+            .start_container(&spec.name, None)
+            .await
+            .with_context(|| format!("failed to start container {}", spec.name))?;
+
+        let mut lines = LineSplitter::new(spec.output_cap);
+        let mut outcome = RunOutcome::default();
+        let deadline = tokio::time::sleep(spec.timeout);
+        tokio::pin!(deadline);
+        let mut stopper: Option<tokio::task::JoinHandle<()>> = None;
+        loop {
+            tokio::select! {
+                item = output.next() => match item {
+                    Some(Ok(chunk)) => {
+                        let (stream, bytes) = match chunk {
+                            bollard::container::LogOutput::StdErr { message } => (Stream::Stderr, message),
+                            bollard::container::LogOutput::StdOut { message }
+                            | bollard::container::LogOutput::Console { message } => (Stream::Stdout, message),
+                            bollard::container::LogOutput::StdIn { .. } => continue,
+                        };
+                        lines.push(stream, &bytes, &mut on_output);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(container = %spec.name, error = %e, "output stream broke");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = &mut deadline, if stopper.is_none() => {
+                    outcome.timed_out = true;
+                    let docker = self.docker.clone();
+                    let name = spec.name.clone();
+                    let grace = spec.grace.as_secs().min(i32::MAX as u64) as i32;
+                    stopper = Some(tokio::spawn(async move {
+                        let opts = StopContainerOptionsBuilder::default().t(grace).build();
+                        if let Err(e) = docker.stop_container(&name, Some(opts)).await {
+                            tracing::warn!(container = %name, error = %e, "failed to stop container");
+                        }
+                    }));
+                }
+            }
+        }
+        lines.finish(&mut on_output);
+        outcome.output_bytes = lines.seen;
+        outcome.truncated = lines.truncated;
+
+        // Output closed: the process is gone or closed its streams; wait for the exit within
+        // what is left of the timeout, then stop it the hard way.
+        let wait = async {
+            let mut w = self.docker.wait_container(&spec.name, None);
+            let _ = w.next().await;
+        };
+        let remaining = if outcome.timed_out { spec.grace + Duration::from_secs(5) } else { spec.timeout };
+        if tokio::time::timeout(remaining, wait).await.is_err() && stopper.is_none() {
+            outcome.timed_out = true;
+            let opts = StopContainerOptionsBuilder::default().t(spec.grace.as_secs() as i32).build();
+            let _ = self.docker.stop_container(&spec.name, Some(opts)).await;
+        }
+        if let Some(s) = stopper {
+            let _ = s.await;
+        }
+        let state = self
+            .docker
+            .inspect_container(&spec.name, None)
+            .await
+            .with_context(|| format!("failed to inspect container {}", spec.name))?
+            .state
+            .unwrap_or_default();
+        outcome.exit_code = state.exit_code;
+        outcome.oom_killed = state.oom_killed.unwrap_or(false);
+        Ok(outcome)
+    }
+
+    /// Names of the containers of ours that exist now (any state), optionally of one runner.
+    pub async fn managed_containers(&self, runner: Option<&str>) -> anyhow::Result<Vec<String>> {
+        let mut label = vec![format!("{LABEL_MANAGED}=true")];
+        if let Some(r) = runner {
+            label.push(format!("{LABEL_RUNNER}={r}"));
+        }
+        let filters: HashMap<String, Vec<String>> = HashMap::from([("label".to_string(), label)]);
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .context("failed to list containers")?;
+        Ok(list
+            .into_iter()
+            .flat_map(|c| c.names.unwrap_or_default())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .collect())
+    }
+}
+
+fn body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let binds = spec
+        .mounts
+        .iter()
+        .map(|m| {
+            format!(
+                "{}:{}:{}",
+                m.source.display(),
+                m.target,
+                if m.read_only { "ro" } else { "rw" }
+            )
+        })
+        .collect();
+    let tmpfs = HashMap::from([(
+        "/tmp".to_string(),
+        format!("rw,nosuid,nodev,size={},mode=1777", spec.tmpfs_bytes),
+    )]);
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(spec.cmd.clone()),
+        entrypoint: Some(vec![]),
+        env: Some(spec.env.clone()),
+        labels: Some(spec.labels.clone()),
+        user: Some(spec.user.clone()),
+        working_dir: Some(spec.working_dir.clone()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        host_config: Some(HostConfig {
+            binds: Some(binds),
+            network_mode: Some(spec.network.clone()),
+            readonly_rootfs: Some(spec.read_only_root),
+            tmpfs: Some(tmpfs),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            memory: Some(spec.memory as i64),
+            memory_swap: Some(spec.memory as i64),
+            pids_limit: Some(spec.pids),
+            nano_cpus: Some(spec.nano_cpus),
+            init: Some(true),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("none".into()),
+                config: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn tar_dir(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder
+        .append_dir_all(".", dir)
+        .with_context(|| format!("failed to pack the build context {}", dir.display()))?;
+    builder.into_inner().context("failed to finish the build context")
+}
+
+/// Splits chunks into lines per stream and enforces the output cap.
+struct LineSplitter {
+    cap: u64,
+    seen: u64,
+    kept: u64,
+    truncated: bool,
+    buffers: [Vec<u8>; 2],
+}
+
+impl LineSplitter {
+    fn new(cap: u64) -> Self {
+        LineSplitter { cap, seen: 0, kept: 0, truncated: false, buffers: [Vec::new(), Vec::new()] }
+    }
+
+    fn push(&mut self, stream: Stream, bytes: &[u8], out: &mut impl FnMut(OutputEvent)) {
+        self.seen += bytes.len() as u64;
+        if self.truncated {
+            return;
+        }
+        let room = self.cap.saturating_sub(self.kept);
+        let take = (bytes.len() as u64).min(room) as usize;
+        self.kept += take as u64;
+        let i = stream as usize;
+        self.buffers[i].extend_from_slice(&bytes[..take]);
+        while let Some(pos) = self.buffers[i].iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buffers[i].drain(..=pos).collect();
+            out(OutputEvent::Line(stream, String::from_utf8_lossy(&line[..pos]).into_owned()));
+        }
+        while self.buffers[i].len() >= MAX_LINE {
+            let piece: Vec<u8> = self.buffers[i].drain(..MAX_LINE).collect();
+            out(OutputEvent::Line(stream, String::from_utf8_lossy(&piece).into_owned()));
+        }
+        if take < bytes.len() {
+            self.flush(out);
+            self.truncated = true;
+            out(OutputEvent::Truncated { cap: self.cap });
+        }
+    }
+
+    fn flush(&mut self, out: &mut impl FnMut(OutputEvent)) {
+        for (i, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
+            if !self.buffers[i].is_empty() {
+                let rest = std::mem::take(&mut self.buffers[i]);
+                out(OutputEvent::Line(stream, String::from_utf8_lossy(&rest).into_owned()));
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut impl FnMut(OutputEvent)) {
+        if !self.truncated {
+            self.flush(out);
+        }
+    }
+}
+
+/// A host directory made readable for the container user.
+pub fn ensure_world_readable_dir(dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_lines_per_stream_and_caps() {
+        let mut got = Vec::new();
+        let mut s = LineSplitter::new(20);
+        s.push(Stream::Stdout, b"one\ntw", &mut |e| got.push(e));
+        s.push(Stream::Stderr, b"err\n", &mut |e| got.push(e));
+        s.push(Stream::Stdout, b"o\nthree and more text\n", &mut |e| got.push(e));
+        s.push(Stream::Stdout, b"dropped\n", &mut |e| got.push(e));
+        s.finish(&mut |e| got.push(e));
+        assert_eq!(
+            got,
+            vec![
+                OutputEvent::Line(Stream::Stdout, "one".into()),
+                OutputEvent::Line(Stream::Stderr, "err".into()),
+                OutputEvent::Line(Stream::Stdout, "two".into()),
+                OutputEvent::Line(Stream::Stdout, "three ".into()),
+                OutputEvent::Truncated { cap: 20 },
+            ]
+        );
+        assert_eq!(s.seen, 40);
+    }
+
+    #[test]
+    fn long_lines_come_in_pieces() {
+        let mut got = Vec::new();
+        let mut s = LineSplitter::new(1 << 20);
+        s.push(Stream::Stdout, &vec![b'x'; MAX_LINE + 10], &mut |e| got.push(e));
+        s.finish(&mut |e| got.push(e));
+        assert_eq!(got.len(), 2);
+    }
+}

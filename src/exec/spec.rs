@@ -1,0 +1,226 @@
+//! PURE. From a handler entry, the request and the host's ceilings to a [`ContainerSpec`].
+//!
+//! Hardened defaults come from the handler's [`Limits`]; anything beyond what the host config
+//! allows is refused here, before a container exists.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::HostLimits;
+use crate::contract::handlers::{HandlerSpec, Network};
+use crate::contract::units::format_duration;
+
+use super::{LABEL_MANAGED, LABEL_REQUEST, LABEL_RUNNER};
+
+/// A bind mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Host path.
+    pub source: PathBuf,
+    /// Path inside the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Everything the executor needs to start one container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// Container name (unique per runner, request and attempt).
+    pub name: String,
+    /// Image reference or built tag.
+    pub image: String,
+    /// Command; the handler script.
+    pub cmd: Vec<String>,
+    /// `KEY=value` pairs.
+    pub env: Vec<String>,
+    /// Labels that find the container again.
+    pub labels: HashMap<String, String>,
+    /// `uid:gid`.
+    pub user: String,
+    /// `none` or `host`.
+    pub network: String,
+    /// Read-only `/`.
+    pub read_only_root: bool,
+    /// Size of the `/tmp` tmpfs.
+    pub tmpfs_bytes: u64,
+    /// Memory limit (swap is not allowed on top).
+    pub memory: u64,
+    /// Process limit.
+    pub pids: i64,
+    /// CPU limit in billionths of a CPU.
+    pub nano_cpus: i64,
+    /// Bind mounts.
+    pub mounts: Vec<Mount>,
+    /// Working directory.
+    pub working_dir: String,
+    /// Time allowed before SIGTERM.
+    pub timeout: Duration,
+    /// Time between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// Output kept at most.
+    pub output_cap: u64,
+}
+
+/// What the engine knows about one run.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// The runner's name.
+    pub runner: String,
+    /// The request id.
+    pub request_id: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The commit that brought the request.
+    pub commit: String,
+    /// Image to run (resolved reference or built tag).
+    pub image: String,
+    /// Checkout of the repository at `commit`.
+    pub repo_dir: PathBuf,
+    /// The request as JSON on the host.
+    pub request_json: PathBuf,
+    /// Effective timeout.
+    pub timeout: Duration,
+}
+
+/// Where the repository appears inside the container.
+pub const REPO_MOUNT: &str = "/codex/repo";
+/// Where the request appears inside the container.
+pub const REQUEST_MOUNT: &str = "/codex/request.json";
+
+/// Build the container spec, or say which host limit the handler asks to exceed.
+pub fn container_spec(handler: &HandlerSpec, ctx: &RunContext, host: &HostLimits) -> Result<ContainerSpec, String> {
+    let l = &handler.limits;
+    let kind = &handler.kind;
+    let refuse = |what: String| Err(format!("handler `{kind}` asks for {what}, which this host's config does not allow"));
+    if l.memory > host.max_memory {
+        return refuse(format!("{} bytes of memory (host maximum {})", l.memory, host.max_memory));
+    }
+    if l.pids > host.max_pids {
+        return refuse(format!("{} processes (host maximum {})", l.pids, host.max_pids));
+    }
+    if l.cpus > host.max_cpus {
+        return refuse(format!("{} CPUs (host maximum {})", l.cpus, host.max_cpus));
+    }
+    if l.tmpfs > host.max_tmpfs {
+        return refuse(format!("a {} byte /tmp (host maximum {})", l.tmpfs, host.max_tmpfs));
+    }
+    if handler.network == Network::Host && !host.allow_network_host {
+        return refuse("the host network (set limits.allow_network_host)".into());
+    }
+    if !l.read_only_root && !host.allow_writable_root {
+        return refuse("a writable root filesystem (set limits.allow_writable_root)".into());
+    }
+    if l.user.split(':').next() == Some("0") && !host.allow_root {
+        return refuse("uid 0 (set limits.allow_root)".into());
+    }
+    if ctx.timeout > host.max_timeout {
+        return refuse(format!("a {} timeout (host maximum {})", format_duration(ctx.timeout), format_duration(host.max_timeout)));
+    }
+    let mut env: Vec<String> = handler.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.extend([
+        format!("CODEX_REQUEST_ID={}", ctx.request_id),
+        format!("CODEX_KIND={kind}"),
+        format!("CODEX_ATTEMPT={}", ctx.attempt),
+        format!("CODEX_COMMIT={}", ctx.commit),
+        format!("CODEX_REQUEST={REQUEST_MOUNT}"),
+        format!("CODEX_REPO={REPO_MOUNT}"),
+        "HOME=/tmp".to_string(),
+    ]);
+    let labels = HashMap::from([
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_RUNNER.to_string(), ctx.runner.clone()),
+        (LABEL_REQUEST.to_string(), ctx.request_id.clone()),
+        ("io.codex-runner.attempt".to_string(), ctx.attempt.to_string()),
+        ("io.codex-runner.commit".to_string(), ctx.commit.clone()),
+    ]);
+    Ok(ContainerSpec {
+        name: container_name(&ctx.runner, &ctx.request_id, ctx.attempt),
+        image: ctx.image.clone(),
+        cmd: vec![format!("{REPO_MOUNT}/{}", handler.run)],
+        env,
+        labels,
+        user: l.user.clone(),
+        network: handler.network.as_str().to_string(),
+        read_only_root: l.read_only_root,
+        tmpfs_bytes: l.tmpfs,
+        memory: l.memory,
+        pids: l.pids,
+        nano_cpus: (l.cpus * 1e9) as i64,
+        mounts: vec![
+            Mount { source: ctx.repo_dir.clone(), target: REPO_MOUNT.into(), read_only: true },
+            Mount { source: ctx.request_json.clone(), target: REQUEST_MOUNT.into(), read_only: true },
+        ],
+        working_dir: REPO_MOUNT.into(),
+        timeout: ctx.timeout,
+        grace: host.grace,
+        output_cap: host.output_cap,
+    })
+}
+
+/// A Docker-safe container name for a run.
+pub fn container_name(runner: &str, id: &str, attempt: u32) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+            .collect()
+    };
+    format!("codex-{}-{}-{attempt}", clean(runner), clean(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::handlers::HandlerIndex;
+
+    fn ctx() -> RunContext {
+        RunContext {
+            runner: "host 1".into(),
+            request_id: "r1".into(),
+            attempt: 1,
+            commit: "abc".into(),
+            image: "img".into(),
+            repo_dir: "/w/repo".into(),
+            request_json: "/w/r1.json".into(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn handler(extra: &str) -> HandlerSpec {
+        let text = format!("handlers:\n  echo:\n    run: handlers/echo.sh\n    image: img\n{extra}");
+        let mut idx = HandlerIndex::parse(text.as_bytes()).unwrap();
+        idx.handlers.remove("echo").unwrap()
+    }
+
+    #[test]
+    fn hardened_defaults() {
+        let s = container_spec(&handler(""), &ctx(), &HostLimits::default()).unwrap();
+        assert_eq!(s.name, "codex-host_1-r1-1");
+        assert_eq!(s.user, "65534:65534");
+        assert_eq!(s.network, "none");
+        assert!(s.read_only_root);
+        assert_eq!((s.memory, s.pids, s.nano_cpus), (512 << 20, 256, 1_000_000_000));
+        assert_eq!(s.cmd, ["/codex/repo/handlers/echo.sh"]);
+        assert!(s.env.contains(&"CODEX_ATTEMPT=1".to_string()));
+        assert_eq!(s.labels[LABEL_REQUEST], "r1");
+        assert_eq!(s.mounts[0].target, REPO_MOUNT);
+        assert!(s.mounts.iter().all(|m| m.read_only));
+    }
+
+    #[test]
+    fn host_ceilings_refuse() {
+        let host = HostLimits::default();
+        for extra in [
+            "    network: host\n",
+            "    limits:\n      memory: 64GiB\n",
+            "    limits:\n      read_only_root: false\n",
+            "    limits:\n      user: \"0:0\"\n",
+        ] {
+            let err = container_spec(&handler(extra), &ctx(), &host).unwrap_err();
+            assert!(err.contains("does not allow"), "{err}");
+        }
+        let open = HostLimits { allow_network_host: true, ..HostLimits::default() };
+        assert!(container_spec(&handler("    network: host\n"), &ctx(), &open).is_ok());
+    }
+}
