@@ -3,7 +3,7 @@
 # no container registry is contacted. Idempotent: an image that exists is kept unless --force.
 #
 #   codex-runner/busybox:1   FROM scratch + Debian's busybox-static (a few MB, starts in ms)
-#   codex-runner/python:3    debootstrap --variant=minbase bookworm + python3-minimal
+#   codex-runner/python:3    debootstrap --variant=minbase bookworm + python3
 #
 # Images named by `build:` entries in handlers/index.yml (containers/<dir>/Dockerfile) are
 # built by the runner itself through the Docker API; they start FROM these bases.
@@ -51,7 +51,7 @@ if [ $force = 1 ] || ! have codex-runner/python:3; then
   need_pkg debootstrap
   root=$(mktemp -d)
   trap 'rm -rf "$root"' EXIT
-  debootstrap --variant=minbase --include=python3-minimal bookworm "$root" "$mirror" >/tmp/codex-debootstrap.log 2>&1 \
+  debootstrap --variant=minbase --include=python3 bookworm "$root" "$mirror" >/tmp/codex-debootstrap.log 2>&1 \
     || { tail -20 /tmp/codex-debootstrap.log >&2; exit 1; }
   rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*
   tar -C "$root" -c . | docker import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' -c 'CMD ["/bin/sh"]' - codex-runner/python:3 >/dev/null

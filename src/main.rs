@@ -1,6 +1,5 @@
-//! codex-runner: merged requests run in hardened containers; results are pushed back to main.
-pub mod config;
-pub mod contract;
-pub mod exec;
-pub mod plan;
-fn main() {}
+//! codex-runner's entry point: parse the command line, set up tracing, run, exit.
+
+fn main() {
+    std::process::exit(codex_runner::cli::main());
+}

@@ -208,6 +208,8 @@ pub struct HandlerSpec {
     pub timeout: Duration,
     /// Lock-key template (default: the kind).
     pub resource: ResourceTemplate,
+    /// The template as written.
+    pub resource_text: String,
     /// Container network.
     pub network: Network,
     /// JSON Schema for `params`, if the entry has one.
@@ -373,7 +375,8 @@ fn check_entry(text: &str, kind: &str, e: EntryFile) -> Result<HandlerSpec, Vec<
             DEFAULT_TIMEOUT
         }
     };
-    let resource = match ResourceTemplate::parse(e.resource.as_deref().unwrap_or(kind)) {
+    let resource_text = e.resource.clone().unwrap_or_else(|| kind.to_string());
+    let resource = match ResourceTemplate::parse(&resource_text) {
         Ok(t) => t,
         Err(m) => {
             errors.push(bad("resource", "invalid-resource", m));
@@ -459,6 +462,7 @@ fn check_entry(text: &str, kind: &str, e: EntryFile) -> Result<HandlerSpec, Vec<
         image,
         timeout,
         resource,
+        resource_text,
         network,
         params,
         env: e.env,

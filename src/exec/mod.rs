@@ -112,6 +112,15 @@ impl DockerExecutor {
         Ok(format!("{} (API {})", v.version.unwrap_or_default(), v.api_version.unwrap_or_default()))
     }
 
+    /// Whether `reference` is present locally (no pull).
+    pub async fn ensure_image_present(&self, reference: &str) -> anyhow::Result<()> {
+        self.docker
+            .inspect_image(reference)
+            .await
+            .map(|_| ())
+            .with_context(|| format!("image {reference} is not on this host"))
+    }
+
     /// Make sure `reference` is present locally, pulling it if not.
     pub async fn ensure_image(&self, reference: &str) -> Result<(), ExecError> {
         if self.docker.inspect_image(reference).await.is_ok() {
@@ -211,7 +220,7 @@ impl DockerExecutor {
             .stream(true)
             .stdout(true)
             .stderr(true)
-            .logs(true)
+            .logs(false)
             .build();
         let mut output = self
             .docker
@@ -352,9 +361,13 @@ fn body(spec: &ContainerSpec) -> ContainerCreateBody {
             pids_limit: Some(spec.pids),
             nano_cpus: Some(spec.nano_cpus),
             init: Some(true),
+            // Output is read through attach; the engine's own copy is only bounded scratch.
             log_config: Some(HostConfigLogConfig {
-                typ: Some("none".into()),
-                config: None,
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), "1m".to_string()),
+                    ("max-file".to_string(), "1".to_string()),
+                ])),
             }),
             ..Default::default()
         }),

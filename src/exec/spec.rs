@@ -82,6 +82,8 @@ pub struct RunContext {
     pub request_json: PathBuf,
     /// Effective timeout.
     pub timeout: Duration,
+    /// Top-level scalar params, exported as `CODEX_PARAM_<NAME>` for shell handlers.
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Where the repository appears inside the container.
@@ -128,6 +130,19 @@ pub fn container_spec(handler: &HandlerSpec, ctx: &RunContext, host: &HostLimits
         format!("CODEX_REPO={REPO_MOUNT}"),
         "HOME=/tmp".to_string(),
     ]);
+    for (name, value) in &ctx.params {
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => continue,
+        };
+        let key: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .collect();
+        env.push(format!("CODEX_PARAM_{key}={text}"));
+    }
     let labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
         (LABEL_RUNNER.to_string(), ctx.runner.clone()),
@@ -184,6 +199,10 @@ mod tests {
             repo_dir: "/w/repo".into(),
             request_json: "/w/r1.json".into(),
             timeout: Duration::from_secs(60),
+            params: serde_json::json!({"service": "web", "n": 3, "deep": {"x": 1}})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 
@@ -203,6 +222,9 @@ mod tests {
         assert_eq!((s.memory, s.pids, s.nano_cpus), (512 << 20, 256, 1_000_000_000));
         assert_eq!(s.cmd, ["/codex/repo/handlers/echo.sh"]);
         assert!(s.env.contains(&"CODEX_ATTEMPT=1".to_string()));
+        assert!(s.env.contains(&"CODEX_PARAM_SERVICE=web".to_string()));
+        assert!(s.env.contains(&"CODEX_PARAM_N=3".to_string()));
+        assert!(!s.env.iter().any(|e| e.starts_with("CODEX_PARAM_DEEP")));
         assert_eq!(s.labels[LABEL_REQUEST], "r1");
         assert_eq!(s.mounts[0].target, REPO_MOUNT);
         assert!(s.mounts.iter().all(|m| m.read_only));

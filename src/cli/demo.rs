@@ -1,0 +1,148 @@
+//! `codex-runner demo`: the whole loop on this machine, with nothing but Docker.
+//!
+//! It creates a bare repository from the embedded template, merges a "pull request" that adds
+//! example requests (one of them broken), runs one pass against it, and prints a timeline.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::config::HostLimits;
+use crate::engine::{dispatch_once, DispatchOptions};
+use crate::git::seed::{SeedFile, SeedRepo};
+use crate::git::Identity;
+use crate::record::Status;
+
+use super::template::FILES;
+
+/// Arguments of `demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Keep everything in this directory (default: a fresh temporary directory, removed after).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+const REQUESTS: &[(&str, &str)] = &[
+    ("requests/hello.yaml", "kind: echo\nparams:\n  message: hello from a merged pull request\n"),
+    ("requests/deploy-web.yaml", "kind: deploy\nparams:\n  service: web\n  version: v1.4.2\n  environment: staging\n  steps: 2\n"),
+    ("requests/deploy-api.yaml", "kind: deploy\nparams:\n  service: api\n  version: v2.0.0\n  environment: staging\n  steps: 2\n"),
+    ("requests/backup-orders.yaml", "kind: backup\nparams:\n  database: orders\n  retention_days: 30\n"),
+    ("requests/typo.yaml", "kind: deplyo\nparams:\n  service: web\n"),
+];
+
+/// Run the demo.
+pub async fn run(a: DemoArgs) -> i32 {
+    match demo(a).await {
+        Ok(code) => code,
+        Err(e) => {
+            super::report_error(&e);
+            1
+        }
+    }
+}
+
+async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
+    let clock = Instant::now();
+    let step = |msg: String| println!("[{:>6.2}s] {msg}", clock.elapsed().as_secs_f64());
+    let _tmp;
+    let root = match a.dir {
+        Some(d) => d,
+        None => {
+            _tmp = TempDir::new()?;
+            _tmp.0.clone()
+        }
+    };
+    let origin_dir = root.join("origin.git");
+    let origin = SeedRepo::init_bare(&origin_dir)?;
+    let template: Vec<SeedFile<'_>> = FILES.iter().map(|(p, b, x)| SeedFile { path: p, bytes: b, executable: *x }).collect();
+    let base = origin.commit("refs/heads/main", &[], &template, "Start an operations repository from the codex-runner template")?;
+    step(format!("created {} with the template on main", origin_dir.display()));
+
+    let requests: Vec<SeedFile<'_>> = REQUESTS.iter().map(|(p, t)| SeedFile { path: p, bytes: t.as_bytes(), executable: false }).collect();
+    let branch = origin.commit("refs/heads/agent/rollout", &[base], &requests, "Add rollout requests")?;
+    step(format!("an agent opened a pull request adding {} requests on agent/rollout", REQUESTS.len()));
+    let unmerged = origin.commit(
+        "refs/heads/agent/unreviewed",
+        &[base],
+        &[SeedFile { path: "requests/not-merged.yaml", bytes: b"kind: echo\nparams:\n  message: must never run\n", executable: false }],
+        "An unreviewed request",
+    )?;
+    step(format!("another branch adds requests/not-merged.yaml but is not merged ({})", &unmerged.to_string()[..10]));
+    let merge = origin.merge(base, branch, "Merge pull request #1 from agent/rollout")?;
+    step(format!("pull request #1 merged to main as {}", &merge.to_string()[..10]));
+
+    let opts = DispatchOptions {
+        remote: origin_dir.to_string_lossy().into_owned(),
+        branch: None,
+        work_dir: root.join("runner/work"),
+        state_dir: root.join("runner/state"),
+        runner: "demo-runner".into(),
+        concurrency: 2,
+        identity: Identity { name: "codex-runner".into(), email: "codex-runner@localhost".into() },
+        limits: HostLimits::default(),
+        push_attempts: 5,
+    };
+    step("codex-runner dispatch --once: fetch main, plan, run in Docker, push".into());
+    let report = match dispatch_once(&opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if matches!(e, crate::engine::DispatchError::Docker(_)) {
+                eprintln!("hint: start dockerd and build the example images: bash containers/build-images.sh");
+            }
+            return Ok(e.exit_code());
+        }
+    };
+    let mut statuses: Vec<&Status> = report.items.iter().map(|i| &i.status).collect();
+    statuses.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+    for s in &statuses {
+        let what = match s.state {
+            crate::record::State::Succeeded => format!("succeeded in {} ms", s.duration_ms),
+            _ => format!("{}: {}", s.state.as_str(), s.reason.as_deref().and_then(|r| r.lines().next()).unwrap_or("")),
+        };
+        let at = s.started_at.as_deref().map(|t| &t[11..23]).unwrap_or("never ran   ");
+        step(format!("  {at}  {:<14} {:<7} lock {:<20} {what}", s.id, s.kind, s.resource.as_deref().unwrap_or("-")));
+    }
+    for p in &report.published {
+        step(format!("pushed {} to main (replays: {})", &p.commit[..10], p.replays));
+    }
+    println!("\nmain now reads, newest first:");
+    for line in origin.history(4)? {
+        println!("  {line}");
+    }
+    println!("\nlogs/deploy-web.jsonl on main (first lines):");
+    if let Some(log) = origin.read_main("logs/deploy-web.jsonl")? {
+        for line in String::from_utf8_lossy(&log).lines().take(6) {
+            println!("  {line}");
+        }
+    }
+    println!("\nlogs/typo.status.json on main:");
+    if let Some(s) = origin.read_main("logs/typo.status.json")? {
+        for line in String::from_utf8_lossy(&s).lines() {
+            println!("  {line}");
+        }
+    }
+    let never = origin.read_main("logs/not-merged.jsonl")?.is_none();
+    println!("\nrequests/not-merged.yaml on the unmerged branch ran: {}", if never { "no" } else { "YES (bug)" });
+    let ok = statuses.iter().filter(|s| s.state == crate::record::State::Succeeded).count();
+    println!("{ok} succeeded, {} rejected, {} other, in {:.1}s", statuses.iter().filter(|s| s.state == crate::record::State::Rejected).count(), statuses.len() - ok - statuses.iter().filter(|s| s.state == crate::record::State::Rejected).count(), clock.elapsed().as_secs_f64());
+    Ok(0)
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> anyhow::Result<Self> {
+        let base = std::env::temp_dir().join(format!("codex-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&base).with_context(|| format!("failed to create {}", base.display()))?;
+        Ok(TempDir(base))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

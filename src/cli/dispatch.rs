@@ -1,0 +1,163 @@
+//! `codex-runner dispatch --once`: one full pass, then exit.
+
+use std::path::PathBuf;
+
+use tracing::Instrument;
+
+use crate::config::HostConfig;
+use crate::engine::{dispatch_once, DispatchOptions, PassReport};
+use crate::git::Identity;
+
+/// Arguments of `dispatch`.
+#[derive(Debug, clap::Args)]
+pub struct DispatchArgs {
+    /// Run one pass and exit (the long-running daemon is `codex-runner run`).
+    #[arg(long)]
+    pub once: bool,
+    /// Git remote: a URL (https, ssh, file://) or a path to a repository.
+    #[arg(long = "repo")]
+    pub repo: String,
+    /// Branch to run from (default: the repository's mainline branch).
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Host config (TOML) with the runner name, directories and limits.
+    #[arg(long, env = "CODEX_RUNNER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Work directory for the mirror and checkouts [default: <state-dir>/work].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// State directory for results and locks [default: $XDG_STATE_HOME/codex-runner].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// This runner's name, recorded in every status [default: the host name].
+    #[arg(long)]
+    pub runner_name: Option<String>,
+    /// Requests on different resources that may run at once [default: cores].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Commit author name.
+    #[arg(long)]
+    pub author_name: Option<String>,
+    /// Commit author email.
+    #[arg(long)]
+    pub author_email: Option<String>,
+    /// Print the pass report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The default state directory.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("codex-runner");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".local/state/codex-runner");
+    }
+    PathBuf::from("/var/lib/codex-runner")
+}
+
+/// The host name, for the default runner name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "codex-runner".into())
+}
+
+/// Build pass options from flags over the host config over defaults.
+pub fn options(a: &DispatchArgs) -> anyhow::Result<DispatchOptions> {
+    let host = match &a.config {
+        Some(p) => HostConfig::load(p)?,
+        None => HostConfig::default(),
+    };
+    let state_dir = a.state_dir.clone().or(host.state_dir).unwrap_or_else(default_state_dir);
+    Ok(DispatchOptions {
+        remote: a.repo.clone(),
+        branch: a.branch.clone(),
+        work_dir: a.work_dir.clone().or(host.work_dir).unwrap_or_else(|| state_dir.join("work")),
+        state_dir,
+        runner: a.runner_name.clone().or(host.name).unwrap_or_else(host_name),
+        concurrency: a
+            .concurrency
+            .or(host.concurrency)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        identity: Identity {
+            name: a.author_name.clone().or(host.author_name).unwrap_or_else(|| "codex-runner".into()),
+            email: a.author_email.clone().or(host.author_email).unwrap_or_else(|| "codex-runner@localhost".into()),
+        },
+        limits: host.limits,
+        push_attempts: 8,
+    })
+}
+
+/// Run `dispatch`.
+pub async fn run(a: DispatchArgs) -> i32 {
+    if !a.once {
+        eprintln!("error: dispatch needs --once (one pass, then exit); the long-running daemon is a separate command");
+        return 2;
+    }
+    let opts = match options(&a) {
+        Ok(o) => o,
+        Err(e) => {
+            super::report_error(&e);
+            return 2;
+        }
+    };
+    let span = tracing::info_span!("dispatch", runner = %opts.runner);
+    match dispatch_once(&opts).instrument(span).await {
+        Ok(report) => {
+            if a.json {
+                println!("{}", report_json(&report));
+            } else {
+                print!("{}", summary(&report));
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// The pass report as JSON.
+pub fn report_json(r: &PassReport) -> serde_json::Value {
+    serde_json::json!({
+        "branch": r.branch,
+        "tip": r.tip,
+        "requests": r.items.iter().map(|i| &i.status).collect::<Vec<_>>(),
+        "ignored": r.ignored.iter().map(|(p, why)| serde_json::json!({"path": p, "why": why})).collect::<Vec<_>>(),
+        "commits": r.published.iter().map(|p| serde_json::json!({"commit": p.commit, "replays": p.replays})).collect::<Vec<_>>(),
+    })
+}
+
+/// A readable summary of a pass.
+pub fn summary(r: &PassReport) -> String {
+    let mut out = String::new();
+    let tip = r.tip.as_deref().map_or("-", |t| &t[..t.len().min(12)]);
+    out.push_str(&format!("pass on {} at {tip}: {} request(s)\n", r.branch, r.items.len()));
+    if !r.items.is_empty() {
+        out.push_str(&format!("  {:<28} {:<8} {:<10} {:>8}  {}\n", "ID", "KIND", "STATE", "TIME", "REASON"));
+    }
+    for i in &r.items {
+        let s = &i.status;
+        let reason = s.reason.as_deref().and_then(|r| r.lines().next()).unwrap_or("");
+        out.push_str(&format!(
+            "  {:<28} {:<8} {:<10} {:>7}ms  {}\n",
+            s.id,
+            if s.kind.is_empty() { "-" } else { &s.kind },
+            s.state.as_str(),
+            s.duration_ms,
+            reason
+        ));
+    }
+    for (p, why) in &r.ignored {
+        out.push_str(&format!("  ignored {p}: {why}\n"));
+    }
+    for p in &r.published {
+        out.push_str(&format!("  pushed {} (replayed {}x)\n", &p.commit[..p.commit.len().min(12)], p.replays));
+    }
+    out
+}

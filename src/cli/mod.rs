@@ -1,0 +1,93 @@
+//! The command line: one file per subcommand. Each returns the process exit code.
+//!
+//! Exit codes: 0 done; 1 some input invalid (`validate`, `selftest`) or an unexpected error;
+//! 2 usage or a refused run; 3 repository contract broken; 4 git remote failed; 5 Docker failed.
+
+mod demo;
+mod template;
+mod dispatch;
+mod handlers;
+mod selftest;
+mod validate;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Top-level command line.
+#[derive(Debug, Parser)]
+#[command(name = "codex-runner", version, about = "Runs requests merged to main in hardened containers and records the results on main.")]
+pub struct Cli {
+    /// Log filter (e.g. `info`, `codex_runner=debug`); also RUST_LOG.
+    #[arg(long, global = true, env = "CODEX_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the request JSON Schema (draft 2020-12).
+    Schema,
+    /// Inspect the handler index.
+    Handlers {
+        #[command(subcommand)]
+        command: handlers::HandlersCommand,
+    },
+    /// Validate request files in a working tree, without running anything.
+    Validate(validate::ValidateArgs),
+    /// Run one pass: run every new request on the branch and push the results.
+    Dispatch(dispatch::DispatchArgs),
+    /// Check Docker, git, the state directory and the config.
+    Selftest(selftest::SelftestArgs),
+    /// Run the whole loop end to end on a local repository with example requests.
+    Demo(demo::DemoArgs),
+}
+
+/// Options shared by commands that read a repository working tree.
+#[derive(Debug, clap::Args)]
+pub struct RepoDirArg {
+    /// Repository working tree.
+    #[arg(long = "repo", default_value = ".")]
+    pub repo: PathBuf,
+}
+
+/// Parse arguments, set up tracing and run; the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return 1;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Schema => {
+                println!("{}", crate::contract::request::SCHEMA.trim_end());
+                0
+            }
+            Command::Handlers { command } => handlers::run(command),
+            Command::Validate(a) => validate::run(a),
+            Command::Dispatch(a) => dispatch::run(a).await,
+            Command::Selftest(a) => selftest::run(a).await,
+            Command::Demo(a) => demo::run(a).await,
+        }
+    })
+}
+
+/// Print an error chain the way every command does.
+pub(crate) fn report_error(e: &anyhow::Error) {
+    eprintln!("error: {e:#}");
+}

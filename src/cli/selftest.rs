@@ -1,0 +1,108 @@
+//! `codex-runner selftest`: does this host have what a pass needs?
+
+use std::path::PathBuf;
+
+use crate::config::HostConfig;
+use crate::engine::locks::ResourceLocks;
+use crate::exec::DockerExecutor;
+use crate::git::seed::{SeedFile, SeedRepo};
+use crate::git::{Change, Identity, Mirror};
+
+use super::template::BASE_IMAGES;
+
+/// Arguments of `selftest`.
+#[derive(Debug, clap::Args)]
+pub struct SelftestArgs {
+    /// Host config to check.
+    #[arg(long, env = "CODEX_RUNNER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// State directory to check [default: as `dispatch`].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Run every check; 0 only when all pass.
+pub async fn run(a: SelftestArgs) -> i32 {
+    let mut failed = 0;
+    let mut check = |name: &str, r: anyhow::Result<String>| match r {
+        Ok(detail) => println!("ok   {name}: {detail}"),
+        Err(e) => {
+            failed += 1;
+            println!("FAIL {name}: {e:#}");
+        }
+    };
+    let host = match &a.config {
+        Some(p) => HostConfig::load(p).map(Some),
+        None => Ok(None),
+    };
+    let state_dir = a
+        .state_dir
+        .clone()
+        .or_else(|| host.as_ref().ok().and_then(|h| h.as_ref().and_then(|h| h.state_dir.clone())))
+        .unwrap_or_else(super::dispatch::default_state_dir);
+    check(
+        "config",
+        host.as_ref()
+            .map(|h| match h {
+                Some(_) => format!("{} parses", a.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+                None => "no host config given; defaults apply".into(),
+            })
+            .map_err(|e| anyhow::anyhow!("{e:#}")),
+    );
+    check("docker", docker().await);
+    check("git", git_roundtrip());
+    check("state dir", state(&state_dir).await);
+    if failed == 0 {
+        println!("selftest passed");
+        0
+    } else {
+        println!("selftest failed: {failed} check(s)");
+        1
+    }
+}
+
+async fn docker() -> anyhow::Result<String> {
+    let d = DockerExecutor::connect().await?;
+    let version = d.version().await?;
+    let missing: Vec<&str> = {
+        let mut m = Vec::new();
+        for img in BASE_IMAGES {
+            if d.ensure_image_present(img).await.is_err() {
+                m.push(*img);
+            }
+        }
+        m
+    };
+    let images = if missing.is_empty() {
+        "example images present".to_string()
+    } else {
+        format!("example images missing: {} (bash containers/build-images.sh)", missing.join(", "))
+    };
+    Ok(format!("engine {version}; {images}"))
+}
+
+fn git_roundtrip() -> anyhow::Result<String> {
+    let tmp = std::env::temp_dir().join(format!("codex-selftest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = (|| {
+        let origin = SeedRepo::init_bare(&tmp.join("origin.git"))?;
+        origin.commit("refs/heads/main", &[], &[SeedFile { path: "README", bytes: b"x", executable: false }], "seed")?;
+        let mirror = Mirror::open(&tmp.join("work"), &tmp.join("origin.git").to_string_lossy())?;
+        let who = Identity { name: "selftest".into(), email: "selftest@localhost".into() };
+        let change = Change::Write { path: "logs/selftest".into(), bytes: b"ok".to_vec() };
+        let p = mirror.publish("main", &[change], "selftest", &who, 1)?;
+        anyhow::Ok(format!("libgit2 {} fetched, committed and pushed {}", git2::Version::get().libgit2_version().0, &p.commit[..10]))
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+async fn state(dir: &std::path::Path) -> anyhow::Result<String> {
+    let locks = ResourceLocks::new(&dir.join("locks"))?;
+    let lock = locks.acquire("selftest", || {}).await?;
+    drop(lock);
+    let probe = dir.join("selftest.probe");
+    std::fs::write(&probe, b"ok").map_err(anyhow::Error::from)?;
+    std::fs::remove_file(&probe)?;
+    Ok(format!("{} writable, flock works", dir.display()))
+}

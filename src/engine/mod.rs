@@ -1,0 +1,410 @@
+//! The dispatcher: one pass from the branch tip to published results.
+//!
+//! sync → plan → (per resource, in merge order) lock → run → record → publish. The engine owns
+//! each request's state; `exec`, `git` and `record` do the I/O it asks for.
+
+pub mod locks;
+mod publish;
+mod run;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use git2::Oid;
+use tokio::sync::{mpsc, OnceCell, Semaphore};
+use tracing::Instrument;
+
+use crate::config::HostLimits;
+use crate::contract::handlers::{HandlerIndex, INDEX_PATH};
+use crate::contract::repo_config::{RepoConfig, CONFIG_PATH};
+use crate::contract::request::request_stem;
+use crate::contract::yaml::MAX_FILE_BYTES;
+use crate::contract::{Violation, Violations};
+use crate::exec::DockerExecutor;
+use crate::git::{Checkouts, Identity, Mirror, Published};
+use crate::plan::{self, Action, Done, InboxEntry, WorkItem};
+use crate::record::{read_status, State, Status};
+
+use locks::ResourceLocks;
+use publish::Target;
+
+/// How to run a pass.
+#[derive(Debug, Clone)]
+pub struct DispatchOptions {
+    /// Git remote: URL or path.
+    pub remote: String,
+    /// Branch to run from; `None` means the repository's mainline branch.
+    pub branch: Option<String>,
+    /// Where the mirror and checkouts live.
+    pub work_dir: PathBuf,
+    /// Where results wait, and the lock files.
+    pub state_dir: PathBuf,
+    /// This runner's name.
+    pub runner: String,
+    /// Requests on different resources that may run at once.
+    pub concurrency: usize,
+    /// Commit identity.
+    pub identity: Identity,
+    /// Host ceilings.
+    pub limits: HostLimits,
+    /// Push attempts before giving up for this pass.
+    pub push_attempts: usize,
+}
+
+/// Why a pass could not complete; each maps to a documented exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// `codex.repo.yaml` or `handlers/index.yml` is broken: nothing ran, nothing moved.
+    #[error("the repository contract is broken at {commit}; nothing ran:\n{violations}")]
+    Contract {
+        /// The tip that holds the broken files.
+        commit: String,
+        /// What is wrong.
+        violations: Violations,
+    },
+    /// The runner refuses to run as asked (e.g. an unmerged branch under enforcement).
+    #[error("{0}")]
+    Refused(String),
+    /// The git remote failed (fetch or push, after retries).
+    #[error("git failed: {0:#}")]
+    Git(anyhow::Error),
+    /// The Docker engine failed; unfinished requests run in a later pass.
+    #[error("docker failed: {0:#}")]
+    Docker(anyhow::Error),
+    /// Anything else (state directory, I/O).
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl DispatchError {
+    /// The process exit code for this failure (see README).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            DispatchError::Other(_) => 1,
+            DispatchError::Refused(_) => 2,
+            DispatchError::Contract { .. } => 3,
+            DispatchError::Git(_) => 4,
+            DispatchError::Docker(_) => 5,
+        }
+    }
+}
+
+/// One request's result in a pass.
+#[derive(Debug, Clone)]
+pub struct ItemReport {
+    /// What was recorded.
+    pub status: Status,
+}
+
+/// What a pass did.
+#[derive(Debug, Default)]
+pub struct PassReport {
+    /// The branch it ran from.
+    pub branch: String,
+    /// The tip it planned from.
+    pub tip: Option<String>,
+    /// Every request recorded in this pass, in the order they finished.
+    pub items: Vec<ItemReport>,
+    /// Inbox entries left alone.
+    pub ignored: Vec<(String, String)>,
+    /// Commits pushed.
+    pub published: Vec<Published>,
+}
+
+/// A request that reached a final state and waits to be published.
+#[derive(Debug, Clone)]
+pub(crate) struct Finished {
+    pub item: WorkItem,
+    pub status: Status,
+    pub dir: PathBuf,
+}
+
+/// What the tasks of one pass share.
+pub(crate) struct PassContext {
+    runner: String,
+    results_dir: PathBuf,
+    index: HandlerIndex,
+    limits: HostLimits,
+    mirror: Arc<Mutex<Mirror>>,
+    checkouts: tokio::sync::Mutex<Checkouts>,
+    executor: OnceCell<Result<DockerExecutor, String>>,
+}
+
+impl PassContext {
+    fn executor(&self) -> anyhow::Result<&DockerExecutor> {
+        match self.executor.get() {
+            Some(Ok(e)) => Ok(e),
+            Some(Err(msg)) => Err(anyhow::anyhow!("{msg}")),
+            None => Err(anyhow::anyhow!("the docker engine was not connected")),
+        }
+    }
+
+    async fn checkout(&self, commit: Oid) -> anyhow::Result<PathBuf> {
+        let mut checkouts = self.checkouts.lock().await;
+        let mirror = self.mirror.lock().map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
+        checkouts.get(&mirror, commit)
+    }
+
+    async fn object_id(&self, commit: Oid, path: &str) -> anyhow::Result<String> {
+        let mirror = self.mirror.lock().map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
+        mirror
+            .object_id(commit, path)
+            .map(|o| o.to_string())
+            .with_context(|| format!("failed to find {path} at {commit}"))
+    }
+}
+
+fn git<T>(r: anyhow::Result<T>) -> Result<T, DispatchError> {
+    r.map_err(DispatchError::Git)
+}
+
+fn load_repo_config(mirror: &Mirror, tip: Oid) -> Result<RepoConfig, DispatchError> {
+    match git(mirror.read_file(tip, CONFIG_PATH))? {
+        Some(bytes) => RepoConfig::parse(&bytes).map_err(|v| DispatchError::Contract { commit: tip.to_string(), violations: v }),
+        None => {
+            tracing::warn!("no {CONFIG_PATH} at {tip}; using the defaults");
+            Ok(RepoConfig::default())
+        }
+    }
+}
+
+fn load_index(mirror: &Mirror, tip: Oid) -> Result<HandlerIndex, DispatchError> {
+    let contract = |v: Violations| DispatchError::Contract { commit: tip.to_string(), violations: v };
+    let bytes = git(mirror.read_file(tip, INDEX_PATH))?.ok_or_else(|| {
+        contract(Violation::new(INDEX_PATH, "missing-index", "the handler index does not exist").hint("add handlers/index.yml").into())
+    })?;
+    let index = HandlerIndex::parse(&bytes).map_err(contract)?;
+    index.check_files(|p| mirror.path_kind(tip, p)).map_err(contract)?;
+    Ok(index)
+}
+
+/// Results executed in an earlier pass whose commit never reached the remote.
+fn pending_results(results_dir: &Path, mirror: &Mirror, tip: Oid, config: &RepoConfig) -> anyhow::Result<Vec<Finished>> {
+    let mut out = Vec::new();
+    let Ok(dirs) = std::fs::read_dir(results_dir) else { return Ok(out) };
+    for d in dirs {
+        let dir = d?.path();
+        let status = match read_status(&dir.join("status.json")) {
+            Ok(s) => s,
+            Err(_) => {
+                // No status: the run never finished (the runner died); issue #4's journal
+                // decides what to do with such runs. Today they run again.
+                let _ = std::fs::remove_dir_all(&dir);
+                continue;
+            }
+        };
+        let published_path = format!("{}{}.status.json", config.output_path, status.id);
+        let already = mirror
+            .read_file(tip, &published_path)?
+            .and_then(|b| serde_json::from_slice::<Status>(&b).ok())
+            .is_some_and(|s| s.commit == status.commit && s.file == status.file && s.attempt == status.attempt);
+        if already {
+            let _ = std::fs::remove_dir_all(&dir);
+            continue;
+        }
+        let item = WorkItem {
+            file: status.file.clone(),
+            commit: status.commit.clone(),
+            log_id: status.id.clone(),
+            action: Action::Reject(Vec::new()),
+        };
+        out.push(Finished { item, status, dir });
+    }
+    Ok(out)
+}
+
+/// Run one full pass against the remote.
+pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, DispatchError> {
+    let results_dir = opts.state_dir.join("results");
+    std::fs::create_dir_all(&results_dir).with_context(|| format!("failed to create state dir {}", results_dir.display()))?;
+    let locks = ResourceLocks::new(&opts.state_dir.join("locks"))?;
+    let mirror = git(Mirror::open(&opts.work_dir, &opts.remote))?;
+
+    let mut branch = opts.branch.clone().unwrap_or_else(|| "main".to_string());
+    let mut tip = git(mirror.fetch(&branch))?;
+    let mut config = match tip {
+        Some(t) => load_repo_config(&mirror, t)?,
+        None => RepoConfig::default(),
+    };
+    if opts.branch.is_none() && config.mainline_branch != branch {
+        branch = config.mainline_branch.clone();
+        tip = git(mirror.fetch(&branch))?;
+        if let Some(t) = tip {
+            config = load_repo_config(&mirror, t)?;
+        }
+    }
+    let tip = tip.ok_or_else(|| DispatchError::Refused(format!("branch `{branch}` does not exist on {}", opts.remote)))?;
+    if branch != config.mainline_branch && config.enforce_merge {
+        return Err(DispatchError::Refused(format!(
+            "branch `{branch}` is not the mainline branch `{}`, and codex.repo.yaml sets enforce_merge_before_execution: only merged requests run",
+            config.mainline_branch
+        )));
+    }
+    let index = load_index(&mirror, tip)?;
+    tracing::info!(branch = %branch, tip = %tip, "planning pass");
+
+    let pending = pending_results(&results_dir, &mirror, tip, &config)?;
+    let raw = git(mirror.list_dir(tip, &config.trigger_path, MAX_FILE_BYTES))?;
+    let paths: Vec<String> = raw
+        .iter()
+        .filter(|(p, _, _)| request_stem(p.rsplit('/').next().unwrap_or_default()).is_some())
+        .map(|(p, _, _)| p.clone())
+        .collect();
+    let intro = git(mirror.introducing_commits(tip, &paths, 100_000))?;
+    let deepest = intro.values().map(|(_, d)| *d).max().unwrap_or(0);
+    let entries: Vec<InboxEntry> = raw
+        .into_iter()
+        .map(|(path, content, object)| {
+            let (commit, depth) = intro.get(&path).copied().unwrap_or((tip, 0));
+            InboxEntry { path, content, object, commit: commit.to_string(), order: deepest - depth }
+        })
+        .collect();
+    let done = |id: &crate::contract::request::RequestId| -> Done {
+        let processed = format!("{}{id}.yaml", config.processed_path);
+        if mirror.path_kind(tip, &processed).is_some() {
+            return Done::Processed;
+        }
+        let status = format!("{}{id}.status.json", config.output_path);
+        match mirror.read_file(tip, &status).ok().flatten().and_then(|b| serde_json::from_slice::<Status>(&b).ok()) {
+            Some(s) => Done::InPlace(s.file),
+            None => Done::No,
+        }
+    };
+    let planned = plan::plan(&entries, &index, done);
+    for (path, why) in &planned.ignored {
+        tracing::warn!(path = %path, "ignored: {why}");
+    }
+
+    let mirror = Arc::new(Mutex::new(mirror));
+    let cx = Arc::new(PassContext {
+        runner: opts.runner.clone(),
+        results_dir: results_dir.clone(),
+        index,
+        limits: opts.limits.clone(),
+        mirror: mirror.clone(),
+        checkouts: tokio::sync::Mutex::new(Checkouts::new(opts.work_dir.join("checkouts"))?),
+        executor: OnceCell::new(),
+    });
+    let (tx, rx) = mpsc::unbounded_channel::<Finished>();
+    let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Status>();
+    let target = Target {
+        mirror,
+        branch: branch.clone(),
+        config: config.clone(),
+        identity: opts.identity.clone(),
+        runner: opts.runner.clone(),
+        attempts: opts.push_attempts,
+    };
+    let committer = tokio::spawn(publish::committer(target, rx));
+    let send = {
+        let tx = tx.clone();
+        let report_tx = report_tx.clone();
+        move |f: Finished| {
+            let _ = report_tx.send(f.status.clone());
+            let _ = tx.send(f);
+        }
+    };
+
+    // Results an earlier pass executed but could not push: publish them, never run them again.
+    let mut skip: Vec<String> = Vec::new();
+    for f in pending {
+        tracing::info!(id = %f.status.id, "publishing a result left by an earlier pass");
+        skip.push(f.status.id.clone());
+        send(f);
+    }
+
+    // Group runnable work by resource, keeping merge order inside each group.
+    let mut queues: BTreeMap<String, Vec<WorkItem>> = BTreeMap::new();
+    let mut first_seen: Vec<String> = Vec::new();
+    for item in planned.items {
+        if skip.contains(&item.log_id) {
+            continue;
+        }
+        match &item.action {
+            Action::Reject(v) => send(run::record_rejection(&cx, &item, v)?),
+            Action::Run(r) => {
+                if !queues.contains_key(&r.resource) {
+                    first_seen.push(r.resource.clone());
+                }
+                queues.entry(r.resource.clone()).or_default().push(item);
+            }
+        }
+    }
+
+    let mut infra: Option<DispatchError> = None;
+    if !queues.is_empty() {
+        let connected = DockerExecutor::connect().await.map_err(|e| format!("{e:#}"));
+        let _ = cx.executor.set(connected);
+        if let Err(e) = cx.executor() {
+            infra = Some(DispatchError::Docker(e));
+            queues.clear();
+        }
+    }
+    let slots = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for resource in first_seen {
+        let Some(queue) = queues.remove(&resource) else { continue };
+        let cx = cx.clone();
+        let slots = slots.clone();
+        let locks = locks.clone();
+        let send = send.clone();
+        tasks.spawn(async move {
+            for item in queue {
+                let Action::Run(runnable) = &item.action else { continue };
+                let span = tracing::info_span!("request", id = %item.log_id, kind = %runnable.request.kind, resource = %resource);
+                let result = async {
+                    let mut waited = None;
+                    let _lock = locks
+                        .acquire(&resource, || {
+                            tracing::info!("waiting for the lock on `{resource}`");
+                            waited = Some(resource.clone());
+                        })
+                        .await?;
+                    let _slot = slots.acquire().await.context("failed to get a run slot")?;
+                    run::execute(&cx, &item, runnable, waited).await
+                }
+                .instrument(span)
+                .await;
+                match result {
+                    Ok(f) => send(f),
+                    Err(e) => return Err(e.context(format!("request {} did not finish; it runs again in a later pass", item.log_id))),
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "a request queue stopped");
+                infra.get_or_insert(DispatchError::Docker(e));
+            }
+            Err(e) => {
+                infra.get_or_insert(DispatchError::Other(anyhow::anyhow!("a request task panicked: {e}")));
+            }
+        }
+    }
+    drop(send);
+    drop(tx);
+    drop(report_tx);
+    let (published, publish_errors) = committer.await.context("failed to join the committer")?;
+    let mut report = PassReport { branch, tip: Some(tip.to_string()), ignored: planned.ignored, published, ..Default::default() };
+    while let Ok(status) = report_rx.try_recv() {
+        report.items.push(ItemReport { status });
+    }
+    if let Some(e) = publish_errors.into_iter().next() {
+        return Err(DispatchError::Git(e));
+    }
+    if let Some(e) = infra {
+        return Err(e);
+    }
+    Ok(report)
+}
+
+/// Whether `state` counts as the handler having run to an end (for summaries).
+pub fn ran(state: State) -> bool {
+    !matches!(state, State::Rejected)
+}

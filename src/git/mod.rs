@@ -1,0 +1,387 @@
+//! The ONLY place that talks to git (through git2).
+//!
+//! The runner keeps a bare mirror of the remote in its work directory. It reads trees there,
+//! exports the tree of a commit for containers to mount, and publishes results by building a
+//! commit on the remote tip and pushing it without force; a rejected push fetches, rebuilds the
+//! same changes on the new tip and tries again with back-off, so a foreign commit is never lost.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use backon::{BlockingRetryable, ExponentialBuilder};
+use git2::build::{CheckoutBuilder, TreeUpdateBuilder};
+use git2::{FetchOptions, ObjectType, Oid, PushOptions, RemoteCallbacks, Repository, Signature};
+
+use crate::contract::handlers::PathKind;
+use crate::plan::EntryContent;
+
+pub mod seed;
+
+/// A change to make in the runner's commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Create or replace a file.
+    Write {
+        /// Repository path.
+        path: String,
+        /// Content.
+        bytes: Vec<u8>,
+    },
+    /// Move a file (history kept: same blob, new path). Skipped if `from` is gone.
+    Move {
+        /// Current path.
+        from: String,
+        /// New path.
+        to: String,
+    },
+}
+
+/// Who the runner's commits are by.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Name.
+    pub name: String,
+    /// Email.
+    pub email: String,
+}
+
+/// The result of publishing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The commit now at the branch tip.
+    pub commit: String,
+    /// How many times the push was rejected and the changes replayed.
+    pub replays: u32,
+}
+
+/// A bare mirror of the remote.
+pub struct Mirror {
+    repo: Repository,
+    url: String,
+}
+
+/// A failed push that may succeed on a newer tip.
+#[derive(Debug, thiserror::Error)]
+#[error("push to {branch} was rejected: {reason}")]
+pub struct PushRejected {
+    branch: String,
+    reason: String,
+}
+
+impl Mirror {
+    /// Open (or create) the mirror of `url` under `work_dir`.
+    pub fn open(work_dir: &Path, url: &str) -> anyhow::Result<Self> {
+        let dir = work_dir.join("mirror.git");
+        let repo = if dir.exists() {
+            Repository::open_bare(&dir).with_context(|| format!("failed to open mirror {}", dir.display()))?
+        } else {
+            std::fs::create_dir_all(work_dir)
+                .with_context(|| format!("failed to create work dir {}", work_dir.display()))?;
+            Repository::init_bare(&dir).with_context(|| format!("failed to create mirror {}", dir.display()))?
+        };
+        match repo.find_remote("origin") {
+            Ok(r) if r.url().ok() == Some(url) => {}
+            Ok(_) => repo.remote_set_url("origin", url).context("failed to update the mirror's remote")?,
+            Err(_) => {
+                repo.remote("origin", url).context("failed to add the mirror's remote")?;
+            }
+        }
+        Ok(Mirror { repo, url: url.to_string() })
+    }
+
+    /// The remote URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Fetch `branch`; its tip, or `None` when the remote has no such branch.
+    pub fn fetch(&self, branch: &str) -> anyhow::Result<Option<Oid>> {
+        let mut remote = self.repo.find_remote("origin").context("failed to find the mirror's remote")?;
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(callbacks());
+        let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+        remote
+            .fetch(&[&spec], Some(&mut opts), None)
+            .with_context(|| format!("failed to fetch {branch} from {}", self.url))?;
+        // A branch deleted upstream must not leave a stale tip behind.
+        let present = remote
+            .list()
+            .map(|heads| heads.iter().any(|h| h.name() == format!("refs/heads/{branch}")))
+            .unwrap_or(true);
+        let _ = remote.disconnect();
+        if !present {
+            return Ok(None);
+        }
+        match self.repo.refname_to_id(&format!("refs/remotes/origin/{branch}")) {
+            Ok(oid) => Ok(Some(oid)),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(e).context("failed to read the fetched tip"),
+        }
+    }
+
+    /// The bytes of the regular file at `path` in `commit`, if there is one.
+    pub fn read_file(&self, commit: Oid, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let tree = self.repo.find_commit(commit)?.tree()?;
+        let entry = match tree.get_path(Path::new(path)) {
+            Ok(e) => e,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("failed to look up {path}")),
+        };
+        if entry.kind() != Some(ObjectType::Blob) || entry.filemode() == 0o120000 {
+            return Ok(None);
+        }
+        let blob = self.repo.find_blob(entry.id())?;
+        Ok(Some(blob.content().to_vec()))
+    }
+
+    /// What `path` is in `commit`.
+    pub fn path_kind(&self, commit: Oid, path: &str) -> Option<PathKind> {
+        let tree = self.repo.find_commit(commit).ok()?.tree().ok()?;
+        let entry = tree.get_path(Path::new(path)).ok()?;
+        Some(match entry.filemode() {
+            0o100755 => PathKind::Executable,
+            0o100644 => PathKind::File,
+            0o120000 => PathKind::Symlink,
+            _ => PathKind::Dir,
+        })
+    }
+
+    /// The object id of the tree or blob at `path` in `commit`.
+    pub fn object_id(&self, commit: Oid, path: &str) -> Option<Oid> {
+        let tree = self.repo.find_commit(commit).ok()?.tree().ok()?;
+        tree.get_path(Path::new(path)).ok().map(|e| e.id())
+    }
+
+    /// The entries directly under `dir` (e.g. `requests/`) in `commit`, with blob contents.
+    ///
+    /// Blobs over `max_bytes` are returned with only their first `max_bytes + 1` bytes, enough
+    /// for the size rule to reject them without holding them whole.
+    pub fn list_dir(&self, commit: Oid, dir: &str, max_bytes: usize) -> anyhow::Result<Vec<(String, EntryContent, String)>> {
+        let tree = self.repo.find_commit(commit)?.tree()?;
+        let sub = match tree.get_path(Path::new(dir.trim_end_matches('/'))) {
+            Ok(e) if e.kind() == Some(ObjectType::Tree) => self.repo.find_tree(e.id())?,
+            Ok(_) => return Ok(Vec::new()),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).context("failed to read the inbox"),
+        };
+        let mut out = Vec::new();
+        for entry in sub.iter() {
+            let Ok(name) = entry.name() else { continue };
+            let path = format!("{}/{name}", dir.trim_end_matches('/'));
+            let content = match (entry.kind(), entry.filemode()) {
+                (Some(ObjectType::Blob), 0o120000) => EntryContent::Symlink,
+                (Some(ObjectType::Blob), _) => {
+                    let blob = self.repo.find_blob(entry.id())?;
+                    let bytes = blob.content();
+                    EntryContent::Blob(bytes[..bytes.len().min(max_bytes + 1)].to_vec())
+                }
+                _ => EntryContent::Dir,
+            };
+            out.push((path, content, entry.id().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// For each path, the first-parent commit that brought its current content, and that
+    /// commit's distance from the tip (0 = tip).
+    ///
+    /// The walk stops as soon as every path is resolved, so its cost follows the age of the
+    /// oldest pending request, not the length of history; `max_walk` bounds it, after which
+    /// unresolved paths are credited to the last commit walked.
+    pub fn introducing_commits(&self, tip: Oid, paths: &[String], max_walk: usize) -> anyhow::Result<HashMap<String, (Oid, usize)>> {
+        let mut found = HashMap::new();
+        let mut pending: HashSet<&String> = paths.iter().collect();
+        let mut commit = self.repo.find_commit(tip)?;
+        let mut depth = 0usize;
+        while !pending.is_empty() {
+            let tree = commit.tree()?;
+            let parent = commit.parent(0).ok();
+            let parent_tree = parent.as_ref().map(|p| p.tree()).transpose()?;
+            let mut resolved = Vec::new();
+            for path in &pending {
+                let here = tree.get_path(Path::new(path.as_str())).ok().map(|e| e.id());
+                let before = parent_tree
+                    .as_ref()
+                    .and_then(|t| t.get_path(Path::new(path.as_str())).ok())
+                    .map(|e| e.id());
+                if parent.is_none() || here != before || depth >= max_walk {
+                    resolved.push(*path);
+                }
+            }
+            for path in resolved {
+                found.insert(path.clone(), (commit.id(), depth));
+                pending.remove(path);
+            }
+            match parent {
+                Some(p) if !pending.is_empty() => {
+                    commit = p;
+                    depth += 1;
+                }
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// Write the tree of `commit` to `dest` (a fresh directory), for a read-only mount.
+    pub fn export(&self, commit: Oid, dest: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dest).with_context(|| format!("failed to create {}", dest.display()))?;
+        let obj = self.repo.find_object(commit, Some(ObjectType::Commit))?;
+        let mut co = CheckoutBuilder::new();
+        co.target_dir(dest).force().update_index(false).recreate_missing(true);
+        self.repo
+            .checkout_tree(&obj, Some(&mut co))
+            .with_context(|| format!("failed to export {commit} to {}", dest.display()))
+    }
+
+    /// Commit `changes` on top of the remote `branch` and push, replaying on a moved tip.
+    pub fn publish(&self, branch: &str, changes: &[Change], message: &str, who: &Identity, max_attempts: usize) -> anyhow::Result<Published> {
+        let mut replays = 0u32;
+        let attempt = || -> anyhow::Result<Published> {
+            let tip = self.fetch(branch)?.with_context(|| format!("branch {branch} does not exist on {}", self.url))?;
+            let commit = self.build_commit(tip, changes, message, who)?;
+            self.push(branch, commit)?;
+            Ok(Published { commit: commit.to_string(), replays: 0 })
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(20))
+            .with_max_times(max_attempts.saturating_sub(1))
+            .with_jitter();
+        let result = attempt
+            .retry(backoff)
+            .notify(|e: &anyhow::Error, wait: Duration| {
+                if e.downcast_ref::<PushRejected>().is_some() {
+                    replays += 1;
+                }
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, "publish failed; will fetch and replay");
+            })
+            .call();
+        result.map(|p| Published { replays, ..p })
+    }
+
+    fn build_commit(&self, tip: Oid, changes: &[Change], message: &str, who: &Identity) -> anyhow::Result<Oid> {
+        let parent = self.repo.find_commit(tip)?;
+        let base = parent.tree()?;
+        let mut update = TreeUpdateBuilder::new();
+        for change in changes {
+            match change {
+                Change::Write { path, bytes } => {
+                    let blob = self.repo.blob(bytes)?;
+                    update.upsert(path.as_str(), blob, git2::FileMode::Blob);
+                }
+                Change::Move { from, to } => {
+                    if let Ok(entry) = base.get_path(Path::new(from)) {
+                        let mode = if entry.filemode() == 0o100755 { git2::FileMode::BlobExecutable } else { git2::FileMode::Blob };
+                        if entry.kind() == Some(ObjectType::Blob) {
+                            update.upsert(to.as_str(), entry.id(), mode);
+                        }
+                        update.remove(from.as_str());
+                    }
+                }
+            }
+        }
+        let tree_id = update.create_updated(&self.repo, &base)?;
+        let tree = self.repo.find_tree(tree_id)?;
+        let sig = Signature::now(&who.name, &who.email).context("failed to make the commit signature")?;
+        Ok(self.repo.commit(None, &sig, &sig, message, &tree, &[&parent])?)
+    }
+
+    fn push(&self, branch: &str, commit: Oid) -> anyhow::Result<()> {
+        let mut remote = self.repo.find_remote("origin")?;
+        let refname = format!("refs/heads/{branch}");
+        let mut rejected: Option<String> = None;
+        {
+            let mut cbs = callbacks();
+            cbs.push_update_reference(|name, status| {
+                if let Some(msg) = status {
+                    rejected = Some(format!("{name}: {msg}"));
+                }
+                Ok(())
+            });
+            let mut opts = PushOptions::new();
+            opts.remote_callbacks(cbs);
+            // No `+`: a push that is not a fast-forward must fail, never overwrite.
+            let spec = format!("{commit}:{refname}");
+            if let Err(e) = remote.push(&[&spec], Some(&mut opts)) {
+                let text = e.message().to_string();
+                if text.contains("fast-forward") || text.contains("fastforward") || e.code() == git2::ErrorCode::NotFastForward {
+                    return Err(PushRejected { branch: branch.into(), reason: text }.into());
+                }
+                return Err(e).with_context(|| format!("failed to push to {}", self.url));
+            }
+        }
+        if let Some(reason) = rejected {
+            return Err(PushRejected { branch: branch.into(), reason }.into());
+        }
+        // Keep the mirror's view in step so the next pass starts from our commit.
+        self.repo
+            .reference(&format!("refs/remotes/origin/{branch}"), commit, true, "codex-runner push")
+            .context("failed to record the pushed tip")?;
+        Ok(())
+    }
+}
+
+fn callbacks() -> RemoteCallbacks<'static> {
+    let mut cbs = RemoteCallbacks::new();
+    let mut tried_agent = false;
+    cbs.credentials(move |url, username, allowed| {
+        if allowed.contains(git2::CredentialType::SSH_KEY) && !tried_agent {
+            tried_agent = true;
+            return git2::Cred::ssh_key_from_agent(username.unwrap_or("git"));
+        }
+        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+            if let Ok(cfg) = git2::Config::open_default() {
+                return git2::Cred::credential_helper(&cfg, url, username);
+            }
+        }
+        git2::Cred::default()
+    });
+    cbs
+}
+
+/// A directory for exported checkouts that is removed when dropped.
+pub struct Checkouts {
+    root: PathBuf,
+    made: HashMap<Oid, PathBuf>,
+}
+
+impl Checkouts {
+    /// Checkouts under `root` (emptied first: leftovers of a dead pass are stale).
+    pub fn new(root: PathBuf) -> anyhow::Result<Self> {
+        if root.exists() {
+            std::fs::remove_dir_all(&root).with_context(|| format!("failed to clear {}", root.display()))?;
+        }
+        crate::exec::ensure_world_readable_dir(&root)
+            .with_context(|| format!("failed to create {}", root.display()))?;
+        Ok(Checkouts { root, made: HashMap::new() })
+    }
+
+    /// The checkout of `commit`, exported on first use.
+    pub fn get(&mut self, mirror: &Mirror, commit: Oid) -> anyhow::Result<PathBuf> {
+        if let Some(p) = self.made.get(&commit) {
+            return Ok(p.clone());
+        }
+        let dest = self.root.join(commit.to_string());
+        mirror.export(commit, &dest)?;
+        crate::exec::ensure_world_readable_dir(&dest)?;
+        self.made.insert(commit, dest.clone());
+        Ok(dest)
+    }
+}
+
+impl Drop for Checkouts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Check that `oid` text names a commit id (for values read back from state files).
+pub fn parse_oid(text: &str) -> anyhow::Result<Oid> {
+    match Oid::from_str(text) {
+        Ok(o) => Ok(o),
+        Err(_) => bail!("`{text}` is not a commit id"),
+    }
+}

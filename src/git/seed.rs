@@ -1,0 +1,90 @@
+//! Building small repositories directly in a bare repo: the demo's remote, and test fixtures.
+
+use std::path::Path;
+
+use anyhow::Context;
+use git2::build::TreeUpdateBuilder;
+use git2::{FileMode, Oid, Repository, Signature};
+
+/// A file to put in a commit.
+pub struct SeedFile<'a> {
+    /// Repository path.
+    pub path: &'a str,
+    /// Content.
+    pub bytes: &'a [u8],
+    /// Executable bit.
+    pub executable: bool,
+}
+
+/// A bare repository to write commits into.
+pub struct SeedRepo {
+    repo: Repository,
+}
+
+impl SeedRepo {
+    /// Create a bare repository at `dir`.
+    pub fn init_bare(dir: &Path) -> anyhow::Result<Self> {
+        let repo = Repository::init_bare(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        repo.set_head("refs/heads/main").context("failed to point HEAD at main")?;
+        Ok(SeedRepo { repo })
+    }
+
+    /// Commit `files` on top of `parents[0]` (or an empty tree), with all `parents`, and point
+    /// `refname` at it.
+    pub fn commit(&self, refname: &str, parents: &[Oid], files: &[SeedFile<'_>], message: &str) -> anyhow::Result<Oid> {
+        let base = match parents.first() {
+            Some(p) => self.repo.find_commit(*p)?.tree()?,
+            None => {
+                let empty = self.repo.treebuilder(None)?.write()?;
+                self.repo.find_tree(empty)?
+            }
+        };
+        let mut update = TreeUpdateBuilder::new();
+        for f in files {
+            let blob = self.repo.blob(f.bytes)?;
+            let mode = if f.executable { FileMode::BlobExecutable } else { FileMode::Blob };
+            update.upsert(f.path, blob, mode);
+        }
+        let tree = self.repo.find_tree(update.create_updated(&self.repo, &base)?)?;
+        let parent_commits = parents.iter().map(|p| self.repo.find_commit(*p)).collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&git2::Commit<'_>> = parent_commits.iter().collect();
+        let sig = Signature::now("Demo Agent", "agent@example.invalid")?;
+        let oid = self.repo.commit(None, &sig, &sig, message, &tree, &refs)?;
+        self.repo.reference(refname, oid, true, message)?;
+        Ok(oid)
+    }
+
+    /// A merge commit of `branch_tip` into `main_tip`, as a PR merge: the branch was made from
+    /// main, so the merged tree is the branch's tree.
+    pub fn merge(&self, main_tip: Oid, branch_tip: Oid, message: &str) -> anyhow::Result<Oid> {
+        let tree = self.repo.find_commit(branch_tip)?.tree()?;
+        let main = self.repo.find_commit(main_tip)?;
+        let branch = self.repo.find_commit(branch_tip)?;
+        let sig = Signature::now("Demo Reviewer", "reviewer@example.invalid")?;
+        let oid = self.repo.commit(None, &sig, &sig, message, &tree, &[&main, &branch])?;
+        self.repo.reference("refs/heads/main", oid, true, message)?;
+        Ok(oid)
+    }
+
+    /// One line per first-parent commit of `main` (short id and subject), newest first.
+    pub fn history(&self, limit: usize) -> anyhow::Result<Vec<String>> {
+        let mut walk = self.repo.revwalk()?;
+        walk.push_ref("refs/heads/main")?;
+        walk.simplify_first_parent()?;
+        let mut out = Vec::new();
+        for oid in walk.take(limit) {
+            let c = self.repo.find_commit(oid?)?;
+            out.push(format!("{} {}", &c.id().to_string()[..10], c.summary().ok().flatten().unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
+    /// A file's bytes at the tip of main.
+    pub fn read_main(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let tree = self.repo.find_reference("refs/heads/main")?.peel_to_tree()?;
+        match tree.get_path(Path::new(path)) {
+            Ok(e) => Ok(Some(self.repo.find_blob(e.id())?.content().to_vec())),
+            Err(_) => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! codex-runner: a self-hosted runner for Git-driven operations.
+//!
+//! Requests merged to the mainline branch are validated against the repository contract,
+//! routed to a handler, run in a hardened Docker container, and recorded back on the branch.
+
+pub mod cli;
+pub mod config;
+pub mod contract;
+pub mod engine;
+pub mod exec;
+pub mod git;
+pub mod plan;
+pub mod record;

@@ -1,0 +1,175 @@
+//! The JSONL run log and the status file of each request.
+//!
+//! Each event is written and flushed as it happens, so output is on disk while the handler is
+//! still running; the engine copies both files into the repository when it publishes.
+//! (Secret masking hooks in here: every line passes through [`RunLog::event`].)
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A request's final state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Exit code 0.
+    Succeeded,
+    /// Non-zero exit, OOM, or an error around the handler.
+    Failed,
+    /// Stopped by its timeout.
+    TimedOut,
+    /// Never ran: the request broke the contract.
+    Rejected,
+}
+
+impl State {
+    /// The name used in files and commit trailers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::TimedOut => "timed_out",
+            State::Rejected => "rejected",
+        }
+    }
+}
+
+/// `logs/<id>.status.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Request id.
+    pub id: String,
+    /// Handler kind (empty when the request could not be parsed).
+    pub kind: String,
+    /// Final state.
+    pub state: State,
+    /// Exit code of the handler, if it exited.
+    pub exit_code: Option<i64>,
+    /// Why it ended this way, for anything but a clean success.
+    pub reason: Option<String>,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// When the container started.
+    pub started_at: Option<String>,
+    /// When the request finished.
+    pub finished_at: String,
+    /// Container run time in milliseconds (0 when it never ran).
+    pub duration_ms: u64,
+    /// The runner that handled it.
+    pub runner: String,
+    /// The commit that brought the request to the branch.
+    pub commit: String,
+    /// The image it ran in.
+    pub image: Option<String>,
+    /// The request file as it was in the inbox.
+    pub file: String,
+    /// The lock key it held.
+    pub resource: Option<String>,
+}
+
+/// Now, as RFC 3339 UTC with milliseconds.
+pub fn now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    t.format(&fmt).unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// An append-only JSONL log of one request.
+pub struct RunLog {
+    id: String,
+    path: PathBuf,
+    file: File,
+}
+
+impl RunLog {
+    /// Start a fresh log at `path`.
+    pub fn create(path: &Path, id: &str) -> anyhow::Result<Self> {
+        let file = File::create(path).with_context(|| format!("failed to create run log {}", path.display()))?;
+        Ok(RunLog { id: id.to_string(), path: path.to_path_buf(), file })
+    }
+
+    /// Append one event with its fields; `ts`, `id` and `event` come first.
+    pub fn event(&mut self, event: &str, fields: Value) -> anyhow::Result<()> {
+        let mut obj = Map::new();
+        obj.insert("ts".into(), Value::String(now()));
+        obj.insert("id".into(), Value::String(self.id.clone()));
+        obj.insert("event".into(), Value::String(event.into()));
+        if let Value::Object(extra) = fields {
+            obj.extend(extra);
+        }
+        let mut line = serde_json::to_vec(&Value::Object(obj))?;
+        line.push(b'\n');
+        self.file
+            .write_all(&line)
+            .with_context(|| format!("failed to write run log {}", self.path.display()))
+    }
+
+    /// Where the log is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Write `status` as pretty JSON (atomically: temp file, then rename).
+pub fn write_status(path: &Path, status: &Status) -> anyhow::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(status)?;
+    bytes.push(b'\n');
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("failed to write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))
+}
+
+/// Read a status file.
+pub fn read_status(path: &Path) -> anyhow::Result<Status> {
+    let bytes = std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("failed to parse {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_json_with_ts_id_event_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.jsonl");
+        let mut log = RunLog::create(&p, "a").unwrap();
+        log.event("output", serde_json::json!({"stream": "stdout", "line": "hi \"x\""})).unwrap();
+        log.event("finished", serde_json::json!({"state": "succeeded"})).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["line"], "hi \"x\"");
+        assert!(text.lines().next().unwrap().starts_with("{\"ts\":"));
+        assert_eq!(lines[1]["event"], "finished");
+    }
+
+    #[test]
+    fn status_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Status {
+            id: "a".into(),
+            kind: "echo".into(),
+            state: State::TimedOut,
+            exit_code: Some(137),
+            reason: Some("timeout after 1s".into()),
+            attempt: 1,
+            started_at: Some(now()),
+            finished_at: now(),
+            duration_ms: 1000,
+            runner: "r".into(),
+            commit: "c".into(),
+            image: None,
+            file: "requests/a.yaml".into(),
+            resource: Some("echo".into()),
+        };
+        let p = dir.path().join("a.status.json");
+        write_status(&p, &s).unwrap();
+        assert_eq!(read_status(&p).unwrap(), s);
+        assert!(std::fs::read_to_string(&p).unwrap().contains("\"state\": \"timed_out\""));
+    }
+}
