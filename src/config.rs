@@ -136,8 +136,10 @@ impl HostConfig {
                 .with_context(|| format!("limits.{key}"))
         };
         let dur = |key: &str, v: Option<String>, default: Duration| -> anyhow::Result<Duration> {
-            v.map_or(Ok(default), |s| parse_duration(&s).map_err(anyhow::Error::msg))
-                .with_context(|| format!("limits.{key}"))
+            v.map_or(Ok(default), |s| {
+                parse_duration(&s).map_err(anyhow::Error::msg)
+            })
+            .with_context(|| format!("limits.{key}"))
         };
         let l = f.limits;
         Ok(HostConfig {
@@ -169,7 +171,10 @@ mod tests {
 
     #[test]
     fn parses_and_rejects_unknown_keys() {
-        let c = HostConfig::parse("[runner]\nname = \"h1\"\n[limits]\noutput_cap = \"1MiB\"\nallow_network_host = true\n").unwrap();
+        let c = HostConfig::parse(
+            "[runner]\nname = \"h1\"\n[limits]\noutput_cap = \"1MiB\"\nallow_network_host = true\n",
+        )
+        .unwrap();
         assert_eq!(c.name.as_deref(), Some("h1"));
         assert_eq!(c.limits.output_cap, 1 << 20);
         assert!(c.limits.allow_network_host);

@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::contract::handlers::HandlerIndex;
-use crate::contract::request::{parse_request, request_stem, schema_violations, Request, RequestId};
+use crate::contract::request::{
+    parse_request, request_stem, schema_violations, Request, RequestId,
+};
 use crate::contract::units::format_duration;
 use crate::contract::yaml::locate;
 use crate::contract::Violation;
@@ -94,7 +96,11 @@ pub struct Plan {
 }
 
 /// Decide what each inbox entry becomes.
-pub fn plan(entries: &[InboxEntry], index: &HandlerIndex, done: impl Fn(&RequestId) -> Done) -> Plan {
+pub fn plan(
+    entries: &[InboxEntry],
+    index: &HandlerIndex,
+    done: impl Fn(&RequestId) -> Done,
+) -> Plan {
     let mut sorted: Vec<&InboxEntry> = entries.iter().collect();
     sorted.sort_by(|a, b| (a.order, &a.path).cmp(&(b.order, &b.path)));
     let mut out = Plan::default();
@@ -121,9 +127,17 @@ pub fn plan(entries: &[InboxEntry], index: &HandlerIndex, done: impl Fn(&Request
         let bytes = match &entry.content {
             EntryContent::Blob(b) => b,
             EntryContent::Symlink | EntryContent::Dir => {
-                let what = if entry.content == EntryContent::Symlink { "a symbolic link" } else { "a directory" };
-                let v = Violation::new(&entry.path, "not-regular-file", format!("the request is {what}, not a regular file"))
-                    .hint("commit the YAML file itself; links are never followed");
+                let what = if entry.content == EntryContent::Symlink {
+                    "a symbolic link"
+                } else {
+                    "a directory"
+                };
+                let v = Violation::new(
+                    &entry.path,
+                    "not-regular-file",
+                    format!("the request is {what}, not a regular file"),
+                )
+                .hint("commit the YAML file itself; links are never followed");
                 out.items.push(item(invalid_id, Action::Reject(vec![v])));
                 continue;
             }
@@ -135,22 +149,34 @@ pub fn plan(entries: &[InboxEntry], index: &HandlerIndex, done: impl Fn(&Request
                 continue;
             }
         };
-        let dup_id = format!("{}.dup-{}", request.id, entry.object.get(..8).unwrap_or(&entry.object));
+        let dup_id = format!(
+            "{}.dup-{}",
+            request.id,
+            entry.object.get(..8).unwrap_or(&entry.object)
+        );
         match done(&request.id) {
             Done::InPlace(file) if file == entry.path => continue,
             Done::No => {}
             Done::Processed | Done::InPlace(_) => {
-                let v = Violation::new(&entry.path, "duplicate-id", format!("id `{}` has already run", request.id))
-                    .at(locate(&request.source, &["id".into()], false))
-                    .hint("give this request a new id (or a new file name)");
+                let v = Violation::new(
+                    &entry.path,
+                    "duplicate-id",
+                    format!("id `{}` has already run", request.id),
+                )
+                .at(locate(&request.source, &["id".into()], false))
+                .hint("give this request a new id (or a new file name)");
                 out.items.push(item(dup_id, Action::Reject(vec![v])));
                 continue;
             }
         }
         if !seen.insert(request.id.clone()) {
-            let v = Violation::new(&entry.path, "duplicate-id", format!("id `{}` appears twice in the inbox", request.id))
-                .at(locate(&request.source, &["id".into()], false))
-                .hint("each request needs its own id; the earlier file runs");
+            let v = Violation::new(
+                &entry.path,
+                "duplicate-id",
+                format!("id `{}` appears twice in the inbox", request.id),
+            )
+            .at(locate(&request.source, &["id".into()], false))
+            .hint("each request needs its own id; the earlier file runs");
             out.items.push(item(dup_id, Action::Reject(vec![v])));
             continue;
         }
@@ -164,7 +190,10 @@ pub fn plan(entries: &[InboxEntry], index: &HandlerIndex, done: impl Fn(&Request
     out
 }
 
-fn check_against_handler(request: &Request, index: &HandlerIndex) -> Result<Runnable, Vec<Violation>> {
+fn check_against_handler(
+    request: &Request,
+    index: &HandlerIndex,
+) -> Result<Runnable, Vec<Violation>> {
     let file = &request.file;
     let at = |path: &[&str]| {
         let steps: Vec<String> = path.iter().map(|s| s.to_string()).collect();
@@ -172,21 +201,38 @@ fn check_against_handler(request: &Request, index: &HandlerIndex) -> Result<Runn
     };
     let handler = index.route(&request.kind).map_err(|msg| {
         let hint = msg.split("; ").nth(1).unwrap_or_default().to_string();
-        vec![Violation::new(file, "unknown-kind", msg.split("; ").next().unwrap_or_default())
-            .at(at(&["kind"]))
-            .hint(hint)]
+        vec![Violation::new(
+            file,
+            "unknown-kind",
+            msg.split("; ").next().unwrap_or_default(),
+        )
+        .at(at(&["kind"]))
+        .hint(hint)]
     })?;
     let mut errors = Vec::new();
     if let Some(schema) = &handler.params {
         let params = Value::Object(request.params.clone());
-        errors.extend(schema_violations(schema, &params, &request.source, file, "/params"));
+        errors.extend(schema_violations(
+            schema,
+            &params,
+            &request.source,
+            file,
+            "/params",
+        ));
     }
     let resource = match &request.resource {
         Some(r) => r.clone(),
-        None => match handler.resource.render(&request.kind, request.id.as_str(), &request.params) {
+        None => match handler
+            .resource
+            .render(&request.kind, request.id.as_str(), &request.params)
+        {
             Ok(r) => r,
             Err(m) => {
-                errors.push(Violation::new(file, "missing-resource-param", m).at(at(&["params"])).hint("set it in `params:`, or set `resource:`"));
+                errors.push(
+                    Violation::new(file, "missing-resource-param", m)
+                        .at(at(&["params"]))
+                        .hint("set it in `params:`, or set `resource:`"),
+                );
                 String::new()
             }
         },
@@ -197,7 +243,11 @@ fn check_against_handler(request: &Request, index: &HandlerIndex) -> Result<Runn
                 Violation::new(
                     file,
                     "timeout-too-long",
-                    format!("timeout {} is longer than the handler's {}", format_duration(t), format_duration(handler.timeout)),
+                    format!(
+                        "timeout {} is longer than the handler's {}",
+                        format_duration(t),
+                        format_duration(handler.timeout)
+                    ),
                 )
                 .at(at(&["timeout"]))
                 .hint("a request may only shorten the handler's timeout"),
@@ -208,7 +258,11 @@ fn check_against_handler(request: &Request, index: &HandlerIndex) -> Result<Runn
         None => handler.timeout,
     };
     if errors.is_empty() {
-        Ok(Runnable { request: request.clone(), resource, timeout })
+        Ok(Runnable {
+            request: request.clone(),
+            resource,
+            timeout,
+        })
     } else {
         Err(errors)
     }
@@ -231,7 +285,11 @@ mod tests {
     }
 
     fn run(entries: &[InboxEntry], done: impl Fn(&RequestId) -> Done) -> Plan {
-        plan(entries, &HandlerIndex::parse(INDEX.as_bytes()).unwrap(), done)
+        plan(
+            entries,
+            &HandlerIndex::parse(INDEX.as_bytes()).unwrap(),
+            done,
+        )
     }
 
     fn rules(item: &WorkItem) -> Vec<&'static str> {
@@ -254,19 +312,43 @@ mod tests {
             |_| Done::No,
         );
         let files: Vec<_> = p.items.iter().map(|i| i.file.as_str()).collect();
-        assert_eq!(files, ["requests/z.yml", "requests/a.yaml", "requests/b.yaml"]);
+        assert_eq!(
+            files,
+            ["requests/z.yml", "requests/a.yaml", "requests/b.yaml"]
+        );
         assert!(p.items.iter().all(|i| matches!(i.action, Action::Run(_))));
     }
 
     #[test]
     fn resource_and_timeout() {
-        let p = run(&[entry("requests/d.yaml", "kind: deploy\nparams: {service: web}\n", 0)], |_| Done::No);
-        let Action::Run(r) = &p.items[0].action else { panic!("{:?}", p.items[0]) };
+        let p = run(
+            &[entry(
+                "requests/d.yaml",
+                "kind: deploy\nparams: {service: web}\n",
+                0,
+            )],
+            |_| Done::No,
+        );
+        let Action::Run(r) = &p.items[0].action else {
+            panic!("{:?}", p.items[0])
+        };
         assert_eq!(r.resource, "web");
         assert_eq!(r.timeout, crate::contract::handlers::DEFAULT_TIMEOUT);
-        let p = run(&[entry("requests/d.yaml", "kind: deploy\nresource: db\ntimeout: 5s\n", 0)], |_| Done::No);
-        let Action::Run(r) = &p.items[0].action else { panic!() };
-        assert_eq!((r.resource.as_str(), r.timeout), ("db", Duration::from_secs(5)));
+        let p = run(
+            &[entry(
+                "requests/d.yaml",
+                "kind: deploy\nresource: db\ntimeout: 5s\n",
+                0,
+            )],
+            |_| Done::No,
+        );
+        let Action::Run(r) = &p.items[0].action else {
+            panic!()
+        };
+        assert_eq!(
+            (r.resource.as_str(), r.timeout),
+            ("db", Duration::from_secs(5))
+        );
     }
 
     #[test]
@@ -276,14 +358,25 @@ mod tests {
                 entry("requests/k.yaml", "kind: deplyo\n", 0),
                 entry("requests/p.yaml", "kind: echo\nparams:\n  message: 5\n", 1),
                 entry("requests/r.yaml", "kind: deploy\n", 2),
-                entry("requests/t.yaml", "kind: echo\ntimeout: 2h\nparams: {message: x}\n", 3),
+                entry(
+                    "requests/t.yaml",
+                    "kind: echo\ntimeout: 2h\nparams: {message: x}\n",
+                    3,
+                ),
             ],
             |_| Done::No,
         );
         assert_eq!(rules(&p.items[0]), ["unknown-kind"]);
         if let Action::Reject(v) = &p.items[0].action {
             assert_eq!(v[0].line, Some(1));
-            assert!(v[0].hint.as_deref().unwrap_or_default().contains("did you mean `deploy`"), "{:?}", v[0]);
+            assert!(
+                v[0].hint
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("did you mean `deploy`"),
+                "{:?}",
+                v[0]
+            );
         }
         assert_eq!(rules(&p.items[1]), ["wrong-type"]);
         if let Action::Reject(v) = &p.items[1].action {
@@ -296,14 +389,22 @@ mod tests {
     #[test]
     fn duplicates_and_done() {
         let text = "kind: echo\nid: same\nparams: {message: x}\n";
-        let p = run(&[entry("requests/a.yaml", text, 0), entry("requests/b.yaml", text, 1)], |_| Done::No);
+        let p = run(
+            &[
+                entry("requests/a.yaml", text, 0),
+                entry("requests/b.yaml", text, 1),
+            ],
+            |_| Done::No,
+        );
         assert!(matches!(p.items[0].action, Action::Run(_)));
         assert_eq!(rules(&p.items[1]), ["duplicate-id"]);
         assert!(p.items[1].log_id.starts_with("same.dup-"));
 
         let p = run(&[entry("requests/a.yaml", text, 0)], |_| Done::Processed);
         assert_eq!(rules(&p.items[0]), ["duplicate-id"]);
-        let p = run(&[entry("requests/a.yaml", text, 0)], |_| Done::InPlace("requests/a.yaml".into()));
+        let p = run(&[entry("requests/a.yaml", text, 0)], |_| {
+            Done::InPlace("requests/a.yaml".into())
+        });
         assert!(p.items.is_empty());
     }
 
@@ -311,7 +412,13 @@ mod tests {
     fn symlinks_and_bad_files_get_safe_log_ids() {
         let mut link = entry("requests/l.yaml", "", 0);
         link.content = EntryContent::Symlink;
-        let p = run(&[link, entry("requests/x.yaml", "kind: echo\nid: ../../x\n", 1)], |_| Done::No);
+        let p = run(
+            &[
+                link,
+                entry("requests/x.yaml", "kind: echo\nid: ../../x\n", 1),
+            ],
+            |_| Done::No,
+        );
         assert_eq!(rules(&p.items[0]), ["not-regular-file"]);
         assert!(p.items[0].log_id.starts_with("invalid-"));
         assert!(RequestId::parse(&p.items[1].log_id).is_ok());

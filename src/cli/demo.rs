@@ -56,22 +56,62 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
     };
     let origin_dir = root.join("origin.git");
     let origin = SeedRepo::init_bare(&origin_dir)?;
-    let template: Vec<SeedFile<'_>> = FILES.iter().map(|(p, b, x)| SeedFile { path: p, bytes: b, executable: *x }).collect();
-    let base = origin.commit("refs/heads/main", &[], &template, "Start an operations repository from the codex-runner template")?;
-    step(format!("created {} with the template on main", origin_dir.display()));
+    let template: Vec<SeedFile<'_>> = FILES
+        .iter()
+        .map(|(p, b, x)| SeedFile {
+            path: p,
+            bytes: b,
+            executable: *x,
+        })
+        .collect();
+    let base = origin.commit(
+        "refs/heads/main",
+        &[],
+        &template,
+        "Start an operations repository from the codex-runner template",
+    )?;
+    step(format!(
+        "created {} with the template on main",
+        origin_dir.display()
+    ));
 
-    let requests: Vec<SeedFile<'_>> = REQUESTS.iter().map(|(p, t)| SeedFile { path: p, bytes: t.as_bytes(), executable: false }).collect();
-    let branch = origin.commit("refs/heads/agent/rollout", &[base], &requests, "Add rollout requests")?;
-    step(format!("an agent opened a pull request adding {} requests on agent/rollout", REQUESTS.len()));
+    let requests: Vec<SeedFile<'_>> = REQUESTS
+        .iter()
+        .map(|(p, t)| SeedFile {
+            path: p,
+            bytes: t.as_bytes(),
+            executable: false,
+        })
+        .collect();
+    let branch = origin.commit(
+        "refs/heads/agent/rollout",
+        &[base],
+        &requests,
+        "Add rollout requests",
+    )?;
+    step(format!(
+        "an agent opened a pull request adding {} requests on agent/rollout",
+        REQUESTS.len()
+    ));
     let unmerged = origin.commit(
         "refs/heads/agent/unreviewed",
         &[base],
-        &[SeedFile { path: "requests/not-merged.yaml", bytes: b"kind: echo\nparams:\n  message: must never run\n", executable: false }],
+        &[SeedFile {
+            path: "requests/not-merged.yaml",
+            bytes: b"kind: echo\nparams:\n  message: must never run\n",
+            executable: false,
+        }],
         "An unreviewed request",
     )?;
-    step(format!("another branch adds requests/not-merged.yaml but is not merged ({})", &unmerged.to_string()[..10]));
+    step(format!(
+        "another branch adds requests/not-merged.yaml but is not merged ({})",
+        &unmerged.to_string()[..10]
+    ));
     let merge = origin.merge(base, branch, "Merge pull request #1 from agent/rollout")?;
-    step(format!("pull request #1 merged to main as {}", &merge.to_string()[..10]));
+    step(format!(
+        "pull request #1 merged to main as {}",
+        &merge.to_string()[..10]
+    ));
 
     let opts = DispatchOptions {
         remote: origin_dir.to_string_lossy().into_owned(),
@@ -80,7 +120,10 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         state_dir: root.join("runner/state"),
         runner: "demo-runner".into(),
         concurrency: 2,
-        identity: Identity { name: "codex-runner".into(), email: "codex-runner@localhost".into() },
+        identity: Identity {
+            name: "codex-runner".into(),
+            email: "codex-runner@localhost".into(),
+        },
         limits: HostLimits::default(),
         push_attempts: 5,
     };
@@ -100,13 +143,33 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
     for s in &statuses {
         let what = match s.state {
             crate::record::State::Succeeded => format!("succeeded in {} ms", s.duration_ms),
-            _ => format!("{}: {}", s.state.as_str(), s.reason.as_deref().and_then(|r| r.lines().next()).unwrap_or("")),
+            _ => format!(
+                "{}: {}",
+                s.state.as_str(),
+                s.reason
+                    .as_deref()
+                    .and_then(|r| r.lines().next())
+                    .unwrap_or("")
+            ),
         };
-        let at = s.started_at.as_deref().map(|t| &t[11..23]).unwrap_or("never ran   ");
-        step(format!("  {at}  {:<14} {:<7} lock {:<20} {what}", s.id, s.kind, s.resource.as_deref().unwrap_or("-")));
+        let at = s
+            .started_at
+            .as_deref()
+            .map(|t| &t[11..23])
+            .unwrap_or("never ran   ");
+        step(format!(
+            "  {at}  {:<14} {:<7} lock {:<20} {what}",
+            s.id,
+            s.kind,
+            s.resource.as_deref().unwrap_or("-")
+        ));
     }
     for p in &report.published {
-        step(format!("pushed {} to main (replays: {})", &p.commit[..10], p.replays));
+        step(format!(
+            "pushed {} to main (replays: {})",
+            &p.commit[..10],
+            p.replays
+        ));
     }
     println!("\nmain now reads, newest first:");
     for line in origin.history(4)? {
@@ -125,9 +188,28 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         }
     }
     let never = origin.read_main("logs/not-merged.jsonl")?.is_none();
-    println!("\nrequests/not-merged.yaml on the unmerged branch ran: {}", if never { "no" } else { "YES (bug)" });
-    let ok = statuses.iter().filter(|s| s.state == crate::record::State::Succeeded).count();
-    println!("{ok} succeeded, {} rejected, {} other, in {:.1}s", statuses.iter().filter(|s| s.state == crate::record::State::Rejected).count(), statuses.len() - ok - statuses.iter().filter(|s| s.state == crate::record::State::Rejected).count(), clock.elapsed().as_secs_f64());
+    println!(
+        "\nrequests/not-merged.yaml on the unmerged branch ran: {}",
+        if never { "no" } else { "YES (bug)" }
+    );
+    let ok = statuses
+        .iter()
+        .filter(|s| s.state == crate::record::State::Succeeded)
+        .count();
+    println!(
+        "{ok} succeeded, {} rejected, {} other, in {:.1}s",
+        statuses
+            .iter()
+            .filter(|s| s.state == crate::record::State::Rejected)
+            .count(),
+        statuses.len()
+            - ok
+            - statuses
+                .iter()
+                .filter(|s| s.state == crate::record::State::Rejected)
+                .count(),
+        clock.elapsed().as_secs_f64()
+    );
     Ok(0)
 }
 
@@ -136,7 +218,8 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> anyhow::Result<Self> {
         let base = std::env::temp_dir().join(format!("codex-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&base).with_context(|| format!("failed to create {}", base.display()))?;
+        std::fs::create_dir_all(&base)
+            .with_context(|| format!("failed to create {}", base.display()))?;
         Ok(TempDir(base))
     }
 }

@@ -72,20 +72,40 @@ pub fn options(a: &DispatchArgs) -> anyhow::Result<DispatchOptions> {
         Some(p) => HostConfig::load(p)?,
         None => HostConfig::default(),
     };
-    let state_dir = a.state_dir.clone().or(host.state_dir).unwrap_or_else(default_state_dir);
+    let state_dir = a
+        .state_dir
+        .clone()
+        .or(host.state_dir)
+        .unwrap_or_else(default_state_dir);
     Ok(DispatchOptions {
         remote: a.repo.clone(),
         branch: a.branch.clone(),
-        work_dir: a.work_dir.clone().or(host.work_dir).unwrap_or_else(|| state_dir.join("work")),
+        work_dir: a
+            .work_dir
+            .clone()
+            .or(host.work_dir)
+            .unwrap_or_else(|| state_dir.join("work")),
         state_dir,
-        runner: a.runner_name.clone().or(host.name).unwrap_or_else(host_name),
+        runner: a
+            .runner_name
+            .clone()
+            .or(host.name)
+            .unwrap_or_else(host_name),
         concurrency: a
             .concurrency
             .or(host.concurrency)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         identity: Identity {
-            name: a.author_name.clone().or(host.author_name).unwrap_or_else(|| "codex-runner".into()),
-            email: a.author_email.clone().or(host.author_email).unwrap_or_else(|| "codex-runner@localhost".into()),
+            name: a
+                .author_name
+                .clone()
+                .or(host.author_name)
+                .unwrap_or_else(|| "codex-runner".into()),
+            email: a
+                .author_email
+                .clone()
+                .or(host.author_email)
+                .unwrap_or_else(|| "codex-runner@localhost".into()),
         },
         limits: host.limits,
         push_attempts: 8,
@@ -137,13 +157,24 @@ pub fn report_json(r: &PassReport) -> serde_json::Value {
 pub fn summary(r: &PassReport) -> String {
     let mut out = String::new();
     let tip = r.tip.as_deref().map_or("-", |t| &t[..t.len().min(12)]);
-    out.push_str(&format!("pass on {} at {tip}: {} request(s)\n", r.branch, r.items.len()));
+    out.push_str(&format!(
+        "pass on {} at {tip}: {} request(s)\n",
+        r.branch,
+        r.items.len()
+    ));
     if !r.items.is_empty() {
-        out.push_str(&format!("  {:<28} {:<8} {:<10} {:>8}  {}\n", "ID", "KIND", "STATE", "TIME", "REASON"));
+        out.push_str(&format!(
+            "  {:<28} {:<8} {:<10} {:>8}  {}\n",
+            "ID", "KIND", "STATE", "TIME", "REASON"
+        ));
     }
     for i in &r.items {
         let s = &i.status;
-        let reason = s.reason.as_deref().and_then(|r| r.lines().next()).unwrap_or("");
+        let reason = s
+            .reason
+            .as_deref()
+            .and_then(|r| r.lines().next())
+            .unwrap_or("");
         out.push_str(&format!(
             "  {:<28} {:<8} {:<10} {:>7}ms  {}\n",
             s.id,
@@ -157,7 +188,11 @@ pub fn summary(r: &PassReport) -> String {
         out.push_str(&format!("  ignored {p}: {why}\n"));
     }
     for p in &r.published {
-        out.push_str(&format!("  pushed {} (replayed {}x)\n", &p.commit[..p.commit.len().min(12)], p.replays));
+        out.push_str(&format!(
+            "  pushed {} (replayed {}x)\n",
+            &p.commit[..p.commit.len().min(12)],
+            p.replays
+        ));
     }
     out
 }

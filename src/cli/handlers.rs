@@ -30,7 +30,10 @@ pub fn run(cmd: HandlersCommand) -> i32 {
             return 1;
         }
     };
-    println!("{:<12} {:<32} {:<8} {:<8} {:<24} DESCRIPTION", "KIND", "IMAGE", "TIMEOUT", "NETWORK", "RESOURCE");
+    println!(
+        "{:<12} {:<32} {:<8} {:<8} {:<24} DESCRIPTION",
+        "KIND", "IMAGE", "TIMEOUT", "NETWORK", "RESOURCE"
+    );
     for h in index.handlers.values() {
         let image = match &h.image {
             ImageSource::Reference(r) => r.clone(),

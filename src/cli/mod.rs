@@ -4,10 +4,10 @@
 //! 2 usage or a refused run; 3 repository contract broken; 4 git remote failed; 5 Docker failed.
 
 mod demo;
-mod template;
 mod dispatch;
 mod handlers;
 mod selftest;
+mod template;
 mod validate;
 
 use std::path::PathBuf;
@@ -16,7 +16,11 @@ use clap::{Parser, Subcommand};
 
 /// Top-level command line.
 #[derive(Debug, Parser)]
-#[command(name = "codex-runner", version, about = "Runs requests merged to main in hardened containers and records the results on main.")]
+#[command(
+    name = "codex-runner",
+    version,
+    about = "Runs requests merged to main in hardened containers and records the results on main."
+)]
 pub struct Cli {
     /// Log filter (e.g. `info`, `codex_runner=debug`); also RUST_LOG.
     #[arg(long, global = true, env = "CODEX_LOG", default_value = "info")]
@@ -64,8 +68,15 @@ pub fn main() -> i32 {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: failed to start the async runtime: {e}");

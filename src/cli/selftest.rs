@@ -38,13 +38,23 @@ pub async fn run(a: SelftestArgs) -> i32 {
     let state_dir = a
         .state_dir
         .clone()
-        .or_else(|| host.as_ref().ok().and_then(|h| h.as_ref().and_then(|h| h.state_dir.clone())))
+        .or_else(|| {
+            host.as_ref()
+                .ok()
+                .and_then(|h| h.as_ref().and_then(|h| h.state_dir.clone()))
+        })
         .unwrap_or_else(super::dispatch::default_state_dir);
     check(
         "config",
         host.as_ref()
             .map(|h| match h {
-                Some(_) => format!("{} parses", a.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+                Some(_) => format!(
+                    "{} parses",
+                    a.config
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ),
                 None => "no host config given; defaults apply".into(),
             })
             .map_err(|e| anyhow::anyhow!("{e:#}")),
@@ -76,7 +86,10 @@ async fn docker() -> anyhow::Result<String> {
     let images = if missing.is_empty() {
         "example images present".to_string()
     } else {
-        format!("example images missing: {} (bash containers/build-images.sh)", missing.join(", "))
+        format!(
+            "example images missing: {} (bash containers/build-images.sh)",
+            missing.join(", ")
+        )
     };
     Ok(format!("engine {version}; {images}"))
 }
@@ -86,12 +99,31 @@ fn git_roundtrip() -> anyhow::Result<String> {
     let _ = std::fs::remove_dir_all(&tmp);
     let result = (|| {
         let origin = SeedRepo::init_bare(&tmp.join("origin.git"))?;
-        origin.commit("refs/heads/main", &[], &[SeedFile { path: "README", bytes: b"x", executable: false }], "seed")?;
+        origin.commit(
+            "refs/heads/main",
+            &[],
+            &[SeedFile {
+                path: "README",
+                bytes: b"x",
+                executable: false,
+            }],
+            "seed",
+        )?;
         let mirror = Mirror::open(&tmp.join("work"), &tmp.join("origin.git").to_string_lossy())?;
-        let who = Identity { name: "selftest".into(), email: "selftest@localhost".into() };
-        let change = Change::Write { path: "logs/selftest".into(), bytes: b"ok".to_vec() };
+        let who = Identity {
+            name: "selftest".into(),
+            email: "selftest@localhost".into(),
+        };
+        let change = Change::Write {
+            path: "logs/selftest".into(),
+            bytes: b"ok".to_vec(),
+        };
         let p = mirror.publish("main", &[change], "selftest", &who, 1)?;
-        anyhow::Ok(format!("libgit2 {} fetched, committed and pushed {}", git2::Version::get().libgit2_version().0, &p.commit[..10]))
+        anyhow::Ok(format!(
+            "libgit2 {} fetched, committed and pushed {}",
+            git2::Version::get().libgit2_version().0,
+            &p.commit[..10]
+        ))
     })();
     let _ = std::fs::remove_dir_all(&tmp);
     result

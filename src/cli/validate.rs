@@ -65,7 +65,13 @@ fn read_entry(root: &Path, path: &Path, order: usize) -> InboxEntry {
             EntryContent::Blob(bytes)
         }
     };
-    InboxEntry { path: rel, content, object: format!("{order:012}"), commit: "working-tree".into(), order }
+    InboxEntry {
+        path: rel,
+        content,
+        object: format!("{order:012}"),
+        commit: "working-tree".into(),
+        order,
+    }
 }
 
 /// Run `validate`: 0 when every file is valid, 1 otherwise.
@@ -93,7 +99,11 @@ pub fn run(a: ValidateArgs) -> i32 {
             }
         },
         Err(e) => {
-            contract_errors.push(Violation::new(INDEX_PATH, "missing-index", format!("cannot read the handler index: {e}")));
+            contract_errors.push(Violation::new(
+                INDEX_PATH,
+                "missing-index",
+                format!("cannot read the handler index: {e}"),
+            ));
             None
         }
     };
@@ -107,9 +117,16 @@ pub fn run(a: ValidateArgs) -> i32 {
     } else {
         a.files.clone()
     };
-    let entries: Vec<InboxEntry> = files.iter().enumerate().map(|(i, f)| read_entry(root, f, i)).collect();
+    let entries: Vec<InboxEntry> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| read_entry(root, f, i))
+        .collect();
     let done = |id: &RequestId| {
-        if root.join(format!("{}{id}.yaml", config.processed_path)).exists() {
+        if root
+            .join(format!("{}{id}.yaml", config.processed_path))
+            .exists()
+        {
             Done::Processed
         } else {
             Done::No
@@ -119,7 +136,11 @@ pub fn run(a: ValidateArgs) -> i32 {
     if let Some(index) = &index {
         for item in plan::plan(&entries, index, done).items {
             match item.action {
-                Action::Run(r) => results.push((item.file, Some(format!("{} on {}", r.request.kind, r.resource)), vec![])),
+                Action::Run(r) => results.push((
+                    item.file,
+                    Some(format!("{} on {}", r.request.kind, r.resource)),
+                    vec![],
+                )),
                 Action::Reject(v) => results.push((item.file, None, v)),
             }
         }
@@ -131,7 +152,8 @@ pub fn run(a: ValidateArgs) -> i32 {
                 .iter()
                 .map(|(f, ok, v)| serde_json::json!({"file": f, "valid": v.is_empty(), "runs": ok, "violations": v}))
                 .collect();
-            let out = serde_json::json!({"valid": !invalid, "contract": contract_errors, "files": files});
+            let out =
+                serde_json::json!({"valid": !invalid, "contract": contract_errors, "files": files});
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
         Format::Text => {

@@ -164,7 +164,12 @@ impl ResourceTemplate {
     }
 
     /// Fill the template in for a request; a missing or non-scalar parameter is an error.
-    pub fn render(&self, kind: &str, id: &str, params: &Map<String, Value>) -> Result<String, String> {
+    pub fn render(
+        &self,
+        kind: &str,
+        id: &str,
+        params: &Map<String, Value>,
+    ) -> Result<String, String> {
         let mut out = String::new();
         for part in &self.0 {
             match part {
@@ -282,25 +287,46 @@ impl HandlerIndex {
             match lookup(&spec.run) {
                 Some(PathKind::Executable) => {}
                 Some(PathKind::File) => errors.push(
-                    Violation::new(INDEX_PATH, "not-executable", format!("handler `{}`: `{}` is not executable in git", spec.kind, spec.run))
-                        .hint(format!("git update-index --chmod=+x {}", spec.run)),
+                    Violation::new(
+                        INDEX_PATH,
+                        "not-executable",
+                        format!(
+                            "handler `{}`: `{}` is not executable in git",
+                            spec.kind, spec.run
+                        ),
+                    )
+                    .hint(format!("git update-index --chmod=+x {}", spec.run)),
                 ),
                 Some(PathKind::Symlink) => errors.push(Violation::new(
                     INDEX_PATH,
                     "symlink",
-                    format!("handler `{}`: `{}` is a symbolic link; handlers must be regular files", spec.kind, spec.run),
+                    format!(
+                        "handler `{}`: `{}` is a symbolic link; handlers must be regular files",
+                        spec.kind, spec.run
+                    ),
                 )),
                 Some(PathKind::Dir) | None => errors.push(
-                    Violation::new(INDEX_PATH, "missing-script", format!("handler `{}`: `{}` does not exist", spec.kind, spec.run))
-                        .hint("add the script, or fix `run:`"),
+                    Violation::new(
+                        INDEX_PATH,
+                        "missing-script",
+                        format!("handler `{}`: `{}` does not exist", spec.kind, spec.run),
+                    )
+                    .hint("add the script, or fix `run:`"),
                 ),
             }
             if let ImageSource::Build(dir) = &spec.image {
                 let dockerfile = format!("containers/{dir}/Dockerfile");
-                if !matches!(lookup(&dockerfile), Some(PathKind::File | PathKind::Executable)) {
+                if !matches!(
+                    lookup(&dockerfile),
+                    Some(PathKind::File | PathKind::Executable)
+                ) {
                     errors.push(
-                        Violation::new(INDEX_PATH, "missing-dockerfile", format!("handler `{}`: `{dockerfile}` does not exist", spec.kind))
-                            .hint("add the Dockerfile, or use `image:` instead of `build:`"),
+                        Violation::new(
+                            INDEX_PATH,
+                            "missing-dockerfile",
+                            format!("handler `{}`: `{dockerfile}` does not exist", spec.kind),
+                        )
+                        .hint("add the Dockerfile, or use `image:` instead of `build:`"),
                     );
                 }
             }
@@ -321,12 +347,18 @@ fn check_entry(text: &str, kind: &str, e: EntryFile) -> Result<HandlerSpec, Vec<
     let mut errors = Vec::new();
     let kind_ok = kind.len() <= 64
         && kind.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && kind.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if !kind_ok {
         errors.push(
-            Violation::new(INDEX_PATH, "invalid-kind", format!("`{kind}` is not a valid kind"))
-                .at(locate(text, &["handlers".into(), kind.into()], true))
-                .hint("use lowercase letters, digits, `_` and `-`"),
+            Violation::new(
+                INDEX_PATH,
+                "invalid-kind",
+                format!("`{kind}` is not a valid kind"),
+            )
+            .at(locate(text, &["handlers".into(), kind.into()], true))
+            .hint("use lowercase letters, digits, `_` and `-`"),
         );
     }
     let run = match normalize_under(&e.run, "handlers/") {
@@ -339,30 +371,52 @@ fn check_entry(text: &str, kind: &str, e: EntryFile) -> Result<HandlerSpec, Vec<
     let image = match (e.image, e.build) {
         (Some(i), None) if valid_image_ref(&i) => ImageSource::Reference(i),
         (Some(i), None) => {
-            errors.push(bad("image", "invalid-image", format!("`{i}` is not an image reference")));
+            errors.push(bad(
+                "image",
+                "invalid-image",
+                format!("`{i}` is not an image reference"),
+            ));
             ImageSource::Reference(i)
         }
         (None, Some(b)) => {
             let ok = !b.is_empty()
-                && b.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                && b.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
                 && !b.starts_with('.');
             if !ok {
                 errors.push(
-                    bad("build", "invalid-build", format!("`{b}` is not a directory name under containers/"))
-                        .hint("name one directory, e.g. `build: deploy` for containers/deploy/Dockerfile"),
+                    bad(
+                        "build",
+                        "invalid-build",
+                        format!("`{b}` is not a directory name under containers/"),
+                    )
+                    .hint(
+                        "name one directory, e.g. `build: deploy` for containers/deploy/Dockerfile",
+                    ),
                 );
             }
             ImageSource::Build(b)
         }
         (Some(_), Some(_)) => {
-            errors.push(bad("build", "image-and-build", "sets both `image` and `build`".into()).hint("keep one"));
+            errors.push(
+                bad(
+                    "build",
+                    "image-and-build",
+                    "sets both `image` and `build`".into(),
+                )
+                .hint("keep one"),
+            );
             ImageSource::Build(String::new())
         }
         (None, None) => {
             errors.push(
-                Violation::new(INDEX_PATH, "no-image", format!("handler `{kind}`: sets neither `image` nor `build`"))
-                    .at(locate(text, &["handlers".into(), kind.into()], true))
-                    .hint("add `image: codex-runner/busybox:1` or `build: <dir under containers/>`"),
+                Violation::new(
+                    INDEX_PATH,
+                    "no-image",
+                    format!("handler `{kind}`: sets neither `image` nor `build`"),
+                )
+                .at(locate(text, &["handlers".into(), kind.into()], true))
+                .hint("add `image: codex-runner/busybox:1` or `build: <dir under containers/>`"),
             );
             ImageSource::Build(String::new())
         }
@@ -387,7 +441,11 @@ fn check_entry(text: &str, kind: &str, e: EntryFile) -> Result<HandlerSpec, Vec<
         None | Some("none") => Network::None,
         Some("host") => Network::Host,
         Some(other) => {
-            errors.push(bad("network", "invalid-network", format!("network `{other}` is not `none` or `host`")));
+            errors.push(bad(
+                "network",
+                "invalid-network",
+                format!("network `{other}` is not `none` or `host`"),
+            ));
             Network::None
         }
     };
@@ -396,26 +454,47 @@ fn check_entry(text: &str, kind: &str, e: EntryFile) -> Result<HandlerSpec, Vec<
         Some(doc) => match Schema::compile(doc) {
             Ok(s) => Some(s),
             Err(m) => {
-                errors.push(bad("params", "invalid-schema", format!("the params schema does not compile: {m}")));
+                errors.push(bad(
+                    "params",
+                    "invalid-schema",
+                    format!("the params schema does not compile: {m}"),
+                ));
                 None
             }
         },
     };
     for key in e.env.keys() {
         let ok = key.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
-            && key.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            && key
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
         if !ok || key.starts_with("CODEX_") {
             errors.push(
-                bad("env", "invalid-env", format!("environment name `{key}` is not allowed"))
-                    .hint("use UPPER_CASE names; CODEX_* is reserved for the runner"),
+                bad(
+                    "env",
+                    "invalid-env",
+                    format!("environment name `{key}` is not allowed"),
+                )
+                .hint("use UPPER_CASE names; CODEX_* is reserved for the runner"),
             );
         }
     }
     let mut limits = Limits::default();
     let lim = e.limits;
-    let lim_at = |f: &str| locate(text, &["handlers".into(), kind.into(), "limits".into(), f.into()], false);
+    let lim_at = |f: &str| {
+        locate(
+            text,
+            &["handlers".into(), kind.into(), "limits".into(), f.into()],
+            false,
+        )
+    };
     let lim_bad = |f: &str, m: String| {
-        Violation::new(INDEX_PATH, "invalid-limit", format!("handler `{kind}`: limits.{f}: {m}")).at(lim_at(f))
+        Violation::new(
+            INDEX_PATH,
+            "invalid-limit",
+            format!("handler `{kind}`: limits.{f}: {m}"),
+        )
+        .at(lim_at(f))
     };
     if let Some(m) = lim.memory {
         match parse_size(&m) {
@@ -443,9 +522,14 @@ fn check_entry(text: &str, kind: &str, e: EntryFile) -> Result<HandlerSpec, Vec<
         limits.cpus = c;
     }
     if let Some(u) = lim.user {
-        let ok = u.split(':').count() <= 2 && u.split(':').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+        let ok = u.split(':').count() <= 2
+            && u.split(':')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
         if !ok {
-            errors.push(lim_bad("user", format!("`{u}` is not `uid` or `uid:gid` in numbers")));
+            errors.push(lim_bad(
+                "user",
+                format!("`{u}` is not `uid` or `uid:gid` in numbers"),
+            ));
         }
         limits.user = u;
     }
@@ -475,7 +559,10 @@ pub fn normalize_under(path: &str, dir: &str) -> Result<String, String> {
     if path.starts_with('/') || path.contains('\\') || path.contains('\0') {
         return Err(format!("`{path}` must be a relative path under {dir}"));
     }
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
     if parts.iter().any(|p| *p == "..") {
         return Err(format!("`{path}` escapes {dir} with `..`"));
     }
@@ -490,7 +577,8 @@ fn valid_image_ref(r: &str) -> bool {
     !r.is_empty()
         && r.len() <= 255
         && !r.starts_with(['-', '.', ':', '/'])
-        && r.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@'))
+        && r.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@'))
 }
 
 #[cfg(test)]
@@ -532,27 +620,42 @@ handlers:
         assert_eq!(deploy.limits.memory, 256 << 20);
         assert_eq!(deploy.timeout, DEFAULT_TIMEOUT);
         let params = serde_json::json!({"service": "web"});
-        let rendered = deploy.resource.render("deploy", "d1", params.as_object().unwrap());
+        let rendered = deploy
+            .resource
+            .render("deploy", "d1", params.as_object().unwrap());
         assert_eq!(rendered.unwrap(), "svc-web");
-        assert_eq!(echo.resource.render("echo", "x", &Map::new()).unwrap(), "echo");
+        assert_eq!(
+            echo.resource.render("echo", "x", &Map::new()).unwrap(),
+            "echo"
+        );
     }
 
     #[test]
     fn unknown_kind_suggests() {
         let idx = HandlerIndex::parse(INDEX.as_bytes()).unwrap();
         let msg = idx.route("deplyo").unwrap_err();
-        assert_eq!(msg, "unknown kind `deplyo`; known kinds: deploy, echo (did you mean `deploy`?)");
+        assert_eq!(
+            msg,
+            "unknown kind `deplyo`; known kinds: deploy, echo (did you mean `deploy`?)"
+        );
     }
 
     #[test]
     fn bad_entries_are_located() {
-        let text = "handlers:\n  x:\n    run: ../etc/passwd\n    image: busybox\n    network: bridge\n";
+        let text =
+            "handlers:\n  x:\n    run: ../etc/passwd\n    image: busybox\n    network: bridge\n";
         let err = HandlerIndex::parse(text.as_bytes()).unwrap_err();
         let rules: Vec<_> = err.0.iter().map(|v| (v.rule, v.line)).collect();
-        assert_eq!(rules, vec![("invalid-run", Some(3)), ("invalid-network", Some(5))]);
+        assert_eq!(
+            rules,
+            vec![("invalid-run", Some(3)), ("invalid-network", Some(5))]
+        );
         let err = HandlerIndex::parse(b"handlers:\n  x:\n    run: handlers/x.sh\n").unwrap_err();
         assert_eq!(err.0[0].rule, "no-image");
-        let err = HandlerIndex::parse(b"handlers:\n  x:\n    run: handlers/x.sh\n    image: a\n    colour: red\n").unwrap_err();
+        let err = HandlerIndex::parse(
+            b"handlers:\n  x:\n    run: handlers/x.sh\n    image: a\n    colour: red\n",
+        )
+        .unwrap_err();
         assert_eq!(err.0[0].line, Some(5), "{err}");
     }
 
@@ -568,7 +671,10 @@ handlers:
 
     #[test]
     fn paths_stay_under_handlers() {
-        assert_eq!(normalize_under("handlers/./a.sh", "handlers/").unwrap(), "handlers/a.sh");
+        assert_eq!(
+            normalize_under("handlers/./a.sh", "handlers/").unwrap(),
+            "handlers/a.sh"
+        );
         assert!(normalize_under("handlers/../src/main.rs", "handlers/").is_err());
         assert!(normalize_under("/handlers/a.sh", "handlers/").is_err());
         assert!(normalize_under("handlers/", "handlers/").is_err());

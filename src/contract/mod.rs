@@ -133,7 +133,10 @@ mod tests {
 
     #[test]
     fn closest_finds_typos() {
-        assert_eq!(closest("deplyo", ["deploy", "backup", "echo"]), Some("deploy"));
+        assert_eq!(
+            closest("deplyo", ["deploy", "backup", "echo"]),
+            Some("deploy")
+        );
         assert_eq!(closest("zzzzzz", ["deploy", "backup"]), None);
     }
 

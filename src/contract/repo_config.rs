@@ -84,20 +84,38 @@ impl RepoConfig {
 
         let purpose_ok = !raw.repo.purpose.is_empty()
             && raw.repo.purpose.len() <= 64
-            && raw.repo.purpose.starts_with(|c: char| c.is_ascii_lowercase())
-            && raw.repo.purpose.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && raw
+                .repo
+                .purpose
+                .starts_with(|c: char| c.is_ascii_lowercase())
+            && raw
+                .repo
+                .purpose
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !purpose_ok {
             errors.push(
-                Violation::new(file, "invalid-value", format!("repo.purpose `{}` is not a lowercase label", raw.repo.purpose))
-                    .at(at("repo", "purpose"))
-                    .hint("e.g. `purpose: infrastructure-orchestration`"),
+                Violation::new(
+                    file,
+                    "invalid-value",
+                    format!(
+                        "repo.purpose `{}` is not a lowercase label",
+                        raw.repo.purpose
+                    ),
+                )
+                .at(at("repo", "purpose"))
+                .hint("e.g. `purpose: infrastructure-orchestration`"),
             );
         }
         if raw.repo.strategy != STRATEGY {
             errors.push(
-                Violation::new(file, "unsupported-strategy", format!("repo.strategy `{}` is not supported", raw.repo.strategy))
-                    .at(at("repo", "strategy"))
-                    .hint(format!("codex-runner implements `{STRATEGY}`")),
+                Violation::new(
+                    file,
+                    "unsupported-strategy",
+                    format!("repo.strategy `{}` is not supported", raw.repo.strategy),
+                )
+                .at(at("repo", "strategy"))
+                .hint(format!("codex-runner implements `{STRATEGY}`")),
             );
         }
         let mut dir = |key: &str, value: Option<String>, default: &str| -> String {
@@ -105,25 +123,48 @@ impl RepoConfig {
             let name = v.strip_suffix('/').unwrap_or(&v);
             let ok = !name.is_empty()
                 && !name.starts_with('.')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
             if ok {
                 format!("{name}/")
             } else {
                 errors.push(
-                    Violation::new(file, "invalid-path", format!("codex.{key} `{v}` must name one top-level directory"))
-                        .at(at("codex", key))
-                        .hint(format!("e.g. `{key}: {default}`")),
+                    Violation::new(
+                        file,
+                        "invalid-path",
+                        format!("codex.{key} `{v}` must name one top-level directory"),
+                    )
+                    .at(at("codex", key))
+                    .hint(format!("e.g. `{key}: {default}`")),
                 );
                 default.to_string()
             }
         };
-        let trigger_path = dir("deploy_trigger_path", raw.codex.deploy_trigger_path, &d.trigger_path);
-        let output_path = dir("deploy_output_path", raw.codex.deploy_output_path, &d.output_path);
-        let processed_path = dir("processed_path", raw.codex.processed_path, &d.processed_path);
+        let trigger_path = dir(
+            "deploy_trigger_path",
+            raw.codex.deploy_trigger_path,
+            &d.trigger_path,
+        );
+        let output_path = dir(
+            "deploy_output_path",
+            raw.codex.deploy_output_path,
+            &d.output_path,
+        );
+        let processed_path = dir(
+            "processed_path",
+            raw.codex.processed_path,
+            &d.processed_path,
+        );
         let reserved = ["handlers/", "containers/", ".git/"];
-        let dirs = [("deploy_trigger_path", &trigger_path), ("deploy_output_path", &output_path), ("processed_path", &processed_path)];
+        let dirs = [
+            ("deploy_trigger_path", &trigger_path),
+            ("deploy_output_path", &output_path),
+            ("processed_path", &processed_path),
+        ];
         for (i, (key, value)) in dirs.iter().enumerate() {
-            let clash = dirs[..i].iter().any(|(_, other)| other == value) || reserved.contains(&value.as_str());
+            let clash = dirs[..i].iter().any(|(_, other)| other == value)
+                || reserved.contains(&value.as_str());
             if clash {
                 errors.push(
                     Violation::new(file, "path-clash", format!("codex.{key} `{value}` is used for something else"))
@@ -135,8 +176,12 @@ impl RepoConfig {
         let mainline_branch = raw.codex.mainline_branch.unwrap_or(d.mainline_branch);
         if !valid_branch(&mainline_branch) {
             errors.push(
-                Violation::new(file, "invalid-branch", format!("codex.mainline_branch `{mainline_branch}` is not a valid branch name"))
-                    .at(at("codex", "mainline_branch")),
+                Violation::new(
+                    file,
+                    "invalid-branch",
+                    format!("codex.mainline_branch `{mainline_branch}` is not a valid branch name"),
+                )
+                .at(at("codex", "mainline_branch")),
             );
         }
         if !errors.is_empty() {
@@ -148,8 +193,14 @@ impl RepoConfig {
             output_path,
             processed_path,
             mainline_branch,
-            enforce_merge: raw.codex.enforce_merge_before_execution.unwrap_or(d.enforce_merge),
-            cleanup_after_success: raw.codex.cleanup_after_success.unwrap_or(d.cleanup_after_success),
+            enforce_merge: raw
+                .codex
+                .enforce_merge_before_execution
+                .unwrap_or(d.enforce_merge),
+            cleanup_after_success: raw
+                .codex
+                .cleanup_after_success
+                .unwrap_or(d.cleanup_after_success),
         })
     }
 }
@@ -164,7 +215,9 @@ pub fn valid_branch(name: &str) -> bool {
         && !name.contains("..")
         && !name.contains("//")
         && !name.contains("@{")
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'))
 }
 
 #[cfg(test)]
@@ -175,14 +228,20 @@ mod tests {
 
     #[test]
     fn starting_shape_parses() {
-        assert_eq!(RepoConfig::parse(START.as_bytes()).unwrap(), RepoConfig::default());
+        assert_eq!(
+            RepoConfig::parse(START.as_bytes()).unwrap(),
+            RepoConfig::default()
+        );
     }
 
     #[test]
     fn values_take_effect() {
         let text = "repo:\n  purpose: ops\n  strategy: git-merge-execution\ncodex:\n  deploy_trigger_path: inbox\n  deploy_output_path: out/\n  mainline_branch: trunk\n  cleanup_after_success: false\n";
         let c = RepoConfig::parse(text.as_bytes()).unwrap();
-        assert_eq!((c.trigger_path.as_str(), c.output_path.as_str()), ("inbox/", "out/"));
+        assert_eq!(
+            (c.trigger_path.as_str(), c.output_path.as_str()),
+            ("inbox/", "out/")
+        );
         assert_eq!(c.mainline_branch, "trunk");
         assert!(!c.cleanup_after_success);
         assert!(c.enforce_merge);
@@ -191,13 +250,50 @@ mod tests {
     #[test]
     fn each_field_broken_is_named() {
         let cases = [
-            (START.replace("purpose: infrastructure-orchestration", "purpose: Infra Stuff"), "invalid-value", 2),
-            (START.replace("strategy: git-merge-execution", "strategy: yolo"), "unsupported-strategy", 3),
-            (START.replace("deploy_trigger_path: requests/", "deploy_trigger_path: ../etc"), "invalid-path", 5),
-            (START.replace("deploy_output_path: logs/", "deploy_output_path: requests/"), "path-clash", 6),
-            (START.replace("mainline_branch: main", "mainline_branch: ma..in"), "invalid-branch", 7),
-            (START.replace("enforce_merge_before_execution: true", "enforce_merge_before_execution: maybe"), "yaml-syntax", 8),
-            (START.replace("cleanup_after_success", "cleanup_after_sucess"), "unknown-field", 9),
+            (
+                START.replace(
+                    "purpose: infrastructure-orchestration",
+                    "purpose: Infra Stuff",
+                ),
+                "invalid-value",
+                2,
+            ),
+            (
+                START.replace("strategy: git-merge-execution", "strategy: yolo"),
+                "unsupported-strategy",
+                3,
+            ),
+            (
+                START.replace(
+                    "deploy_trigger_path: requests/",
+                    "deploy_trigger_path: ../etc",
+                ),
+                "invalid-path",
+                5,
+            ),
+            (
+                START.replace("deploy_output_path: logs/", "deploy_output_path: requests/"),
+                "path-clash",
+                6,
+            ),
+            (
+                START.replace("mainline_branch: main", "mainline_branch: ma..in"),
+                "invalid-branch",
+                7,
+            ),
+            (
+                START.replace(
+                    "enforce_merge_before_execution: true",
+                    "enforce_merge_before_execution: maybe",
+                ),
+                "yaml-syntax",
+                8,
+            ),
+            (
+                START.replace("cleanup_after_success", "cleanup_after_sucess"),
+                "unknown-field",
+                9,
+            ),
         ];
         for (text, rule, line) in cases {
             let err = RepoConfig::parse(text.as_bytes()).unwrap_err();

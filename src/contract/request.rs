@@ -94,7 +94,10 @@ impl Schema {
     /// Compile a draft 2020-12 schema; remote `$ref`s are never fetched.
     pub fn compile(document: Value) -> Result<Self, String> {
         let validator = jsonschema::draft202012::new(&document).map_err(|e| e.to_string())?;
-        Ok(Schema { document, validator })
+        Ok(Schema {
+            document,
+            validator,
+        })
     }
 
     /// Property names the schema declares for the object at `steps`.
@@ -154,8 +157,11 @@ pub fn parse_request(file: &str, bytes: &[u8]) -> Result<Request, Violations> {
         None => None,
         Some(Value::Number(n)) => n.as_u64().map(Duration::from_secs),
         Some(Value::String(s)) => Some(parse_duration(s).map_err(|m| {
-            Violation::new(file, "invalid-timeout", m)
-                .at(locate(text, &["timeout".to_string()], false))
+            Violation::new(file, "invalid-timeout", m).at(locate(
+                text,
+                &["timeout".to_string()],
+                false,
+            ))
         })?),
         Some(_) => None,
     };
@@ -167,7 +173,10 @@ pub fn parse_request(file: &str, bytes: &[u8]) -> Result<Request, Violations> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string(),
-        resource: obj.get("resource").and_then(Value::as_str).map(str::to_string),
+        resource: obj
+            .get("resource")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         params: obj
             .get("params")
             .and_then(Value::as_object)

@@ -15,7 +15,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("`{text}` has unknown unit `{unit}` (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "`{text}` has unknown unit `{unit}` (use ms, s, m or h)"
+            ))
+        }
     };
     if d.is_zero() {
         return Err(format!("`{text}` is zero; a duration must be positive"));
@@ -36,7 +40,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "k" | "K" | "KiB" | "kB" => 1 << 10,
         "m" | "M" | "MiB" | "MB" => 1 << 20,
         "g" | "G" | "GiB" | "GB" => 1 << 30,
-        other => return Err(format!("`{text}` has unknown unit `{other}` (use KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "`{text}` has unknown unit `{other}` (use KiB, MiB or GiB)"
+            ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("`{text}` is too large"))

@@ -46,9 +46,11 @@ pub fn text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, Violation> {
         .hint("keep requests small; put bulky data behind a reference the handler fetches"));
     }
     if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
-        return Err(Violation::new(file, "bom", "file starts with a UTF-8 byte-order mark")
-            .at(Some((1, 1)))
-            .hint("save the file as UTF-8 without BOM"));
+        return Err(
+            Violation::new(file, "bom", "file starts with a UTF-8 byte-order mark")
+                .at(Some((1, 1)))
+                .hint("save the file as UTF-8 without BOM"),
+        );
     }
     std::str::from_utf8(bytes).map_err(|e| {
         let good = &bytes[..e.valid_up_to()];
@@ -95,17 +97,32 @@ fn first_line(s: &str) -> String {
 fn classify(message: &str) -> (&'static str, Option<&'static str>) {
     let m = message.to_ascii_lowercase();
     if m.contains("duplicate") {
-        ("duplicate-key", Some("each key may appear once in a mapping"))
+        (
+            "duplicate-key",
+            Some("each key may appear once in a mapping"),
+        )
     } else if m.contains("alias") || m.contains("anchor") {
-        ("alias-limit", Some("avoid YAML anchors and aliases in requests; write values out"))
+        (
+            "alias-limit",
+            Some("avoid YAML anchors and aliases in requests; write values out"),
+        )
     } else if m.contains("depth") || m.contains("budget") || m.contains("nodes") {
-        ("too-complex", Some("nesting is limited to 32 levels; flatten the structure"))
+        (
+            "too-complex",
+            Some("nesting is limited to 32 levels; flatten the structure"),
+        )
     } else if m.contains("multiple documents") || m.contains("document") {
-        ("multiple-documents", Some("a request file holds exactly one YAML document"))
+        (
+            "multiple-documents",
+            Some("a request file holds exactly one YAML document"),
+        )
     } else if m.contains("unknown field") {
         ("unknown-field", None)
     } else {
-        ("yaml-syntax", Some("check indentation and quoting near the position shown"))
+        (
+            "yaml-syntax",
+            Some("check indentation and quoting near the position shown"),
+        )
     }
 }
 
@@ -144,7 +161,10 @@ pub fn locate(text: &str, path: &[String], key: bool) -> Option<(usize, usize)> 
         let pos = (span.start.line(), span.start.col() + 1);
         let is_node = matches!(
             event,
-            Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..) | Event::Alias(..)
+            Event::Scalar(..)
+                | Event::SequenceStart(..)
+                | Event::MappingStart(..)
+                | Event::Alias(..)
         );
         if is_node {
             // A scalar in key position of a mapping names the next value.

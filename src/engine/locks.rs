@@ -23,8 +23,11 @@ pub struct ResourceLock {
 impl ResourceLocks {
     /// Locks under `dir` (created if needed).
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("failed to create lock dir {}", dir.display()))?;
-        Ok(ResourceLocks { dir: dir.to_path_buf() })
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create lock dir {}", dir.display()))?;
+        Ok(ResourceLocks {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// The lock file of `resource`.
@@ -33,7 +36,11 @@ impl ResourceLocks {
     }
 
     /// Take the lock, calling `on_wait` once if another holder makes us wait.
-    pub async fn acquire(&self, resource: &str, on_wait: impl FnOnce()) -> anyhow::Result<ResourceLock> {
+    pub async fn acquire(
+        &self,
+        resource: &str,
+        on_wait: impl FnOnce(),
+    ) -> anyhow::Result<ResourceLock> {
         let path = self.path(resource);
         let file = OpenOptions::new()
             .create(true)
@@ -45,7 +52,9 @@ impl ResourceLocks {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 on_wait();
-                let file = file.try_clone().context("failed to clone lock file handle")?;
+                let file = file
+                    .try_clone()
+                    .context("failed to clone lock file handle")?;
                 tokio::task::spawn_blocking(move || file.lock())
                     .await
                     .context("failed to join the lock waiter")?
@@ -55,7 +64,10 @@ impl ResourceLocks {
                 return Err(e).with_context(|| format!("failed to lock {}", path.display()));
             }
         }
-        Ok(ResourceLock { _file: file, resource: resource.to_string() })
+        Ok(ResourceLock {
+            _file: file,
+            resource: resource.to_string(),
+        })
     }
 }
 
@@ -71,9 +83,8 @@ fn file_name(resource: &str) -> String {
     }
     if out.len() > 180 {
         // Keep names within file-system limits; the hash keeps long keys distinct.
-        let hash = resource.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
         out.truncate(160);
-        out.push_str(&format!("-{hash:016x}"));
+        out.push_str(&format!("-{:016x}", super::fnv1a(resource)));
     }
     out
 }
@@ -96,18 +107,31 @@ mod tests {
     async fn second_holder_waits_then_gets_it() {
         let dir = tempfile::tempdir().unwrap();
         let locks = ResourceLocks::new(dir.path()).unwrap();
-        let first = locks.acquire("db", || panic!("first must not wait")).await.unwrap();
+        let first = locks
+            .acquire("db", || panic!("first must not wait"))
+            .await
+            .unwrap();
         let waited = Arc::new(AtomicBool::new(false));
         let w = waited.clone();
         let l2 = locks.clone();
-        let second = tokio::spawn(async move { l2.acquire("db", move || w.store(true, Ordering::SeqCst)).await });
+        let second = tokio::spawn(async move {
+            l2.acquire("db", move || w.store(true, Ordering::SeqCst))
+                .await
+        });
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         assert!(waited.load(Ordering::SeqCst));
         assert!(!second.is_finished());
         drop(first);
-        let got = tokio::time::timeout(std::time::Duration::from_secs(5), second).await.unwrap().unwrap().unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), second)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(got.resource, "db");
         // Another resource is independent.
-        locks.acquire("web", || panic!("web is free")).await.unwrap();
+        locks
+            .acquire("web", || panic!("web is free"))
+            .await
+            .unwrap();
     }
 }

@@ -143,12 +143,18 @@ impl PassContext {
 
     async fn checkout(&self, commit: Oid) -> anyhow::Result<PathBuf> {
         let mut checkouts = self.checkouts.lock().await;
-        let mirror = self.mirror.lock().map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
+        let mirror = self
+            .mirror
+            .lock()
+            .map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
         checkouts.get(&mirror, commit)
     }
 
     async fn object_id(&self, commit: Oid, path: &str) -> anyhow::Result<String> {
-        let mirror = self.mirror.lock().map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
+        let mirror = self
+            .mirror
+            .lock()
+            .map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
         mirror
             .object_id(commit, path)
             .map(|o| o.to_string())
@@ -162,7 +168,10 @@ fn git<T>(r: anyhow::Result<T>) -> Result<T, DispatchError> {
 
 fn load_repo_config(mirror: &Mirror, tip: Oid) -> Result<RepoConfig, DispatchError> {
     match git(mirror.read_file(tip, CONFIG_PATH))? {
-        Some(bytes) => RepoConfig::parse(&bytes).map_err(|v| DispatchError::Contract { commit: tip.to_string(), violations: v }),
+        Some(bytes) => RepoConfig::parse(&bytes).map_err(|v| DispatchError::Contract {
+            commit: tip.to_string(),
+            violations: v,
+        }),
         None => {
             tracing::warn!("no {CONFIG_PATH} at {tip}; using the defaults");
             Ok(RepoConfig::default())
@@ -171,19 +180,39 @@ fn load_repo_config(mirror: &Mirror, tip: Oid) -> Result<RepoConfig, DispatchErr
 }
 
 fn load_index(mirror: &Mirror, tip: Oid) -> Result<HandlerIndex, DispatchError> {
-    let contract = |v: Violations| DispatchError::Contract { commit: tip.to_string(), violations: v };
+    let contract = |v: Violations| DispatchError::Contract {
+        commit: tip.to_string(),
+        violations: v,
+    };
     let bytes = git(mirror.read_file(tip, INDEX_PATH))?.ok_or_else(|| {
-        contract(Violation::new(INDEX_PATH, "missing-index", "the handler index does not exist").hint("add handlers/index.yml").into())
+        contract(
+            Violation::new(
+                INDEX_PATH,
+                "missing-index",
+                "the handler index does not exist",
+            )
+            .hint("add handlers/index.yml")
+            .into(),
+        )
     })?;
     let index = HandlerIndex::parse(&bytes).map_err(contract)?;
-    index.check_files(|p| mirror.path_kind(tip, p)).map_err(contract)?;
+    index
+        .check_files(|p| mirror.path_kind(tip, p))
+        .map_err(contract)?;
     Ok(index)
 }
 
 /// Results executed in an earlier pass whose commit never reached the remote.
-fn pending_results(results_dir: &Path, mirror: &Mirror, tip: Oid, config: &RepoConfig) -> anyhow::Result<Vec<Finished>> {
+fn pending_results(
+    results_dir: &Path,
+    mirror: &Mirror,
+    tip: Oid,
+    config: &RepoConfig,
+) -> anyhow::Result<Vec<Finished>> {
     let mut out = Vec::new();
-    let Ok(dirs) = std::fs::read_dir(results_dir) else { return Ok(out) };
+    let Ok(dirs) = std::fs::read_dir(results_dir) else {
+        return Ok(out);
+    };
     for d in dirs {
         let dir = d?.path();
         let status = match read_status(&dir.join("status.json")) {
@@ -199,7 +228,9 @@ fn pending_results(results_dir: &Path, mirror: &Mirror, tip: Oid, config: &RepoC
         let already = mirror
             .read_file(tip, &published_path)?
             .and_then(|b| serde_json::from_slice::<Status>(&b).ok())
-            .is_some_and(|s| s.commit == status.commit && s.file == status.file && s.attempt == status.attempt);
+            .is_some_and(|s| {
+                s.commit == status.commit && s.file == status.file && s.attempt == status.attempt
+            });
         if already {
             let _ = std::fs::remove_dir_all(&dir);
             continue;
@@ -217,8 +248,13 @@ fn pending_results(results_dir: &Path, mirror: &Mirror, tip: Oid, config: &RepoC
 
 /// Run one full pass against the remote.
 pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, DispatchError> {
-    let results_dir = opts.state_dir.join("results");
-    std::fs::create_dir_all(&results_dir).with_context(|| format!("failed to create state dir {}", results_dir.display()))?;
+    // Results wait per remote: runners of several repositories may share one state dir.
+    let results_dir = opts
+        .state_dir
+        .join("results")
+        .join(remote_key(&opts.remote));
+    std::fs::create_dir_all(&results_dir)
+        .with_context(|| format!("failed to create state dir {}", results_dir.display()))?;
     let locks = ResourceLocks::new(&opts.state_dir.join("locks"))?;
     let mirror = git(Mirror::open(&opts.work_dir, &opts.remote))?;
 
@@ -235,7 +271,12 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
             config = load_repo_config(&mirror, t)?;
         }
     }
-    let tip = tip.ok_or_else(|| DispatchError::Refused(format!("branch `{branch}` does not exist on {}", opts.remote)))?;
+    let tip = tip.ok_or_else(|| {
+        DispatchError::Refused(format!(
+            "branch `{branch}` does not exist on {}",
+            opts.remote
+        ))
+    })?;
     if branch != config.mainline_branch && config.enforce_merge {
         return Err(DispatchError::Refused(format!(
             "branch `{branch}` is not the mainline branch `{}`, and codex.repo.yaml sets enforce_merge_before_execution: only merged requests run",
@@ -258,7 +299,13 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         .into_iter()
         .map(|(path, content, object)| {
             let (commit, depth) = intro.get(&path).copied().unwrap_or((tip, 0));
-            InboxEntry { path, content, object, commit: commit.to_string(), order: deepest - depth }
+            InboxEntry {
+                path,
+                content,
+                object,
+                commit: commit.to_string(),
+                order: deepest - depth,
+            }
         })
         .collect();
     let done = |id: &crate::contract::request::RequestId| -> Done {
@@ -267,7 +314,12 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
             return Done::Processed;
         }
         let status = format!("{}{id}.status.json", config.output_path);
-        match mirror.read_file(tip, &status).ok().flatten().and_then(|b| serde_json::from_slice::<Status>(&b).ok()) {
+        match mirror
+            .read_file(tip, &status)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<Status>(&b).ok())
+        {
             Some(s) => Done::InPlace(s.file),
             None => Done::No,
         }
@@ -335,7 +387,9 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
 
     let mut infra: Option<DispatchError> = None;
     if !queues.is_empty() {
-        let connected = DockerExecutor::connect().await.map_err(|e| format!("{e:#}"));
+        let connected = DockerExecutor::connect()
+            .await
+            .map_err(|e| format!("{e:#}"));
         let _ = cx.executor.set(connected);
         if let Err(e) = cx.executor() {
             infra = Some(DispatchError::Docker(e));
@@ -345,7 +399,9 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     let slots = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for resource in first_seen {
-        let Some(queue) = queues.remove(&resource) else { continue };
+        let Some(queue) = queues.remove(&resource) else {
+            continue;
+        };
         let cx = cx.clone();
         let slots = slots.clone();
         let locks = locks.clone();
@@ -383,7 +439,9 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
                 infra.get_or_insert(DispatchError::Docker(e));
             }
             Err(e) => {
-                infra.get_or_insert(DispatchError::Other(anyhow::anyhow!("a request task panicked: {e}")));
+                infra.get_or_insert(DispatchError::Other(anyhow::anyhow!(
+                    "a request task panicked: {e}"
+                )));
             }
         }
     }
@@ -391,7 +449,13 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     drop(tx);
     drop(report_tx);
     let (published, publish_errors) = committer.await.context("failed to join the committer")?;
-    let mut report = PassReport { branch, tip: Some(tip.to_string()), ignored: planned.ignored, published, ..Default::default() };
+    let mut report = PassReport {
+        branch,
+        tip: Some(tip.to_string()),
+        ignored: planned.ignored,
+        published,
+        ..Default::default()
+    };
     while let Ok(status) = report_rx.try_recv() {
         report.items.push(ItemReport { status });
     }
@@ -404,7 +468,24 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     Ok(report)
 }
 
-/// Whether `state` counts as the handler having run to an end (for summaries).
-pub fn ran(state: State) -> bool {
-    !matches!(state, State::Rejected)
+/// A directory name for a remote: readable tail plus a hash of the whole URL.
+fn remote_key(remote: &str) -> String {
+    let tail: String = remote
+        .trim_end_matches('/')
+        .trim_end_matches(".git")
+        .rsplit(['/', ':'])
+        .next()
+        .unwrap_or("repo")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .take(40)
+        .collect();
+    format!("{tail}-{:016x}", fnv1a(remote))
+}
+
+/// FNV-1a: a stable short hash for file names (not for security).
+pub(crate) fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }

@@ -28,15 +28,26 @@ pub(crate) struct Target {
 /// The repository changes that record `done`.
 pub(crate) fn changes(config: &RepoConfig, done: &Finished) -> anyhow::Result<Vec<Change>> {
     let id = &done.status.id;
-    let log = std::fs::read(done.dir.join("log.jsonl")).context("failed to read a finished run log")?;
-    let status = std::fs::read(done.dir.join("status.json")).context("failed to read a finished status")?;
+    let log =
+        std::fs::read(done.dir.join("log.jsonl")).context("failed to read a finished run log")?;
+    let status =
+        std::fs::read(done.dir.join("status.json")).context("failed to read a finished status")?;
     let mut out = vec![
-        Change::Write { path: format!("{}{id}.jsonl", config.output_path), bytes: log },
-        Change::Write { path: format!("{}{id}.status.json", config.output_path), bytes: status },
+        Change::Write {
+            path: format!("{}{id}.jsonl", config.output_path),
+            bytes: log,
+        },
+        Change::Write {
+            path: format!("{}{id}.status.json", config.output_path),
+            bytes: status,
+        },
     ];
     let keep_in_inbox = done.status.state == State::Succeeded && !config.cleanup_after_success;
     if !keep_in_inbox {
-        out.push(Change::Move { from: done.item.file.clone(), to: format!("{}{id}.yaml", config.processed_path) });
+        out.push(Change::Move {
+            from: done.item.file.clone(),
+            to: format!("{}{id}.yaml", config.processed_path),
+        });
     }
     Ok(out)
 }
@@ -46,25 +57,50 @@ pub(crate) fn message(batch: &[Finished], runner: &str) -> String {
     let subject = match batch {
         [one] => format!("codex: {} {}", one.status.id, one.status.state.as_str()),
         many => {
-            let ok = many.iter().filter(|f| f.status.state == State::Succeeded).count();
-            format!("codex: {} requests ({ok} succeeded, {} not)", many.len(), many.len() - ok)
+            let ok = many
+                .iter()
+                .filter(|f| f.status.state == State::Succeeded)
+                .count();
+            format!(
+                "codex: {} requests ({ok} succeeded, {} not)",
+                many.len(),
+                many.len() - ok
+            )
         }
     };
     let mut body = String::new();
     for f in batch {
-        let reason = f.status.reason.as_deref().map(|r| r.lines().next().unwrap_or_default()).unwrap_or_default();
-        body.push_str(&format!("- {} ({}): {} {}\n", f.status.id, f.item.file, f.status.state.as_str(), reason));
+        let reason = f
+            .status
+            .reason
+            .as_deref()
+            .map(|r| r.lines().next().unwrap_or_default())
+            .unwrap_or_default();
+        body.push_str(&format!(
+            "- {} ({}): {} {}\n",
+            f.status.id,
+            f.item.file,
+            f.status.state.as_str(),
+            reason
+        ));
     }
     let mut trailers = String::new();
     for f in batch {
-        trailers.push_str(&format!("Codex-Request: {}\nCodex-State: {}\n", f.status.id, f.status.state.as_str()));
+        trailers.push_str(&format!(
+            "Codex-Request: {}\nCodex-State: {}\n",
+            f.status.id,
+            f.status.state.as_str()
+        ));
     }
     trailers.push_str(&format!("Codex-Runner: {runner}\n"));
     format!("{subject}\n\n{body}\n{trailers}")
 }
 
 /// Publish finished requests as they arrive, batching whatever queued up during a push.
-pub(crate) async fn committer(target: Target, mut rx: mpsc::UnboundedReceiver<Finished>) -> (Vec<Published>, Vec<anyhow::Error>) {
+pub(crate) async fn committer(
+    target: Target,
+    mut rx: mpsc::UnboundedReceiver<Finished>,
+) -> (Vec<Published>, Vec<anyhow::Error>) {
     let mut published = Vec::new();
     let mut errors = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -97,7 +133,10 @@ async fn publish_batch(target: &Target, batch: &[Finished]) -> anyhow::Result<Pu
     let msg = message(batch, &target.runner);
     let t = target.clone();
     tokio::task::spawn_blocking(move || {
-        let mirror = t.mirror.lock().map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
+        let mirror = t
+            .mirror
+            .lock()
+            .map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
         mirror.publish(&t.branch, &all, &msg, &t.identity, t.attempts)
     })
     .await

@@ -24,9 +24,11 @@ impl ResultDir {
     pub fn fresh(root: &Path, log_id: &str) -> anyhow::Result<Self> {
         let dir = root.join(log_id);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("failed to clear {}", dir.display()))?;
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("failed to clear {}", dir.display()))?;
         }
-        crate::exec::ensure_world_readable_dir(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        crate::exec::ensure_world_readable_dir(&dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
         Ok(ResultDir { dir })
     }
     pub fn log(&self) -> PathBuf {
@@ -38,7 +40,14 @@ impl ResultDir {
 }
 
 /// A status for a request that never started a container.
-fn unstarted(cx: &PassContext, item: &WorkItem, kind: &str, state: State, reason: String, resource: Option<String>) -> Status {
+fn unstarted(
+    cx: &PassContext,
+    item: &WorkItem,
+    kind: &str,
+    state: State,
+    reason: String,
+    resource: Option<String>,
+) -> Status {
     Status {
         id: item.log_id.clone(),
         kind: kind.to_string(),
@@ -58,20 +67,40 @@ fn unstarted(cx: &PassContext, item: &WorkItem, kind: &str, state: State, reason
 }
 
 /// Record a request rejected by the planner.
-pub(crate) fn record_rejection(cx: &PassContext, item: &WorkItem, violations: &[Violation]) -> anyhow::Result<Finished> {
+pub(crate) fn record_rejection(
+    cx: &PassContext,
+    item: &WorkItem,
+    violations: &[Violation],
+) -> anyhow::Result<Finished> {
     let out = ResultDir::fresh(&cx.results_dir, &item.log_id)?;
     let mut log = RunLog::create(&out.log(), &item.log_id)?;
-    log.event("received", json!({"file": item.file, "commit": item.commit}))?;
-    let reason = violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n");
+    log.event(
+        "received",
+        json!({"file": item.file, "commit": item.commit}),
+    )?;
+    let reason = violations
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
     log.event("rejected", json!({"violations": violations}))?;
     log.event("finished", json!({"state": "rejected", "reason": reason}))?;
     let status = unstarted(cx, item, "", State::Rejected, reason, None);
     write_status(&out.status(), &status)?;
-    Ok(Finished { item: item.clone(), status, dir: out.dir })
+    Ok(Finished {
+        item: item.clone(),
+        status,
+        dir: out.dir,
+    })
 }
 
 /// Run one request. `Err` means infrastructure failed: nothing is recorded and it runs again later.
-pub(crate) async fn execute(cx: &PassContext, item: &WorkItem, runnable: &Runnable, waited_for: Option<String>) -> anyhow::Result<Finished> {
+pub(crate) async fn execute(
+    cx: &PassContext,
+    item: &WorkItem,
+    runnable: &Runnable,
+    waited_for: Option<String>,
+) -> anyhow::Result<Finished> {
     let out = ResultDir::fresh(&cx.results_dir, &item.log_id)?;
     let result = execute_in(cx, item, runnable, &out, waited_for).await;
     if result.is_err() {
@@ -80,11 +109,20 @@ pub(crate) async fn execute(cx: &PassContext, item: &WorkItem, runnable: &Runnab
     result
 }
 
-async fn execute_in(cx: &PassContext, item: &WorkItem, runnable: &Runnable, out: &ResultDir, waited_for: Option<String>) -> anyhow::Result<Finished> {
+async fn execute_in(
+    cx: &PassContext,
+    item: &WorkItem,
+    runnable: &Runnable,
+    out: &ResultDir,
+    waited_for: Option<String>,
+) -> anyhow::Result<Finished> {
     let request = &runnable.request;
     let kind = request.kind.as_str();
     let mut log = RunLog::create(&out.log(), &item.log_id)?;
-    log.event("received", json!({"file": item.file, "commit": item.commit}))?;
+    log.event(
+        "received",
+        json!({"file": item.file, "commit": item.commit}),
+    )?;
     log.event(
         "validated",
         json!({"kind": kind, "resource": runnable.resource, "timeout_ms": runnable.timeout.as_millis() as u64}),
@@ -95,9 +133,20 @@ async fn execute_in(cx: &PassContext, item: &WorkItem, runnable: &Runnable, out:
     let reject = |log: &mut RunLog, reason: String| -> anyhow::Result<Finished> {
         log.event("rejected", json!({"reason": reason}))?;
         log.event("finished", json!({"state": "rejected", "reason": reason}))?;
-        let status = unstarted(cx, item, kind, State::Rejected, reason, Some(runnable.resource.clone()));
+        let status = unstarted(
+            cx,
+            item,
+            kind,
+            State::Rejected,
+            reason,
+            Some(runnable.resource.clone()),
+        );
         write_status(&out.status(), &status)?;
-        Ok(Finished { item: item.clone(), status, dir: out.dir.clone() })
+        Ok(Finished {
+            item: item.clone(),
+            status,
+            dir: out.dir.clone(),
+        })
     };
     let handler = match cx.index.route(kind) {
         Ok(h) => h,
@@ -111,7 +160,10 @@ async fn execute_in(cx: &PassContext, item: &WorkItem, runnable: &Runnable, out:
             let tree = cx.object_id(commit, &format!("containers/{dir}")).await?;
             let tag = format!("codex-runner-build/{dir}:{}", &tree[..12.min(tree.len())]);
             let context = repo_dir.join("containers").join(dir);
-            cx.executor()?.ensure_built(&tag, &context).await.map(|()| tag)
+            cx.executor()?
+                .ensure_built(&tag, &context)
+                .await
+                .map(|()| tag)
         }
     };
     let image = match image {
@@ -155,7 +207,9 @@ async fn execute_in(cx: &PassContext, item: &WorkItem, runnable: &Runnable, out:
         .executor()?
         .run(&spec, |event| {
             let r = match event {
-                OutputEvent::Line(stream, line) => log.event("output", json!({"stream": stream.as_str(), "line": line})),
+                OutputEvent::Line(stream, line) => {
+                    log.event("output", json!({"stream": stream.as_str(), "line": line}))
+                }
                 OutputEvent::Truncated { cap } => log.event(
                     "output_truncated",
                     json!({"cap_bytes": cap, "note": "output past the cap was dropped"}),
@@ -177,15 +231,32 @@ async fn execute_in(cx: &PassContext, item: &WorkItem, runnable: &Runnable, out:
     let duration_ms = clock.elapsed().as_millis() as u64;
     log.event("exit", json!({"exit_code": outcome.exit_code, "oom_killed": outcome.oom_killed, "output_bytes": outcome.output_bytes}))?;
     let (state, reason) = if outcome.timed_out {
-        (State::TimedOut, Some(format!("timeout after {}", crate::contract::units::format_duration(runnable.timeout))))
+        (
+            State::TimedOut,
+            Some(format!(
+                "timeout after {}",
+                crate::contract::units::format_duration(runnable.timeout)
+            )),
+        )
     } else if outcome.oom_killed {
         (State::Failed, Some("oom".to_string()))
     } else if outcome.exit_code == Some(0) {
         (State::Succeeded, None)
     } else {
-        (State::Failed, Some(format!("exit code {}", outcome.exit_code.map_or("unknown".into(), |c| c.to_string()))))
+        (
+            State::Failed,
+            Some(format!(
+                "exit code {}",
+                outcome
+                    .exit_code
+                    .map_or("unknown".into(), |c| c.to_string())
+            )),
+        )
     };
-    log.event("finished", json!({"state": state.as_str(), "reason": reason, "duration_ms": duration_ms}))?;
+    log.event(
+        "finished",
+        json!({"state": state.as_str(), "reason": reason, "duration_ms": duration_ms}),
+    )?;
     let status = Status {
         id: item.log_id.clone(),
         kind: kind.to_string(),
@@ -203,5 +274,9 @@ async fn execute_in(cx: &PassContext, item: &WorkItem, runnable: &Runnable, out:
         resource: Some(runnable.resource.clone()),
     };
     write_status(&out.status(), &status)?;
-    Ok(Finished { item: item.clone(), status, dir: out.dir.clone() })
+    Ok(Finished {
+        item: item.clone(),
+        status,
+        dir: out.dir.clone(),
+    })
 }

@@ -98,7 +98,8 @@ pub struct DockerExecutor {
 impl DockerExecutor {
     /// Connect through `DOCKER_HOST` or the local socket and agree on an API version.
     pub async fn connect() -> anyhow::Result<Self> {
-        let docker = Docker::connect_with_local_defaults().context("failed to find the docker socket")?;
+        let docker =
+            Docker::connect_with_local_defaults().context("failed to find the docker socket")?;
         let docker = docker
             .negotiate_version()
             .await
@@ -108,8 +109,16 @@ impl DockerExecutor {
 
     /// The engine's version string.
     pub async fn version(&self) -> anyhow::Result<String> {
-        let v = self.docker.version().await.context("failed to ask the docker engine its version")?;
-        Ok(format!("{} (API {})", v.version.unwrap_or_default(), v.api_version.unwrap_or_default()))
+        let v = self
+            .docker
+            .version()
+            .await
+            .context("failed to ask the docker engine its version")?;
+        Ok(format!(
+            "{} (API {})",
+            v.version.unwrap_or_default(),
+            v.api_version.unwrap_or_default()
+        ))
     }
 
     /// Whether `reference` is present locally (no pull).
@@ -126,7 +135,9 @@ impl DockerExecutor {
         if self.docker.inspect_image(reference).await.is_ok() {
             return Ok(());
         }
-        let opts = CreateImageOptionsBuilder::default().from_image(reference).build();
+        let opts = CreateImageOptionsBuilder::default()
+            .from_image(reference)
+            .build();
         let pull = async {
             let mut stream = self.docker.create_image(Some(opts), None, None);
             while let Some(item) = stream.next().await {
@@ -168,9 +179,13 @@ impl DockerExecutor {
             .build_image(opts, None, Some(bollard::body_full(tar.into())));
         let mut last = String::new();
         while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| ExecError::ImageUnavailable(format!("building `{tag}` failed: {e}")))?;
+            let info = item.map_err(|e| {
+                ExecError::ImageUnavailable(format!("building `{tag}` failed: {e}"))
+            })?;
             if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                return Err(ExecError::ImageUnavailable(format!("building `{tag}` failed: {err}")));
+                return Err(ExecError::ImageUnavailable(format!(
+                    "building `{tag}` failed: {err}"
+                )));
             }
             if let Some(s) = info.stream {
                 if !s.trim().is_empty() {
@@ -198,10 +213,15 @@ impl DockerExecutor {
     }
 
     async fn remove(&self, name: &str) {
-        let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        let opts = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
         match self.docker.remove_container(name, Some(opts)).await {
             Ok(()) => tracing::debug!(container = name, "removed container"),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
             Err(e) => tracing::warn!(container = name, error = %e, "failed to remove container"),
         }
     }
@@ -211,7 +231,9 @@ impl DockerExecutor {
         spec: &ContainerSpec,
         mut on_output: impl FnMut(OutputEvent) + Send,
     ) -> Result<RunOutcome, ExecError> {
-        let create = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let create = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
         self.docker
             .create_container(Some(create), body(spec))
             .await
@@ -280,10 +302,16 @@ impl DockerExecutor {
             let mut w = self.docker.wait_container(&spec.name, None);
             let _ = w.next().await;
         };
-        let remaining = if outcome.timed_out { spec.grace + Duration::from_secs(5) } else { spec.timeout };
+        let remaining = if outcome.timed_out {
+            spec.grace + Duration::from_secs(5)
+        } else {
+            spec.timeout
+        };
         if tokio::time::timeout(remaining, wait).await.is_err() && stopper.is_none() {
             outcome.timed_out = true;
-            let opts = StopContainerOptionsBuilder::default().t(spec.grace.as_secs() as i32).build();
+            let opts = StopContainerOptionsBuilder::default()
+                .t(spec.grace.as_secs() as i32)
+                .build();
             let _ = self.docker.stop_container(&spec.name, Some(opts)).await;
         }
         if let Some(s) = stopper {
@@ -308,7 +336,10 @@ impl DockerExecutor {
             label.push(format!("{LABEL_RUNNER}={r}"));
         }
         let filters: HashMap<String, Vec<String>> = HashMap::from([("label".to_string(), label)]);
-        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
         let list = self
             .docker
             .list_containers(Some(opts))
@@ -381,7 +412,9 @@ fn tar_dir(dir: &Path) -> anyhow::Result<Vec<u8>> {
     builder
         .append_dir_all(".", dir)
         .with_context(|| format!("failed to pack the build context {}", dir.display()))?;
-    builder.into_inner().context("failed to finish the build context")
+    builder
+        .into_inner()
+        .context("failed to finish the build context")
 }
 
 /// Splits chunks into lines per stream and enforces the output cap.
@@ -395,7 +428,13 @@ struct LineSplitter {
 
 impl LineSplitter {
     fn new(cap: u64) -> Self {
-        LineSplitter { cap, seen: 0, kept: 0, truncated: false, buffers: [Vec::new(), Vec::new()] }
+        LineSplitter {
+            cap,
+            seen: 0,
+            kept: 0,
+            truncated: false,
+            buffers: [Vec::new(), Vec::new()],
+        }
     }
 
     fn push(&mut self, stream: Stream, bytes: &[u8], out: &mut impl FnMut(OutputEvent)) {
@@ -410,11 +449,17 @@ impl LineSplitter {
         self.buffers[i].extend_from_slice(&bytes[..take]);
         while let Some(pos) = self.buffers[i].iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.buffers[i].drain(..=pos).collect();
-            out(OutputEvent::Line(stream, String::from_utf8_lossy(&line[..pos]).into_owned()));
+            out(OutputEvent::Line(
+                stream,
+                String::from_utf8_lossy(&line[..pos]).into_owned(),
+            ));
         }
         while self.buffers[i].len() >= MAX_LINE {
             let piece: Vec<u8> = self.buffers[i].drain(..MAX_LINE).collect();
-            out(OutputEvent::Line(stream, String::from_utf8_lossy(&piece).into_owned()));
+            out(OutputEvent::Line(
+                stream,
+                String::from_utf8_lossy(&piece).into_owned(),
+            ));
         }
         if take < bytes.len() {
             self.flush(out);
@@ -427,7 +472,10 @@ impl LineSplitter {
         for (i, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
             if !self.buffers[i].is_empty() {
                 let rest = std::mem::take(&mut self.buffers[i]);
-                out(OutputEvent::Line(stream, String::from_utf8_lossy(&rest).into_owned()));
+                out(OutputEvent::Line(
+                    stream,
+                    String::from_utf8_lossy(&rest).into_owned(),
+                ));
             }
         }
     }
@@ -457,7 +505,9 @@ mod tests {
         let mut s = LineSplitter::new(20);
         s.push(Stream::Stdout, b"one\ntw", &mut |e| got.push(e));
         s.push(Stream::Stderr, b"err\n", &mut |e| got.push(e));
-        s.push(Stream::Stdout, b"o\nthree and more text\n", &mut |e| got.push(e));
+        s.push(Stream::Stdout, b"o\nthree and more text\n", &mut |e| {
+            got.push(e)
+        });
         s.push(Stream::Stdout, b"dropped\n", &mut |e| got.push(e));
         s.finish(&mut |e| got.push(e));
         assert_eq!(
@@ -477,7 +527,9 @@ mod tests {
     fn long_lines_come_in_pieces() {
         let mut got = Vec::new();
         let mut s = LineSplitter::new(1 << 20);
-        s.push(Stream::Stdout, &vec![b'x'; MAX_LINE + 10], &mut |e| got.push(e));
+        s.push(Stream::Stdout, &vec![b'x'; MAX_LINE + 10], &mut |e| {
+            got.push(e)
+        });
         s.finish(&mut |e| got.push(e));
         assert_eq!(got.len(), 2);
     }

@@ -92,21 +92,38 @@ pub const REPO_MOUNT: &str = "/codex/repo";
 pub const REQUEST_MOUNT: &str = "/codex/request.json";
 
 /// Build the container spec, or say which host limit the handler asks to exceed.
-pub fn container_spec(handler: &HandlerSpec, ctx: &RunContext, host: &HostLimits) -> Result<ContainerSpec, String> {
+pub fn container_spec(
+    handler: &HandlerSpec,
+    ctx: &RunContext,
+    host: &HostLimits,
+) -> Result<ContainerSpec, String> {
     let l = &handler.limits;
     let kind = &handler.kind;
-    let refuse = |what: String| Err(format!("handler `{kind}` asks for {what}, which this host's config does not allow"));
+    let refuse = |what: String| {
+        Err(format!(
+            "handler `{kind}` asks for {what}, which this host's config does not allow"
+        ))
+    };
     if l.memory > host.max_memory {
-        return refuse(format!("{} bytes of memory (host maximum {})", l.memory, host.max_memory));
+        return refuse(format!(
+            "{} bytes of memory (host maximum {})",
+            l.memory, host.max_memory
+        ));
     }
     if l.pids > host.max_pids {
-        return refuse(format!("{} processes (host maximum {})", l.pids, host.max_pids));
+        return refuse(format!(
+            "{} processes (host maximum {})",
+            l.pids, host.max_pids
+        ));
     }
     if l.cpus > host.max_cpus {
         return refuse(format!("{} CPUs (host maximum {})", l.cpus, host.max_cpus));
     }
     if l.tmpfs > host.max_tmpfs {
-        return refuse(format!("a {} byte /tmp (host maximum {})", l.tmpfs, host.max_tmpfs));
+        return refuse(format!(
+            "a {} byte /tmp (host maximum {})",
+            l.tmpfs, host.max_tmpfs
+        ));
     }
     if handler.network == Network::Host && !host.allow_network_host {
         return refuse("the host network (set limits.allow_network_host)".into());
@@ -118,9 +135,17 @@ pub fn container_spec(handler: &HandlerSpec, ctx: &RunContext, host: &HostLimits
         return refuse("uid 0 (set limits.allow_root)".into());
     }
     if ctx.timeout > host.max_timeout {
-        return refuse(format!("a {} timeout (host maximum {})", format_duration(ctx.timeout), format_duration(host.max_timeout)));
+        return refuse(format!(
+            "a {} timeout (host maximum {})",
+            format_duration(ctx.timeout),
+            format_duration(host.max_timeout)
+        ));
     }
-    let mut env: Vec<String> = handler.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut env: Vec<String> = handler
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     env.extend([
         format!("CODEX_REQUEST_ID={}", ctx.request_id),
         format!("CODEX_KIND={kind}"),
@@ -139,7 +164,13 @@ pub fn container_spec(handler: &HandlerSpec, ctx: &RunContext, host: &HostLimits
         };
         let key: String = name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         env.push(format!("CODEX_PARAM_{key}={text}"));
     }
@@ -147,7 +178,10 @@ pub fn container_spec(handler: &HandlerSpec, ctx: &RunContext, host: &HostLimits
         (LABEL_MANAGED.to_string(), "true".to_string()),
         (LABEL_RUNNER.to_string(), ctx.runner.clone()),
         (LABEL_REQUEST.to_string(), ctx.request_id.clone()),
-        ("io.codex-runner.attempt".to_string(), ctx.attempt.to_string()),
+        (
+            "io.codex-runner.attempt".to_string(),
+            ctx.attempt.to_string(),
+        ),
         ("io.codex-runner.commit".to_string(), ctx.commit.clone()),
     ]);
     Ok(ContainerSpec {
@@ -164,8 +198,16 @@ pub fn container_spec(handler: &HandlerSpec, ctx: &RunContext, host: &HostLimits
         pids: l.pids,
         nano_cpus: (l.cpus * 1e9) as i64,
         mounts: vec![
-            Mount { source: ctx.repo_dir.clone(), target: REPO_MOUNT.into(), read_only: true },
-            Mount { source: ctx.request_json.clone(), target: REQUEST_MOUNT.into(), read_only: true },
+            Mount {
+                source: ctx.repo_dir.clone(),
+                target: REPO_MOUNT.into(),
+                read_only: true,
+            },
+            Mount {
+                source: ctx.request_json.clone(),
+                target: REQUEST_MOUNT.into(),
+                read_only: true,
+            },
         ],
         working_dir: REPO_MOUNT.into(),
         timeout: ctx.timeout,
@@ -178,7 +220,13 @@ pub fn container_spec(handler: &HandlerSpec, ctx: &RunContext, host: &HostLimits
 pub fn container_name(runner: &str, id: &str, attempt: u32) -> String {
     let clean = |s: &str| -> String {
         s.chars()
-            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect()
     };
     format!("codex-{}-{}-{attempt}", clean(runner), clean(id))
@@ -207,7 +255,8 @@ mod tests {
     }
 
     fn handler(extra: &str) -> HandlerSpec {
-        let text = format!("handlers:\n  echo:\n    run: handlers/echo.sh\n    image: img\n{extra}");
+        let text =
+            format!("handlers:\n  echo:\n    run: handlers/echo.sh\n    image: img\n{extra}");
         let mut idx = HandlerIndex::parse(text.as_bytes()).unwrap();
         idx.handlers.remove("echo").unwrap()
     }
@@ -219,7 +268,10 @@ mod tests {
         assert_eq!(s.user, "65534:65534");
         assert_eq!(s.network, "none");
         assert!(s.read_only_root);
-        assert_eq!((s.memory, s.pids, s.nano_cpus), (512 << 20, 256, 1_000_000_000));
+        assert_eq!(
+            (s.memory, s.pids, s.nano_cpus),
+            (512 << 20, 256, 1_000_000_000)
+        );
         assert_eq!(s.cmd, ["/codex/repo/handlers/echo.sh"]);
         assert!(s.env.contains(&"CODEX_ATTEMPT=1".to_string()));
         assert!(s.env.contains(&"CODEX_PARAM_SERVICE=web".to_string()));
@@ -242,7 +294,10 @@ mod tests {
             let err = container_spec(&handler(extra), &ctx(), &host).unwrap_err();
             assert!(err.contains("does not allow"), "{err}");
         }
-        let open = HostLimits { allow_network_host: true, ..HostLimits::default() };
+        let open = HostLimits {
+            allow_network_host: true,
+            ..HostLimits::default()
+        };
         assert!(container_spec(&handler("    network: host\n"), &ctx(), &open).is_ok());
     }
 }

@@ -75,20 +75,28 @@ impl Mirror {
     pub fn open(work_dir: &Path, url: &str) -> anyhow::Result<Self> {
         let dir = work_dir.join("mirror.git");
         let repo = if dir.exists() {
-            Repository::open_bare(&dir).with_context(|| format!("failed to open mirror {}", dir.display()))?
+            Repository::open_bare(&dir)
+                .with_context(|| format!("failed to open mirror {}", dir.display()))?
         } else {
             std::fs::create_dir_all(work_dir)
                 .with_context(|| format!("failed to create work dir {}", work_dir.display()))?;
-            Repository::init_bare(&dir).with_context(|| format!("failed to create mirror {}", dir.display()))?
+            Repository::init_bare(&dir)
+                .with_context(|| format!("failed to create mirror {}", dir.display()))?
         };
         match repo.find_remote("origin") {
             Ok(r) if r.url().ok() == Some(url) => {}
-            Ok(_) => repo.remote_set_url("origin", url).context("failed to update the mirror's remote")?,
+            Ok(_) => repo
+                .remote_set_url("origin", url)
+                .context("failed to update the mirror's remote")?,
             Err(_) => {
-                repo.remote("origin", url).context("failed to add the mirror's remote")?;
+                repo.remote("origin", url)
+                    .context("failed to add the mirror's remote")?;
             }
         }
-        Ok(Mirror { repo, url: url.to_string() })
+        Ok(Mirror {
+            repo,
+            url: url.to_string(),
+        })
     }
 
     /// The remote URL.
@@ -98,7 +106,10 @@ impl Mirror {
 
     /// Fetch `branch`; its tip, or `None` when the remote has no such branch.
     pub fn fetch(&self, branch: &str) -> anyhow::Result<Option<Oid>> {
-        let mut remote = self.repo.find_remote("origin").context("failed to find the mirror's remote")?;
+        let mut remote = self
+            .repo
+            .find_remote("origin")
+            .context("failed to find the mirror's remote")?;
         let mut opts = FetchOptions::new();
         opts.remote_callbacks(callbacks());
         let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
@@ -108,13 +119,20 @@ impl Mirror {
         // A branch deleted upstream must not leave a stale tip behind.
         let present = remote
             .list()
-            .map(|heads| heads.iter().any(|h| h.name() == format!("refs/heads/{branch}")))
+            .map(|heads| {
+                heads
+                    .iter()
+                    .any(|h| h.name() == format!("refs/heads/{branch}"))
+            })
             .unwrap_or(true);
         let _ = remote.disconnect();
         if !present {
             return Ok(None);
         }
-        match self.repo.refname_to_id(&format!("refs/remotes/origin/{branch}")) {
+        match self
+            .repo
+            .refname_to_id(&format!("refs/remotes/origin/{branch}"))
+        {
             Ok(oid) => Ok(Some(oid)),
             Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
             Err(e) => Err(e).context("failed to read the fetched tip"),
@@ -158,7 +176,12 @@ impl Mirror {
     ///
     /// Blobs over `max_bytes` are returned with only their first `max_bytes + 1` bytes, enough
     /// for the size rule to reject them without holding them whole.
-    pub fn list_dir(&self, commit: Oid, dir: &str, max_bytes: usize) -> anyhow::Result<Vec<(String, EntryContent, String)>> {
+    pub fn list_dir(
+        &self,
+        commit: Oid,
+        dir: &str,
+        max_bytes: usize,
+    ) -> anyhow::Result<Vec<(String, EntryContent, String)>> {
         let tree = self.repo.find_commit(commit)?.tree()?;
         let sub = match tree.get_path(Path::new(dir.trim_end_matches('/'))) {
             Ok(e) if e.kind() == Some(ObjectType::Tree) => self.repo.find_tree(e.id())?,
@@ -190,7 +213,12 @@ impl Mirror {
     /// The walk stops as soon as every path is resolved, so its cost follows the age of the
     /// oldest pending request, not the length of history; `max_walk` bounds it, after which
     /// unresolved paths are credited to the last commit walked.
-    pub fn introducing_commits(&self, tip: Oid, paths: &[String], max_walk: usize) -> anyhow::Result<HashMap<String, (Oid, usize)>> {
+    pub fn introducing_commits(
+        &self,
+        tip: Oid,
+        paths: &[String],
+        max_walk: usize,
+    ) -> anyhow::Result<HashMap<String, (Oid, usize)>> {
         let mut found = HashMap::new();
         let mut pending: HashSet<&String> = paths.iter().collect();
         let mut commit = self.repo.find_commit(tip)?;
@@ -227,23 +255,39 @@ impl Mirror {
 
     /// Write the tree of `commit` to `dest` (a fresh directory), for a read-only mount.
     pub fn export(&self, commit: Oid, dest: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dest).with_context(|| format!("failed to create {}", dest.display()))?;
+        std::fs::create_dir_all(dest)
+            .with_context(|| format!("failed to create {}", dest.display()))?;
         let obj = self.repo.find_object(commit, Some(ObjectType::Commit))?;
         let mut co = CheckoutBuilder::new();
-        co.target_dir(dest).force().update_index(false).recreate_missing(true);
+        co.target_dir(dest)
+            .force()
+            .update_index(false)
+            .recreate_missing(true);
         self.repo
             .checkout_tree(&obj, Some(&mut co))
             .with_context(|| format!("failed to export {commit} to {}", dest.display()))
     }
 
     /// Commit `changes` on top of the remote `branch` and push, replaying on a moved tip.
-    pub fn publish(&self, branch: &str, changes: &[Change], message: &str, who: &Identity, max_attempts: usize) -> anyhow::Result<Published> {
+    pub fn publish(
+        &self,
+        branch: &str,
+        changes: &[Change],
+        message: &str,
+        who: &Identity,
+        max_attempts: usize,
+    ) -> anyhow::Result<Published> {
         let mut replays = 0u32;
         let attempt = || -> anyhow::Result<Published> {
-            let tip = self.fetch(branch)?.with_context(|| format!("branch {branch} does not exist on {}", self.url))?;
+            let tip = self
+                .fetch(branch)?
+                .with_context(|| format!("branch {branch} does not exist on {}", self.url))?;
             let commit = self.build_commit(tip, changes, message, who)?;
             self.push(branch, commit)?;
-            Ok(Published { commit: commit.to_string(), replays: 0 })
+            Ok(Published {
+                commit: commit.to_string(),
+                replays: 0,
+            })
         };
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
@@ -262,7 +306,13 @@ impl Mirror {
         result.map(|p| Published { replays, ..p })
     }
 
-    fn build_commit(&self, tip: Oid, changes: &[Change], message: &str, who: &Identity) -> anyhow::Result<Oid> {
+    fn build_commit(
+        &self,
+        tip: Oid,
+        changes: &[Change],
+        message: &str,
+        who: &Identity,
+    ) -> anyhow::Result<Oid> {
         let parent = self.repo.find_commit(tip)?;
         let base = parent.tree()?;
         let mut update = TreeUpdateBuilder::new();
@@ -274,7 +324,11 @@ impl Mirror {
                 }
                 Change::Move { from, to } => {
                     if let Ok(entry) = base.get_path(Path::new(from)) {
-                        let mode = if entry.filemode() == 0o100755 { git2::FileMode::BlobExecutable } else { git2::FileMode::Blob };
+                        let mode = if entry.filemode() == 0o100755 {
+                            git2::FileMode::BlobExecutable
+                        } else {
+                            git2::FileMode::Blob
+                        };
                         if entry.kind() == Some(ObjectType::Blob) {
                             update.upsert(to.as_str(), entry.id(), mode);
                         }
@@ -285,8 +339,11 @@ impl Mirror {
         }
         let tree_id = update.create_updated(&self.repo, &base)?;
         let tree = self.repo.find_tree(tree_id)?;
-        let sig = Signature::now(&who.name, &who.email).context("failed to make the commit signature")?;
-        Ok(self.repo.commit(None, &sig, &sig, message, &tree, &[&parent])?)
+        let sig =
+            Signature::now(&who.name, &who.email).context("failed to make the commit signature")?;
+        Ok(self
+            .repo
+            .commit(None, &sig, &sig, message, &tree, &[&parent])?)
     }
 
     fn push(&self, branch: &str, commit: Oid) -> anyhow::Result<()> {
@@ -307,18 +364,34 @@ impl Mirror {
             let spec = format!("{commit}:{refname}");
             if let Err(e) = remote.push(&[&spec], Some(&mut opts)) {
                 let text = e.message().to_string();
-                if text.contains("fast-forward") || text.contains("fastforward") || e.code() == git2::ErrorCode::NotFastForward {
-                    return Err(PushRejected { branch: branch.into(), reason: text }.into());
+                if text.contains("fast-forward")
+                    || text.contains("fastforward")
+                    || e.code() == git2::ErrorCode::NotFastForward
+                {
+                    return Err(PushRejected {
+                        branch: branch.into(),
+                        reason: text,
+                    }
+                    .into());
                 }
                 return Err(e).with_context(|| format!("failed to push to {}", self.url));
             }
         }
         if let Some(reason) = rejected {
-            return Err(PushRejected { branch: branch.into(), reason }.into());
+            return Err(PushRejected {
+                branch: branch.into(),
+                reason,
+            }
+            .into());
         }
         // Keep the mirror's view in step so the next pass starts from our commit.
         self.repo
-            .reference(&format!("refs/remotes/origin/{branch}"), commit, true, "codex-runner push")
+            .reference(
+                &format!("refs/remotes/origin/{branch}"),
+                commit,
+                true,
+                "codex-runner push",
+            )
             .context("failed to record the pushed tip")?;
         Ok(())
     }
@@ -352,11 +425,15 @@ impl Checkouts {
     /// Checkouts under `root` (emptied first: leftovers of a dead pass are stale).
     pub fn new(root: PathBuf) -> anyhow::Result<Self> {
         if root.exists() {
-            std::fs::remove_dir_all(&root).with_context(|| format!("failed to clear {}", root.display()))?;
+            std::fs::remove_dir_all(&root)
+                .with_context(|| format!("failed to clear {}", root.display()))?;
         }
         crate::exec::ensure_world_readable_dir(&root)
             .with_context(|| format!("failed to create {}", root.display()))?;
-        Ok(Checkouts { root, made: HashMap::new() })
+        Ok(Checkouts {
+            root,
+            made: HashMap::new(),
+        })
     }
 
     /// The checkout of `commit`, exported on first use.
@@ -383,5 +460,170 @@ pub fn parse_oid(text: &str) -> anyhow::Result<Oid> {
     match Oid::from_str(text) {
         Ok(o) => Ok(o),
         Err(_) => bail!("`{text}` is not a commit id"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seed::{SeedFile, SeedRepo};
+    use super::*;
+
+    fn who() -> Identity {
+        Identity {
+            name: "runner".into(),
+            email: "runner@localhost".into(),
+        }
+    }
+
+    fn file<'a>(path: &'a str, bytes: &'a [u8]) -> SeedFile<'a> {
+        SeedFile {
+            path,
+            bytes,
+            executable: false,
+        }
+    }
+
+    #[test]
+    fn publish_moves_requests_and_replays_over_a_foreign_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let origin_dir = tmp.path().join("origin.git");
+        let origin = SeedRepo::init_bare(&origin_dir).unwrap();
+        let base = origin
+            .commit(
+                "refs/heads/main",
+                &[],
+                &[file("requests/a.yaml", b"kind: echo\n")],
+                "seed",
+            )
+            .unwrap();
+        let mirror = Mirror::open(&tmp.path().join("work"), origin_dir.to_str().unwrap()).unwrap();
+        assert_eq!(mirror.fetch("main").unwrap(), Some(base));
+
+        // A foreign commit lands after our fetch: our commit on `base` must not overwrite it.
+        let stale = mirror
+            .build_commit(
+                base,
+                &[Change::Write {
+                    path: "logs/x".into(),
+                    bytes: b"1".to_vec(),
+                }],
+                "stale",
+                &who(),
+            )
+            .unwrap();
+        let foreign = origin
+            .commit(
+                "refs/heads/main",
+                &[base],
+                &[file("docs/foreign.md", b"hi")],
+                "foreign",
+            )
+            .unwrap();
+        let err = mirror.push("main", stale).unwrap_err();
+        assert!(err.downcast_ref::<PushRejected>().is_some(), "{err:#}");
+
+        let changes = [
+            Change::Write {
+                path: "logs/a.jsonl".into(),
+                bytes: b"{}\n".to_vec(),
+            },
+            Change::Move {
+                from: "requests/a.yaml".into(),
+                to: "processed/a.yaml".into(),
+            },
+        ];
+        let p = mirror
+            .publish("main", &changes, "codex: a succeeded", &who(), 3)
+            .unwrap();
+        assert_eq!(
+            p.replays, 0,
+            "publish fetches first, so it builds on the foreign commit"
+        );
+        let tip = mirror.fetch("main").unwrap().unwrap();
+        assert_eq!(tip.to_string(), p.commit);
+        let c = mirror.repo.find_commit(tip).unwrap();
+        assert_eq!(c.parent_id(0).unwrap(), foreign);
+        assert_eq!(
+            origin.read_main("docs/foreign.md").unwrap().as_deref(),
+            Some(&b"hi"[..])
+        );
+        assert_eq!(
+            origin.read_main("processed/a.yaml").unwrap().as_deref(),
+            Some(&b"kind: echo\n"[..])
+        );
+        assert!(origin.read_main("requests/a.yaml").unwrap().is_none());
+    }
+
+    #[test]
+    fn introducing_commit_is_the_merge_on_first_parent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let origin_dir = tmp.path().join("origin.git");
+        let origin = SeedRepo::init_bare(&origin_dir).unwrap();
+        let base = origin
+            .commit("refs/heads/main", &[], &[file("README", b"x")], "seed")
+            .unwrap();
+        let pr = origin
+            .commit(
+                "refs/heads/pr",
+                &[base],
+                &[file("requests/a.yaml", b"kind: echo\n")],
+                "add a",
+            )
+            .unwrap();
+        let merge = origin.merge(base, pr, "Merge pull request #1").unwrap();
+        let later = origin
+            .commit(
+                "refs/heads/main",
+                &[merge],
+                &[file("requests/b.yaml", b"kind: echo\n")],
+                "add b",
+            )
+            .unwrap();
+        let mirror = Mirror::open(&tmp.path().join("work"), origin_dir.to_str().unwrap()).unwrap();
+        let tip = mirror.fetch("main").unwrap().unwrap();
+        assert_eq!(tip, later);
+        let found = mirror
+            .introducing_commits(
+                tip,
+                &["requests/a.yaml".into(), "requests/b.yaml".into()],
+                1000,
+            )
+            .unwrap();
+        assert_eq!(found["requests/a.yaml"], (merge, 1));
+        assert_eq!(found["requests/b.yaml"], (later, 0));
+        assert_eq!(mirror.fetch("nope").unwrap(), None);
+    }
+
+    #[test]
+    fn export_writes_the_tree_with_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let origin_dir = tmp.path().join("origin.git");
+        let origin = SeedRepo::init_bare(&origin_dir).unwrap();
+        let c = origin
+            .commit(
+                "refs/heads/main",
+                &[],
+                &[SeedFile {
+                    path: "handlers/x.sh",
+                    bytes: b"#!/bin/sh\n",
+                    executable: true,
+                }],
+                "seed",
+            )
+            .unwrap();
+        let mirror = Mirror::open(&tmp.path().join("work"), origin_dir.to_str().unwrap()).unwrap();
+        mirror.fetch("main").unwrap();
+        let dest = tmp.path().join("co");
+        mirror.export(c, &dest).unwrap();
+        let mode = std::fs::metadata(dest.join("handlers/x.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111);
+        assert_eq!(
+            mirror.path_kind(c, "handlers/x.sh"),
+            Some(PathKind::Executable)
+        );
     }
 }

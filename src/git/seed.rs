@@ -24,14 +24,22 @@ pub struct SeedRepo {
 impl SeedRepo {
     /// Create a bare repository at `dir`.
     pub fn init_bare(dir: &Path) -> anyhow::Result<Self> {
-        let repo = Repository::init_bare(dir).with_context(|| format!("failed to create {}", dir.display()))?;
-        repo.set_head("refs/heads/main").context("failed to point HEAD at main")?;
+        let repo = Repository::init_bare(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+        repo.set_head("refs/heads/main")
+            .context("failed to point HEAD at main")?;
         Ok(SeedRepo { repo })
     }
 
     /// Commit `files` on top of `parents[0]` (or an empty tree), with all `parents`, and point
     /// `refname` at it.
-    pub fn commit(&self, refname: &str, parents: &[Oid], files: &[SeedFile<'_>], message: &str) -> anyhow::Result<Oid> {
+    pub fn commit(
+        &self,
+        refname: &str,
+        parents: &[Oid],
+        files: &[SeedFile<'_>],
+        message: &str,
+    ) -> anyhow::Result<Oid> {
         let base = match parents.first() {
             Some(p) => self.repo.find_commit(*p)?.tree()?,
             None => {
@@ -42,11 +50,20 @@ impl SeedRepo {
         let mut update = TreeUpdateBuilder::new();
         for f in files {
             let blob = self.repo.blob(f.bytes)?;
-            let mode = if f.executable { FileMode::BlobExecutable } else { FileMode::Blob };
+            let mode = if f.executable {
+                FileMode::BlobExecutable
+            } else {
+                FileMode::Blob
+            };
             update.upsert(f.path, blob, mode);
         }
-        let tree = self.repo.find_tree(update.create_updated(&self.repo, &base)?)?;
-        let parent_commits = parents.iter().map(|p| self.repo.find_commit(*p)).collect::<Result<Vec<_>, _>>()?;
+        let tree = self
+            .repo
+            .find_tree(update.create_updated(&self.repo, &base)?)?;
+        let parent_commits = parents
+            .iter()
+            .map(|p| self.repo.find_commit(*p))
+            .collect::<Result<Vec<_>, _>>()?;
         let refs: Vec<&git2::Commit<'_>> = parent_commits.iter().collect();
         let sig = Signature::now("Demo Agent", "agent@example.invalid")?;
         let oid = self.repo.commit(None, &sig, &sig, message, &tree, &refs)?;
@@ -61,7 +78,9 @@ impl SeedRepo {
         let main = self.repo.find_commit(main_tip)?;
         let branch = self.repo.find_commit(branch_tip)?;
         let sig = Signature::now("Demo Reviewer", "reviewer@example.invalid")?;
-        let oid = self.repo.commit(None, &sig, &sig, message, &tree, &[&main, &branch])?;
+        let oid = self
+            .repo
+            .commit(None, &sig, &sig, message, &tree, &[&main, &branch])?;
         self.repo.reference("refs/heads/main", oid, true, message)?;
         Ok(oid)
     }
@@ -74,14 +93,21 @@ impl SeedRepo {
         let mut out = Vec::new();
         for oid in walk.take(limit) {
             let c = self.repo.find_commit(oid?)?;
-            out.push(format!("{} {}", &c.id().to_string()[..10], c.summary().ok().flatten().unwrap_or_default()));
+            out.push(format!(
+                "{} {}",
+                &c.id().to_string()[..10],
+                c.summary().ok().flatten().unwrap_or_default()
+            ));
         }
         Ok(out)
     }
 
     /// A file's bytes at the tip of main.
     pub fn read_main(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let tree = self.repo.find_reference("refs/heads/main")?.peel_to_tree()?;
+        let tree = self
+            .repo
+            .find_reference("refs/heads/main")?
+            .peel_to_tree()?;
         match tree.get_path(Path::new(path)) {
             Ok(e) => Ok(Some(self.repo.find_blob(e.id())?.content().to_vec())),
             Err(_) => Ok(None),

@@ -74,8 +74,11 @@ pub struct Status {
 /// Now, as RFC 3339 UTC with milliseconds.
 pub fn now() -> String {
     let t = time::OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    t.format(&fmt).unwrap_or_else(|_| t.unix_timestamp().to_string())
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 /// An append-only JSONL log of one request.
@@ -88,8 +91,13 @@ pub struct RunLog {
 impl RunLog {
     /// Start a fresh log at `path`.
     pub fn create(path: &Path, id: &str) -> anyhow::Result<Self> {
-        let file = File::create(path).with_context(|| format!("failed to create run log {}", path.display()))?;
-        Ok(RunLog { id: id.to_string(), path: path.to_path_buf(), file })
+        let file = File::create(path)
+            .with_context(|| format!("failed to create run log {}", path.display()))?;
+        Ok(RunLog {
+            id: id.to_string(),
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     /// Append one event with its fields; `ts`, `id` and `event` come first.
@@ -125,7 +133,8 @@ pub fn write_status(path: &Path, status: &Status) -> anyhow::Result<()> {
 
 /// Read a status file.
 pub fn read_status(path: &Path) -> anyhow::Result<Status> {
-    let bytes = std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("failed to parse {}", path.display()))
 }
 
@@ -138,10 +147,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.jsonl");
         let mut log = RunLog::create(&p, "a").unwrap();
-        log.event("output", serde_json::json!({"stream": "stdout", "line": "hi \"x\""})).unwrap();
-        log.event("finished", serde_json::json!({"state": "succeeded"})).unwrap();
+        log.event(
+            "output",
+            serde_json::json!({"stream": "stdout", "line": "hi \"x\""}),
+        )
+        .unwrap();
+        log.event("finished", serde_json::json!({"state": "succeeded"}))
+            .unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["line"], "hi \"x\"");
         assert!(text.lines().next().unwrap().starts_with("{\"ts\":"));
@@ -170,6 +187,8 @@ mod tests {
         let p = dir.path().join("a.status.json");
         write_status(&p, &s).unwrap();
         assert_eq!(read_status(&p).unwrap(), s);
-        assert!(std::fs::read_to_string(&p).unwrap().contains("\"state\": \"timed_out\""));
+        assert!(std::fs::read_to_string(&p)
+            .unwrap()
+            .contains("\"state\": \"timed_out\""));
     }
 }

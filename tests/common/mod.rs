@@ -1,0 +1,340 @@
+//! Shared fixtures for integration tests: a real bare remote, a working clone made with the
+//! git CLI, the real `codex-runner` binary, and the real Docker engine.
+//!
+//! Tests that need Docker call [`docker`]; it panics when the engine does not answer, so a
+//! missing engine fails the test instead of skipping it.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// The repository root (the template lives there).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run a command, panic with its output on failure.
+pub fn sh(dir: &Path, program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed in {}:\n{}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fail unless the Docker engine answers; build the example images once per test process.
+pub fn docker() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let ping = Command::new("docker")
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .output();
+        match ping {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!(
+                "these tests need a running Docker engine: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => panic!("these tests need the docker CLI and engine: {e}"),
+        }
+        sh(&root(), "bash", &["containers/build-images.sh"]);
+    });
+}
+
+/// Names of containers (any state) of a runner.
+pub fn containers_of(runner: &str) -> Vec<String> {
+    let filter = format!("label=io.codex-runner.runner={runner}");
+    sh(
+        &root(),
+        "docker",
+        &["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// A bare remote and a working clone seeded with the template.
+pub struct Repo {
+    pub tmp: tempfile::TempDir,
+    pub origin: PathBuf,
+    pub work: PathBuf,
+    pub runner: String,
+    merges: usize,
+}
+
+const TEMPLATE: &[&str] = &[
+    "codex.repo.yaml",
+    "README.codex.md",
+    "handlers",
+    "containers",
+    "requests/.gitkeep",
+    "processed/.gitkeep",
+    "logs/.gitkeep",
+];
+
+impl Repo {
+    /// A new remote whose main holds the template; `runner` names this test's runner.
+    pub fn new(runner: &str) -> Repo {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let origin = tmp.path().join("origin.git");
+        let work = tmp.path().join("work");
+        sh(
+            tmp.path(),
+            "git",
+            &[
+                "init",
+                "-q",
+                "--bare",
+                "-b",
+                "main",
+                origin.to_str().unwrap(),
+            ],
+        );
+        sh(
+            tmp.path(),
+            "git",
+            &["init", "-q", "-b", "main", work.to_str().unwrap()],
+        );
+        for item in TEMPLATE {
+            let dest = work.join(item);
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            sh(
+                tmp.path(),
+                "cp",
+                &[
+                    "-a",
+                    root().join(item).to_str().unwrap(),
+                    dest.to_str().unwrap(),
+                ],
+            );
+        }
+        let repo = Repo {
+            tmp,
+            origin,
+            work,
+            runner: runner.to_string(),
+            merges: 0,
+        };
+        repo.git(&["config", "user.name", "Test Agent"]);
+        repo.git(&["config", "user.email", "agent@example.invalid"]);
+        repo.git(&["remote", "add", "origin", repo.origin.to_str().unwrap()]);
+        repo.git(&["add", "-A"]);
+        repo.git(&["commit", "-q", "-m", "template"]);
+        repo.git(&["push", "-q", "origin", "main"]);
+        repo
+    }
+
+    /// Run git in the working clone.
+    pub fn git(&self, args: &[&str]) -> String {
+        sh(&self.work, "git", args)
+    }
+
+    /// Write a file in the working clone (not committed).
+    pub fn write(&self, path: &str, bytes: &[u8]) {
+        let p = self.work.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+
+    /// Fast-forward the working clone to the remote's main, keeping uncommitted edits
+    /// (test handlers written before a PR is merged).
+    pub fn sync(&self) {
+        self.git(&["fetch", "-q", "origin"]);
+        self.git(&["checkout", "-q", "main"]);
+        self.git(&["merge", "-q", "--ff-only", "origin/main"]);
+    }
+
+    /// Commit `files` on a branch and merge it into main with a merge commit, as a PR merge.
+    pub fn merge_pr(&mut self, files: &[(&str, &[u8])]) -> String {
+        self.sync();
+        self.merges += 1;
+        let branch = format!("pr-{}", self.merges);
+        self.git(&["checkout", "-q", "-b", &branch]);
+        for (path, bytes) in files {
+            self.write(path, bytes);
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", &format!("add requests ({branch})")]);
+        self.git(&["checkout", "-q", "main"]);
+        self.git(&[
+            "merge",
+            "-q",
+            "--no-ff",
+            &branch,
+            "-m",
+            &format!("Merge pull request #{} from {branch}", self.merges),
+        ]);
+        self.git(&["push", "-q", "origin", "main"]);
+        self.git(&["rev-parse", "HEAD"]).trim().to_string()
+    }
+
+    /// Commit and push straight to main.
+    pub fn push_main(&self, files: &[(&str, &[u8])], message: &str) -> String {
+        self.sync();
+        for (path, bytes) in files {
+            self.write(path, bytes);
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", message]);
+        self.git(&["push", "-q", "origin", "main"]);
+        self.git(&["rev-parse", "HEAD"]).trim().to_string()
+    }
+
+    /// State directory of this test's runner.
+    pub fn state_dir(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    /// Run `codex-runner dispatch --once --json` with extra args.
+    pub fn dispatch(&self, extra: &[&str]) -> Pass {
+        let state = self.state_dir();
+        let mut args = vec![
+            "dispatch",
+            "--once",
+            "--json",
+            "--repo",
+            self.origin.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--runner-name",
+            &self.runner,
+        ];
+        args.extend_from_slice(extra);
+        let out = codex(&args);
+        Pass::from(out)
+    }
+
+    /// A file at the tip of the remote's main.
+    pub fn main_file(&self, path: &str) -> Option<String> {
+        let out = Command::new("git")
+            .args([
+                "--git-dir",
+                self.origin.to_str().unwrap(),
+                "show",
+                &format!("main:{path}"),
+            ])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The status file of `id` on main.
+    pub fn status(&self, id: &str) -> Value {
+        let text = self
+            .main_file(&format!("logs/{id}.status.json"))
+            .unwrap_or_else(|| panic!("no status for {id} on main"));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The JSONL log of `id` on main, one value per line.
+    pub fn log(&self, id: &str) -> Vec<Value> {
+        let text = self
+            .main_file(&format!("logs/{id}.jsonl"))
+            .unwrap_or_else(|| panic!("no log for {id} on main"));
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l}: {e}")))
+            .collect()
+    }
+
+    /// Output lines (stdout and stderr) of `id`'s log.
+    pub fn output(&self, id: &str) -> Vec<String> {
+        self.log(id)
+            .iter()
+            .filter(|e| e["event"] == "output")
+            .map(|e| e["line"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Number of commits on the remote's main.
+    pub fn main_commits(&self) -> usize {
+        sh(&self.origin, "git", &["rev-list", "--count", "main"])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Assert no container of this runner exists.
+    pub fn assert_no_containers(&self) {
+        let left = containers_of(&self.runner);
+        assert!(left.is_empty(), "containers left behind: {left:?}");
+    }
+}
+
+/// Run the binary.
+pub fn codex(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_codex-runner"))
+        .args(args)
+        .env("CODEX_LOG", "info")
+        .output()
+        .expect("run codex-runner")
+}
+
+/// The outcome of one `dispatch --once --json`.
+pub struct Pass {
+    pub code: i32,
+    pub report: Value,
+    pub stderr: String,
+}
+
+impl From<Output> for Pass {
+    fn from(out: Output) -> Pass {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        Pass {
+            code: out.status.code().unwrap_or(-1),
+            report: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Pass {
+    /// Panic with stderr unless the pass exited 0.
+    pub fn ok(self) -> Pass {
+        assert_eq!(self.code, 0, "dispatch failed:\n{}", self.stderr);
+        self
+    }
+
+    /// The state of each request in the report, by id.
+    pub fn states(&self) -> std::collections::BTreeMap<String, String> {
+        self.report["requests"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| {
+                        (
+                            s["id"].as_str().unwrap().to_string(),
+                            s["state"].as_str().unwrap().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Parse an RFC 3339 timestamp of ours to milliseconds since midnight-ish ordering.
+pub fn ms(ts: &str) -> u64 {
+    // "2026-11-24T14:35:09.674Z": compare within one test run; dates are the same day or later.
+    let digits: String = ts.chars().filter(|c| c.is_ascii_digit()).collect();
+    let day: u64 = digits[..8].parse().unwrap();
+    let h: u64 = digits[8..10].parse().unwrap();
+    let m: u64 = digits[10..12].parse().unwrap();
+    let s: u64 = digits[12..14].parse().unwrap();
+    let milli: u64 = digits[14..17].parse().unwrap();
+    day * 86_400_000 + ((h * 60 + m) * 60 + s) * 1000 + milli
+}

@@ -1,0 +1,398 @@
+//! The dispatch loop end to end: real git remote, real binary, real Docker.
+
+mod common;
+
+use common::{docker, ms, Repo};
+
+#[test]
+fn example_handlers_run_and_results_land_on_main() {
+    docker();
+    let mut repo = Repo::new("t-happy");
+    let merge = repo.merge_pr(&[
+        ("requests/hello.yaml", b"kind: echo\nparams:\n  message: hi there\n"),
+        ("requests/deploy-web.yaml", b"kind: deploy\nparams: {service: web, version: v1.2.3, environment: staging, steps: 1}\n"),
+        ("requests/backup-orders.yml", b"kind: backup\nid: nightly-orders\nparams: {database: orders, retention_days: 3}\n"),
+    ]);
+    let pass = repo.dispatch(&[]).ok();
+    let states = pass.states();
+    assert_eq!(states.len(), 3, "{:?}", pass.report);
+    assert!(
+        states.values().all(|s| s == "succeeded"),
+        "{states:?}\n{}",
+        pass.stderr
+    );
+
+    // echo: output streamed into the log, env as documented.
+    let out = repo.output("hello");
+    assert!(out.contains(&"message: hi there".to_string()), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("request hello (echo, attempt 1) from ") && l.ends_with(&merge)),
+        "{out:?}"
+    );
+    // deploy: built from containers/deploy through the API, the rollout tool from the image.
+    let out = repo.output("deploy-web");
+    assert!(
+        out.contains(&"rollout plan: web -> v1.2.3 in 1 step(s)".to_string()),
+        "{out:?}"
+    );
+    let st = repo.status("deploy-web");
+    assert!(
+        st["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("codex-runner-build/deploy:"),
+        "{st}"
+    );
+    assert_eq!(st["resource"], "staging/web");
+    // backup: python in its own image, the explicit id names the files.
+    let out = repo.output("nightly-orders");
+    assert!(
+        out.iter().any(|l| l.starts_with("backup of orders: ")),
+        "{out:?}"
+    );
+
+    for id in ["hello", "deploy-web", "nightly-orders"] {
+        let st = repo.status(id);
+        assert_eq!(st["state"], "succeeded");
+        assert_eq!(st["exit_code"], 0);
+        assert_eq!(st["commit"], merge.as_str(), "the merge commit brought it");
+        assert_eq!(st["runner"], "t-happy");
+        assert_eq!(st["attempt"], 1);
+        assert!(st["duration_ms"].as_u64().unwrap() > 0);
+        let events: Vec<String> = repo
+            .log(id)
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(events.first().map(String::as_str), Some("received"));
+        for want in ["validated", "started", "output", "exit", "finished"] {
+            assert!(
+                events.iter().any(|e| e == want),
+                "{id}: no {want} in {events:?}"
+            );
+        }
+    }
+    // Requests moved with history, inbox empty.
+    assert!(repo.main_file("requests/hello.yaml").is_none());
+    assert_eq!(
+        repo.main_file("processed/hello.yaml").as_deref(),
+        Some("kind: echo\nparams:\n  message: hi there\n")
+    );
+    assert!(repo.main_file("processed/nightly-orders.yaml").is_some());
+    repo.sync();
+    let follow = repo.git(&[
+        "log",
+        "--follow",
+        "--format=%s",
+        "--",
+        "processed/hello.yaml",
+    ]);
+    assert!(
+        follow.contains("add requests"),
+        "history kept across the move: {follow}"
+    );
+    let msg = repo.git(&["log", "-1", "--format=%B", "origin/main"]);
+    assert!(
+        msg.contains("Codex-Request: ") && msg.contains("Codex-State: succeeded"),
+        "{msg}"
+    );
+    assert!(msg.contains("Codex-Runner: t-happy"), "{msg}");
+
+    // A second pass finds nothing new and pushes nothing.
+    let before = repo.main_commits();
+    let pass = repo.dispatch(&[]).ok();
+    assert!(pass.states().is_empty(), "{:?}", pass.report);
+    assert_eq!(repo.main_commits(), before);
+    repo.assert_no_containers();
+}
+
+#[test]
+fn failing_timed_out_and_oom_handlers_are_recorded_as_such() {
+    docker();
+    let mut repo = Repo::new("t-fail");
+    repo.write("handlers/hog.py", b"#!/usr/bin/env python3\nprint('allocating', flush=True)\nx = bytearray(b'x') * (512 << 20)\nprint('survived', len(x))\n");
+    sh_chmod(&repo, "handlers/hog.py");
+    append_index(
+        &repo,
+        "  hog:\n    run: handlers/hog.py\n    image: codex-runner/python:3\n    limits:\n      memory: 48MiB\n",
+    );
+    repo.merge_pr(&[
+        (
+            "requests/boom.yaml",
+            b"kind: echo\nparams: {message: about to fail, exit: 3}\n",
+        ),
+        (
+            "requests/slow.yaml",
+            b"kind: echo\ntimeout: 2s\nparams: {message: sleepy, sleep: 60}\n",
+        ),
+        ("requests/hog.yaml", b"kind: hog\n"),
+    ]);
+    let config = repo.tmp.path().join("host.toml");
+    std::fs::write(&config, "[limits]\ngrace = \"2s\"\n").unwrap();
+    let pass = repo.dispatch(&["--config", config.to_str().unwrap()]).ok();
+    let states = pass.states();
+
+    assert_eq!(states["boom"], "failed");
+    let st = repo.status("boom");
+    assert_eq!(
+        (st["exit_code"].as_i64(), st["reason"].as_str()),
+        (Some(3), Some("exit code 3"))
+    );
+    assert!(repo
+        .output("boom")
+        .contains(&"failing on purpose with exit code 3".to_string()));
+
+    assert_eq!(states["slow"], "timed_out");
+    let st = repo.status("slow");
+    assert_eq!(st["reason"], "timeout after 2s");
+    let took = st["duration_ms"].as_u64().unwrap();
+    assert!(
+        (2000..20_000).contains(&took),
+        "stopped after the timeout and grace, not the 60s sleep: {took}ms"
+    );
+    assert!(
+        repo.output("slow").contains(&"sleeping 60s".to_string()),
+        "output before the timeout is kept"
+    );
+
+    assert_eq!(states["hog"], "failed");
+    let st = repo.status("hog");
+    assert_eq!(st["reason"], "oom", "{st}");
+    assert!(!repo.output("hog").iter().any(|l| l.starts_with("survived")));
+    // Failed requests leave the inbox too, so they never run again by accident.
+    for id in ["boom", "slow", "hog"] {
+        assert!(repo.main_file(&format!("requests/{id}.yaml")).is_none());
+        assert!(repo.main_file(&format!("processed/{id}.yaml")).is_some());
+    }
+    repo.assert_no_containers();
+}
+
+#[test]
+fn same_resource_is_serialized_and_different_resources_run_together() {
+    docker();
+    let mut repo = Repo::new("t-locks");
+    let deploy = |svc: &str, env: &str| {
+        format!("kind: deploy\nparams: {{service: {svc}, version: '1.0', environment: {env}, steps: 2}}\n")
+    };
+    let a = deploy("web", "staging");
+    let b = deploy("api", "staging");
+    let c = deploy("db", "staging");
+    let d = deploy("web", "staging");
+    repo.merge_pr(&[
+        ("requests/a-web.yaml", a.as_bytes()),
+        ("requests/b-api.yaml", b.as_bytes()),
+        ("requests/c-db.yaml", c.as_bytes()),
+        ("requests/d-web.yaml", d.as_bytes()),
+    ]);
+    let pass = repo.dispatch(&["--concurrency", "3"]).ok();
+    assert!(
+        pass.states().values().all(|s| s == "succeeded"),
+        "{:?}",
+        pass.states()
+    );
+    let span = |id: &str| {
+        let st = repo.status(id);
+        (
+            ms(st["started_at"].as_str().unwrap()),
+            ms(st["finished_at"].as_str().unwrap()),
+        )
+    };
+    let (aw, bw) = (span("a-web"), span("d-web"));
+    assert!(
+        aw.1 <= bw.0,
+        "same resource staging/web overlapped: {aw:?} {bw:?}"
+    );
+    let api = span("b-api");
+    let db = span("c-db");
+    let overlaps = |x: (u64, u64), y: (u64, u64)| x.0 < y.1 && y.0 < x.1;
+    assert!(
+        overlaps(aw, api) && overlaps(api, db),
+        "different resources ran one after another: web {aw:?} api {api:?} db {db:?}"
+    );
+    repo.assert_no_containers();
+}
+
+#[test]
+fn two_runner_processes_serialize_on_a_shared_resource() {
+    docker();
+    // Two repositories, one host: both runners share the state dir's lock files.
+    let mut one = Repo::new("t-flock-1");
+    let mut two = Repo::new("t-flock-2");
+    let req = b"kind: echo\nresource: shared-db\nparams: {message: hold, sleep: 2}\n";
+    one.merge_pr(&[("requests/one.yaml", req)]);
+    two.merge_pr(&[("requests/two.yaml", req)]);
+    let state = one.state_dir();
+    let run = |repo: &Repo| {
+        let work = repo.tmp.path().join("runner-work");
+        let args = [
+            "dispatch",
+            "--once",
+            "--json",
+            "--repo",
+            repo.origin.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--work-dir",
+            work.to_str().unwrap(),
+            "--runner-name",
+            &repo.runner,
+        ]
+        .map(str::to_string);
+        std::process::Command::new(env!("CARGO_BIN_EXE_codex-runner"))
+            .args(args)
+            .spawn()
+            .unwrap()
+    };
+    let (mut p1, mut p2) = (run(&one), run(&two));
+    assert!(p1.wait().unwrap().success() && p2.wait().unwrap().success());
+    let (s1, s2) = (one.status("one"), two.status("two"));
+    let span = |s: &serde_json::Value| {
+        (
+            ms(s["started_at"].as_str().unwrap()),
+            ms(s["finished_at"].as_str().unwrap()),
+        )
+    };
+    let (x, y) = (span(&s1), span(&s2));
+    assert!(
+        x.1 <= y.0 || y.1 <= x.0,
+        "two processes ran shared-db at once: {x:?} {y:?}"
+    );
+    let waited = one
+        .log("one")
+        .iter()
+        .chain(two.log("two").iter())
+        .any(|e| e["event"] == "waited_for_lock");
+    assert!(
+        waited,
+        "one of them must have queued behind the other's lock"
+    );
+    one.assert_no_containers();
+    two.assert_no_containers();
+}
+
+#[test]
+fn hardened_container_is_not_root_has_no_network_no_caps_and_a_read_only_root() {
+    docker();
+    let mut repo = Repo::new("t-iso");
+    repo.write(
+        "handlers/isolation.sh",
+        br#"#!/bin/sh
+fail=0
+echo "uid=$(id -u) gid=$(id -g)"
+[ "$(id -u)" != 0 ] || { echo "FAIL: root"; fail=1; }
+if touch /probe 2>/dev/null; then echo "FAIL: / writable"; fail=1; else echo "root read-only"; fi
+if touch /codex/repo/probe 2>/dev/null; then echo "FAIL: repo writable"; fail=1; else echo "repo read-only"; fi
+touch /tmp/probe && echo "tmp writable"
+eff=$(awk '/^CapEff/ {print $2}' /proc/self/status)
+bnd=$(awk '/^CapBnd/ {print $2}' /proc/self/status)
+nnp=$(awk '/^NoNewPrivs/ {print $2}' /proc/self/status)
+echo "CapEff=$eff CapBnd=$bnd NoNewPrivs=$nnp"
+[ "$eff" = 0000000000000000 ] && [ "$bnd" = 0000000000000000 ] || { echo "FAIL: capabilities"; fail=1; }
+[ "$nnp" = 1 ] || { echo "FAIL: new privileges allowed"; fail=1; }
+ifs=$(ls /sys/class/net | tr '\n' ' ')
+echo "interfaces: $ifs"
+[ "$ifs" = "lo " ] || { echo "FAIL: network"; fail=1; }
+test -r /codex/request.json && echo "request at /codex/request.json"
+exit $fail
+"#,
+    );
+    sh_chmod(&repo, "handlers/isolation.sh");
+    append_index(
+        &repo,
+        "  isolation:\n    run: handlers/isolation.sh\n    image: codex-runner/busybox:1\n",
+    );
+    repo.merge_pr(&[("requests/iso.yaml", b"kind: isolation\n")]);
+    let pass = repo.dispatch(&[]).ok();
+    let out = repo.output("iso");
+    assert_eq!(pass.states()["iso"], "succeeded", "{out:#?}");
+    for want in [
+        "uid=65534 gid=65534",
+        "root read-only",
+        "repo read-only",
+        "tmp writable",
+        "interfaces: lo ",
+        "request at /codex/request.json",
+    ] {
+        assert!(
+            out.iter().any(|l| l == want),
+            "missing {want:?} in {out:#?}"
+        );
+    }
+    assert!(
+        out.iter()
+            .any(|l| l == "CapEff=0000000000000000 CapBnd=0000000000000000 NoNewPrivs=1"),
+        "{out:#?}"
+    );
+    repo.assert_no_containers();
+}
+
+#[test]
+fn output_past_the_cap_is_cut_with_a_marker() {
+    docker();
+    let mut repo = Repo::new("t-cap");
+    repo.write("handlers/loud.sh", b"#!/bin/sh\ni=0\nwhile [ $i -lt 5000 ]; do echo \"line $i of noise\"; i=$((i+1)); done\necho done >&2\n");
+    sh_chmod(&repo, "handlers/loud.sh");
+    append_index(
+        &repo,
+        "  loud:\n    run: handlers/loud.sh\n    image: codex-runner/busybox:1\n",
+    );
+    repo.merge_pr(&[("requests/loud.yaml", b"kind: loud\n")]);
+    let config = repo.tmp.path().join("host.toml");
+    std::fs::write(&config, "[limits]\noutput_cap = \"4KiB\"\n").unwrap();
+    let pass = repo.dispatch(&["--config", config.to_str().unwrap()]).ok();
+    assert_eq!(pass.states()["loud"], "succeeded");
+    let log = repo.log("loud");
+    let kept: usize = log
+        .iter()
+        .filter(|e| e["event"] == "output")
+        .map(|e| e["line"].as_str().unwrap().len() + 1)
+        .sum();
+    // The last kept line is cut mid-line and has no newline of its own.
+    assert!(kept - 1 <= 4096 && kept > 4000, "kept {kept} bytes");
+    assert!(log
+        .iter()
+        .any(|e| e["event"] == "output_truncated" && e["cap_bytes"] == 4096));
+    let exit = log.iter().find(|e| e["event"] == "exit").unwrap();
+    assert!(exit["output_bytes"].as_u64().unwrap() > 60_000, "{exit}");
+    repo.assert_no_containers();
+}
+
+#[test]
+fn an_image_that_cannot_be_pulled_rejects_the_request() {
+    docker();
+    let mut repo = Repo::new("t-pull");
+    // A registry on a closed loopback port: the pull fails at once and nothing leaves the host.
+    append_index(
+        &repo,
+        "  ghost:\n    run: handlers/echo.sh\n    image: 127.0.0.1:9/codex-runner/missing:1\n",
+    );
+    repo.merge_pr(&[(
+        "requests/ghost.yaml",
+        b"kind: ghost\nparams: {message: x}\n",
+    )]);
+    let pass = repo.dispatch(&[]).ok();
+    assert_eq!(pass.states()["ghost"], "rejected");
+    let st = repo.status("ghost");
+    let reason = st["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("127.0.0.1:9/codex-runner/missing:1")
+            && reason.contains("could not be pulled"),
+        "{reason}"
+    );
+    assert!(!repo.log("ghost").iter().any(|e| e["event"] == "started"));
+    repo.assert_no_containers();
+}
+
+fn sh_chmod(repo: &Repo, path: &str) {
+    common::sh(&repo.work, "chmod", &["+x", path]);
+}
+
+/// Add entries to handlers/index.yml in the working clone (committed with the next PR).
+fn append_index(repo: &Repo, entries: &str) {
+    let path = repo.work.join("handlers/index.yml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push('\n');
+    text.push_str(entries);
+    std::fs::write(path, text).unwrap();
+}
