@@ -25,7 +25,7 @@ use crate::contract::{Violation, Violations};
 use crate::exec::DockerExecutor;
 use crate::git::{Checkouts, Identity, Mirror, Published};
 use crate::plan::{self, Action, Done, InboxEntry, WorkItem};
-use crate::record::{read_status, State, Status};
+use crate::record::{read_status, Status};
 
 use locks::ResourceLocks;
 use publish::Target;
@@ -202,6 +202,52 @@ fn load_index(mirror: &Mirror, tip: Oid) -> Result<HandlerIndex, DispatchError> 
     Ok(index)
 }
 
+/// Find the mainline and its contract, then the branch to run from.
+///
+/// The contract at the mainline tip is the authority: a branch cannot lift
+/// `enforce_merge_before_execution` for itself. `main` is asked first; its `mainline_branch`
+/// may point elsewhere.
+fn resolve_branch(
+    mirror: &Mirror,
+    opts: &DispatchOptions,
+) -> Result<(String, Oid, RepoConfig), DispatchError> {
+    let mut mainline = "main".to_string();
+    let mut tip = git(mirror.fetch(&mainline))?;
+    let mut config = match tip {
+        Some(t) => load_repo_config(mirror, t)?,
+        None => RepoConfig::default(),
+    };
+    if config.mainline_branch != mainline {
+        mainline = config.mainline_branch.clone();
+        tip = git(mirror.fetch(&mainline))?;
+        if let Some(t) = tip {
+            config = load_repo_config(mirror, t)?;
+        }
+    }
+    let wanted = opts.branch.clone().unwrap_or_else(|| mainline.clone());
+    if wanted == mainline {
+        let tip = tip.ok_or_else(|| {
+            DispatchError::Refused(format!(
+                "branch `{mainline}` does not exist on {}",
+                opts.remote
+            ))
+        })?;
+        return Ok((wanted, tip, config));
+    }
+    if config.enforce_merge {
+        return Err(DispatchError::Refused(format!(
+            "branch `{wanted}` is not the mainline branch `{mainline}`, and {CONFIG_PATH} on `{mainline}` sets enforce_merge_before_execution: only merged requests run"
+        )));
+    }
+    let tip = git(mirror.fetch(&wanted))?.ok_or_else(|| {
+        DispatchError::Refused(format!(
+            "branch `{wanted}` does not exist on {}",
+            opts.remote
+        ))
+    })?;
+    Ok((wanted, tip, config))
+}
+
 /// Results executed in an earlier pass whose commit never reached the remote.
 fn pending_results(
     results_dir: &Path,
@@ -258,31 +304,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     let locks = ResourceLocks::new(&opts.state_dir.join("locks"))?;
     let mirror = git(Mirror::open(&opts.work_dir, &opts.remote))?;
 
-    let mut branch = opts.branch.clone().unwrap_or_else(|| "main".to_string());
-    let mut tip = git(mirror.fetch(&branch))?;
-    let mut config = match tip {
-        Some(t) => load_repo_config(&mirror, t)?,
-        None => RepoConfig::default(),
-    };
-    if opts.branch.is_none() && config.mainline_branch != branch {
-        branch = config.mainline_branch.clone();
-        tip = git(mirror.fetch(&branch))?;
-        if let Some(t) = tip {
-            config = load_repo_config(&mirror, t)?;
-        }
-    }
-    let tip = tip.ok_or_else(|| {
-        DispatchError::Refused(format!(
-            "branch `{branch}` does not exist on {}",
-            opts.remote
-        ))
-    })?;
-    if branch != config.mainline_branch && config.enforce_merge {
-        return Err(DispatchError::Refused(format!(
-            "branch `{branch}` is not the mainline branch `{}`, and codex.repo.yaml sets enforce_merge_before_execution: only merged requests run",
-            config.mainline_branch
-        )));
-    }
+    let (branch, tip, config) = resolve_branch(&mirror, opts)?;
     let index = load_index(&mirror, tip)?;
     tracing::info!(branch = %branch, tip = %tip, "planning pass");
 

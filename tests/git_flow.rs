@@ -1,0 +1,298 @@
+//! What reaches main and what never runs: foreign commits, unmerged branches, the contract keys.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{docker, sh, Repo};
+
+/// `git daemon` serving a directory over git:// on loopback, with push enabled.
+struct GitDaemon {
+    child: Child,
+    port: u16,
+}
+
+impl GitDaemon {
+    fn start(base: &std::path::Path) -> GitDaemon {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // The daemon binary itself: `git daemon` would fork it and leave it behind on kill.
+        let exec_path = sh(base, "git", &["--exec-path"]);
+        let child = Command::new(std::path::Path::new(exec_path.trim()).join("git-daemon"))
+            .args([
+                "--reuseaddr",
+                "--export-all",
+                "--enable=receive-pack",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", base.display()),
+                &base.display().to_string(),
+            ])
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("git daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "git daemon did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        GitDaemon { child, port }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        // The daemon forks a child per connection: end the whole group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// On the runner's first push, a foreign commit lands on main and the push is refused.
+const FOREIGN_HOOK: &str = r#"#!/bin/sh
+marker="$GIT_DIR/foreign-landed"
+[ -e "$marker" ] && exit 0
+touch "$marker"
+unset GIT_QUARANTINE_PATH GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES
+old=$(git rev-parse refs/heads/main)
+blob=$(echo "written by a human while the runner pushed" | git hash-object -w --stdin)
+export GIT_INDEX_FILE="$GIT_DIR/foreign-index"
+git read-tree "$old"
+git update-index --add --cacheinfo "100644,$blob,docs/foreign.md"
+tree=$(git write-tree)
+new=$(echo "a foreign commit" | GIT_AUTHOR_NAME=Human GIT_AUTHOR_EMAIL=h@example.invalid GIT_COMMITTER_NAME=Human GIT_COMMITTER_EMAIL=h@example.invalid git commit-tree "$tree" -p "$old")
+git update-ref refs/heads/main "$new" "$old"
+echo "main moved while you pushed" >&2
+exit 1
+"#;
+
+#[test]
+fn a_foreign_commit_during_the_push_is_kept_and_the_result_replayed() {
+    docker();
+    let mut repo = Repo::new("t-foreign");
+    repo.merge_pr(&[(
+        "requests/hello.yaml",
+        b"kind: echo\nparams: {message: racing}\n",
+    )]);
+    let hook = repo.origin.join("hooks/pre-receive");
+    std::fs::write(&hook, FOREIGN_HOOK).unwrap();
+    sh(&repo.origin, "chmod", &["+x", hook.to_str().unwrap()]);
+    let daemon = GitDaemon::start(repo.tmp.path());
+    let url = format!("git://127.0.0.1:{}/origin.git", daemon.port);
+    let state = repo.state_dir();
+    let out = common::codex(&[
+        "dispatch",
+        "--once",
+        "--json",
+        "--repo",
+        &url,
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--runner-name",
+        &repo.runner,
+    ]);
+    let pass = common::Pass::from(out).ok();
+    assert_eq!(pass.states()["hello"], "succeeded");
+    assert_eq!(pass.report["commits"][0]["replays"], 1, "{}", pass.report);
+    assert!(repo.origin.join("foreign-landed").exists(), "the hook ran");
+    // Both survive: the foreign commit is the parent of the runner's.
+    assert!(
+        repo.main_file("docs/foreign.md").is_some(),
+        "foreign commit lost"
+    );
+    assert!(
+        repo.main_file("logs/hello.jsonl").is_some(),
+        "runner's results lost"
+    );
+    let parents = sh(&repo.origin, "git", &["log", "-2", "--format=%s", "main"]);
+    assert_eq!(
+        parents.lines().collect::<Vec<_>>(),
+        ["codex: hello succeeded", "a foreign commit"]
+    );
+    repo.assert_no_containers();
+}
+
+#[test]
+fn a_request_on_an_unmerged_branch_never_runs() {
+    docker();
+    let repo = Repo::new("t-unmerged");
+    repo.sync();
+    repo.git(&["checkout", "-q", "-b", "feature"]);
+    repo.write(
+        "requests/sneaky.yaml",
+        b"kind: echo\nparams: {message: not reviewed}\n",
+    );
+    // The branch also tries to lift enforcement for itself.
+    let relaxed = std::fs::read_to_string(common::root().join("codex.repo.yaml"))
+        .unwrap()
+        .replace(
+            "enforce_merge_before_execution: true",
+            "enforce_merge_before_execution: false",
+        );
+    repo.write("codex.repo.yaml", relaxed.as_bytes());
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "unreviewed"]);
+    repo.git(&["push", "-q", "origin", "feature"]);
+    repo.git(&["checkout", "-q", "main"]);
+
+    let pass = repo.dispatch(&[]).ok();
+    assert!(pass.states().is_empty(), "{}", pass.report);
+    let refused = repo.dispatch(&["--branch", "feature"]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("enforce_merge_before_execution"),
+        "{}",
+        refused.stderr
+    );
+    assert!(repo.main_file("logs/sneaky.jsonl").is_none());
+    let branch_log = sh(
+        &repo.origin,
+        "git",
+        &["log", "-1", "--format=%s", "feature"],
+    );
+    assert_eq!(
+        branch_log.trim(),
+        "unreviewed",
+        "nothing was pushed to the branch"
+    );
+
+    // Once merged, it runs.
+    repo.sync();
+    repo.git(&["merge", "-q", "--no-ff", "feature", "-m", "Merge feature"]);
+    repo.git(&["push", "-q", "origin", "main"]);
+    let pass = repo.dispatch(&[]).ok();
+    assert_eq!(pass.states()["sneaky"], "succeeded");
+    repo.assert_no_containers();
+}
+
+#[test]
+fn enforcement_off_on_main_allows_running_a_branch() {
+    docker();
+    let repo = Repo::new("t-branch");
+    let relaxed = std::fs::read_to_string(common::root().join("codex.repo.yaml"))
+        .unwrap()
+        .replace(
+            "enforce_merge_before_execution: true",
+            "enforce_merge_before_execution: false",
+        );
+    repo.push_main(
+        &[("codex.repo.yaml", relaxed.as_bytes())],
+        "allow staging branches",
+    );
+    repo.git(&["checkout", "-q", "-b", "staging"]);
+    repo.write(
+        "requests/try.yaml",
+        b"kind: echo\nparams: {message: from staging}\n",
+    );
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "try on staging"]);
+    repo.git(&["push", "-q", "origin", "staging"]);
+    let pass = repo.dispatch(&["--branch", "staging"]).ok();
+    assert_eq!(pass.states()["try"], "succeeded");
+    let on_staging = sh(
+        &repo.origin,
+        "git",
+        &["show", "staging:logs/try.status.json"],
+    );
+    assert!(on_staging.contains("\"succeeded\""));
+    assert!(
+        repo.main_file("logs/try.status.json").is_none(),
+        "results go to the branch that ran"
+    );
+    repo.assert_no_containers();
+}
+
+#[test]
+fn every_contract_key_has_its_effect() {
+    docker();
+    let mut repo = Repo::new("t-contract");
+    let config = "repo:\n  purpose: release-train\n  strategy: git-merge-execution\ncodex:\n  deploy_trigger_path: inbox/\n  deploy_output_path: results/\n  processed_path: done/\n  mainline_branch: trunk\n  enforce_merge_before_execution: true\n  cleanup_after_success: false\n";
+    // main points at trunk; trunk carries the same contract and the requests.
+    repo.push_main(&[("codex.repo.yaml", config.as_bytes())], "move to trunk");
+    repo.git(&["checkout", "-q", "-b", "trunk"]);
+    repo.write(
+        "inbox/ok.yaml",
+        b"kind: echo\nparams: {message: on trunk}\n",
+    );
+    repo.write(
+        "inbox/bad.yaml",
+        b"kind: echo\nparams: {message: fails, exit: 1}\n",
+    );
+    repo.write(
+        "requests/ignored.yaml",
+        b"kind: echo\nparams: {message: old inbox}\n",
+    );
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "requests on trunk"]);
+    repo.git(&["push", "-q", "origin", "trunk"]);
+
+    let pass = repo.dispatch(&[]).ok();
+    assert_eq!(pass.report["branch"], "trunk");
+    let states = pass.states();
+    assert_eq!(
+        (states["ok"].as_str(), states["bad"].as_str()),
+        ("succeeded", "failed")
+    );
+    assert!(
+        !states.contains_key("ignored"),
+        "requests/ is not the inbox any more"
+    );
+    let show = |p: &str| {
+        let out = Command::new("git")
+            .args([
+                "--git-dir",
+                repo.origin.to_str().unwrap(),
+                "show",
+                &format!("trunk:{p}"),
+            ])
+            .output()
+            .unwrap();
+        out.status.success()
+    };
+    assert!(
+        show("results/ok.jsonl") && show("results/ok.status.json"),
+        "outbox is results/"
+    );
+    assert!(
+        show("inbox/ok.yaml"),
+        "cleanup_after_success: false keeps a succeeded request in place"
+    );
+    assert!(
+        !show("inbox/bad.yaml") && show("done/bad.yaml"),
+        "a failed request always moves, to processed_path"
+    );
+    // The request left in place is done: a second pass runs nothing.
+    let pass = repo.dispatch(&[]).ok();
+    assert!(pass.states().is_empty(), "{}", pass.report);
+    repo.assert_no_containers();
+}
+
+#[test]
+fn a_broken_contract_file_is_named_and_nothing_runs() {
+    docker();
+    let mut repo = Repo::new("t-badcfg");
+    repo.merge_pr(&[
+        ("requests/wait.yaml", b"kind: echo\nparams: {message: x}\n"),
+        (
+            "codex.repo.yaml",
+            b"repo:\n  purpose: infrastructure-orchestration\n  strategy: yolo\n",
+        ),
+    ]);
+    let pass = repo.dispatch(&[]);
+    assert_eq!(pass.code, 3, "{}", pass.stderr);
+    assert!(
+        pass.stderr.contains("codex.repo.yaml:3:13")
+            && pass.stderr.contains("unsupported-strategy"),
+        "{}",
+        pass.stderr
+    );
+    assert!(repo.main_file("requests/wait.yaml").is_some());
+}
