@@ -294,6 +294,9 @@ ifs=$(ls /sys/class/net | tr '\n' ' ')
 echo "interfaces: $ifs"
 [ "$ifs" = "lo " ] || { echo "FAIL: network"; fail=1; }
 test -r /codex/request.json && echo "request at /codex/request.json"
+mem=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes)
+pids=$(cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max)
+echo "memory=$mem pids=$pids pid1=$(cat /proc/1/comm)"
 exit $fail
 "#,
     );

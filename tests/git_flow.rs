@@ -213,7 +213,7 @@ fn enforcement_off_on_main_allows_running_a_branch() {
 #[test]
 fn every_contract_key_has_its_effect() {
     docker();
-    let mut repo = Repo::new("t-contract");
+    let repo = Repo::new("t-contract");
     let config = "repo:\n  purpose: release-train\n  strategy: git-merge-execution\ncodex:\n  deploy_trigger_path: inbox/\n  deploy_output_path: results/\n  processed_path: done/\n  mainline_branch: trunk\n  enforce_merge_before_execution: true\n  cleanup_after_success: false\n";
     // main points at trunk; trunk carries the same contract and the requests.
     repo.push_main(&[("codex.repo.yaml", config.as_bytes())], "move to trunk");

@@ -563,7 +563,7 @@ pub fn normalize_under(path: &str, dir: &str) -> Result<String, String> {
         .split('/')
         .filter(|p| !p.is_empty() && *p != ".")
         .collect();
-    if parts.iter().any(|p| *p == "..") {
+    if parts.contains(&"..") {
         return Err(format!("`{path}` escapes {dir} with `..`"));
     }
     let joined = parts.join("/");

@@ -516,7 +516,7 @@ mod tests {
                 OutputEvent::Line(Stream::Stdout, "one".into()),
                 OutputEvent::Line(Stream::Stderr, "err".into()),
                 OutputEvent::Line(Stream::Stdout, "two".into()),
-                OutputEvent::Line(Stream::Stdout, "three ".into()),
+                OutputEvent::Line(Stream::Stdout, "three an".into()),
                 OutputEvent::Truncated { cap: 20 },
             ]
         );
