@@ -173,7 +173,7 @@ fn same_resource_is_serialized_and_different_resources_run_together() {
     docker();
     let mut repo = Repo::new("t-locks");
     let deploy = |svc: &str, env: &str| {
-        format!("kind: deploy\nparams: {{service: {svc}, version: '1.0', environment: {env}, steps: 2}}\n")
+        format!("kind: deploy\nparams: {{service: {svc}, version: '1.0', environment: {env}, steps: 3}}\n")
     };
     let a = deploy("web", "staging");
     let b = deploy("api", "staging");

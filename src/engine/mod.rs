@@ -130,6 +130,8 @@ pub(crate) struct PassContext {
     mirror: Arc<Mutex<Mirror>>,
     checkouts: tokio::sync::Mutex<Checkouts>,
     executor: OnceCell<Result<DockerExecutor, String>>,
+    /// One image build at a time: concurrent requests of one `build:` handler build once.
+    builds: tokio::sync::Mutex<()>,
 }
 
 impl PassContext {
@@ -360,6 +362,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         mirror: mirror.clone(),
         checkouts: tokio::sync::Mutex::new(Checkouts::new(opts.work_dir.join("checkouts"))?),
         executor: OnceCell::new(),
+        builds: tokio::sync::Mutex::new(()),
     });
     let (tx, rx) = mpsc::unbounded_channel::<Finished>();
     let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Status>();
