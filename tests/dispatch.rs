@@ -216,7 +216,8 @@ fn same_resource_is_serialized_and_different_resources_run_together() {
 #[test]
 fn two_runner_processes_serialize_on_a_shared_resource() {
     docker();
-    // Two repositories, one host: both runners share the state dir's lock files.
+    // Two repositories, one host: both runners share the state dir (its lock files, and the
+    // default work dir under it).
     let mut one = Repo::new("t-flock-1");
     let mut two = Repo::new("t-flock-2");
     let req = b"kind: echo\nresource: shared-db\nparams: {message: hold, sleep: 2}\n";
@@ -398,4 +399,69 @@ fn append_index(repo: &Repo, entries: &str) {
     text.push('\n');
     text.push_str(entries);
     std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn with_docker_down_nothing_runs_nothing_is_lost_and_the_exit_code_says_so() {
+    docker();
+    let mut repo = Repo::new("t-nodocker");
+    repo.merge_pr(&[
+        (
+            "requests/waits.yaml",
+            b"kind: echo\nparams: {message: later}\n",
+        ),
+        ("requests/broken.yaml", b"kind: nope\n"),
+    ]);
+    let sock = repo.tmp.path().join("no-docker.sock");
+    let host = format!("unix://{}", sock.display());
+    let pass = repo.dispatch_env(&[], &[("DOCKER_HOST", host.as_str())]);
+    assert_eq!(pass.code, 5, "{}", pass.stderr);
+    assert!(pass.stderr.contains("docker failed"), "{}", pass.stderr);
+    // The rejection needs no Docker and is recorded; the runnable request waits in the inbox.
+    assert_eq!(repo.status("broken")["state"], "rejected");
+    assert!(repo.main_file("requests/waits.yaml").is_some());
+    assert!(repo.main_file("logs/waits.jsonl").is_none());
+    // With the engine back, it runs.
+    let pass = repo.dispatch(&[]).ok();
+    assert_eq!(pass.states()["waits"], "succeeded");
+    repo.assert_no_containers();
+}
+
+#[test]
+fn a_build_image_is_reused_until_its_directory_changes() {
+    docker();
+    let mut repo = Repo::new("t-build");
+    let req = |svc: &str| {
+        format!("kind: deploy\nparams: {{service: {svc}, version: '1', environment: staging, steps: 1}}\n")
+    };
+    let (a, b, c) = (req("a"), req("b"), req("c"));
+    repo.merge_pr(&[
+        ("requests/a.yaml", a.as_bytes()),
+        ("requests/b.yaml", b.as_bytes()),
+    ]);
+    repo.dispatch(&[]).ok();
+    let (ia, ib) = (
+        repo.status("a")["image"].clone(),
+        repo.status("b")["image"].clone(),
+    );
+    assert_eq!(ia, ib, "same directory, same image");
+    // Change the image's directory: the tag follows its git tree, so it is rebuilt.
+    let rollout =
+        std::fs::read_to_string(common::root().join("containers/deploy/rollout")).unwrap();
+    let changed = rollout.replace("rollout plan:", "rollout plan (v2):");
+    repo.merge_pr(&[
+        ("containers/deploy/rollout", changed.as_bytes()),
+        ("requests/c.yaml", c.as_bytes()),
+    ]);
+    repo.dispatch(&[]).ok();
+    let ic = repo.status("c")["image"].clone();
+    assert_ne!(ic, ia, "a changed directory builds a new image");
+    assert!(
+        repo.output("c")
+            .iter()
+            .any(|l| l.starts_with("rollout plan (v2):")),
+        "{:?}",
+        repo.output("c")
+    );
+    repo.assert_no_containers();
 }

@@ -296,3 +296,74 @@ fn a_broken_contract_file_is_named_and_nothing_runs() {
     );
     assert!(repo.main_file("requests/wait.yaml").is_some());
 }
+
+#[test]
+fn results_wait_out_a_refusing_remote_and_are_published_without_running_again() {
+    docker();
+    let mut repo = Repo::new("t-refuse");
+    repo.merge_pr(&[(
+        "requests/once.yaml",
+        b"kind: echo\nparams: {message: exactly once}\n",
+    )]);
+    let hook = repo.origin.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho 'maintenance: pushes refused' >&2\nexit 1\n",
+    )
+    .unwrap();
+    sh(&repo.origin, "chmod", &["+x", hook.to_str().unwrap()]);
+    let daemon = GitDaemon::start(repo.tmp.path());
+    let url = format!("git://127.0.0.1:{}/origin.git", daemon.port);
+    let state = repo.state_dir();
+    let run = || {
+        common::Pass::from(common::codex(&[
+            "dispatch",
+            "--once",
+            "--json",
+            "--repo",
+            &url,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--runner-name",
+            &repo.runner,
+            "--push-attempts",
+            "2",
+            "--author-name",
+            "Ops Bot",
+            "--author-email",
+            "ops-bot@example.invalid",
+        ]))
+    };
+    let refused = run();
+    assert_eq!(refused.code, 4, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("maintenance: pushes refused")
+            || refused.stderr.contains("rejected"),
+        "{}",
+        refused.stderr
+    );
+    assert!(repo.main_file("logs/once.jsonl").is_none());
+
+    std::fs::remove_file(&hook).unwrap();
+    let pass = run().ok();
+    assert_eq!(
+        pass.states()["once"],
+        "succeeded",
+        "the kept result is published"
+    );
+    let log = repo.log("once");
+    let started = log.iter().filter(|e| e["event"] == "started").count();
+    assert_eq!(started, 1, "the handler ran once: {log:#?}");
+    let who = sh(
+        &repo.origin,
+        "git",
+        &["log", "-1", "--format=%an <%ae> / %cn <%ce>", "main"],
+    );
+    assert_eq!(
+        who.trim(),
+        "Ops Bot <ops-bot@example.invalid> / Ops Bot <ops-bot@example.invalid>"
+    );
+    // And a third pass has nothing left to do.
+    assert!(run().ok().states().is_empty());
+    repo.assert_no_containers();
+}

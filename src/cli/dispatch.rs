@@ -41,6 +41,10 @@ pub struct DispatchArgs {
     /// Commit author email.
     #[arg(long)]
     pub author_email: Option<String>,
+    /// Push attempts (exponential back-off with jitter between them) before the pass gives up
+    /// and keeps the results for the next pass.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub push_attempts: u16,
     /// Print the pass report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -108,7 +112,7 @@ pub fn options(a: &DispatchArgs) -> anyhow::Result<DispatchOptions> {
                 .unwrap_or_else(|| "codex-runner@localhost".into()),
         },
         limits: host.limits,
-        push_attempts: 8,
+        push_attempts: usize::from(a.push_attempts),
     })
 }
 

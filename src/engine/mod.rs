@@ -304,7 +304,10 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     std::fs::create_dir_all(&results_dir)
         .with_context(|| format!("failed to create state dir {}", results_dir.display()))?;
     let locks = ResourceLocks::new(&opts.state_dir.join("locks"))?;
-    let mirror = git(Mirror::open(&opts.work_dir, &opts.remote))?;
+    // One mirror per remote, and checkouts per process: runners of other repositories, or
+    // other runner processes, may share the work dir.
+    let work = opts.work_dir.join(remote_key(&opts.remote));
+    let mirror = git(Mirror::open(&work, &opts.remote))?;
 
     let (branch, tip, config) = resolve_branch(&mirror, opts)?;
     let index = load_index(&mirror, tip)?;
@@ -360,7 +363,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         index,
         limits: opts.limits.clone(),
         mirror: mirror.clone(),
-        checkouts: tokio::sync::Mutex::new(Checkouts::new(opts.work_dir.join("checkouts"))?),
+        checkouts: tokio::sync::Mutex::new(Checkouts::new(&work)?),
         executor: OnceCell::new(),
         builds: tokio::sync::Mutex::new(()),
     });

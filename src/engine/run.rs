@@ -160,6 +160,7 @@ async fn execute_in(
             let tree = cx.object_id(commit, &format!("containers/{dir}")).await?;
             let tag = format!("codex-runner-build/{dir}:{}", &tree[..12.min(tree.len())]);
             let context = repo_dir.join("containers").join(dir);
+            let _one_build = cx.builds.lock().await;
             cx.executor()?
                 .ensure_built(&tag, &context)
                 .await

@@ -422,8 +422,20 @@ pub struct Checkouts {
 }
 
 impl Checkouts {
-    /// Checkouts under `root` (emptied first: leftovers of a dead pass are stale).
-    pub fn new(root: PathBuf) -> anyhow::Result<Self> {
+    /// This process's checkouts under `work` (`checkouts-<pid>`); those of dead processes go.
+    pub fn new(work: &Path) -> anyhow::Result<Self> {
+        if let Ok(entries) = std::fs::read_dir(work) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name
+                    .strip_prefix("checkouts-")
+                    .and_then(|p| p.parse::<u32>().ok());
+                if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let root = work.join(format!("checkouts-{}", std::process::id()));
         if root.exists() {
             std::fs::remove_dir_all(&root)
                 .with_context(|| format!("failed to clear {}", root.display()))?;

@@ -200,6 +200,11 @@ impl Repo {
 
     /// Run `codex-runner dispatch --once --json` with extra args.
     pub fn dispatch(&self, extra: &[&str]) -> Pass {
+        self.dispatch_env(extra, &[])
+    }
+
+    /// `dispatch` with extra environment variables.
+    pub fn dispatch_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Pass {
         let state = self.state_dir();
         let mut args = vec![
             "dispatch",
@@ -213,7 +218,12 @@ impl Repo {
             &self.runner,
         ];
         args.extend_from_slice(extra);
-        let out = codex(&args);
+        let out = Command::new(env!("CARGO_BIN_EXE_codex-runner"))
+            .args(&args)
+            .env("CODEX_LOG", "info")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run codex-runner");
         Pass::from(out)
     }
 
