@@ -223,25 +223,11 @@ fn two_runner_processes_serialize_on_a_shared_resource() {
     let req = b"kind: echo\nresource: shared-db\nparams: {message: hold, sleep: 2}\n";
     one.merge_pr(&[("requests/one.yaml", req)]);
     two.merge_pr(&[("requests/two.yaml", req)]);
-    let state = one.state_dir();
+    two.state = one.state.clone();
     let run = |repo: &Repo| {
-        let work = repo.tmp.path().join("runner-work");
-        let args = [
-            "dispatch",
-            "--once",
-            "--json",
-            "--repo",
-            repo.origin.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--work-dir",
-            work.to_str().unwrap(),
-            "--runner-name",
-            &repo.runner,
-        ]
-        .map(str::to_string);
-        std::process::Command::new(env!("CARGO_BIN_EXE_codex-runner"))
-            .args(args)
+        repo.dispatch_command(repo.origin.to_str().unwrap(), &[])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     };

@@ -87,19 +87,7 @@ fn a_foreign_commit_during_the_push_is_kept_and_the_result_replayed() {
     sh(&repo.origin, "chmod", &["+x", hook.to_str().unwrap()]);
     let daemon = GitDaemon::start(repo.tmp.path());
     let url = format!("git://127.0.0.1:{}/origin.git", daemon.port);
-    let state = repo.state_dir();
-    let out = common::codex(&[
-        "dispatch",
-        "--once",
-        "--json",
-        "--repo",
-        &url,
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--runner-name",
-        &repo.runner,
-    ]);
-    let pass = common::Pass::from(out).ok();
+    let pass = repo.dispatch_url(&url, &[]).ok();
     assert_eq!(pass.states()["hello"], "succeeded");
     assert_eq!(pass.report["commits"][0]["replays"], 1, "{}", pass.report);
     assert!(repo.origin.join("foreign-landed").exists(), "the hook ran");
@@ -314,25 +302,18 @@ fn results_wait_out_a_refusing_remote_and_are_published_without_running_again() 
     sh(&repo.origin, "chmod", &["+x", hook.to_str().unwrap()]);
     let daemon = GitDaemon::start(repo.tmp.path());
     let url = format!("git://127.0.0.1:{}/origin.git", daemon.port);
-    let state = repo.state_dir();
     let run = || {
-        common::Pass::from(common::codex(&[
-            "dispatch",
-            "--once",
-            "--json",
-            "--repo",
+        repo.dispatch_url(
             &url,
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--runner-name",
-            &repo.runner,
-            "--push-attempts",
-            "2",
-            "--author-name",
-            "Ops Bot",
-            "--author-email",
-            "ops-bot@example.invalid",
-        ]))
+            &[
+                "--push-attempts",
+                "2",
+                "--author-name",
+                "Ops Bot",
+                "--author-email",
+                "ops-bot@example.invalid",
+            ],
+        )
     };
     let refused = run();
     assert_eq!(refused.code, 4, "{}", refused.stderr);

@@ -138,7 +138,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
             return Ok(e.exit_code());
         }
     };
-    let mut statuses: Vec<&Status> = report.items.iter().map(|i| &i.status).collect();
+    let mut statuses: Vec<&Status> = report.items.iter().collect();
     statuses.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
     for s in &statuses {
         let what = match s.state {

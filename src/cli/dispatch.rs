@@ -151,7 +151,7 @@ pub fn report_json(r: &PassReport) -> serde_json::Value {
     serde_json::json!({
         "branch": r.branch,
         "tip": r.tip,
-        "requests": r.items.iter().map(|i| &i.status).collect::<Vec<_>>(),
+        "requests": &r.items,
         "ignored": r.ignored.iter().map(|(p, why)| serde_json::json!({"path": p, "why": why})).collect::<Vec<_>>(),
         "commits": r.published.iter().map(|p| serde_json::json!({"commit": p.commit, "replays": p.replays})).collect::<Vec<_>>(),
     })
@@ -172,8 +172,7 @@ pub fn summary(r: &PassReport) -> String {
             "ID", "KIND", "STATE", "TIME", "REASON"
         ));
     }
-    for i in &r.items {
-        let s = &i.status;
+    for s in &r.items {
         let reason = s
             .reason
             .as_deref()

@@ -121,7 +121,7 @@ fn git_roundtrip() -> anyhow::Result<String> {
         let p = mirror.publish("main", &[change], "selftest", &who, 1)?;
         anyhow::Ok(format!(
             "libgit2 {} fetched, committed and pushed {}",
-            git2::Version::get().libgit2_version().0,
+            crate::git::libgit2_version(),
             &p.commit[..10]
         ))
     })();

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use git2::Oid;
 use tokio::sync::{mpsc, OnceCell, Semaphore};
 use tracing::Instrument;
 
@@ -23,7 +22,7 @@ use crate::contract::request::request_stem;
 use crate::contract::yaml::MAX_FILE_BYTES;
 use crate::contract::{Violation, Violations};
 use crate::exec::DockerExecutor;
-use crate::git::{Checkouts, Identity, Mirror, Published};
+use crate::git::{Checkouts, Identity, Mirror, Oid, Published};
 use crate::plan::{self, Action, Done, InboxEntry, WorkItem};
 use crate::record::{read_status, Status};
 
@@ -91,13 +90,6 @@ impl DispatchError {
     }
 }
 
-/// One request's result in a pass.
-#[derive(Debug, Clone)]
-pub struct ItemReport {
-    /// What was recorded.
-    pub status: Status,
-}
-
 /// What a pass did.
 #[derive(Debug, Default)]
 pub struct PassReport {
@@ -105,18 +97,18 @@ pub struct PassReport {
     pub branch: String,
     /// The tip it planned from.
     pub tip: Option<String>,
-    /// Every request recorded in this pass, in the order they finished.
-    pub items: Vec<ItemReport>,
+    /// The status of every request recorded in this pass, in the order they finished.
+    pub items: Vec<Status>,
     /// Inbox entries left alone.
     pub ignored: Vec<(String, String)>,
     /// Commits pushed.
     pub published: Vec<Published>,
 }
 
-/// A request that reached a final state and waits to be published.
+/// A request that reached a final state and waits to be published: its status (which names
+/// the file, commit and id) and the state-dir directory holding its log and status files.
 #[derive(Debug, Clone)]
 pub(crate) struct Finished {
-    pub item: WorkItem,
     pub status: Status,
     pub dir: PathBuf,
 }
@@ -283,13 +275,7 @@ fn pending_results(
             let _ = std::fs::remove_dir_all(&dir);
             continue;
         }
-        let item = WorkItem {
-            file: status.file.clone(),
-            commit: status.commit.clone(),
-            log_id: status.id.clone(),
-            action: Action::Reject(Vec::new()),
-        };
-        out.push(Finished { item, status, dir });
+        out.push(Finished { status, dir });
     }
     Ok(out)
 }
@@ -485,7 +471,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         ..Default::default()
     };
     while let Ok(status) = report_rx.try_recv() {
-        report.items.push(ItemReport { status });
+        report.items.push(status);
     }
     if let Some(e) = publish_errors.into_iter().next() {
         return Err(DispatchError::Git(e));

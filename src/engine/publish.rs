@@ -45,7 +45,7 @@ pub(crate) fn changes(config: &RepoConfig, done: &Finished) -> anyhow::Result<Ve
     let keep_in_inbox = done.status.state == State::Succeeded && !config.cleanup_after_success;
     if !keep_in_inbox {
         out.push(Change::Move {
-            from: done.item.file.clone(),
+            from: done.status.file.clone(),
             to: format!("{}{id}.yaml", config.processed_path),
         });
     }
@@ -79,7 +79,7 @@ pub(crate) fn message(batch: &[Finished], runner: &str) -> String {
         body.push_str(&format!(
             "- {} ({}): {} {}\n",
             f.status.id,
-            f.item.file,
+            f.status.file,
             f.status.state.as_str(),
             reason
         ));

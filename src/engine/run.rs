@@ -88,7 +88,6 @@ pub(crate) fn record_rejection(
     let status = unstarted(cx, item, "", State::Rejected, reason, None);
     write_status(&out.status(), &status)?;
     Ok(Finished {
-        item: item.clone(),
         status,
         dir: out.dir,
     })
@@ -143,7 +142,6 @@ async fn execute_in(
         );
         write_status(&out.status(), &status)?;
         Ok(Finished {
-            item: item.clone(),
             status,
             dir: out.dir.clone(),
         })
@@ -276,7 +274,6 @@ async fn execute_in(
     };
     write_status(&out.status(), &status)?;
     Ok(Finished {
-        item: item.clone(),
         status,
         dir: out.dir.clone(),
     })

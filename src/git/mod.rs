@@ -12,12 +12,21 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use backon::{BlockingRetryable, ExponentialBuilder};
 use git2::build::{CheckoutBuilder, TreeUpdateBuilder};
-use git2::{FetchOptions, ObjectType, Oid, PushOptions, RemoteCallbacks, Repository, Signature};
+use git2::{FetchOptions, ObjectType, PushOptions, RemoteCallbacks, Repository, Signature};
 
 use crate::contract::handlers::PathKind;
 use crate::plan::EntryContent;
 
 pub mod seed;
+
+/// A commit id; the engine names commits with this type and never touches git2 itself.
+pub use git2::Oid;
+
+/// The libgit2 version this binary links, for `selftest`.
+pub fn libgit2_version() -> String {
+    let (major, minor, patch) = git2::Version::get().libgit2_version();
+    format!("{major}.{minor}.{patch}")
+}
 
 /// A change to make in the runner's commit.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -72,6 +72,8 @@ pub struct Repo {
     pub origin: PathBuf,
     pub work: PathBuf,
     pub runner: String,
+    /// The runner's state dir (tests may point two runners at one).
+    pub state: PathBuf,
     merges: usize,
 }
 
@@ -121,11 +123,13 @@ impl Repo {
                 ],
             );
         }
+        let state = tmp.path().join("state");
         let repo = Repo {
             tmp,
             origin,
             work,
             runner: runner.to_string(),
+            state,
             merges: 0,
         };
         repo.git(&["config", "user.name", "Test Agent"]);
@@ -193,38 +197,43 @@ impl Repo {
         self.git(&["rev-parse", "HEAD"]).trim().to_string()
     }
 
-    /// State directory of this test's runner.
-    pub fn state_dir(&self) -> PathBuf {
-        self.tmp.path().join("state")
+    /// `codex-runner dispatch --once --json` for this test's runner against `remote`.
+    pub fn dispatch_command(&self, remote: &str, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_codex-runner"));
+        cmd.args(["dispatch", "--once", "--json", "--repo", remote])
+            .args([
+                "--state-dir",
+                self.state.to_str().unwrap(),
+                "--runner-name",
+                &self.runner,
+            ])
+            .args(extra)
+            .env("CODEX_LOG", "info");
+        cmd
     }
 
-    /// Run `codex-runner dispatch --once --json` with extra args.
+    /// Run a pass against the bare remote with extra args.
     pub fn dispatch(&self, extra: &[&str]) -> Pass {
         self.dispatch_env(extra, &[])
     }
 
-    /// `dispatch` with extra environment variables.
+    /// A pass with extra environment variables.
     pub fn dispatch_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Pass {
-        let state = self.state_dir();
-        let mut args = vec![
-            "dispatch",
-            "--once",
-            "--json",
-            "--repo",
-            self.origin.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--runner-name",
-            &self.runner,
-        ];
-        args.extend_from_slice(extra);
-        let out = Command::new(env!("CARGO_BIN_EXE_codex-runner"))
-            .args(&args)
-            .env("CODEX_LOG", "info")
-            .envs(env.iter().copied())
-            .output()
-            .expect("run codex-runner");
-        Pass::from(out)
+        let mut cmd = self.dispatch_command(self.origin.to_str().unwrap(), extra);
+        Pass::from(
+            cmd.envs(env.iter().copied())
+                .output()
+                .expect("run codex-runner"),
+        )
+    }
+
+    /// A pass against another URL of the same remote (e.g. git:// through a daemon).
+    pub fn dispatch_url(&self, url: &str, extra: &[&str]) -> Pass {
+        Pass::from(
+            self.dispatch_command(url, extra)
+                .output()
+                .expect("run codex-runner"),
+        )
     }
 
     /// A file at the tip of the remote's main.
