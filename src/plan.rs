@@ -212,12 +212,17 @@ fn check_against_handler(
     let mut errors = Vec::new();
     if let Some(schema) = &handler.params {
         let params = Value::Object(request.params.clone());
+        let look = format!(
+            "see the params schema of `{}` in handlers/index.yml (codex-runner handlers list)",
+            request.kind
+        );
         errors.extend(schema_violations(
             schema,
             &params,
             &request.source,
             file,
             "/params",
+            &look,
         ));
     }
     let resource = match &request.resource {
@@ -381,6 +386,14 @@ mod tests {
         assert_eq!(rules(&p.items[1]), ["wrong-type"]);
         if let Action::Reject(v) = &p.items[1].action {
             assert_eq!((v[0].line, v[0].column), (Some(3), Some(12)));
+            assert!(
+                v[0].hint
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("params schema of `echo`"),
+                "{:?}",
+                v[0]
+            );
         }
         assert_eq!(rules(&p.items[2]), ["missing-resource-param"]);
         assert_eq!(rules(&p.items[3]), ["timeout-too-long"]);

@@ -113,9 +113,14 @@ fn failing_timed_out_and_oom_handlers_are_recorded_as_such() {
     let mut repo = Repo::new("t-fail");
     repo.write("handlers/hog.py", b"#!/usr/bin/env python3\nprint('allocating', flush=True)\nx = bytearray(b'x') * (512 << 20)\nprint('survived', len(x))\n");
     sh_chmod(&repo, "handlers/hog.py");
+    repo.write(
+        "handlers/term.sh",
+        b"#!/bin/sh\ntrap 'echo \"got SIGTERM, cleaning up\"; exit 143' TERM\necho working\nsleep 60 &\nwait $!\n",
+    );
+    sh_chmod(&repo, "handlers/term.sh");
     append_index(
         &repo,
-        "  hog:\n    run: handlers/hog.py\n    image: codex-runner/python:3\n    limits:\n      memory: 48MiB\n",
+        "  hog:\n    run: handlers/hog.py\n    image: codex-runner/python:3\n    limits:\n      memory: 48MiB\n  term:\n    run: handlers/term.sh\n    image: codex-runner/busybox:1\n",
     );
     repo.merge_pr(&[
         (
@@ -127,6 +132,11 @@ fn failing_timed_out_and_oom_handlers_are_recorded_as_such() {
             b"kind: echo\ntimeout: 2s\nparams: {message: sleepy, sleep: 60}\n",
         ),
         ("requests/hog.yaml", b"kind: hog\n"),
+        ("requests/polite.yaml", b"kind: term\ntimeout: 2s\n"),
+        (
+            "requests/paced.yaml",
+            b"kind: echo\nparams: {message: paced, sleep: 2}\n",
+        ),
     ]);
     let config = repo.tmp.path().join("host.toml");
     std::fs::write(&config, "[limits]\ngrace = \"2s\"\n").unwrap();
@@ -154,6 +164,31 @@ fn failing_timed_out_and_oom_handlers_are_recorded_as_such() {
     assert!(
         repo.output("slow").contains(&"sleeping 60s".to_string()),
         "output before the timeout is kept"
+    );
+
+    // SIGTERM reaches the handler first; it may clean up within the grace period.
+    assert_eq!(states["polite"], "timed_out");
+    assert!(
+        repo.output("polite")
+            .contains(&"got SIGTERM, cleaning up".to_string()),
+        "{:?}",
+        repo.output("polite")
+    );
+    assert_eq!(repo.status("polite")["exit_code"], 143);
+
+    // Output is written as it arrives: the lines around a 2 s sleep are 2 s apart in the log.
+    let log = repo.log("paced");
+    let at = |line: &str| {
+        let e = log
+            .iter()
+            .find(|e| e["event"] == "output" && e["line"] == line)
+            .unwrap_or_else(|| panic!("{line}"));
+        ms(e["ts"].as_str().unwrap())
+    };
+    let gap = at("done") - at("sleeping 2s");
+    assert!(
+        gap >= 1800,
+        "output was collected, not streamed: {gap}ms between lines"
     );
 
     assert_eq!(states["hog"], "failed");
@@ -349,19 +384,28 @@ fn output_past_the_cap_is_cut_with_a_marker() {
 }
 
 #[test]
-fn an_image_that_cannot_be_pulled_rejects_the_request() {
+fn an_unpullable_image_or_a_handler_beyond_host_limits_rejects_the_request() {
     docker();
     let mut repo = Repo::new("t-pull");
     // A registry on a closed loopback port: the pull fails at once and nothing leaves the host.
     append_index(
         &repo,
-        "  ghost:\n    run: handlers/echo.sh\n    image: 127.0.0.1:9/codex-runner/missing:1\n",
+        "  ghost:\n    run: handlers/echo.sh\n    image: 127.0.0.1:9/codex-runner/missing:1\n  wide:\n    run: handlers/echo.sh\n    image: codex-runner/busybox:1\n    network: host\n",
     );
-    repo.merge_pr(&[(
-        "requests/ghost.yaml",
-        b"kind: ghost\nparams: {message: x}\n",
-    )]);
+    repo.merge_pr(&[
+        (
+            "requests/ghost.yaml",
+            b"kind: ghost\nparams: {message: x}\n",
+        ),
+        ("requests/wide.yaml", b"kind: wide\nparams: {message: x}\n"),
+    ]);
     let pass = repo.dispatch(&[]).ok();
+    assert_eq!(pass.states()["wide"], "rejected");
+    let reason = repo.status("wide")["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("the host network") && reason.contains("does not allow"),
+        "{reason}"
+    );
     assert_eq!(pass.states()["ghost"], "rejected");
     let st = repo.status("ghost");
     let reason = st["reason"].as_str().unwrap();

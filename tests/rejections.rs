@@ -88,8 +88,18 @@ fn every_bad_request_is_rejected_precisely_and_nothing_runs() {
             Some(1),
             "did you mean `deploy`?",
         ),
-        ("requests/params.yaml", "wrong-type", Some(3), ""),
-        ("requests/traversal.yaml", "invalid-value", Some(2), ""),
+        (
+            "requests/params.yaml",
+            "wrong-type",
+            Some(3),
+            "params schema of `echo`",
+        ),
+        (
+            "requests/traversal.yaml",
+            "invalid-value",
+            Some(2),
+            "codex-runner schema",
+        ),
         ("requests/bomb.yaml", "alias-limit", None, "aliases"),
         (
             "requests/huge.yaml",

@@ -133,7 +133,14 @@ fn request_schema() -> &'static Schema {
 pub fn parse_request(file: &str, bytes: &[u8]) -> Result<Request, Violations> {
     let text = yaml::text(file, bytes)?;
     let document: Value = yaml::parse(file, text)?;
-    let violations = schema_violations(request_schema(), &document, text, file, "");
+    let violations = schema_violations(
+        request_schema(),
+        &document,
+        text,
+        file,
+        "",
+        "see the request schema: codex-runner schema",
+    );
     if !violations.is_empty() {
         return Err(Violations(violations));
     }
@@ -190,13 +197,15 @@ pub fn parse_request(file: &str, bytes: &[u8]) -> Result<Request, Violations> {
 
 /// Validate `instance` and turn each schema error into a located violation.
 ///
-/// `prefix` is the JSON pointer of `instance` inside the file (e.g. `/params`).
+/// `prefix` is the JSON pointer of `instance` inside the file (e.g. `/params`); `where_to_look`
+/// is the hint for errors that have no more specific one (which schema decides).
 pub fn schema_violations(
     schema: &Schema,
     instance: &Value,
     text: &str,
     file: &str,
     prefix: &str,
+    where_to_look: &str,
 ) -> Vec<Violation> {
     use jsonschema::error::ValidationErrorKind as K;
     let mut out = Vec::new();
@@ -233,9 +242,7 @@ pub fn schema_violations(
         };
         let mut v = Violation::new(file, rule, format!("{field}: {}", err.masked()))
             .at(locate(text, &steps, key));
-        if let Some(h) = hint {
-            v = v.hint(h);
-        }
+        v = v.hint(hint.unwrap_or_else(|| where_to_look.to_string()));
         out.push(v);
     }
     out

@@ -372,8 +372,8 @@ fn body(spec: &ContainerSpec) -> ContainerCreateBody {
     )]);
     ContainerCreateBody {
         image: Some(spec.image.clone()),
-        cmd: Some(spec.cmd.clone()),
-        entrypoint: Some(vec![]),
+        // The handler is the entrypoint: an image's own ENTRYPOINT or CMD never runs instead.
+        entrypoint: Some(spec.cmd.clone()),
         env: Some(spec.env.clone()),
         labels: Some(spec.labels.clone()),
         user: Some(spec.user.clone()),
