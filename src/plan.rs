@@ -96,9 +96,12 @@ pub struct Plan {
 }
 
 /// Decide what each inbox entry becomes.
-pub fn plan(
+///
+/// `index_at` gives the handler index at the commit that brought an entry: routing, params
+/// schema, script and image all come from what was merged with the request.
+pub fn plan<'i>(
     entries: &[InboxEntry],
-    index: &HandlerIndex,
+    index_at: impl Fn(&str) -> Result<&'i HandlerIndex, &'i [Violation]>,
     done: impl Fn(&RequestId) -> Done,
 ) -> Plan {
     let mut sorted: Vec<&InboxEntry> = entries.iter().collect();
@@ -181,7 +184,23 @@ pub fn plan(
             continue;
         }
         let log_id = request.id.to_string();
-        let action = match check_against_handler(&request, index) {
+        let checked = match index_at(&entry.commit) {
+            Ok(index) => check_against_handler(&request, index),
+            Err(broken) => {
+                let mut v = vec![Violation::new(
+                    &entry.path,
+                    "broken-index",
+                    format!(
+                        "handlers/index.yml at {}, the commit that brought this request, is broken",
+                        entry.commit
+                    ),
+                )
+                .hint("fix handlers/index.yml, then submit the request again under a new id")];
+                v.extend(broken.iter().cloned());
+                Err(v)
+            }
+        };
+        let action = match checked {
             Ok(r) => Action::Run(Box::new(r)),
             Err(v) => Action::Reject(v),
         };
@@ -290,11 +309,28 @@ mod tests {
     }
 
     fn run(entries: &[InboxEntry], done: impl Fn(&RequestId) -> Done) -> Plan {
-        plan(
-            entries,
-            &HandlerIndex::parse(INDEX.as_bytes()).unwrap(),
-            done,
-        )
+        let index = HandlerIndex::parse(INDEX.as_bytes()).unwrap();
+        plan(entries, |_| Ok(&index), done)
+    }
+
+    #[test]
+    fn a_broken_index_at_the_merge_commit_rejects_its_requests() {
+        let broken = vec![Violation::new("handlers/index.yml", "invalid-run", "bad")];
+        let good = HandlerIndex::parse(INDEX.as_bytes()).unwrap();
+        let entries = [
+            entry("requests/a.yaml", "kind: echo\nparams: {message: x}\n", 0),
+            entry("requests/b.yaml", "kind: echo\nparams: {message: x}\n", 1),
+        ];
+        let index_at = |c: &str| {
+            if c == "c0" {
+                Err(broken.as_slice())
+            } else {
+                Ok(&good)
+            }
+        };
+        let p = plan(&entries, index_at, |_| Done::No);
+        assert_eq!(rules(&p.items[0]), ["broken-index", "invalid-run"]);
+        assert!(matches!(p.items[1].action, Action::Run(_)));
     }
 
     fn rules(item: &WorkItem) -> Vec<&'static str> {

@@ -348,3 +348,31 @@ fn results_wait_out_a_refusing_remote_and_are_published_without_running_again() 
     assert!(run().ok().states().is_empty());
     repo.assert_no_containers();
 }
+
+#[test]
+fn a_request_runs_the_handler_it_was_merged_with() {
+    docker();
+    let mut repo = Repo::new("t-pinned");
+    repo.merge_pr(&[(
+        "requests/early.yaml",
+        b"kind: echo\nparams: {message: early}\n",
+    )]);
+    // The handler changes on main before the runner gets to the request.
+    let echo = std::fs::read_to_string(common::root().join("handlers/echo.sh")).unwrap();
+    let v2 = echo.replace("echo \"done\"", "echo \"done (v2)\"");
+    assert_ne!(echo, v2);
+    repo.merge_pr(&[("handlers/echo.sh", v2.as_bytes())]);
+    repo.merge_pr(&[(
+        "requests/late.yaml",
+        b"kind: echo\nparams: {message: late}\n",
+    )]);
+    let pass = repo.dispatch(&[]).ok();
+    assert_eq!(pass.states().len(), 2, "{}", pass.report);
+    let (early, late) = (repo.output("early"), repo.output("late"));
+    assert!(
+        early.contains(&"done".to_string()),
+        "what was reviewed with it: {early:?}"
+    );
+    assert!(late.contains(&"done (v2)".to_string()), "{late:?}");
+    repo.assert_no_containers();
+}

@@ -134,7 +134,7 @@ pub fn run(a: ValidateArgs) -> i32 {
     };
     let mut results: Vec<(String, Option<String>, Vec<Violation>)> = Vec::new();
     if let Some(index) = &index {
-        for item in plan::plan(&entries, index, done).items {
+        for item in plan::plan(&entries, |_| Ok(index), done).items {
             match item.action {
                 Action::Run(r) => results.push((
                     item.file,

@@ -117,7 +117,8 @@ pub(crate) struct Finished {
 pub(crate) struct PassContext {
     runner: String,
     results_dir: PathBuf,
-    index: HandlerIndex,
+    /// Handler indexes by the commit that brought the requests routed through them.
+    indexes: BTreeMap<String, HandlerIndex>,
     limits: HostLimits,
     mirror: Arc<Mutex<Mirror>>,
     checkouts: tokio::sync::Mutex<Checkouts>,
@@ -173,27 +174,24 @@ fn load_repo_config(mirror: &Mirror, tip: Oid) -> Result<RepoConfig, DispatchErr
     }
 }
 
-fn load_index(mirror: &Mirror, tip: Oid) -> Result<HandlerIndex, DispatchError> {
-    let contract = |v: Violations| DispatchError::Contract {
-        commit: tip.to_string(),
-        violations: v,
-    };
-    let bytes = git(mirror.read_file(tip, INDEX_PATH))?.ok_or_else(|| {
-        contract(
-            Violation::new(
-                INDEX_PATH,
-                "missing-index",
-                "the handler index does not exist",
-            )
-            .hint("add handlers/index.yml")
-            .into(),
+/// The handler index at `commit`, checked against the files of that commit.
+fn index_at(
+    mirror: &Mirror,
+    commit: Oid,
+) -> Result<Result<HandlerIndex, Violations>, DispatchError> {
+    let Some(bytes) = git(mirror.read_file(commit, INDEX_PATH))? else {
+        let missing = Violation::new(
+            INDEX_PATH,
+            "missing-index",
+            "the handler index does not exist",
         )
-    })?;
-    let index = HandlerIndex::parse(&bytes).map_err(contract)?;
-    index
-        .check_files(|p| mirror.path_kind(tip, p))
-        .map_err(contract)?;
-    Ok(index)
+        .hint("add handlers/index.yml");
+        return Ok(Err(missing.into()));
+    };
+    Ok(HandlerIndex::parse(&bytes).and_then(|index| {
+        index.check_files(|p| mirror.path_kind(commit, p))?;
+        Ok(index)
+    }))
 }
 
 /// Find the mainline and its contract, then the branch to run from.
@@ -296,7 +294,13 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     let mirror = git(Mirror::open(&work, &opts.remote))?;
 
     let (branch, tip, config) = resolve_branch(&mirror, opts)?;
-    let index = load_index(&mirror, tip)?;
+    // A broken index at the tip stops the pass: the repository is broken now.
+    if let Err(violations) = index_at(&mirror, tip)? {
+        return Err(DispatchError::Contract {
+            commit: tip.to_string(),
+            violations,
+        });
+    }
     tracing::info!(branch = %branch, tip = %tip, "planning pass");
 
     let pending = pending_results(&results_dir, &mirror, tip, &config)?;
@@ -337,7 +341,22 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
             None => Done::No,
         }
     };
-    let planned = plan::plan(&entries, &index, done);
+    let mut indexes: BTreeMap<String, Result<HandlerIndex, Violations>> = BTreeMap::new();
+    for e in &entries {
+        if !indexes.contains_key(&e.commit) {
+            let commit = crate::git::parse_oid(&e.commit)?;
+            indexes.insert(e.commit.clone(), index_at(&mirror, commit)?);
+        }
+    }
+    let planned = plan::plan(
+        &entries,
+        |commit| match indexes.get(commit) {
+            Some(Ok(index)) => Ok(index),
+            Some(Err(v)) => Err(v.0.as_slice()),
+            None => Err(&[]),
+        },
+        done,
+    );
     for (path, why) in &planned.ignored {
         tracing::warn!(path = %path, "ignored: {why}");
     }
@@ -346,7 +365,10 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     let cx = Arc::new(PassContext {
         runner: opts.runner.clone(),
         results_dir: results_dir.clone(),
-        index,
+        indexes: indexes
+            .into_iter()
+            .filter_map(|(c, i)| i.ok().map(|i| (c, i)))
+            .collect(),
         limits: opts.limits.clone(),
         mirror: mirror.clone(),
         checkouts: tokio::sync::Mutex::new(Checkouts::new(&work)?),

@@ -146,7 +146,11 @@ async fn execute_in(
             dir: out.dir.clone(),
         })
     };
-    let handler = match cx.index.route(kind) {
+    let routed = match cx.indexes.get(&item.commit) {
+        Some(index) => index.route(kind),
+        None => Err(format!("no handler index was loaded for {}", item.commit)),
+    };
+    let handler = match routed {
         Ok(h) => h,
         Err(msg) => return reject(&mut log, msg),
     };
