@@ -37,6 +37,11 @@ if [ $force = 1 ] || ! have codex-runner/busybox:1; then
   trap 'rm -rf "$root"' EXIT
   mkdir -p "$root/bin" "$root/tmp" "$root/codex"
   cp /bin/busybox "$root/bin/busybox"
+  # The image has no libc: only the static build runs in it.
+  if ldd "$root/bin/busybox" 2>&1 | grep -q "=>"; then
+    echo "/bin/busybox is dynamically linked; install busybox-static" >&2
+    exit 1
+  fi
   for applet in $("$root/bin/busybox" --list); do
     [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
   done

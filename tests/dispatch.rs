@@ -118,9 +118,14 @@ fn failing_timed_out_and_oom_handlers_are_recorded_as_such() {
         b"#!/bin/sh\ntrap 'echo \"got SIGTERM, cleaning up\"; exit 143' TERM\necho working\nsleep 60 &\nwait $!\n",
     );
     sh_chmod(&repo, "handlers/term.sh");
+    repo.write(
+        "handlers/mute.sh",
+        b"#!/bin/sh\necho going quiet\nexec >/dev/null 2>&1\nsleep 60\n",
+    );
+    sh_chmod(&repo, "handlers/mute.sh");
     append_index(
         &repo,
-        "  hog:\n    run: handlers/hog.py\n    image: codex-runner/python:3\n    limits:\n      memory: 48MiB\n  term:\n    run: handlers/term.sh\n    image: codex-runner/busybox:1\n",
+        "  hog:\n    run: handlers/hog.py\n    image: codex-runner/python:3\n    limits:\n      memory: 48MiB\n  term:\n    run: handlers/term.sh\n    image: codex-runner/busybox:1\n  mute:\n    run: handlers/mute.sh\n    image: codex-runner/busybox:1\n",
     );
     repo.merge_pr(&[
         (
@@ -133,6 +138,7 @@ fn failing_timed_out_and_oom_handlers_are_recorded_as_such() {
         ),
         ("requests/hog.yaml", b"kind: hog\n"),
         ("requests/polite.yaml", b"kind: term\ntimeout: 2s\n"),
+        ("requests/mute.yaml", b"kind: mute\ntimeout: 2s\n"),
         (
             "requests/paced.yaml",
             b"kind: echo\nparams: {message: paced, sleep: 2}\n",
@@ -175,6 +181,10 @@ fn failing_timed_out_and_oom_handlers_are_recorded_as_such() {
         repo.output("polite")
     );
     assert_eq!(repo.status("polite")["exit_code"], 143);
+
+    // Closing its output does not let a handler outlive its timeout.
+    assert_eq!(states["mute"], "timed_out");
+    assert!(repo.status("mute")["duration_ms"].as_u64().unwrap() < 20_000);
 
     // Output is written as it arrives: the lines around a 2 s sleep are 2 s apart in the log.
     let log = repo.log("paced");

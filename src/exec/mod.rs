@@ -86,6 +86,9 @@ pub enum ExecError {
     Engine(#[from] anyhow::Error),
 }
 
+/// Longest an image build may take.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// Longest line kept in one piece.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -174,25 +177,36 @@ impl DockerExecutor {
             .forcerm(true)
             .pull("false")
             .build();
-        let mut stream = self
-            .docker
-            .build_image(opts, None, Some(bollard::body_full(tar.into())));
-        let mut last = String::new();
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| {
-                ExecError::ImageUnavailable(format!("building `{tag}` failed: {e}"))
-            })?;
-            if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                return Err(ExecError::ImageUnavailable(format!(
-                    "building `{tag}` failed: {err}"
-                )));
-            }
-            if let Some(s) = info.stream {
-                if !s.trim().is_empty() {
+        let build = async {
+            let mut stream =
+                self.docker
+                    .build_image(opts, None, Some(bollard::body_full(tar.into())));
+            let mut last = String::new();
+            while let Some(item) = stream.next().await {
+                let info = item.map_err(|e| e.to_string())?;
+                if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                    return Err(err);
+                }
+                if let Some(s) = info.stream.filter(|s| !s.trim().is_empty()) {
                     last = s.trim().to_string();
                 }
             }
-        }
+            Ok(last)
+        };
+        let last = match tokio::time::timeout(BUILD_TIMEOUT, build).await {
+            Ok(Ok(last)) => last,
+            Ok(Err(e)) => {
+                return Err(ExecError::ImageUnavailable(format!(
+                    "building `{tag}` failed: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(ExecError::ImageUnavailable(format!(
+                    "building `{tag}` took longer than {}s",
+                    BUILD_TIMEOUT.as_secs()
+                )))
+            }
+        };
         tracing::info!(image = tag, last = %last, "built image");
         Ok(())
     }
@@ -257,7 +271,8 @@ impl DockerExecutor {
 
         let mut lines = LineSplitter::new(spec.output_cap);
         let mut outcome = RunOutcome::default();
-        let deadline = tokio::time::sleep(spec.timeout);
+        let ends_at = tokio::time::Instant::now() + spec.timeout;
+        let deadline = tokio::time::sleep_until(ends_at);
         tokio::pin!(deadline);
         let mut stopper: Option<tokio::task::JoinHandle<()>> = None;
         loop {
@@ -305,7 +320,7 @@ impl DockerExecutor {
         let remaining = if outcome.timed_out {
             spec.grace + Duration::from_secs(5)
         } else {
-            spec.timeout
+            ends_at.saturating_duration_since(tokio::time::Instant::now())
         };
         if tokio::time::timeout(remaining, wait).await.is_err() && stopper.is_none() {
             outcome.timed_out = true;
