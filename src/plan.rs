@@ -157,30 +157,30 @@ pub fn plan<'i>(
             request.id,
             entry.object.get(..8).unwrap_or(&entry.object)
         );
+        let duplicate = |why: String, hint: &str| {
+            let v = Violation::new(&entry.path, "duplicate-id", why)
+                .at(locate(&request.source, &["id".into()], false))
+                .hint(hint);
+            item(dup_id.clone(), Action::Reject(vec![v]))
+        };
         match done(&request.id) {
             Done::InPlace(file) if file == entry.path => continue,
             Done::No => {}
             Done::Processed | Done::InPlace(_) => {
-                let v = Violation::new(
-                    &entry.path,
-                    "duplicate-id",
-                    format!("id `{}` has already run", request.id),
-                )
-                .at(locate(&request.source, &["id".into()], false))
-                .hint("give this request a new id (or a new file name)");
-                out.items.push(item(dup_id, Action::Reject(vec![v])));
+                let why = format!("id `{}` has already run", request.id);
+                out.items.push(duplicate(
+                    why,
+                    "give this request a new id (or a new file name)",
+                ));
                 continue;
             }
         }
         if !seen.insert(request.id.clone()) {
-            let v = Violation::new(
-                &entry.path,
-                "duplicate-id",
-                format!("id `{}` appears twice in the inbox", request.id),
-            )
-            .at(locate(&request.source, &["id".into()], false))
-            .hint("each request needs its own id; the earlier file runs");
-            out.items.push(item(dup_id, Action::Reject(vec![v])));
+            let why = format!("id `{}` appears twice in the inbox", request.id);
+            out.items.push(duplicate(
+                why,
+                "each request needs its own id; the earlier file runs",
+            ));
             continue;
         }
         let log_id = request.id.to_string();

@@ -56,6 +56,14 @@ impl Drop for GitDaemon {
     }
 }
 
+/// Install `script` as the remote's pre-receive hook (it runs for pushes through the daemon).
+fn install_hook(repo: &Repo, script: &str) -> std::path::PathBuf {
+    let hook = repo.origin.join("hooks/pre-receive");
+    std::fs::write(&hook, script).unwrap();
+    sh(&repo.origin, "chmod", &["+x", hook.to_str().unwrap()]);
+    hook
+}
+
 /// On the runner's first push, a foreign commit lands on main and the push is refused.
 const FOREIGN_HOOK: &str = r#"#!/bin/sh
 marker="$GIT_DIR/foreign-landed"
@@ -82,9 +90,7 @@ fn a_foreign_commit_during_the_push_is_kept_and_the_result_replayed() {
         "requests/hello.yaml",
         b"kind: echo\nparams: {message: racing}\n",
     )]);
-    let hook = repo.origin.join("hooks/pre-receive");
-    std::fs::write(&hook, FOREIGN_HOOK).unwrap();
-    sh(&repo.origin, "chmod", &["+x", hook.to_str().unwrap()]);
+    install_hook(&repo, FOREIGN_HOOK);
     let daemon = GitDaemon::start(repo.tmp.path());
     let url = format!("git://127.0.0.1:{}/origin.git", daemon.port);
     let pass = repo.dispatch_url(&url, &[]).ok();
@@ -293,13 +299,10 @@ fn results_wait_out_a_refusing_remote_and_are_published_without_running_again() 
         "requests/once.yaml",
         b"kind: echo\nparams: {message: exactly once}\n",
     )]);
-    let hook = repo.origin.join("hooks/pre-receive");
-    std::fs::write(
-        &hook,
+    let hook = install_hook(
+        &repo,
         "#!/bin/sh\necho 'maintenance: pushes refused' >&2\nexit 1\n",
-    )
-    .unwrap();
-    sh(&repo.origin, "chmod", &["+x", hook.to_str().unwrap()]);
+    );
     let daemon = GitDaemon::start(repo.tmp.path());
     let url = format!("git://127.0.0.1:{}/origin.git", daemon.port);
     let run = || {

@@ -496,6 +496,18 @@ mod tests {
         }
     }
 
+    /// A temp dir with a bare `origin.git` (main seeded with `files`) and a mirror of it.
+    fn fixture(files: &[SeedFile<'_>]) -> (tempfile::TempDir, SeedRepo, Oid, Mirror) {
+        let tmp = tempfile::tempdir().unwrap();
+        let origin_dir = tmp.path().join("origin.git");
+        let origin = SeedRepo::init_bare(&origin_dir).unwrap();
+        let base = origin
+            .commit("refs/heads/main", &[], files, "seed")
+            .unwrap();
+        let mirror = Mirror::open(&tmp.path().join("work"), origin_dir.to_str().unwrap()).unwrap();
+        (tmp, origin, base, mirror)
+    }
+
     fn file<'a>(path: &'a str, bytes: &'a [u8]) -> SeedFile<'a> {
         SeedFile {
             path,
@@ -506,18 +518,11 @@ mod tests {
 
     #[test]
     fn publish_moves_requests_and_replays_over_a_foreign_commit() {
-        let tmp = tempfile::tempdir().unwrap();
-        let origin_dir = tmp.path().join("origin.git");
-        let origin = SeedRepo::init_bare(&origin_dir).unwrap();
-        let base = origin
-            .commit(
-                "refs/heads/main",
-                &[],
-                &[file("requests/a.yaml", b"kind: echo\n")],
-                "seed",
-            )
-            .unwrap();
-        let mirror = Mirror::open(&tmp.path().join("work"), origin_dir.to_str().unwrap()).unwrap();
+        let (_tmp, origin, base, mirror) = fixture(&[file(
+            "requests/a.yaml",
+            b"kind: echo
+",
+        )]);
         assert_eq!(mirror.fetch("main").unwrap(), Some(base));
 
         // A foreign commit lands after our fetch: our commit on `base` must not overwrite it.
@@ -577,12 +582,7 @@ mod tests {
 
     #[test]
     fn introducing_commit_is_the_merge_on_first_parent() {
-        let tmp = tempfile::tempdir().unwrap();
-        let origin_dir = tmp.path().join("origin.git");
-        let origin = SeedRepo::init_bare(&origin_dir).unwrap();
-        let base = origin
-            .commit("refs/heads/main", &[], &[file("README", b"x")], "seed")
-            .unwrap();
+        let (_tmp, origin, base, mirror) = fixture(&[file("README", b"x")]);
         let pr = origin
             .commit(
                 "refs/heads/pr",
@@ -600,7 +600,6 @@ mod tests {
                 "add b",
             )
             .unwrap();
-        let mirror = Mirror::open(&tmp.path().join("work"), origin_dir.to_str().unwrap()).unwrap();
         let tip = mirror.fetch("main").unwrap().unwrap();
         assert_eq!(tip, later);
         let found = mirror
@@ -618,22 +617,12 @@ mod tests {
     #[test]
     fn export_writes_the_tree_with_modes() {
         use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::tempdir().unwrap();
-        let origin_dir = tmp.path().join("origin.git");
-        let origin = SeedRepo::init_bare(&origin_dir).unwrap();
-        let c = origin
-            .commit(
-                "refs/heads/main",
-                &[],
-                &[SeedFile {
-                    path: "handlers/x.sh",
-                    bytes: b"#!/bin/sh\n",
-                    executable: true,
-                }],
-                "seed",
-            )
-            .unwrap();
-        let mirror = Mirror::open(&tmp.path().join("work"), origin_dir.to_str().unwrap()).unwrap();
+        let script = SeedFile {
+            path: "handlers/x.sh",
+            bytes: b"#!/bin/sh\n",
+            executable: true,
+        };
+        let (tmp, _origin, c, mirror) = fixture(&[script]);
         mirror.fetch("main").unwrap();
         let dest = tmp.path().join("co");
         mirror.export(c, &dest).unwrap();
