@@ -216,14 +216,18 @@ fn a_reused_id_is_a_duplicate_and_never_runs_twice() {
 fn a_broken_handler_index_stops_the_pass_and_moves_nothing() {
     docker();
     let mut repo = Repo::new("t-index");
+    let broken: &[u8] =
+        b"handlers:\n  echo:\n    run: ../../bin/sh\n    image: codex-runner/busybox:1\n";
+    // Merged while the index was fine; the index breaks afterwards, with a second request.
+    repo.merge_pr(&[(
+        "requests/waiting.yaml",
+        b"kind: echo\nparams: {message: wait for the fix}\n",
+    )]);
     repo.merge_pr(&[
+        ("handlers/index.yml", broken),
         (
-            "requests/waiting.yaml",
-            b"kind: echo\nparams: {message: wait for the fix}\n",
-        ),
-        (
-            "handlers/index.yml",
-            b"handlers:\n  echo:\n    run: ../../bin/sh\n    image: codex-runner/busybox:1\n",
+            "requests/with-broken.yaml",
+            b"kind: echo\nparams: {message: merged with the breakage}\n",
         ),
     ]);
     let before = repo.main_commits();
@@ -240,10 +244,19 @@ fn a_broken_handler_index_stops_the_pass_and_moves_nothing() {
         "the request waits for a fixed index"
     );
 
-    // Fixing the index lets the waiting request run.
+    // Fixing the index lets the waiting request run with the handlers it was merged with; the
+    // one merged together with the broken index is rejected, naming the index's fault.
     let index = std::fs::read(common::root().join("handlers/index.yml")).unwrap();
     repo.merge_pr(&[("handlers/index.yml", &index)]);
     let pass = repo.dispatch(&[]).ok();
     assert_eq!(pass.states()["waiting"], "succeeded");
+    assert_eq!(pass.states()["with-broken"], "rejected");
+    let rejected = repo.log("with-broken");
+    let v = &rejected.iter().find(|e| e["event"] == "rejected").unwrap()["violations"];
+    assert_eq!(
+        (v[0]["rule"].as_str(), v[1]["rule"].as_str()),
+        (Some("broken-index"), Some("invalid-run")),
+        "{v}"
+    );
     repo.assert_no_containers();
 }

@@ -278,32 +278,28 @@ fn pending_results(
     Ok(out)
 }
 
-/// Run one full pass against the remote.
-pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, DispatchError> {
-    // Results wait per remote: runners of several repositories may share one state dir.
-    let results_dir = opts
-        .state_dir
-        .join("results")
-        .join(remote_key(&opts.remote));
-    std::fs::create_dir_all(&results_dir)
-        .with_context(|| format!("failed to create state dir {}", results_dir.display()))?;
-    let locks = ResourceLocks::new(&opts.state_dir.join("locks"))?;
-    // One mirror per remote, and checkouts per process: runners of other repositories, or
-    // other runner processes, may share the work dir.
-    let work = opts.work_dir.join(remote_key(&opts.remote));
-    let mirror = git(Mirror::open(&work, &opts.remote))?;
+/// What a pass found at the tip, before anything runs.
+struct Survey {
+    /// Results an earlier pass executed but could not push.
+    pending: Vec<Finished>,
+    /// Work in merge order.
+    planned: plan::Plan,
+    /// Valid handler indexes by the commit that brought requests.
+    indexes: BTreeMap<String, HandlerIndex>,
+}
 
-    let (branch, tip, config) = resolve_branch(&mirror, opts)?;
-    // A broken index at the tip stops the pass: the repository is broken now.
-    if let Err(violations) = index_at(&mirror, tip)? {
-        return Err(DispatchError::Contract {
-            commit: tip.to_string(),
-            violations,
-        });
-    }
-    tracing::info!(branch = %branch, tip = %tip, "planning pass");
-
-    let pending = pending_results(&results_dir, &mirror, tip, &config)?;
+/// Read the inbox at `tip`, find each request's merge commit and index, and plan.
+fn survey(
+    mirror: &Mirror,
+    tip: Oid,
+    config: &RepoConfig,
+    results_dir: &Path,
+) -> Result<Survey, DispatchError> {
+    let tip_index = index_at(mirror, tip)?.map_err(|violations| DispatchError::Contract {
+        commit: tip.to_string(),
+        violations,
+    })?;
+    let pending = pending_results(results_dir, mirror, tip, config)?;
     let raw = git(mirror.list_dir(tip, &config.trigger_path, MAX_FILE_BYTES))?;
     let paths: Vec<String> = raw
         .iter()
@@ -325,6 +321,16 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
             }
         })
         .collect();
+
+    // A request runs with the handlers of the commit that brought it.
+    let mut indexes: BTreeMap<String, Result<HandlerIndex, Violations>> = BTreeMap::new();
+    indexes.insert(tip.to_string(), Ok(tip_index));
+    for e in &entries {
+        if !indexes.contains_key(&e.commit) {
+            let commit = crate::git::parse_oid(&e.commit)?;
+            indexes.insert(e.commit.clone(), index_at(mirror, commit)?);
+        }
+    }
     let done = |id: &crate::contract::request::RequestId| -> Done {
         let processed = format!("{}{id}.yaml", config.processed_path);
         if mirror.path_kind(tip, &processed).is_some() {
@@ -341,107 +347,141 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
             None => Done::No,
         }
     };
-    let mut indexes: BTreeMap<String, Result<HandlerIndex, Violations>> = BTreeMap::new();
-    for e in &entries {
-        if !indexes.contains_key(&e.commit) {
-            let commit = crate::git::parse_oid(&e.commit)?;
-            indexes.insert(e.commit.clone(), index_at(&mirror, commit)?);
-        }
-    }
-    let planned = plan::plan(
-        &entries,
-        |commit| match indexes.get(commit) {
-            Some(Ok(index)) => Ok(index),
-            Some(Err(v)) => Err(v.0.as_slice()),
-            None => Err(&[]),
-        },
-        done,
-    );
+    let index_at_commit = |commit: &str| match indexes.get(commit) {
+        Some(Ok(index)) => Ok(index),
+        Some(Err(v)) => Err(v.0.as_slice()),
+        None => Err(&[] as &[Violation]),
+    };
+    let planned = plan::plan(&entries, index_at_commit, done);
     for (path, why) in &planned.ignored {
         tracing::warn!(path = %path, "ignored: {why}");
     }
+    let indexes = indexes
+        .into_iter()
+        .filter_map(|(c, i)| i.ok().map(|i| (c, i)))
+        .collect();
+    Ok(Survey {
+        pending,
+        planned,
+        indexes,
+    })
+}
+
+/// Run one full pass against the remote.
+pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, DispatchError> {
+    // Results wait per remote: runners of several repositories may share one state dir.
+    let key = remote_key(&opts.remote);
+    let results_dir = opts.state_dir.join("results").join(&key);
+    std::fs::create_dir_all(&results_dir)
+        .with_context(|| format!("failed to create state dir {}", results_dir.display()))?;
+    let locks = ResourceLocks::new(&opts.state_dir.join("locks"))?;
+    // One mirror per remote, and checkouts per process: runners of other repositories, or
+    // other runner processes, may share the work dir.
+    let work = opts.work_dir.join(&key);
+    let mirror = git(Mirror::open(&work, &opts.remote))?;
+    let (branch, tip, config) = resolve_branch(&mirror, opts)?;
+    tracing::info!(branch = %branch, tip = %tip, "planning pass");
+    let Survey {
+        pending,
+        planned,
+        indexes,
+    } = survey(&mirror, tip, &config, &results_dir)?;
 
     let mirror = Arc::new(Mutex::new(mirror));
     let cx = Arc::new(PassContext {
         runner: opts.runner.clone(),
-        results_dir: results_dir.clone(),
-        indexes: indexes
-            .into_iter()
-            .filter_map(|(c, i)| i.ok().map(|i| (c, i)))
-            .collect(),
+        results_dir,
+        indexes,
         limits: opts.limits.clone(),
         mirror: mirror.clone(),
         checkouts: tokio::sync::Mutex::new(Checkouts::new(&work)?),
         executor: OnceCell::new(),
         builds: tokio::sync::Mutex::new(()),
     });
-    let (tx, rx) = mpsc::unbounded_channel::<Finished>();
-    let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Status>();
     let target = Target {
         mirror,
         branch: branch.clone(),
-        config: config.clone(),
+        config,
         identity: opts.identity.clone(),
         runner: opts.runner.clone(),
         attempts: opts.push_attempts,
     };
+    let (tx, rx) = mpsc::unbounded_channel::<Finished>();
     let committer = tokio::spawn(publish::committer(target, rx));
-    let send = {
-        let tx = tx.clone();
-        let report_tx = report_tx.clone();
+    let recorded = Arc::new(Mutex::new(Vec::<Status>::new()));
+    let record = {
+        let recorded = recorded.clone();
         move |f: Finished| {
-            let _ = report_tx.send(f.status.clone());
+            if let Ok(mut r) = recorded.lock() {
+                r.push(f.status.clone());
+            }
             let _ = tx.send(f);
         }
     };
 
     // Results an earlier pass executed but could not push: publish them, never run them again.
-    let mut skip: Vec<String> = Vec::new();
+    let skip: Vec<String> = pending.iter().map(|f| f.status.id.clone()).collect();
     for f in pending {
         tracing::info!(id = %f.status.id, "publishing a result left by an earlier pass");
-        skip.push(f.status.id.clone());
-        send(f);
+        record(f);
     }
-
-    // Group runnable work by resource, keeping merge order inside each group.
-    let mut queues: BTreeMap<String, Vec<WorkItem>> = BTreeMap::new();
-    let mut first_seen: Vec<String> = Vec::new();
-    for item in planned.items {
-        if skip.contains(&item.log_id) {
-            continue;
-        }
+    let mut queues: Vec<(String, Vec<WorkItem>)> = Vec::new();
+    for item in planned
+        .items
+        .into_iter()
+        .filter(|i| !skip.contains(&i.log_id))
+    {
         match &item.action {
-            Action::Reject(v) => send(run::record_rejection(&cx, &item, v)?),
-            Action::Run(r) => {
-                if !queues.contains_key(&r.resource) {
-                    first_seen.push(r.resource.clone());
-                }
-                queues.entry(r.resource.clone()).or_default().push(item);
-            }
+            Action::Reject(v) => record(run::record_rejection(&cx, &item, v)?),
+            Action::Run(r) => match queues.iter_mut().find(|(res, _)| *res == r.resource) {
+                Some((_, q)) => q.push(item),
+                None => queues.push((r.resource.clone(), vec![item])),
+            },
         }
     }
+    let infra = run_queues(&cx, queues, &locks, opts.concurrency, record).await;
 
-    let mut infra: Option<DispatchError> = None;
-    if !queues.is_empty() {
-        let connected = DockerExecutor::connect()
-            .await
-            .map_err(|e| format!("{e:#}"));
-        let _ = cx.executor.set(connected);
-        if let Err(e) = cx.executor() {
-            infra = Some(DispatchError::Docker(e));
-            queues.clear();
-        }
+    let (published, publish_errors) = committer.await.context("failed to join the committer")?;
+    let items = recorded.lock().map(|r| r.clone()).unwrap_or_default();
+    if let Some(e) = publish_errors.into_iter().next() {
+        return Err(DispatchError::Git(e));
     }
-    let slots = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    if let Some(e) = infra {
+        return Err(e);
+    }
+    Ok(PassReport {
+        branch,
+        tip: Some(tip.to_string()),
+        items,
+        ignored: planned.ignored,
+        published,
+    })
+}
+
+/// Run each resource's queue in order, queues side by side up to `concurrency`; the first
+/// infrastructure failure, if any. Requests after a failure in the same queue wait for a
+/// later pass.
+async fn run_queues(
+    cx: &Arc<PassContext>,
+    queues: Vec<(String, Vec<WorkItem>)>,
+    locks: &ResourceLocks,
+    concurrency: usize,
+    record: impl Fn(Finished) + Clone + Send + 'static,
+) -> Option<DispatchError> {
+    if queues.is_empty() {
+        return None;
+    }
+    let connected = DockerExecutor::connect()
+        .await
+        .map_err(|e| format!("{e:#}"));
+    let _ = cx.executor.set(connected);
+    if let Err(e) = cx.executor() {
+        return Some(DispatchError::Docker(e));
+    }
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    for resource in first_seen {
-        let Some(queue) = queues.remove(&resource) else {
-            continue;
-        };
-        let cx = cx.clone();
-        let slots = slots.clone();
-        let locks = locks.clone();
-        let send = send.clone();
+    for (resource, queue) in queues {
+        let (cx, slots, locks, record) = (cx.clone(), slots.clone(), locks.clone(), record.clone());
         tasks.spawn(async move {
             for item in queue {
                 let Action::Run(runnable) = &item.action else { continue };
@@ -459,49 +499,27 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
                 }
                 .instrument(span)
                 .await;
+                let again = |e: anyhow::Error| e.context(format!("request {} did not finish; it runs again in a later pass", item.log_id));
                 match result {
-                    Ok(f) => send(f),
-                    Err(e) => return Err(e.context(format!("request {} did not finish; it runs again in a later pass", item.log_id))),
+                    Ok(f) => record(f),
+                    Err(run::RunFailure::Docker(e)) => return Err(DispatchError::Docker(again(e))),
+                    Err(run::RunFailure::Other(e)) => return Err(DispatchError::Other(again(e))),
                 }
             }
-            Ok::<(), anyhow::Error>(())
+            Ok(())
         });
     }
+    let mut first = None;
     while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %format!("{e:#}"), "a request queue stopped");
-                infra.get_or_insert(DispatchError::Docker(e));
-            }
-            Err(e) => {
-                infra.get_or_insert(DispatchError::Other(anyhow::anyhow!(
-                    "a request task panicked: {e}"
-                )));
-            }
-        }
+        let failure = match joined {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => DispatchError::Other(anyhow::anyhow!("a request task panicked: {e}")),
+        };
+        tracing::error!(error = %failure, "a request queue stopped");
+        first.get_or_insert(failure);
     }
-    drop(send);
-    drop(tx);
-    drop(report_tx);
-    let (published, publish_errors) = committer.await.context("failed to join the committer")?;
-    let mut report = PassReport {
-        branch,
-        tip: Some(tip.to_string()),
-        ignored: planned.ignored,
-        published,
-        ..Default::default()
-    };
-    while let Ok(status) = report_rx.try_recv() {
-        report.items.push(status);
-    }
-    if let Some(e) = publish_errors.into_iter().next() {
-        return Err(DispatchError::Git(e));
-    }
-    if let Some(e) = infra {
-        return Err(e);
-    }
-    Ok(report)
+    first
 }
 
 /// A directory name for a remote: readable tail plus a hash of the whole URL.

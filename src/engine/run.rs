@@ -93,13 +93,40 @@ pub(crate) fn record_rejection(
     })
 }
 
+/// Why a request could not reach a final state; it runs again in a later pass.
+#[derive(Debug)]
+pub(crate) enum RunFailure {
+    /// The Docker engine failed.
+    Docker(anyhow::Error),
+    /// Anything else: the state directory, the checkout, the lock.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for RunFailure {
+    fn from(e: anyhow::Error) -> Self {
+        RunFailure::Other(e)
+    }
+}
+
+impl From<std::io::Error> for RunFailure {
+    fn from(e: std::io::Error) -> Self {
+        RunFailure::Other(e.into())
+    }
+}
+
+impl From<serde_json::Error> for RunFailure {
+    fn from(e: serde_json::Error) -> Self {
+        RunFailure::Other(e.into())
+    }
+}
+
 /// Run one request. `Err` means infrastructure failed: nothing is recorded and it runs again later.
 pub(crate) async fn execute(
     cx: &PassContext,
     item: &WorkItem,
     runnable: &Runnable,
     waited_for: Option<String>,
-) -> anyhow::Result<Finished> {
+) -> Result<Finished, RunFailure> {
     let out = ResultDir::fresh(&cx.results_dir, &item.log_id)?;
     let result = execute_in(cx, item, runnable, &out, waited_for).await;
     if result.is_err() {
@@ -114,7 +141,7 @@ async fn execute_in(
     runnable: &Runnable,
     out: &ResultDir,
     waited_for: Option<String>,
-) -> anyhow::Result<Finished> {
+) -> Result<Finished, RunFailure> {
     let request = &runnable.request;
     let kind = request.kind.as_str();
     let mut log = RunLog::create(&out.log(), &item.log_id)?;
@@ -129,7 +156,7 @@ async fn execute_in(
     if let Some(holder) = waited_for {
         log.event("waited_for_lock", json!({"resource": holder}))?;
     }
-    let reject = |log: &mut RunLog, reason: String| -> anyhow::Result<Finished> {
+    let reject = |log: &mut RunLog, reason: String| -> Result<Finished, RunFailure> {
         log.event("rejected", json!({"reason": reason}))?;
         log.event("finished", json!({"state": "rejected", "reason": reason}))?;
         let status = unstarted(
@@ -157,13 +184,19 @@ async fn execute_in(
     let commit = crate::git::parse_oid(&item.commit)?;
     let repo_dir = cx.checkout(commit).await?;
     let image = match &handler.image {
-        ImageSource::Reference(r) => cx.executor()?.ensure_image(r).await.map(|()| r.clone()),
+        ImageSource::Reference(r) => cx
+            .executor()
+            .map_err(RunFailure::Docker)?
+            .ensure_image(r)
+            .await
+            .map(|()| r.clone()),
         ImageSource::Build(dir) => {
             let tree = cx.object_id(commit, &format!("containers/{dir}")).await?;
             let tag = format!("codex-runner-build/{dir}:{}", &tree[..12.min(tree.len())]);
             let context = repo_dir.join("containers").join(dir);
             let _one_build = cx.builds.lock().await;
-            cx.executor()?
+            cx.executor()
+                .map_err(RunFailure::Docker)?
                 .ensure_built(&tag, &context)
                 .await
                 .map(|()| tag)
@@ -172,7 +205,7 @@ async fn execute_in(
     let image = match image {
         Ok(i) => i,
         Err(ExecError::ImageUnavailable(reason)) => return reject(&mut log, reason),
-        Err(ExecError::Engine(e)) => return Err(e),
+        Err(ExecError::Engine(e)) => return Err(RunFailure::Docker(e)),
     };
     let request_json = out.dir.join("request.json");
     let mut doc = request.document.clone();
@@ -226,10 +259,12 @@ async fn execute_in(
     let outcome = match outcome {
         Ok(o) => o,
         Err(ExecError::ImageUnavailable(reason)) => return reject(&mut log, reason),
-        Err(ExecError::Engine(e)) => return Err(e),
+        Err(ExecError::Engine(e)) => return Err(RunFailure::Docker(e)),
     };
     if let Some(e) = write_error {
-        return Err(e.context("failed to stream output to the run log"));
+        return Err(RunFailure::Other(
+            e.context("failed to stream output to the run log"),
+        ));
     }
     let duration_ms = clock.elapsed().as_millis() as u64;
     log.event("exit", json!({"exit_code": outcome.exit_code, "oom_killed": outcome.oom_killed, "output_bytes": outcome.output_bytes}))?;
