@@ -328,7 +328,9 @@ echo "interfaces: $ifs"
 test -r /codex/request.json && echo "request at /codex/request.json"
 mem=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes)
 pids=$(cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max)
+cpu=$(cat /sys/fs/cgroup/cpu.max 2>/dev/null || echo "$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)")
 echo "memory=$mem pids=$pids pid1=$(cat /proc/1/comm)"
+echo "cpu=$cpu"
 exit $fail
 "#,
     );
@@ -342,6 +344,8 @@ exit $fail
     let out = repo.output("iso");
     assert_eq!(pass.states()["iso"], "succeeded", "{out:#?}");
     for want in [
+        "memory=536870912 pids=256 pid1=docker-init",
+        "cpu=100000 100000",
         "uid=65534 gid=65534",
         "root read-only",
         "repo read-only",
