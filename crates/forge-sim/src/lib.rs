@@ -1,0 +1,258 @@
+//! forge-sim: a GitHub-compatible forge for codex-runner's tests and demo.
+//!
+//! It serves the REST endpoints the runner uses with GitHub's paths, field names and status
+//! codes, real git over smart HTTP (through `git http-backend`) backed by bare repositories,
+//! and signed webhooks for pushes. It binds to loopback only. State lives in memory, except
+//! the repositories, which are bare git repositories under the root directory.
+//!
+//! Not yet: pull requests, GitHub App installation tokens, fault injection.
+
+mod api;
+mod git_http;
+mod hooks;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use serde_json::Value;
+
+pub use hooks::sign;
+
+/// What a token may do on every repository of the forge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// The secret value clients send.
+    pub value: String,
+    /// Read repositories and clone.
+    pub pull: bool,
+    /// Push.
+    pub push: bool,
+    /// Create and update check runs.
+    pub checks: bool,
+    /// Manage webhooks.
+    pub admin: bool,
+}
+
+impl Token {
+    /// A token that may do everything.
+    pub fn full(value: &str) -> Self {
+        Token {
+            value: value.into(),
+            pull: true,
+            push: true,
+            checks: true,
+            admin: true,
+        }
+    }
+
+    /// A token that may only read.
+    pub fn read_only(value: &str) -> Self {
+        Token {
+            value: value.into(),
+            pull: true,
+            push: false,
+            checks: false,
+            admin: false,
+        }
+    }
+}
+
+/// A webhook registered on a repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hook {
+    /// Id.
+    pub id: u64,
+    /// Where deliveries go.
+    pub url: String,
+    /// HMAC secret (never shown by the API).
+    #[serde(skip)]
+    pub secret: Option<String>,
+    /// Events it receives (`*` for all).
+    pub events: Vec<String>,
+    /// Whether deliveries are sent.
+    pub active: bool,
+}
+
+/// One webhook delivery attempt, kept for tests to inspect.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// `X-GitHub-Delivery`.
+    pub id: String,
+    /// `X-GitHub-Event`.
+    pub event: String,
+    /// The hook it went to.
+    pub hook_id: u64,
+    /// The response status, if the receiver answered.
+    pub status: Option<u16>,
+    /// The JSON body.
+    pub payload: Value,
+}
+
+/// A check run.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckRun {
+    pub id: u64,
+    pub name: String,
+    pub head_sha: String,
+    pub status: String,
+    pub conclusion: Option<String>,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub external_id: Option<String>,
+    pub details_url: Option<String>,
+    pub output: Value,
+    pub annotations: Vec<Value>,
+}
+
+pub(crate) struct Repo {
+    pub id: u64,
+    pub owner: String,
+    pub name: String,
+    pub hooks: Vec<Hook>,
+    pub check_runs: Vec<CheckRun>,
+}
+
+pub(crate) struct State {
+    pub root: PathBuf,
+    pub base_url: String,
+    pub tokens: Vec<Token>,
+    pub repos: BTreeMap<String, Repo>,
+    pub next_id: u64,
+    pub deliveries: Vec<Delivery>,
+}
+
+impl State {
+    pub fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn token(&self, value: &str) -> Option<Token> {
+        self.tokens.iter().find(|t| t.value == value).cloned()
+    }
+}
+
+pub(crate) type Shared = Arc<Mutex<State>>;
+
+pub(crate) fn lock(state: &Shared) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running forge.
+pub struct ForgeSim {
+    state: Shared,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl ForgeSim {
+    /// Serve on `127.0.0.1:port` (0 picks a free port), keeping repositories under `root`.
+    pub async fn start(root: &Path, port: u16, tokens: Vec<Token>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("failed to create {}", root.display()))?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .context("failed to bind the forge to loopback")?;
+        let addr = listener.local_addr()?;
+        let state: Shared = Arc::new(Mutex::new(State {
+            root: root.to_path_buf(),
+            base_url: format!("http://{addr}"),
+            tokens,
+            repos: BTreeMap::new(),
+            next_id: 1000,
+            deliveries: Vec::new(),
+        }));
+        let app = api::router(state.clone()).merge(git_http::router(state.clone()));
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "forge-sim server stopped");
+            }
+        });
+        Ok(ForgeSim {
+            state,
+            addr,
+            server,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`: the API base URL and the git host.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The clone URL of `owner/name`, with `token` as the password if given.
+    pub fn git_url(&self, owner: &str, name: &str, token: Option<&str>) -> String {
+        match token {
+            Some(t) => format!("http://x-access-token:{t}@{}/{owner}/{name}.git", self.addr),
+            None => format!("{}/{owner}/{name}.git", self.url()),
+        }
+    }
+
+    /// Create an empty repository whose default branch is `main`.
+    pub fn create_repo(&self, owner: &str, name: &str) -> anyhow::Result<PathBuf> {
+        create_repo(&self.state, owner, name)
+    }
+
+    /// The bare repository of `owner/name` on disk.
+    pub fn repo_path(&self, owner: &str, name: &str) -> PathBuf {
+        lock(&self.state)
+            .root
+            .join(owner)
+            .join(format!("{name}.git"))
+    }
+
+    /// Every webhook delivery so far.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        lock(&self.state).deliveries.clone()
+    }
+
+    /// Stop serving.
+    pub fn stop(self) {
+        self.server.abort();
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !s.ends_with(".git")
+}
+
+pub(crate) fn create_repo(state: &Shared, owner: &str, name: &str) -> anyhow::Result<PathBuf> {
+    if !valid_name(owner) || !valid_name(name) {
+        bail!("`{owner}/{name}` is not a repository name");
+    }
+    let mut st = lock(state);
+    let key = format!("{owner}/{name}");
+    if st.repos.contains_key(&key) {
+        bail!("repository {key} exists");
+    }
+    let path = st.root.join(owner).join(format!("{name}.git"));
+    let out = std::process::Command::new("git")
+        .args(["init", "--quiet", "--bare", "--initial-branch=main"])
+        .arg(&path)
+        .output()
+        .context("failed to run git init")?;
+    if !out.status.success() {
+        bail!("git init failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let id = st.next_id();
+    st.repos.insert(
+        key,
+        Repo {
+            id,
+            owner: owner.into(),
+            name: name.into(),
+            hooks: Vec::new(),
+            check_runs: Vec::new(),
+        },
+    );
+    Ok(path)
+}

@@ -1,0 +1,455 @@
+//! forge-sim against real git clients and a real webhook receiver, all on loopback.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use axum::http::HeaderMap;
+use forge_sim::{sign, ForgeSim, Token};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "ghp_full";
+const READER: &str = "ghp_reader";
+const SECRET: &str = "It's a Secret to Everybody";
+
+async fn forge(tmp: &Path) -> ForgeSim {
+    let tokens = vec![Token::full(TOKEN), Token::read_only(READER)];
+    let sim = ForgeSim::start(&tmp.join("forge"), 0, tokens)
+        .await
+        .unwrap();
+    sim.create_repo("acme", "ops").unwrap();
+    sim
+}
+
+fn git(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("git")
+        .args([
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@example.invalid",
+            "-c",
+            "credential.helper=",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Commit `files` in a fresh clone of acme/ops and push main with `token`.
+fn push(sim: &ForgeSim, tmp: &Path, token: &str, files: &[(&str, &str)]) -> std::process::Output {
+    let dir = tmp.join(format!("clone-{}", rand_suffix()));
+    ok(git(
+        tmp,
+        &[
+            "clone",
+            "-q",
+            &sim.git_url("acme", "ops", Some(TOKEN)),
+            dir.to_str().unwrap(),
+        ],
+    ));
+    for (p, text) in files {
+        let path = dir.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    ok(git(&dir, &["add", "-A"]));
+    ok(git(&dir, &["commit", "-q", "-m", "change"]));
+    git(
+        &dir,
+        &[
+            "push",
+            "-q",
+            &sim.git_url("acme", "ops", Some(token)),
+            "HEAD:refs/heads/main",
+        ],
+    )
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+type Received = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
+
+/// An HTTP server on loopback that records every POST.
+async fn receiver() -> (String, Received) {
+    let got: Received = Arc::default();
+    let keep = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let keep = keep.clone();
+            async move {
+                keep.lock().unwrap().push((headers, body.to_vec()));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+async fn wait_for(got: &Received, event: &str, n: usize) -> Vec<(HeaderMap, Vec<u8>)> {
+    for _ in 0..100 {
+        let hits: Vec<_> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(h, _)| h["x-github-event"] == event)
+            .cloned()
+            .collect();
+        if hits.len() >= n {
+            return hits;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no {event} delivery arrived");
+}
+
+fn api(
+    sim: &ForgeSim,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    let req = reqwest::Client::new()
+        .request(method, format!("{}{path}", sim.url()))
+        .header("accept", "application/vnd.github+json");
+    match token {
+        Some(t) => req.header("authorization", format!("Bearer {t}")),
+        None => req,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_over_http_honours_token_permissions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = forge(tmp.path()).await;
+    ok(push(&sim, tmp.path(), TOKEN, &[("README.md", "hello\n")]));
+    let head = ok(git(
+        tmp.path(),
+        &[
+            "ls-remote",
+            &sim.git_url("acme", "ops", Some(READER)),
+            "refs/heads/main",
+        ],
+    ));
+    assert_eq!(head.split_whitespace().nth(1), Some("refs/heads/main"));
+
+    let denied = push(&sim, tmp.path(), READER, &[("x", "y")]);
+    assert!(!denied.status.success(), "a read-only token must not push");
+    let unknown = git(
+        tmp.path(),
+        &["ls-remote", &sim.git_url("acme", "ops", Some("ghp_wrong"))],
+    );
+    assert!(!unknown.status.success());
+    let missing = git(
+        tmp.path(),
+        &["ls-remote", &sim.git_url("acme", "nope", Some(TOKEN))],
+    );
+    assert!(!missing.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_sends_a_signed_push_webhook() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = forge(tmp.path()).await;
+    let (url, got) = receiver().await;
+    let created = api(&sim, Some(TOKEN), reqwest::Method::POST, "/repos/acme/ops/hooks")
+        .json(&json!({"name": "web", "config": {"url": url, "content_type": "json", "secret": SECRET}, "events": ["push", "pull_request"], "active": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let hook: Value = created.json().await.unwrap();
+    assert_eq!(
+        hook["config"]["secret"], "********",
+        "the secret is never shown"
+    );
+    let ping = wait_for(&got, "ping", 1).await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&ping[0].1).unwrap()["hook_id"],
+        hook["id"]
+    );
+
+    ok(push(
+        &sim,
+        tmp.path(),
+        TOKEN,
+        &[("requests/a.yaml", "kind: echo\n")],
+    ));
+    let pushes = wait_for(&got, "push", 1).await;
+    let (headers, body) = &pushes[0];
+    assert_eq!(
+        headers["x-hub-signature-256"].to_str().unwrap(),
+        sign(SECRET, body),
+        "signed over the raw body"
+    );
+    assert!(headers.contains_key("x-github-delivery"));
+    let payload: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(payload["ref"], "refs/heads/main");
+    assert_eq!(payload["created"], true);
+    assert_eq!(payload["repository"]["full_name"], "acme/ops");
+    assert_eq!(payload["head_commit"]["added"], json!(["requests/a.yaml"]));
+    let head = ok(git(
+        tmp.path(),
+        &[
+            "ls-remote",
+            &sim.git_url("acme", "ops", Some(TOKEN)),
+            "refs/heads/main",
+        ],
+    ));
+    assert_eq!(payload["after"].as_str(), head.split_whitespace().next());
+    assert!(sim
+        .deliveries()
+        .iter()
+        .any(|d| d.event == "push" && d.status == Some(200)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_can_be_listed_updated_and_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = forge(tmp.path()).await;
+    let body = json!({"name": "web", "config": {"url": "http://127.0.0.1:9/hook", "content_type": "json"}, "events": ["push"]});
+    let h: Value = api(
+        &sim,
+        Some(TOKEN),
+        reqwest::Method::POST,
+        "/repos/acme/ops/hooks",
+    )
+    .json(&body)
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let again = api(
+        &sim,
+        Some(TOKEN),
+        reqwest::Method::POST,
+        "/repos/acme/ops/hooks",
+    )
+    .json(&body)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(again.status(), 422, "one hook per URL");
+    let id = h["id"].as_u64().unwrap();
+    let patched: Value = api(
+        &sim,
+        Some(TOKEN),
+        reqwest::Method::PATCH,
+        &format!("/repos/acme/ops/hooks/{id}"),
+    )
+    .json(&json!({"add_events": ["pull_request"], "active": false}))
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(patched["events"], json!(["push", "pull_request"]));
+    assert_eq!(patched["active"], false);
+    let list: Value = api(
+        &sim,
+        Some(TOKEN),
+        reqwest::Method::GET,
+        "/repos/acme/ops/hooks",
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let reader = api(
+        &sim,
+        Some(READER),
+        reqwest::Method::GET,
+        "/repos/acme/ops/hooks",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(reader.status(), 403);
+    let del = api(
+        &sim,
+        Some(TOKEN),
+        reqwest::Method::DELETE,
+        &format!("/repos/acme/ops/hooks/{id}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(del.status(), 204);
+    let gone = api(
+        &sim,
+        Some(TOKEN),
+        reqwest::Method::DELETE,
+        &format!("/repos/acme/ops/hooks/{id}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(gone.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_runs_follow_githubs_rules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = forge(tmp.path()).await;
+    ok(push(&sim, tmp.path(), TOKEN, &[("README.md", "x\n")]));
+    let sha = ok(git(
+        tmp.path(),
+        &[
+            "ls-remote",
+            &sim.git_url("acme", "ops", Some(TOKEN)),
+            "refs/heads/main",
+        ],
+    ));
+    let sha = sha.split_whitespace().next().unwrap().to_string();
+    let post = |token: Option<&'static str>, body: Value| {
+        api(
+            &sim,
+            token,
+            reqwest::Method::POST,
+            "/repos/acme/ops/check-runs",
+        )
+        .json(&body)
+        .send()
+    };
+
+    let created = post(
+        Some(TOKEN),
+        json!({"name": "codex-runner/r1", "head_sha": sha, "external_id": "r1"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    let run: Value = created.json().await.unwrap();
+    assert_eq!(
+        (run["status"].as_str(), run["external_id"].as_str()),
+        (Some("queued"), Some("r1"))
+    );
+    let id = run["id"].as_u64().unwrap();
+    let patch = |body: Value| {
+        api(
+            &sim,
+            Some(TOKEN),
+            reqwest::Method::PATCH,
+            &format!("/repos/acme/ops/check-runs/{id}"),
+        )
+        .json(&body)
+        .send()
+    };
+    let r: Value = patch(json!({"status": "in_progress"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["status"], "in_progress");
+    assert_eq!(
+        patch(json!({"status": "completed"}))
+            .await
+            .unwrap()
+            .status(),
+        422,
+        "completed needs a conclusion"
+    );
+    let annotations: Vec<Value> = (0..51).map(|i| json!({"path": "requests/r1.yaml", "start_line": i + 1, "end_line": i + 1, "annotation_level": "failure", "message": "bad"})).collect();
+    let too_many =
+        patch(json!({"output": {"title": "t", "summary": "s", "annotations": annotations}}))
+            .await
+            .unwrap();
+    assert_eq!(too_many.status(), 422, "at most 50 annotations per request");
+    let done: Value = patch(json!({"conclusion": "success", "output": {"title": "succeeded", "summary": "ran in 1s", "annotations": annotations[..50]}}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (done["status"].as_str(), done["conclusion"].as_str()),
+        (Some("completed"), Some("success"))
+    );
+    assert_eq!(done["output"]["annotations_count"], 50);
+    assert!(done["completed_at"].is_string());
+
+    for reference in ["main", sha.as_str()] {
+        let list: Value = api(
+            &sim,
+            Some(READER),
+            reqwest::Method::GET,
+            &format!("/repos/acme/ops/commits/{reference}/check-runs?check_name=codex-runner/r1"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(list["total_count"], 1, "{reference}: {list}");
+        assert_eq!(list["check_runs"][0]["id"], id);
+    }
+    assert_eq!(
+        post(Some(READER), json!({"name": "x", "head_sha": sha}))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        post(None, json!({"name": "x", "head_sha": sha}))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        post(Some(TOKEN), json!({"name": "x", "head_sha": "deadbeef"}))
+            .await
+            .unwrap()
+            .status(),
+        422
+    );
+    let other = api(
+        &sim,
+        Some(TOKEN),
+        reqwest::Method::GET,
+        "/repos/acme/nope/check-runs/1",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(other.status(), 404);
+    let repo: Value = api(&sim, Some(READER), reqwest::Method::GET, "/repos/acme/ops")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        repo["permissions"],
+        json!({"admin": false, "maintain": false, "push": false, "triage": false, "pull": true})
+    );
+}
