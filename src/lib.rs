@@ -8,6 +8,7 @@ pub mod config;
 pub mod contract;
 pub mod engine;
 pub mod exec;
+pub mod forge;
 pub mod git;
 pub mod plan;
 pub mod record;

@@ -38,7 +38,45 @@ pub(crate) fn router(state: Shared) -> Router {
             get(list_checks),
         )
         .route("/_sim/repos", post(sim_create_repo))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), faults))
         .with_state(state)
+}
+
+/// Answer some API calls with a fault instead, as configured.
+async fn faults(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let answer = {
+        let mut st = lock(&state);
+        st.api_calls += 1;
+        let f = &st.faults;
+        if f.every > 0 && !f.answers.is_empty() && st.api_calls % f.every == 0 {
+            let a = f.answers[(st.faulted as usize) % f.answers.len()];
+            st.faulted += 1;
+            Some(a)
+        } else {
+            None
+        }
+    };
+    match answer {
+        None => next.run(request).await,
+        Some(0) => {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            next.run(request).await
+        }
+        Some(429) => {
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "API rate limit exceeded");
+            r.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            r
+        }
+        Some(code) => error(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "Server Error",
+        ),
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

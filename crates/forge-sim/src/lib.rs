@@ -5,7 +5,7 @@
 //! and signed webhooks for pushes. It binds to loopback only. State lives in memory, except
 //! the repositories, which are bare git repositories under the root directory.
 //!
-//! Not yet: pull requests, GitHub App installation tokens, fault injection.
+//! Not yet: pull requests, GitHub App installation tokens.
 
 mod api;
 mod git_http;
@@ -116,8 +116,20 @@ pub(crate) struct Repo {
     pub check_runs: Vec<CheckRun>,
 }
 
+/// Deterministic failures for API calls (git traffic is never faulted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Fail every n-th API call (0: never).
+    pub every: u64,
+    /// Statuses to answer in turn: 500, 502, 429 (with `Retry-After: 1`), or 0 for a 3 s delay.
+    pub answers: Vec<u16>,
+}
+
 pub(crate) struct State {
     pub root: PathBuf,
+    pub faults: Faults,
+    pub api_calls: u64,
+    pub faulted: u64,
     pub base_url: String,
     pub tokens: Vec<Token>,
     pub repos: BTreeMap<String, Repo>,
@@ -160,6 +172,9 @@ impl ForgeSim {
         let addr = listener.local_addr()?;
         let state: Shared = Arc::new(Mutex::new(State {
             root: root.to_path_buf(),
+            faults: Faults::default(),
+            api_calls: 0,
+            faulted: 0,
             base_url: format!("http://{addr}"),
             tokens,
             repos: BTreeMap::new(),
@@ -203,6 +218,17 @@ impl ForgeSim {
             .root
             .join(owner)
             .join(format!("{name}.git"))
+    }
+
+    /// Start failing API calls as `faults` says.
+    pub fn set_faults(&self, faults: Faults) {
+        lock(&self.state).faults = faults;
+    }
+
+    /// `(API calls seen, calls answered with a fault)`.
+    pub fn api_stats(&self) -> (u64, u64) {
+        let st = lock(&self.state);
+        (st.api_calls, st.faulted)
     }
 
     /// Every webhook delivery so far.
