@@ -52,7 +52,7 @@ async fn faults(
         let mut st = lock(&state);
         st.api_calls += 1;
         let f = &st.faults;
-        if f.every > 0 && !f.answers.is_empty() && st.api_calls % f.every == 0 {
+        if f.every > 0 && !f.answers.is_empty() && st.api_calls.is_multiple_of(f.every) {
             let a = f.answers[(st.faulted as usize) % f.answers.len()];
             st.faulted += 1;
             Some(a)
