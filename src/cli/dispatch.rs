@@ -4,8 +4,11 @@ use std::path::PathBuf;
 
 use tracing::Instrument;
 
+use anyhow::Context;
+
 use crate::config::HostConfig;
-use crate::engine::{dispatch_once, DispatchOptions, PassReport};
+use crate::engine::{dispatch_once, DispatchOptions, ForgeTarget, PassReport};
+use crate::forge::{ForgeRepo, GitHub};
 use crate::git::Identity;
 
 /// Arguments of `dispatch`.
@@ -45,6 +48,18 @@ pub struct DispatchArgs {
     /// and keeps the results for the next pass.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub push_attempts: u16,
+    /// Forge API base URL for check runs (e.g. https://api.github.com); needs --forge-repo.
+    #[arg(long, requires_all = ["forge_repo", "forge_token_file"])]
+    pub forge_api: Option<String>,
+    /// The repository on the forge, as OWNER/NAME.
+    #[arg(long, requires = "forge_api")]
+    pub forge_repo: Option<String>,
+    /// File holding the forge token (never passed on the command line, never logged).
+    #[arg(long, requires = "forge_api")]
+    pub forge_token_file: Option<PathBuf>,
+    /// Attempts per forge call before an update waits for the next pass.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub forge_attempts: u16,
     /// Print the pass report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -113,7 +128,52 @@ pub fn options(a: &DispatchArgs) -> anyhow::Result<DispatchOptions> {
         },
         limits: host.limits,
         push_attempts: usize::from(a.push_attempts),
+        forge: forge_target(a)?,
     })
+}
+
+/// The forge to report check runs to, from the `--forge-*` flags.
+fn forge_target(a: &DispatchArgs) -> anyhow::Result<Option<ForgeTarget>> {
+    let (Some(api), Some(repo), Some(token_file)) =
+        (&a.forge_api, &a.forge_repo, &a.forge_token_file)
+    else {
+        return Ok(None);
+    };
+    let (owner, name) = repo
+        .split_once('/')
+        .filter(|(o, n)| !o.is_empty() && !n.is_empty() && !n.contains('/'))
+        .ok_or_else(|| anyhow::anyhow!("--forge-repo `{repo}` is not OWNER/NAME"))?;
+    let token = std::fs::read_to_string(token_file).with_context(|| {
+        format!(
+            "failed to read the forge token from {}",
+            token_file.display()
+        )
+    })?;
+    let token = token.trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the forge token file {} is empty",
+        token_file.display()
+    );
+    let api = api.trim_end_matches('/').to_string();
+    let web = if api == "https://api.github.com" {
+        "https://github.com".to_string()
+    } else {
+        api.trim_end_matches("/api/v3").to_string()
+    };
+    let repo = ForgeRepo {
+        api_url: api,
+        owner: owner.into(),
+        name: name.into(),
+    };
+    let client = GitHub::with_token(repo, token)?.with_retries(
+        usize::from(a.forge_attempts),
+        std::time::Duration::from_millis(500),
+    );
+    Ok(Some(ForgeTarget {
+        client,
+        html_url: format!("{web}/{owner}/{name}"),
+    }))
 }
 
 /// Run `dispatch`.

@@ -41,7 +41,7 @@ enum Command {
     /// Validate request files in a working tree, without running anything.
     Validate(validate::ValidateArgs),
     /// Run one pass: run every new request on the branch and push the results.
-    Dispatch(dispatch::DispatchArgs),
+    Dispatch(Box<dispatch::DispatchArgs>),
     /// Check Docker, git, the state directory and the config.
     Selftest(selftest::SelftestArgs),
     /// Run the whole loop end to end on a local repository with example requests.
@@ -91,7 +91,7 @@ pub fn main() -> i32 {
             }
             Command::Handlers { command } => handlers::run(command),
             Command::Validate(a) => validate::run(a),
-            Command::Dispatch(a) => dispatch::run(a).await,
+            Command::Dispatch(a) => dispatch::run(*a).await,
             Command::Selftest(a) => selftest::run(a).await,
             Command::Demo(a) => demo::run(a).await,
         }

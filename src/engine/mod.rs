@@ -3,9 +3,12 @@
 //! sync → plan → (per resource, in merge order) lock → run → record → publish. The engine owns
 //! each request's state; `exec`, `git` and `record` do the I/O it asks for.
 
+mod checks;
 pub mod locks;
 mod publish;
 mod run;
+
+pub use checks::ForgeTarget;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +53,8 @@ pub struct DispatchOptions {
     pub limits: HostLimits,
     /// Push attempts before giving up for this pass.
     pub push_attempts: usize,
+    /// Where check runs go; none: no check runs (execution does not depend on them).
+    pub forge: Option<ForgeTarget>,
 }
 
 /// Why a pass could not complete; each maps to a documented exit code.
@@ -125,6 +130,16 @@ pub(crate) struct PassContext {
     executor: OnceCell<Result<DockerExecutor, String>>,
     /// One image build at a time: concurrent requests of one `build:` handler build once.
     builds: tokio::sync::Mutex<()>,
+    /// Check-run events, when a forge is configured.
+    checks: Option<mpsc::UnboundedSender<checks::CheckEvent>>,
+}
+
+impl PassContext {
+    fn check(&self, event: checks::CheckEvent) {
+        if let Some(tx) = &self.checks {
+            let _ = tx.send(event);
+        }
+    }
 }
 
 impl PassContext {
@@ -387,6 +402,17 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         indexes,
     } = survey(&mirror, tip, &config, &results_dir)?;
 
+    let (checks_tx, reporter) = match &opts.forge {
+        Some(target) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let dir = opts.state_dir.join("checks").join(&key);
+            (
+                Some(tx),
+                Some(tokio::spawn(checks::reporter(target.clone(), dir, rx))),
+            )
+        }
+        None => (None, None),
+    };
     let mirror = Arc::new(Mutex::new(mirror));
     let cx = Arc::new(PassContext {
         runner: opts.runner.clone(),
@@ -397,6 +423,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         checkouts: tokio::sync::Mutex::new(Checkouts::new(&work)?),
         executor: OnceCell::new(),
         builds: tokio::sync::Mutex::new(()),
+        checks: checks_tx.clone(),
     });
     let target = Target {
         mirror,
@@ -405,6 +432,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         identity: opts.identity.clone(),
         runner: opts.runner.clone(),
         attempts: opts.push_attempts,
+        checks: checks_tx,
     };
     let (tx, rx) = mpsc::unbounded_channel::<Finished>();
     let committer = tokio::spawn(publish::committer(target, rx));
@@ -433,15 +461,29 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     {
         match &item.action {
             Action::Reject(v) => record(run::record_rejection(&cx, &item, v)?),
-            Action::Run(r) => match queues.iter_mut().find(|(res, _)| *res == r.resource) {
-                Some((_, q)) => q.push(item),
-                None => queues.push((r.resource.clone(), vec![item])),
-            },
+            Action::Run(r) => {
+                cx.check(checks::CheckEvent::Queued {
+                    id: item.log_id.clone(),
+                    commit: item.commit.clone(),
+                    file: item.file.clone(),
+                    kind: r.request.kind.clone(),
+                });
+                let resource = r.resource.clone();
+                match queues.iter_mut().find(|(res, _)| *res == resource) {
+                    Some((_, q)) => q.push(item),
+                    None => queues.push((resource, vec![item])),
+                }
+            }
         }
     }
     let infra = run_queues(&cx, queues, &locks, opts.concurrency, record).await;
 
     let (published, publish_errors) = committer.await.context("failed to join the committer")?;
+    // Every sender is gone once the pass context is: the reporter sends what is left and ends.
+    drop(cx);
+    if let Some(task) = reporter {
+        checks::drain(task).await;
+    }
     let items = recorded.lock().map(|r| r.clone()).unwrap_or_default();
     if let Some(e) = publish_errors.into_iter().next() {
         return Err(DispatchError::Git(e));

@@ -23,6 +23,8 @@ pub(crate) struct Target {
     pub identity: Identity,
     pub runner: String,
     pub attempts: usize,
+    /// Check-run events, when a forge is configured.
+    pub checks: Option<mpsc::UnboundedSender<super::checks::CheckEvent>>,
 }
 
 /// The repository changes that record `done`.
@@ -112,6 +114,14 @@ pub(crate) async fn committer(
             Ok(p) => {
                 tracing::info!(commit = %p.commit, requests = batch.len(), replays = p.replays, "published results");
                 for f in &batch {
+                    if let Some(tx) = &target.checks {
+                        let _ = tx.send(super::checks::CheckEvent::Finished {
+                            status: Box::new(f.status.clone()),
+                            log: std::fs::read(f.dir.join("log.jsonl")).unwrap_or_default(),
+                            pushed: p.commit.clone(),
+                            output_path: target.config.output_path.clone(),
+                        });
+                    }
                     let _ = std::fs::remove_dir_all(&f.dir);
                 }
                 published.push(p);

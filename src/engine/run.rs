@@ -234,6 +234,11 @@ async fn execute_in(
     };
     let started_at = now();
     let clock = Instant::now();
+    cx.check(super::checks::CheckEvent::Started {
+        id: item.log_id.clone(),
+        commit: item.commit.clone(),
+        started_at: started_at.clone(),
+    });
     log.event(
         "started",
         json!({"container": spec.name, "image": image, "attempt": 1, "user": spec.user, "network": spec.network}),

@@ -1,0 +1,158 @@
+//! dispatch with check runs, against the local GitHub-compatible forge.
+
+mod common;
+
+use common::{docker, Repo};
+use forge_sim::{Faults, ForgeSim, Token};
+use serde_json::Value;
+
+const TOKEN: &str = "ghp_runner";
+
+fn api_get(sim: &ForgeSim, path: &str) -> Value {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-H",
+            &format!("Authorization: Bearer {TOKEN}"),
+            &format!("{}{path}", sim.url()),
+        ])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn runs(sim: &ForgeSim, sha: &str) -> Vec<Value> {
+    api_get(sim, &format!("/repos/acme/ops/commits/{sha}/check-runs"))["check_runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn run_named<'a>(runs: &'a [Value], name: &str) -> &'a Value {
+    runs.iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no check run {name} in {runs:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_runs_show_every_request_and_catch_up_after_an_outage() {
+    docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = ForgeSim::start(&tmp.path().join("forge"), 0, vec![Token::full(TOKEN)])
+        .await
+        .unwrap();
+    sim.create_repo("acme", "ops").unwrap();
+    let mut repo = Repo::new("t-checks");
+    let url = sim.git_url("acme", "ops", Some(TOKEN));
+    repo.git(&["remote", "set-url", "origin", &url]);
+    repo.git(&["push", "-q", "origin", "main"]);
+    repo.origin = sim.repo_path("acme", "ops");
+    let merge = repo.merge_pr(&[
+        (
+            "requests/hello.yaml",
+            b"kind: echo\nparams: {message: hi}\n",
+        ),
+        (
+            "requests/boom.yaml",
+            b"kind: echo\nparams: {message: x, exit: 3}\n",
+        ),
+        ("requests/typo.yaml", b"kind: echo\nparams:\n  mesage: x\n"),
+    ]);
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let api = sim.url();
+    let flags = [
+        "--forge-api",
+        api.as_str(),
+        "--forge-repo",
+        "acme/ops",
+        "--forge-token-file",
+        token_file.to_str().unwrap(),
+        "--forge-attempts",
+        "2",
+    ];
+
+    // The forge is down: requests still run and their logs still reach main.
+    sim.set_faults(Faults {
+        every: 1,
+        answers: vec![502],
+    });
+    let pass = tokio::task::block_in_place(|| repo.dispatch_url(&url, &flags)).ok();
+    let states = pass.states();
+    assert_eq!(
+        (states["hello"].as_str(), states["boom"].as_str()),
+        ("succeeded", "failed")
+    );
+    assert_eq!(repo.status("typo")["state"], "rejected");
+    sim.set_faults(Faults::default());
+    assert!(
+        runs(&sim, &merge).is_empty(),
+        "nothing reached the forge during the outage"
+    );
+    assert!(!pass.stderr.contains(TOKEN), "the token is never logged");
+
+    // Back up: the next pass brings every check run up to date, and runs a new request.
+    let late_merge = repo.merge_pr(&[(
+        "requests/late.yaml",
+        b"kind: echo\nparams: {message: late}\n",
+    )]);
+    let pass = tokio::task::block_in_place(|| repo.dispatch_url(&url, &flags)).ok();
+    assert_eq!(pass.states()["late"], "succeeded");
+    let done = runs(&sim, &merge);
+    assert_eq!(
+        done.len(),
+        3,
+        "one run per request, no duplicates: {done:#?}"
+    );
+    let hello = run_named(&done, "codex-runner/hello");
+    assert_eq!(
+        (hello["status"].as_str(), hello["conclusion"].as_str()),
+        (Some("completed"), Some("success"))
+    );
+    assert_eq!(hello["external_id"], "hello");
+    let link = hello["details_url"].as_str().unwrap();
+    assert!(
+        link.starts_with(&format!("{api}/acme/ops/blob/")) && link.ends_with("/logs/hello.jsonl"),
+        "{link}"
+    );
+    assert!(
+        hello["output"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("message: hi"),
+        "{hello}"
+    );
+    assert_eq!(
+        run_named(&done, "codex-runner/boom")["conclusion"],
+        "failure"
+    );
+    let typo = run_named(&done, "codex-runner/typo");
+    assert_eq!(typo["conclusion"], "action_required");
+    assert!(
+        typo["output"]["annotations_count"].as_u64().unwrap() >= 1,
+        "{typo}"
+    );
+    let late = runs(&sim, &late_merge);
+    let late = run_named(&late, "codex-runner/late");
+    assert_eq!(
+        (late["status"].as_str(), late["conclusion"].as_str()),
+        (Some("completed"), Some("success"))
+    );
+    assert!(late["started_at"].is_string());
+    let pending = repo.state.join("checks");
+    let left: Vec<_> = walk(&pending);
+    assert!(left.is_empty(), "nothing left to send: {left:?}");
+    repo.assert_no_containers();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
