@@ -69,6 +69,55 @@ pub struct HostConfig {
     pub author_email: Option<String>,
     /// Container ceilings.
     pub limits: HostLimits,
+    /// The repository the daemon serves.
+    pub repository: Option<RepositoryConfig>,
+    /// The daemon's webhook server and polling.
+    pub server: ServerConfig,
+    /// The forge for check runs.
+    pub forge: Option<ForgeConfig>,
+}
+
+/// `[repository]`: what `codex-runner run` watches.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// Git remote URL (or path).
+    pub url: String,
+    /// Branch to run from (default: the repository's mainline branch).
+    pub branch: Option<String>,
+}
+
+/// `[server]`: the webhook endpoint and the polling fallback.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Address to listen on (default `127.0.0.1:8733`).
+    pub listen: String,
+    /// File holding the webhook secret; without it `/webhook` refuses every delivery.
+    pub webhook_secret_file: Option<PathBuf>,
+    /// How often the remote's branch is checked even without webhooks (default 60s).
+    pub poll_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8733".into(),
+            webhook_secret_file: None,
+            poll_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[forge]`: where check runs go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgeConfig {
+    /// API base URL (`https://api.github.com`).
+    pub api_url: String,
+    /// `OWNER/NAME` on the forge.
+    pub repository: String,
+    /// File holding the token.
+    pub token_file: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +125,10 @@ pub struct HostConfig {
 struct File {
     #[serde(default)]
     runner: RunnerFile,
+    repository: Option<RepositoryConfig>,
+    #[serde(default)]
+    server: ServerFile,
+    forge: Option<ForgeConfig>,
     #[serde(default)]
     git: GitFile,
     #[serde(default)]
@@ -93,6 +146,17 @@ struct RunnerFile {
     work_dir: Option<PathBuf>,
     /// Concurrency.
     concurrency: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    /// Listen address.
+    listen: Option<String>,
+    /// Webhook secret file.
+    webhook_secret_file: Option<PathBuf>,
+    /// Poll interval.
+    poll_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,7 +206,22 @@ impl HostConfig {
             .with_context(|| format!("limits.{key}"))
         };
         let l = f.limits;
+        let sd = ServerConfig::default();
+        let server = ServerConfig {
+            listen: f.server.listen.unwrap_or(sd.listen),
+            webhook_secret_file: f.server.webhook_secret_file,
+            poll_interval: f
+                .server
+                .poll_interval
+                .map_or(Ok(sd.poll_interval), |s| {
+                    parse_duration(&s).map_err(anyhow::Error::msg)
+                })
+                .context("server.poll_interval")?,
+        };
         Ok(HostConfig {
+            repository: f.repository,
+            server,
+            forge: f.forge,
             name: f.runner.name,
             state_dir: f.runner.state_dir,
             work_dir: f.runner.work_dir,

@@ -12,3 +12,4 @@ pub mod forge;
 pub mod git;
 pub mod plan;
 pub mod record;
+pub mod server;

@@ -6,7 +6,7 @@ use tracing::Instrument;
 
 use anyhow::Context;
 
-use crate::config::HostConfig;
+use crate::config::{ForgeConfig, HostConfig};
 use crate::engine::{dispatch_once, DispatchOptions, ForgeTarget, PassReport};
 use crate::forge::{ForgeRepo, GitHub};
 use crate::git::Identity;
@@ -91,71 +91,131 @@ pub fn options(a: &DispatchArgs) -> anyhow::Result<DispatchOptions> {
         Some(p) => HostConfig::load(p)?,
         None => HostConfig::default(),
     };
-    let state_dir = a
+    let flags_forge = match (&a.forge_api, &a.forge_repo, &a.forge_token_file) {
+        (Some(api), Some(repo), Some(file)) => Some(ForgeConfig {
+            api_url: api.clone(),
+            repository: repo.clone(),
+            token_file: file.clone(),
+        }),
+        _ => None,
+    };
+    let overrides = Overrides {
+        state_dir: a.state_dir.clone(),
+        work_dir: a.work_dir.clone(),
+        runner_name: a.runner_name.clone(),
+        concurrency: a.concurrency,
+        author_name: a.author_name.clone(),
+        author_email: a.author_email.clone(),
+        push_attempts: usize::from(a.push_attempts),
+        forge: flags_forge,
+        forge_attempts: usize::from(a.forge_attempts),
+    };
+    from_host(host, a.repo.clone(), a.branch.clone(), overrides)
+}
+
+/// Command-line values that win over the host config.
+#[derive(Debug, Clone)]
+pub struct Overrides {
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--work-dir`.
+    pub work_dir: Option<PathBuf>,
+    /// `--runner-name`.
+    pub runner_name: Option<String>,
+    /// `--concurrency`.
+    pub concurrency: Option<usize>,
+    /// `--author-name`.
+    pub author_name: Option<String>,
+    /// `--author-email`.
+    pub author_email: Option<String>,
+    /// `--push-attempts`.
+    pub push_attempts: usize,
+    /// `--forge-*`.
+    pub forge: Option<ForgeConfig>,
+    /// `--forge-attempts`.
+    pub forge_attempts: usize,
+}
+
+impl Default for Overrides {
+    fn default() -> Self {
+        Overrides {
+            state_dir: None,
+            work_dir: None,
+            runner_name: None,
+            concurrency: None,
+            author_name: None,
+            author_email: None,
+            push_attempts: 8,
+            forge: None,
+            forge_attempts: 6,
+        }
+    }
+}
+
+/// Pass options for `remote` from the host config, with `o` on top.
+pub fn from_host(
+    host: HostConfig,
+    remote: String,
+    branch: Option<String>,
+    o: Overrides,
+) -> anyhow::Result<DispatchOptions> {
+    let state_dir = o
         .state_dir
-        .clone()
         .or(host.state_dir)
         .unwrap_or_else(default_state_dir);
+    let forge = match o.forge.or(host.forge) {
+        Some(f) => Some(forge_target(&f, o.forge_attempts)?),
+        None => None,
+    };
     Ok(DispatchOptions {
-        remote: a.repo.clone(),
-        branch: a.branch.clone(),
-        work_dir: a
+        remote,
+        branch,
+        work_dir: o
             .work_dir
-            .clone()
             .or(host.work_dir)
             .unwrap_or_else(|| state_dir.join("work")),
         state_dir,
-        runner: a
-            .runner_name
-            .clone()
-            .or(host.name)
-            .unwrap_or_else(host_name),
-        concurrency: a
+        runner: o.runner_name.or(host.name).unwrap_or_else(host_name),
+        concurrency: o
             .concurrency
             .or(host.concurrency)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         identity: Identity {
-            name: a
+            name: o
                 .author_name
-                .clone()
                 .or(host.author_name)
                 .unwrap_or_else(|| "codex-runner".into()),
-            email: a
+            email: o
                 .author_email
-                .clone()
                 .or(host.author_email)
                 .unwrap_or_else(|| "codex-runner@localhost".into()),
         },
         limits: host.limits,
-        push_attempts: usize::from(a.push_attempts),
-        forge: forge_target(a)?,
+        push_attempts: o.push_attempts,
+        forge,
     })
 }
 
-/// The forge to report check runs to, from the `--forge-*` flags.
-fn forge_target(a: &DispatchArgs) -> anyhow::Result<Option<ForgeTarget>> {
-    let (Some(api), Some(repo), Some(token_file)) =
-        (&a.forge_api, &a.forge_repo, &a.forge_token_file)
-    else {
-        return Ok(None);
-    };
-    let (owner, name) = repo
+/// The forge to report check runs to.
+fn forge_target(f: &ForgeConfig, attempts: usize) -> anyhow::Result<ForgeTarget> {
+    let (owner, name) = f
+        .repository
         .split_once('/')
         .filter(|(o, n)| !o.is_empty() && !n.is_empty() && !n.contains('/'))
-        .ok_or_else(|| anyhow::anyhow!("--forge-repo `{repo}` is not OWNER/NAME"))?;
-    let token = std::fs::read_to_string(token_file).with_context(|| {
+        .ok_or_else(|| anyhow::anyhow!("forge repository `{}` is not OWNER/NAME", f.repository))?;
+    let token = std::fs::read_to_string(&f.token_file).with_context(|| {
         format!(
             "failed to read the forge token from {}",
-            token_file.display()
+            f.token_file.display()
         )
     })?;
     let token = token.trim();
     anyhow::ensure!(
         !token.is_empty(),
         "the forge token file {} is empty",
-        token_file.display()
+        f.token_file.display()
     );
-    let api = api.trim_end_matches('/').to_string();
+    let api = f.api_url.trim_end_matches('/').to_string();
     let web = if api == "https://api.github.com" {
         "https://github.com".to_string()
     } else {
@@ -166,14 +226,12 @@ fn forge_target(a: &DispatchArgs) -> anyhow::Result<Option<ForgeTarget>> {
         owner: owner.into(),
         name: name.into(),
     };
-    let client = GitHub::with_token(repo, token)?.with_retries(
-        usize::from(a.forge_attempts),
-        std::time::Duration::from_millis(500),
-    );
-    Ok(Some(ForgeTarget {
+    let client = GitHub::with_token(repo, token)?
+        .with_retries(attempts, std::time::Duration::from_millis(500));
+    Ok(ForgeTarget {
         client,
         html_url: format!("{web}/{owner}/{name}"),
-    }))
+    })
 }
 
 /// Run `dispatch`.

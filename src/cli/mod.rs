@@ -6,6 +6,7 @@
 mod demo;
 mod dispatch;
 mod handlers;
+mod run;
 mod selftest;
 mod template;
 mod validate;
@@ -42,6 +43,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Run one pass: run every new request on the branch and push the results.
     Dispatch(Box<dispatch::DispatchArgs>),
+    /// Run as a daemon: webhooks and polling trigger passes.
+    Run(run::RunArgs),
     /// Check Docker, git, the state directory and the config.
     Selftest(selftest::SelftestArgs),
     /// Run the whole loop end to end on a local repository with example requests.
@@ -92,6 +95,7 @@ pub fn main() -> i32 {
             Command::Handlers { command } => handlers::run(command),
             Command::Validate(a) => validate::run(a),
             Command::Dispatch(a) => dispatch::run(*a).await,
+            Command::Run(a) => run::run(a).await,
             Command::Selftest(a) => selftest::run(a).await,
             Command::Demo(a) => demo::run(a).await,
         }

@@ -424,6 +424,23 @@ fn callbacks() -> RemoteCallbacks<'static> {
     cbs
 }
 
+/// The tip of `branch` on the remote `url`, without fetching (`git ls-remote`): cheap enough
+/// to poll. `None` when the branch does not exist.
+pub fn remote_tip(url: &str, branch: &str) -> anyhow::Result<Option<Oid>> {
+    let mut remote =
+        git2::Remote::create_detached(url).context("failed to parse the remote URL")?;
+    let connection = remote
+        .connect_auth(git2::Direction::Fetch, Some(callbacks()), None)
+        .context("failed to reach the remote")?;
+    let wanted = format!("refs/heads/{branch}");
+    let tip = connection
+        .list()?
+        .iter()
+        .find(|h| h.name() == wanted)
+        .map(|h| h.oid());
+    Ok(tip)
+}
+
 /// A directory for exported checkouts that is removed when dropped.
 pub struct Checkouts {
     root: PathBuf,

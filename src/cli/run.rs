@@ -1,0 +1,159 @@
+//! `codex-runner run --config PATH`: the long-running daemon.
+//!
+//! One worker runs passes one at a time; webhooks and the poller only ask for a pass, and
+//! asks that arrive while one is pending collapse into it. SIGTERM or Ctrl-C stops the
+//! daemon between passes: a pass under way finishes (its handlers are not killed).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::Instrument;
+
+use crate::config::HostConfig;
+use crate::engine::dispatch_once;
+use crate::server::{router, Health, Server, Trigger};
+
+use super::dispatch::{from_host, Overrides};
+
+/// Arguments of `run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Host config (TOML) with [repository], [server] and optionally [forge].
+    #[arg(long, env = "CODEX_RUNNER_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// Run the daemon until SIGTERM or Ctrl-C.
+pub async fn run(a: RunArgs) -> i32 {
+    match daemon(a).await {
+        Ok(()) => 0,
+        Err(e) => {
+            super::report_error(&e);
+            2
+        }
+    }
+}
+
+async fn daemon(a: RunArgs) -> anyhow::Result<()> {
+    let host = HostConfig::load(&a.config)?;
+    let repo = host
+        .repository
+        .clone()
+        .context("the host config has no [repository] section")?;
+    let server_cfg = host.server.clone();
+    let opts = from_host(
+        host,
+        repo.url.clone(),
+        repo.branch.clone(),
+        Overrides::default(),
+    )?;
+    let secret = match &server_cfg.webhook_secret_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("failed to read the webhook secret {}", p.display()))?;
+            anyhow::ensure!(
+                !text.trim().is_empty(),
+                "the webhook secret file {} is empty",
+                p.display()
+            );
+            Some(text.trim().as_bytes().to_vec())
+        }
+        None => {
+            tracing::warn!(
+                "no server.webhook_secret_file: /webhook refuses every delivery; polling only"
+            );
+            None
+        }
+    };
+    let trigger = Arc::new(Trigger::default());
+    let health = Arc::new(Health::default());
+    if let Ok(mut b) = health.branch.lock() {
+        *b = repo.branch.clone().unwrap_or_else(|| "main".into());
+    }
+    let server = Arc::new(Server::new(
+        secret,
+        opts.runner.clone(),
+        trigger.clone(),
+        health.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind(&server_cfg.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", server_cfg.listen))?;
+    println!(
+        "codex-runner {} listening on http://{}",
+        env!("CARGO_PKG_VERSION"),
+        listener.local_addr()?
+    );
+    let app = router(server);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the webhook server stopped");
+        }
+    });
+    tokio::spawn(poll(
+        repo.url.clone(),
+        health.clone(),
+        trigger.clone(),
+        server_cfg.poll_interval,
+    ));
+
+    let mut term = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
+    trigger.ask();
+    loop {
+        tokio::select! {
+            _ = trigger.wait() => {}
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let span = tracing::info_span!("pass", runner = %opts.runner);
+        match dispatch_once(&opts).instrument(span).await {
+            Ok(report) => {
+                if let Ok(mut b) = health.branch.lock() {
+                    b.clone_from(&report.branch);
+                }
+                if let Ok(mut e) = health.last_error.lock() {
+                    *e = None;
+                }
+                if !report.items.is_empty() {
+                    print!("{}", super::dispatch::summary(&report));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "pass failed");
+                health.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = health.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+            }
+        }
+        health.passes.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::info!("stopping: no pass is running");
+    Ok(())
+}
+
+/// Ask for a pass whenever the remote's branch moved, checked every `every`.
+async fn poll(url: String, health: Arc<Health>, trigger: Arc<Trigger>, every: Duration) {
+    let mut last = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let branch = health.branch.lock().map(|b| b.clone()).unwrap_or_default();
+        let u = url.clone();
+        match tokio::task::spawn_blocking(move || crate::git::remote_tip(&u, &branch)).await {
+            Ok(Ok(tip)) if tip != last => {
+                // The first look counts too: a push between start-up and now may have had
+                // no webhook. An extra pass with nothing new is cheap.
+                tracing::info!("the branch moved: pass queued by polling");
+                trigger.ask();
+                last = tip;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "polling the remote failed"),
+            Err(e) => tracing::warn!(error = %e, "polling task failed"),
+        }
+    }
+}

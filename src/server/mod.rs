@@ -1,0 +1,239 @@
+//! The daemon's HTTP side: `POST /webhook` and `GET /healthz`.
+//!
+//! A delivery is checked before anything is parsed: `X-Hub-Signature-256` must be the
+//! HMAC-SHA256 of the raw body under the webhook secret (compared in constant time), or the
+//! answer is 401. A delivery id seen before is answered and ignored. Work is never done in the
+//! request: a push to the watched branch only asks the worker for a pass, and asks made while
+//! one is pending collapse into it, so the answer comes at once whatever the load.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tokio::sync::Notify;
+
+/// Delivery ids remembered for de-duplication.
+const REMEMBERED_DELIVERIES: usize = 10_000;
+
+/// Asks for passes; asks made while one is pending count once.
+#[derive(Default)]
+pub struct Trigger {
+    notify: Notify,
+    asked: AtomicU64,
+}
+
+impl Trigger {
+    /// Ask for a pass.
+    pub fn ask(&self) {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// Wait until a pass is asked for.
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+
+    /// How many times a pass was asked for.
+    pub fn asked(&self) -> u64 {
+        self.asked.load(Ordering::Relaxed)
+    }
+}
+
+/// What `/healthz` reports.
+#[derive(Default)]
+pub struct Health {
+    /// Passes finished.
+    pub passes: AtomicU64,
+    /// Passes that ended in an error.
+    pub failed: AtomicU64,
+    /// Deliveries accepted (signature valid, not seen before).
+    pub deliveries: AtomicU64,
+    /// The branch the last pass ran from (the webhook filter follows it).
+    pub branch: Mutex<String>,
+    /// The last pass's error, if it failed.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// Everything the handlers share.
+pub struct Server {
+    /// The webhook secret; without one every delivery is refused.
+    pub secret: Option<Vec<u8>>,
+    /// This runner's name (its own pushes carry `Codex-Runner: <name>`).
+    pub runner: String,
+    /// Where passes are asked for.
+    pub trigger: Arc<Trigger>,
+    /// Counters.
+    pub health: Arc<Health>,
+    seen: Mutex<(HashSet<String>, VecDeque<String>)>,
+}
+
+impl Server {
+    /// A server for `runner` with the given secret.
+    pub fn new(
+        secret: Option<Vec<u8>>,
+        runner: String,
+        trigger: Arc<Trigger>,
+        health: Arc<Health>,
+    ) -> Self {
+        Server {
+            secret,
+            runner,
+            trigger,
+            health,
+            seen: Mutex::default(),
+        }
+    }
+
+    /// Whether `id` is new (and remember it).
+    fn first_time(&self, id: &str) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.0.contains(id) {
+            return false;
+        }
+        seen.0.insert(id.to_string());
+        seen.1.push_back(id.to_string());
+        if seen.1.len() > REMEMBERED_DELIVERIES {
+            if let Some(old) = seen.1.pop_front() {
+                seen.0.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// The routes.
+pub fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/webhook", post(webhook))
+        .route("/healthz", get(healthz))
+        .with_state(server)
+}
+
+/// Whether `signature` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under `secret`.
+pub fn verify(secret: &[u8], body: &[u8], signature: &str) -> bool {
+    let Some(hex_sig) = signature.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+async fn webhook(
+    State(s): State<Arc<Server>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    let Some(secret) = &s.secret else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "no webhook secret is configured\n",
+        );
+    };
+    if !verify(secret, &body, header("x-hub-signature-256")) {
+        tracing::warn!(
+            delivery = header("x-github-delivery"),
+            "refused a webhook with a bad signature"
+        );
+        return (StatusCode::UNAUTHORIZED, "bad signature\n");
+    }
+    let delivery = header("x-github-delivery");
+    if !delivery.is_empty() && !s.first_time(delivery) {
+        return (StatusCode::OK, "duplicate delivery ignored\n");
+    }
+    s.health.deliveries.fetch_add(1, Ordering::Relaxed);
+    match header("x-github-event") {
+        "ping" => (StatusCode::OK, "pong\n"),
+        "push" => {
+            let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+                return (StatusCode::BAD_REQUEST, "the push payload is not JSON\n");
+            };
+            let branch = s
+                .health
+                .branch
+                .lock()
+                .map(|b| b.clone())
+                .unwrap_or_default();
+            if event["ref"].as_str() != Some(&format!("refs/heads/{branch}")) {
+                return (StatusCode::OK, "ignored: not the watched branch\n");
+            }
+            let mark = format!("Codex-Runner: {}", s.runner);
+            let commits = event["commits"].as_array().cloned().unwrap_or_default();
+            if !commits.is_empty()
+                && commits
+                    .iter()
+                    .all(|c| c["message"].as_str().is_some_and(|m| m.contains(&mark)))
+            {
+                return (StatusCode::OK, "ignored: the runner's own push\n");
+            }
+            tracing::info!(delivery, "push to {branch}: pass queued");
+            s.trigger.ask();
+            (StatusCode::ACCEPTED, "pass queued\n")
+        }
+        _ => (StatusCode::OK, "ignored: event not handled\n"),
+    }
+}
+
+async fn healthz(State(s): State<Arc<Server>>) -> Json<Value> {
+    let h = &s.health;
+    Json(json!({
+        "status": "ok",
+        "runner": s.runner,
+        "branch": h.branch.lock().map(|b| b.clone()).unwrap_or_default(),
+        "passes": h.passes.load(Ordering::Relaxed),
+        "failed_passes": h.failed.load(Ordering::Relaxed),
+        "deliveries": h.deliveries.load(Ordering::Relaxed),
+        "passes_asked": s.trigger.asked(),
+        "last_error": h.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifies_githubs_documented_example() {
+        let secret = b"It's a Secret to Everybody";
+        let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert!(verify(secret, b"Hello, World!", good));
+        assert!(!verify(secret, b"Hello, World?", good));
+        assert!(!verify(b"other", b"Hello, World!", good));
+        assert!(!verify(secret, b"Hello, World!", "sha1=abc"));
+        assert!(!verify(secret, b"Hello, World!", "sha256=zz"));
+    }
+
+    #[test]
+    fn deliveries_are_remembered_within_a_bound() {
+        let s = Server::new(None, "r".into(), Arc::default(), Arc::default());
+        assert!(s.first_time("a"));
+        assert!(!s.first_time("a"));
+        for i in 0..REMEMBERED_DELIVERIES {
+            s.first_time(&i.to_string());
+        }
+        assert!(
+            s.first_time("a"),
+            "the oldest id is forgotten past the bound"
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! `codex-runner run`: webhooks from the local forge trigger passes; bad and replayed
+//! deliveries run nothing; the endpoint answers under load.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{docker, Repo};
+use forge_sim::{sign, ForgeSim, Token};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "ghp_runner";
+const SECRET: &str = "webhook-secret-for-tests";
+
+struct Daemon {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(repo: &Repo, sim: &ForgeSim) -> Daemon {
+    let dir = repo.tmp.path();
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let config = format!(
+        "[runner]\nname = \"{runner}\"\nstate_dir = \"{state}\"\n\n[repository]\nurl = \"{git}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nwebhook_secret_file = \"{secret}\"\npoll_interval = \"1h\"\n\n[forge]\napi_url = \"{api}\"\nrepository = \"acme/ops\"\ntoken_file = \"{token}\"\n",
+        runner = repo.runner,
+        state = repo.state.display(),
+        git = sim.git_url("acme", "ops", Some(TOKEN)),
+        secret = dir.join("secret").display(),
+        api = sim.url(),
+        token = dir.join("token").display(),
+    );
+    let path = dir.join("runner.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_codex-runner"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let url = first.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+    Daemon { child, url }
+}
+
+async fn health(d: &Daemon) -> Value {
+    reqwest::get(format!("{}/healthz", d.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !ok().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn forge_and_repo(runner: &str) -> (ForgeSim, Repo) {
+    let mut repo = Repo::new(runner);
+    let sim = ForgeSim::start(&repo.tmp.path().join("forge"), 0, vec![Token::full(TOKEN)])
+        .await
+        .unwrap();
+    sim.create_repo("acme", "ops").unwrap();
+    repo.git(&[
+        "remote",
+        "set-url",
+        "origin",
+        &sim.git_url("acme", "ops", Some(TOKEN)),
+    ]);
+    repo.git(&["push", "-q", "origin", "main"]);
+    repo.origin = sim.repo_path("acme", "ops");
+    (sim, repo)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_webhook_runs_the_request_and_completes_its_check_run() {
+    docker();
+    let (sim, mut repo) = forge_and_repo("t-daemon").await;
+    let daemon = start_daemon(&repo, &sim);
+    wait_until("the start-up pass", async || {
+        health(&daemon).await["passes"].as_u64() >= Some(1)
+    })
+    .await;
+    let hook = reqwest::Client::new()
+        .post(format!("{}/repos/acme/ops/hooks", sim.url()))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "web", "config": {"url": format!("{}/webhook", daemon.url), "content_type": "json", "secret": SECRET}, "events": ["push", "pull_request"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hook.status(), 201);
+
+    let merge = tokio::task::block_in_place(|| {
+        repo.merge_pr(&[(
+            "requests/hello.yaml",
+            b"kind: echo\nparams: {message: from a webhook}\n",
+        )])
+    });
+    wait_until("the request's log on main", async || {
+        repo.main_file("logs/hello.status.json").is_some()
+    })
+    .await;
+    assert_eq!(repo.status("hello")["state"], "succeeded");
+    assert_eq!(repo.status("hello")["commit"], merge.as_str());
+    wait_until("the completed check run", async || {
+        let list: Value = reqwest::Client::new()
+            .get(format!(
+                "{}/repos/acme/ops/commits/{merge}/check-runs",
+                sim.url()
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list["check_runs"][0]["conclusion"] == "success"
+    })
+    .await;
+    let pushes: Vec<_> = sim
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.event == "push")
+        .collect();
+    assert!(
+        pushes.iter().all(|d| d.status.is_some_and(|s| s < 300)),
+        "every delivery answered 2xx"
+    );
+    // The runner's own push is a delivery too, and it does not loop.
+    let h = health(&daemon).await;
+    assert!(h["passes"].as_u64().unwrap() <= 3, "{h}");
+    assert_eq!(h["last_error"], Value::Null, "{h}");
+    repo.assert_no_containers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signatures_and_replays_run_nothing_and_a_thousand_deliveries_are_answered() {
+    docker();
+    let (sim, repo) = forge_and_repo("t-hooks").await;
+    let daemon = start_daemon(&repo, &sim);
+    wait_until("the start-up pass", async || {
+        health(&daemon).await["passes"].as_u64() >= Some(1)
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let post = |body: Vec<u8>, signature: String, delivery: String| {
+        client
+            .post(format!("{}/webhook", daemon.url))
+            .header("x-github-event", "push")
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", signature)
+            .body(body)
+            .send()
+    };
+    let push =
+        serde_json::to_vec(&json!({"ref": "refs/heads/main", "commits": [{"message": "merge"}]}))
+            .unwrap();
+    let forged = post(
+        push.clone(),
+        sign("not-the-secret", &push),
+        "d-forged".into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(forged.status(), 401);
+    let unsigned = client
+        .post(format!("{}/webhook", daemon.url))
+        .header("x-github-event", "push")
+        .body(push.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    assert_eq!(
+        health(&daemon).await["passes_asked"],
+        1,
+        "nothing was queued by bad deliveries"
+    );
+
+    let first = post(push.clone(), sign(SECRET, &push), "d-1".into())
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 202);
+    let replay = post(push.clone(), sign(SECRET, &push), "d-1".into())
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 200);
+    assert_eq!(
+        replay.text().await.unwrap().trim(),
+        "duplicate delivery ignored"
+    );
+    assert_eq!(health(&daemon).await["passes_asked"], 2);
+
+    // A thousand deliveries, 50 at a time: every one answered, the work coalesced.
+    let started = Instant::now();
+    let mut answered = 0;
+    for batch in 0..20 {
+        let mut calls = Vec::new();
+        for i in 0..50 {
+            let id = format!("load-{batch}-{i}");
+            calls.push(post(push.clone(), sign(SECRET, &push), id));
+        }
+        for r in futures_util::future::join_all(calls).await {
+            assert!(r.unwrap().status().is_success());
+            answered += 1;
+        }
+    }
+    println!("1000 deliveries answered in {:?}", started.elapsed());
+    assert_eq!(answered, 1000);
+    wait_until("the queued passes", async || {
+        let h = health(&daemon).await;
+        h["passes_asked"] == 1002 && h["passes"].as_u64() >= Some(2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let passes = health(&daemon).await["passes"].as_u64().unwrap();
+    assert!(
+        passes < 50,
+        "1002 asks collapsed into a few passes, not {passes}"
+    );
+}
