@@ -63,6 +63,8 @@ pub struct HostConfig {
     pub work_dir: Option<PathBuf>,
     /// Concurrent requests on different resources.
     pub concurrency: Option<usize>,
+    /// Labels this runner carries (requests will select runners by them).
+    pub labels: Vec<String>,
     /// Commit author name.
     pub author_name: Option<String>,
     /// Commit author email.
@@ -96,6 +98,8 @@ pub struct ServerConfig {
     pub webhook_secret_file: Option<PathBuf>,
     /// How often the remote's branch is checked even without webhooks (default 60s).
     pub poll_interval: Duration,
+    /// The public URL of `/webhook` registered with the forge (for `unregister`).
+    pub webhook_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +108,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8733".into(),
             webhook_secret_file: None,
             poll_interval: Duration::from_secs(60),
+            webhook_url: None,
         }
     }
 }
@@ -146,6 +151,9 @@ struct RunnerFile {
     work_dir: Option<PathBuf>,
     /// Concurrency.
     concurrency: Option<usize>,
+    /// Labels.
+    #[serde(default)]
+    labels: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +165,8 @@ struct ServerFile {
     webhook_secret_file: Option<PathBuf>,
     /// Poll interval.
     poll_interval: Option<String>,
+    /// Registered webhook URL.
+    webhook_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,6 +220,7 @@ impl HostConfig {
         let server = ServerConfig {
             listen: f.server.listen.unwrap_or(sd.listen),
             webhook_secret_file: f.server.webhook_secret_file,
+            webhook_url: f.server.webhook_url,
             poll_interval: f
                 .server
                 .poll_interval
@@ -226,6 +237,7 @@ impl HostConfig {
             state_dir: f.runner.state_dir,
             work_dir: f.runner.work_dir,
             concurrency: f.runner.concurrency,
+            labels: f.runner.labels,
             author_name: f.git.author_name,
             author_email: f.git.author_email,
             limits: HostLimits {

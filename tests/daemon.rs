@@ -34,7 +34,7 @@ fn start_daemon(repo: &Repo, sim: &ForgeSim) -> Daemon {
         "[runner]\nname = \"{runner}\"\nstate_dir = \"{state}\"\n\n[repository]\nurl = \"{git}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nwebhook_secret_file = \"{secret}\"\npoll_interval = \"1h\"\n\n[forge]\napi_url = \"{api}\"\nrepository = \"acme/ops\"\ntoken_file = \"{token}\"\n",
         runner = repo.runner,
         state = repo.state.display(),
-        git = sim.git_url("acme", "ops", Some(TOKEN)),
+        git = sim.git_url("acme", "ops", None),
         secret = dir.join("secret").display(),
         api = sim.url(),
         token = dir.join("token").display(),

@@ -127,6 +127,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         limits: HostLimits::default(),
         push_attempts: 5,
         forge: None,
+        git_token: None,
     };
     step("codex-runner dispatch --once: fetch main, plan, run in Docker, push".into());
     let report = match dispatch_once(&opts).await {

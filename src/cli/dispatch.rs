@@ -163,9 +163,12 @@ pub fn from_host(
         .state_dir
         .or(host.state_dir)
         .unwrap_or_else(default_state_dir);
-    let forge = match o.forge.or(host.forge) {
-        Some(f) => Some(forge_target(&f, o.forge_attempts)?),
-        None => None,
+    let (forge, git_token) = match o.forge.or(host.forge) {
+        Some(f) => {
+            let (target, token) = forge_target(&f, o.forge_attempts)?;
+            (Some(target), Some(token))
+        }
+        None => (None, None),
     };
     Ok(DispatchOptions {
         remote,
@@ -193,11 +196,12 @@ pub fn from_host(
         limits: host.limits,
         push_attempts: o.push_attempts,
         forge,
+        git_token,
     })
 }
 
-/// The forge to report check runs to.
-fn forge_target(f: &ForgeConfig, attempts: usize) -> anyhow::Result<ForgeTarget> {
+/// The forge to report check runs to, and its token (which git over http(s) uses too).
+fn forge_target(f: &ForgeConfig, attempts: usize) -> anyhow::Result<(ForgeTarget, String)> {
     let (owner, name) = f
         .repository
         .split_once('/')
@@ -228,10 +232,11 @@ fn forge_target(f: &ForgeConfig, attempts: usize) -> anyhow::Result<ForgeTarget>
     };
     let client = GitHub::with_token(repo, token)?
         .with_retries(attempts, std::time::Duration::from_millis(500));
-    Ok(ForgeTarget {
+    let target = ForgeTarget {
         client,
         html_url: format!("{web}/{owner}/{name}"),
-    })
+    };
+    Ok((target, token.to_string()))
 }
 
 /// Run `dispatch`.

@@ -6,6 +6,7 @@
 mod demo;
 mod dispatch;
 mod handlers;
+mod register;
 mod run;
 mod selftest;
 mod template;
@@ -43,6 +44,10 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Run one pass: run every new request on the branch and push the results.
     Dispatch(Box<dispatch::DispatchArgs>),
+    /// Register this runner with a repository on the forge and write its config.
+    Register(Box<register::RegisterArgs>),
+    /// Delete the runner's webhook and its config.
+    Unregister(register::UnregisterArgs),
     /// Run as a daemon: webhooks and polling trigger passes.
     Run(run::RunArgs),
     /// Check Docker, git, the state directory and the config.
@@ -96,6 +101,8 @@ pub fn main() -> i32 {
             Command::Validate(a) => validate::run(a),
             Command::Dispatch(a) => dispatch::run(*a).await,
             Command::Run(a) => run::run(a).await,
+            Command::Register(a) => register::register(*a).await,
+            Command::Unregister(a) => register::unregister(a).await,
             Command::Selftest(a) => selftest::run(a).await,
             Command::Demo(a) => demo::run(a).await,
         }

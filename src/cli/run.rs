@@ -96,6 +96,7 @@ async fn daemon(a: RunArgs) -> anyhow::Result<()> {
     });
     tokio::spawn(poll(
         repo.url.clone(),
+        opts.git_token.clone(),
         health.clone(),
         trigger.clone(),
         server_cfg.poll_interval,
@@ -137,13 +138,21 @@ async fn daemon(a: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Ask for a pass whenever the remote's branch moved, checked every `every`.
-async fn poll(url: String, health: Arc<Health>, trigger: Arc<Trigger>, every: Duration) {
+async fn poll(
+    url: String,
+    token: Option<String>,
+    health: Arc<Health>,
+    trigger: Arc<Trigger>,
+    every: Duration,
+) {
     let mut last = None;
     loop {
         tokio::time::sleep(every).await;
         let branch = health.branch.lock().map(|b| b.clone()).unwrap_or_default();
-        let u = url.clone();
-        match tokio::task::spawn_blocking(move || crate::git::remote_tip(&u, &branch)).await {
+        let (u, t) = (url.clone(), token.clone());
+        match tokio::task::spawn_blocking(move || crate::git::remote_tip(&u, &branch, t.as_deref()))
+            .await
+        {
             Ok(Ok(tip)) if tip != last => {
                 // The first look counts too: a push between start-up and now may have had
                 // no webhook. An extra pass with nothing new is cheap.

@@ -109,7 +109,11 @@ fn git_roundtrip() -> anyhow::Result<String> {
             }],
             "seed",
         )?;
-        let mirror = Mirror::open(&tmp.join("work"), &tmp.join("origin.git").to_string_lossy())?;
+        let mirror = Mirror::open(
+            &tmp.join("work"),
+            &tmp.join("origin.git").to_string_lossy(),
+            None,
+        )?;
         let who = Identity {
             name: "selftest".into(),
             email: "selftest@localhost".into(),

@@ -55,6 +55,8 @@ pub struct DispatchOptions {
     pub push_attempts: usize,
     /// Where check runs go; none: no check runs (execution does not depend on them).
     pub forge: Option<ForgeTarget>,
+    /// Token for git over http(s) (`x-access-token`), usually the forge token.
+    pub git_token: Option<String>,
 }
 
 /// Why a pass could not complete; each maps to a documented exit code.
@@ -236,7 +238,7 @@ fn resolve_branch(
         let tip = tip.ok_or_else(|| {
             DispatchError::Refused(format!(
                 "branch `{mainline}` does not exist on {}",
-                opts.remote
+                crate::git::redact(&opts.remote)
             ))
         })?;
         return Ok((wanted, tip, config));
@@ -249,7 +251,7 @@ fn resolve_branch(
     let tip = git(mirror.fetch(&wanted))?.ok_or_else(|| {
         DispatchError::Refused(format!(
             "branch `{wanted}` does not exist on {}",
-            opts.remote
+            crate::git::redact(&opts.remote)
         ))
     })?;
     Ok((wanted, tip, config))
@@ -393,7 +395,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     // One mirror per remote, and checkouts per process: runners of other repositories, or
     // other runner processes, may share the work dir.
     let work = opts.work_dir.join(&key);
-    let mirror = git(Mirror::open(&work, &opts.remote))?;
+    let mirror = git(Mirror::open(&work, &opts.remote, opts.git_token.as_deref()))?;
     let (branch, tip, config) = resolve_branch(&mirror, opts)?;
     tracing::info!(branch = %branch, tip = %tip, "planning pass");
     let Survey {

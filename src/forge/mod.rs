@@ -255,6 +255,65 @@ impl GitHub {
         ))
     }
 
+    /// What the credentials may do on the repository: `(pull, push, admin)`.
+    pub async fn permissions(&self) -> Result<(bool, bool, bool), ForgeError> {
+        let repo = self.call("GET", &self.base(), None).await?;
+        let p = &repo["permissions"];
+        let flag = |k: &str| p[k].as_bool().unwrap_or(false);
+        Ok((flag("pull"), flag("push"), flag("admin")))
+    }
+
+    /// The repository's webhooks as `(id, url)`.
+    pub async fn hooks(&self) -> Result<Vec<(u64, String)>, ForgeError> {
+        let list = self
+            .call("GET", &format!("{}/hooks", self.base()), None)
+            .await?;
+        Ok(list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| Some((h["id"].as_u64()?, h["config"]["url"].as_str()?.to_string())))
+            .collect())
+    }
+
+    /// Point a webhook at `url` for push and pull_request events signed with `secret`:
+    /// the one already at that URL is updated, so registering twice leaves one hook.
+    pub async fn upsert_hook(&self, url: &str, secret: &str) -> Result<u64, ForgeError> {
+        let body = json!({
+            "name": "web",
+            "active": true,
+            "events": ["push", "pull_request"],
+            "config": {"url": url, "content_type": "json", "secret": secret, "insecure_ssl": "0"},
+        });
+        let existing = self.hooks().await?.into_iter().find(|(_, u)| u == url);
+        let answer = match existing {
+            Some((id, _)) => {
+                self.call("PATCH", &format!("{}/hooks/{id}", self.base()), Some(body))
+                    .await?
+            }
+            None => {
+                self.call("POST", &format!("{}/hooks", self.base()), Some(body))
+                    .await?
+            }
+        };
+        answer["id"].as_u64().ok_or_else(|| ForgeError::Refused {
+            call: "hooks".into(),
+            status: 200,
+            message: "the answer has no id".into(),
+        })
+    }
+
+    /// Delete every webhook pointing at `url`; how many there were.
+    pub async fn delete_hooks_to(&self, url: &str) -> Result<usize, ForgeError> {
+        let mut n = 0;
+        for (id, _) in self.hooks().await?.into_iter().filter(|(_, u)| u == url) {
+            self.call("DELETE", &format!("{}/hooks/{id}", self.base()), None)
+                .await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn base(&self) -> String {
         format!("/repos/{}/{}", self.repo.owner, self.repo.name)
     }
@@ -305,6 +364,7 @@ impl GitHub {
             "GET" => self.client._get(path).await,
             "POST" => self.client._post(path, body).await,
             "PATCH" => self.client._patch(path, body).await,
+            "DELETE" => self.client._delete(path, body).await,
             other => {
                 return Err(Err(ForgeError::Refused {
                     call: path.into(),

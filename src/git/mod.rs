@@ -22,6 +22,23 @@ pub mod seed;
 /// A commit id; the engine names commits with this type and never touches git2 itself.
 pub use git2::Oid;
 
+/// `url` without credentials (`https://user:token@host/x` → `https://host/x`), for messages.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/') {
+            Some((authority, path)) => {
+                let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+                format!("{scheme}://{host}/{path}")
+            }
+            None => format!(
+                "{scheme}://{}",
+                rest.rsplit_once('@').map_or(rest, |(_, h)| h)
+            ),
+        },
+        None => url.to_string(),
+    }
+}
+
 /// The libgit2 version this binary links, for `selftest`.
 pub fn libgit2_version() -> String {
     let (major, minor, patch) = git2::Version::get().libgit2_version();
@@ -69,6 +86,7 @@ pub struct Published {
 pub struct Mirror {
     repo: Repository,
     url: String,
+    token: Option<String>,
 }
 
 /// A failed push that may succeed on a newer tip.
@@ -80,8 +98,8 @@ pub struct PushRejected {
 }
 
 impl Mirror {
-    /// Open (or create) the mirror of `url` under `work_dir`.
-    pub fn open(work_dir: &Path, url: &str) -> anyhow::Result<Self> {
+    /// Open (or create) the mirror of `url` under `work_dir`; `token` authenticates http(s).
+    pub fn open(work_dir: &Path, url: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let dir = work_dir.join("mirror.git");
         let repo = if dir.exists() {
             Repository::open_bare(&dir)
@@ -105,12 +123,13 @@ impl Mirror {
         Ok(Mirror {
             repo,
             url: url.to_string(),
+            token: token.map(str::to_string),
         })
     }
 
-    /// The remote URL.
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The remote URL without credentials, for messages.
+    pub fn shown_url(&self) -> String {
+        redact(&self.url)
     }
 
     /// Fetch `branch`; its tip, or `None` when the remote has no such branch.
@@ -120,11 +139,11 @@ impl Mirror {
             .find_remote("origin")
             .context("failed to find the mirror's remote")?;
         let mut opts = FetchOptions::new();
-        opts.remote_callbacks(callbacks());
+        opts.remote_callbacks(callbacks(self.token.as_deref()));
         let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
         remote
             .fetch(&[&spec], Some(&mut opts), None)
-            .with_context(|| format!("failed to fetch {branch} from {}", self.url))?;
+            .with_context(|| format!("failed to fetch {branch} from {}", self.shown_url()))?;
         // A branch deleted upstream must not leave a stale tip behind.
         let present = remote
             .list()
@@ -288,9 +307,9 @@ impl Mirror {
     ) -> anyhow::Result<Published> {
         let mut replays = 0u32;
         let attempt = || -> anyhow::Result<Published> {
-            let tip = self
-                .fetch(branch)?
-                .with_context(|| format!("branch {branch} does not exist on {}", self.url))?;
+            let tip = self.fetch(branch)?.with_context(|| {
+                format!("branch {branch} does not exist on {}", self.shown_url())
+            })?;
             let commit = self.build_commit(tip, changes, message, who)?;
             self.push(branch, commit)?;
             Ok(Published {
@@ -360,7 +379,7 @@ impl Mirror {
         let refname = format!("refs/heads/{branch}");
         let mut rejected: Option<String> = None;
         {
-            let mut cbs = callbacks();
+            let mut cbs = callbacks(self.token.as_deref());
             cbs.push_update_reference(|name, status| {
                 if let Some(msg) = status {
                     rejected = Some(format!("{name}: {msg}"));
@@ -383,7 +402,7 @@ impl Mirror {
                     }
                     .into());
                 }
-                return Err(e).with_context(|| format!("failed to push to {}", self.url));
+                return Err(e).with_context(|| format!("failed to push to {}", self.shown_url()));
             }
         }
         if let Some(reason) = rejected {
@@ -406,31 +425,41 @@ impl Mirror {
     }
 }
 
-fn callbacks() -> RemoteCallbacks<'static> {
+/// Credentials: ssh-agent for ssh; for http(s), the forge token as `x-access-token` when the
+/// runner has one, else git's credential helper. Each is offered once, so wrong credentials
+/// fail instead of looping.
+fn callbacks(token: Option<&str>) -> RemoteCallbacks<'static> {
     let mut cbs = RemoteCallbacks::new();
-    let mut tried_agent = false;
+    let token = token.map(str::to_string);
+    let (mut tried_agent, mut tried_pass) = (false, false);
     cbs.credentials(move |url, username, allowed| {
         if allowed.contains(git2::CredentialType::SSH_KEY) && !tried_agent {
             tried_agent = true;
             return git2::Cred::ssh_key_from_agent(username.unwrap_or("git"));
         }
-        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) && !tried_pass {
+            tried_pass = true;
+            if let Some(t) = &token {
+                return git2::Cred::userpass_plaintext("x-access-token", t);
+            }
             if let Ok(cfg) = git2::Config::open_default() {
                 return git2::Cred::credential_helper(&cfg, url, username);
             }
         }
-        git2::Cred::default()
+        Err(git2::Error::from_str(
+            "no (more) credentials to offer; check the token or the remote URL",
+        ))
     });
     cbs
 }
 
 /// The tip of `branch` on the remote `url`, without fetching (`git ls-remote`): cheap enough
 /// to poll. `None` when the branch does not exist.
-pub fn remote_tip(url: &str, branch: &str) -> anyhow::Result<Option<Oid>> {
+pub fn remote_tip(url: &str, branch: &str, token: Option<&str>) -> anyhow::Result<Option<Oid>> {
     let mut remote =
         git2::Remote::create_detached(url).context("failed to parse the remote URL")?;
     let connection = remote
-        .connect_auth(git2::Direction::Fetch, Some(callbacks()), None)
+        .connect_auth(git2::Direction::Fetch, Some(callbacks(token)), None)
         .context("failed to reach the remote")?;
     let wanted = format!("refs/heads/{branch}");
     let tip = connection
@@ -521,7 +550,8 @@ mod tests {
         let base = origin
             .commit("refs/heads/main", &[], files, "seed")
             .unwrap();
-        let mirror = Mirror::open(&tmp.path().join("work"), origin_dir.to_str().unwrap()).unwrap();
+        let mirror =
+            Mirror::open(&tmp.path().join("work"), origin_dir.to_str().unwrap(), None).unwrap();
         (tmp, origin, base, mirror)
     }
 
@@ -531,6 +561,16 @@ mod tests {
             bytes,
             executable: false,
         }
+    }
+
+    #[test]
+    fn credentials_never_show() {
+        assert_eq!(
+            redact("https://x-access-token:ghp_x@github.com/a/b.git"),
+            "https://github.com/a/b.git"
+        );
+        assert_eq!(redact("http://u@h:1"), "http://h:1");
+        assert_eq!(redact("/srv/repo.git"), "/srv/repo.git");
     }
 
     #[test]

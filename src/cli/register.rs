@@ -1,0 +1,318 @@
+//! `codex-runner register` and `unregister`: join a repository on the forge, and leave it.
+//!
+//! register checks what the credentials may do (naming each missing permission), points a
+//! webhook at the runner (updating the one already at that URL), and writes the host config
+//! (mode 0600) that `codex-runner run` reads. The token stays in its own file; the config
+//! only names it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use crate::config::HostConfig;
+use crate::forge::{CheckState, CheckUpdate, Conclusion, ForgeRepo, GitHub};
+
+/// Arguments of `register`.
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    /// The repository's web URL, e.g. https://github.com/OWNER/REPO.
+    #[arg(long)]
+    pub url: String,
+    /// API base URL [default: https://api.github.com for github.com, <host>/api/v3 otherwise].
+    #[arg(long)]
+    pub api_url: Option<String>,
+    /// Git URL [default: the repository URL with .git].
+    #[arg(long)]
+    pub git_url: Option<String>,
+    /// File holding a personal or fine-grained token.
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// This runner's name.
+    #[arg(long)]
+    pub name: String,
+    /// Labels this runner carries, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Public URL of this runner's /webhook; without it the runner polls.
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    /// Address the daemon listens on.
+    #[arg(long, default_value = "127.0.0.1:8733")]
+    pub listen: String,
+    /// Where to write the host config.
+    #[arg(long, default_value = "/etc/codex-runner/runner.toml")]
+    pub config: PathBuf,
+    /// State directory written into the config [default: as `dispatch`].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Arguments of `unregister`.
+#[derive(Debug, clap::Args)]
+pub struct UnregisterArgs {
+    /// The host config `register` wrote.
+    #[arg(long, default_value = "/etc/codex-runner/runner.toml")]
+    pub config: PathBuf,
+}
+
+/// `(api_url, git_url, owner, name)` from a repository web URL.
+pub fn parse_repo_url(
+    url: &str,
+    api: Option<&str>,
+    git: Option<&str>,
+) -> anyhow::Result<(String, String, String, String)> {
+    let trimmed = url.trim_end_matches('/').trim_end_matches(".git");
+    let (scheme, rest) = trimmed
+        .split_once("://")
+        .context("the repository URL needs a scheme (https://...)")?;
+    let mut parts = rest.split('/');
+    let host = parts.next().unwrap_or_default();
+    let (Some(owner), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
+        bail!("`{url}` is not a repository URL of the form {scheme}://HOST/OWNER/REPO");
+    };
+    anyhow::ensure!(
+        !host.is_empty() && !owner.is_empty() && !name.is_empty(),
+        "`{url}` is not a repository URL"
+    );
+    let api = match api {
+        Some(a) => a.trim_end_matches('/').to_string(),
+        None if host == "github.com" => "https://api.github.com".to_string(),
+        None => format!("{scheme}://{host}/api/v3"),
+    };
+    let git = git
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{trimmed}.git"));
+    Ok((api, git, owner.to_string(), name.to_string()))
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("failed to write {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))
+}
+
+fn new_secret() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("failed to read /dev/urandom for the webhook secret")?;
+    Ok(hex::encode(bytes))
+}
+
+/// Run `register`.
+pub async fn register(a: RegisterArgs) -> i32 {
+    match do_register(a).await {
+        Ok(()) => 0,
+        Err(e) => {
+            super::report_error(&e);
+            1
+        }
+    }
+}
+
+async fn do_register(a: RegisterArgs) -> anyhow::Result<()> {
+    let (api, git_url, owner, name) =
+        parse_repo_url(&a.url, a.api_url.as_deref(), a.git_url.as_deref())?;
+    let token_file =
+        std::path::absolute(&a.token_file).context("failed to resolve the token file path")?;
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("failed to read {}", token_file.display()))?;
+    let forge = GitHub::with_token(
+        ForgeRepo {
+            api_url: api.clone(),
+            owner: owner.clone(),
+            name: name.clone(),
+        },
+        token.trim(),
+    )?;
+
+    let (pull, push, admin) = forge
+        .permissions()
+        .await
+        .context("failed to read the repository with these credentials")?;
+    let mut missing = Vec::new();
+    if !pull {
+        missing.push("read the repository (contents: read)");
+    }
+    if !push {
+        missing.push("push to main (contents: write)");
+    }
+    if a.webhook_url.is_some() && !admin {
+        missing.push("manage webhooks (administration: write, or drop --webhook-url and poll)");
+    }
+    if missing.is_empty() {
+        // Writing checks can only be proven by writing one: a neutral run on the tip of main.
+        let tip = tokio::task::spawn_blocking({
+            let (g, t) = (git_url.clone(), token.trim().to_string());
+            move || crate::git::remote_tip(&g, "main", Some(&t))
+        })
+        .await??;
+        if let Some(sha) = tip {
+            let probe = CheckUpdate {
+                name: "codex-runner/register".into(),
+                head_sha: sha.to_string(),
+                external_id: format!("register-{}", a.name),
+                state: CheckState::Completed(Conclusion::Success),
+                started_at: None,
+                title: format!("runner {} registered", a.name),
+                summary: format!(
+                    "Runner `{}` can write check runs on this repository.",
+                    a.name
+                ),
+                text: None,
+                details_url: None,
+                annotations: Vec::new(),
+            };
+            if forge.publish_check(&probe, None).await.is_err() {
+                missing.push(
+                    "write checks (checks: write; on github.com check runs need a GitHub App)",
+                );
+            }
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the credentials in {} cannot: {}",
+            token_file.display(),
+            missing.join("; ")
+        );
+    }
+
+    let config = std::path::absolute(&a.config).context("failed to resolve the config path")?;
+    let mut server = toml::Table::new();
+    server.insert("listen".into(), a.listen.clone().into());
+    if let Some(url) = &a.webhook_url {
+        let secret = new_secret()?;
+        let hook = forge
+            .upsert_hook(url, &secret)
+            .await
+            .context("failed to create the webhook")?;
+        let secret_file = config.with_file_name("webhook-secret");
+        write_private(&secret_file, &secret)?;
+        server.insert("webhook_url".into(), url.clone().into());
+        server.insert(
+            "webhook_secret_file".into(),
+            secret_file.display().to_string().into(),
+        );
+        println!("webhook {hook} on {owner}/{name} -> {url}");
+    }
+    let state_dir = a
+        .state_dir
+        .clone()
+        .unwrap_or_else(super::dispatch::default_state_dir);
+    let mut runner = toml::Table::new();
+    runner.insert("name".into(), a.name.clone().into());
+    runner.insert(
+        "labels".into(),
+        toml::Value::Array(a.labels.iter().map(|l| l.clone().into()).collect()),
+    );
+    runner.insert("state_dir".into(), state_dir.display().to_string().into());
+    let mut repository = toml::Table::new();
+    repository.insert("url".into(), git_url.clone().into());
+    let mut forge_t = toml::Table::new();
+    forge_t.insert("api_url".into(), api.into());
+    forge_t.insert("repository".into(), format!("{owner}/{name}").into());
+    forge_t.insert("token_file".into(), token_file.display().to_string().into());
+    let mut doc = toml::Table::new();
+    doc.insert("runner".into(), runner.into());
+    doc.insert("repository".into(), repository.into());
+    doc.insert("server".into(), server.into());
+    doc.insert("forge".into(), forge_t.into());
+    let text = format!(
+        "# Written by `codex-runner register`; read by `codex-runner run`.\n{}",
+        toml::to_string(&doc)?
+    );
+    write_private(&config, &text)?;
+    HostConfig::load(&config).context("the written config does not load back")?;
+    println!(
+        "registered runner {} for {owner}/{name}; config in {} (mode 0600)",
+        a.name,
+        config.display()
+    );
+    println!("next: codex-runner run --config {}", config.display());
+    println!(
+        "as a systemd service, /etc/systemd/system/codex-runner.service:\n{}",
+        unit(&config)
+    );
+    Ok(())
+}
+
+fn unit(config: &Path) -> String {
+    format!(
+        "[Unit]\nDescription=codex-runner\nAfter=network-online.target docker.service\nWants=network-online.target\n\n[Service]\nExecStart=/usr/local/bin/codex-runner run --config {}\nRestart=on-failure\nKillSignal=SIGTERM\nTimeoutStopSec=15min\n\n[Install]\nWantedBy=multi-user.target\n",
+        config.display()
+    )
+}
+
+/// Run `unregister`.
+pub async fn unregister(a: UnregisterArgs) -> i32 {
+    let result = async {
+        let host = HostConfig::load(&a.config)?;
+        if let (Some(f), Some(url)) = (&host.forge, &host.server.webhook_url) {
+            let (owner, name) = f
+                .repository
+                .split_once('/')
+                .context("forge.repository is not OWNER/NAME")?;
+            let token = std::fs::read_to_string(&f.token_file)
+                .with_context(|| format!("failed to read {}", f.token_file.display()))?;
+            let forge = GitHub::with_token(
+                ForgeRepo {
+                    api_url: f.api_url.clone(),
+                    owner: owner.into(),
+                    name: name.into(),
+                },
+                token.trim(),
+            )?;
+            let n = forge
+                .delete_hooks_to(url)
+                .await
+                .context("failed to delete the webhook")?;
+            println!("deleted {n} webhook(s) pointing at {url}");
+        }
+        if let Some(secret) = &host.server.webhook_secret_file {
+            let _ = std::fs::remove_file(secret);
+        }
+        std::fs::remove_file(&a.config)
+            .with_context(|| format!("failed to remove {}", a.config.display()))?;
+        println!("removed {}", a.config.display());
+        anyhow::Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            super::report_error(&e);
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_urls() {
+        let (api, git, o, n) = parse_repo_url("https://github.com/acme/ops", None, None).unwrap();
+        assert_eq!(
+            (api.as_str(), git.as_str(), o.as_str(), n.as_str()),
+            (
+                "https://api.github.com",
+                "https://github.com/acme/ops.git",
+                "acme",
+                "ops"
+            )
+        );
+        let (api, ..) = parse_repo_url("https://ghe.example/acme/ops.git", None, None).unwrap();
+        assert_eq!(api, "https://ghe.example/api/v3");
+        assert!(parse_repo_url("https://github.com/acme", None, None).is_err());
+        assert!(parse_repo_url("github.com/acme/ops", None, None).is_err());
+    }
+}
