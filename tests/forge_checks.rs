@@ -1,5 +1,7 @@
 //! The forge client (octocrab) against the local GitHub-compatible forge.
 
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -198,14 +200,5 @@ async fn refusals_are_not_retried_and_outages_give_up_with_a_clear_error() {
 }
 
 async fn api_get(sim: &ForgeSim, path: &str) -> serde_json::Value {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-H",
-            &format!("Authorization: Bearer {TOKEN}"),
-            &format!("{}{path}", sim.url()),
-        ])
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::forge_get(&sim.url(), TOKEN, path)
 }

@@ -9,16 +9,7 @@ use serde_json::Value;
 const TOKEN: &str = "ghp_runner";
 
 fn api_get(sim: &ForgeSim, path: &str) -> Value {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-H",
-            &format!("Authorization: Bearer {TOKEN}"),
-            &format!("{}{path}", sim.url()),
-        ])
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::forge_get(&sim.url(), TOKEN, path)
 }
 
 fn runs(sim: &ForgeSim, sha: &str) -> Vec<Value> {

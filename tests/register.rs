@@ -12,17 +12,7 @@ const TOKEN: &str = "ghp_admin";
 const READER: &str = "ghp_reader";
 
 fn hooks(sim: &ForgeSim) -> Vec<Value> {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-H",
-            &format!("Authorization: Bearer {TOKEN}"),
-            &format!("{}/repos/acme/ops/hooks", sim.url()),
-        ])
-        .output()
-        .unwrap();
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
+    common::forge_get(&sim.url(), TOKEN, "/repos/acme/ops/hooks")
         .as_array()
         .cloned()
         .unwrap()

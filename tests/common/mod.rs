@@ -357,3 +357,19 @@ pub fn ms(ts: &str) -> u64 {
     let milli: u64 = digits[14..17].parse().unwrap();
     day * 86_400_000 + ((h * 60 + m) * 60 + s) * 1000 + milli
 }
+
+/// `GET {base}{path}` on a forge API with a bearer token, as JSON (curl keeps tests free of an
+/// HTTP client where one call is all they need).
+pub fn forge_get(base: &str, token: &str, path: &str) -> Value {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("{base}{path}"),
+        ])
+        .output()
+        .expect("run curl");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("GET {path}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
