@@ -37,6 +37,15 @@ pub(crate) fn router(state: Shared) -> Router {
             "/repos/{owner}/{repo}/commits/{reference}/check-runs",
             get(list_checks),
         )
+        .route("/repos/{owner}/{repo}/pulls", post(crate::pulls::create))
+        .route(
+            "/repos/{owner}/{repo}/pulls/{number}",
+            get(crate::pulls::get_pull),
+        )
+        .route(
+            "/repos/{owner}/{repo}/pulls/{number}/merge",
+            axum::routing::put(crate::pulls::merge),
+        )
         .route("/_sim/repos", post(sim_create_repo))
         .layer(axum::middleware::from_fn_with_state(state.clone(), faults))
         .with_state(state)
@@ -79,12 +88,12 @@ async fn faults(
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     let body = json!({"message": message, "documentation_url": "https://docs.github.com/rest", "status": status.as_u16().to_string()});
     (status, Json(body)).into_response()
 }
 
-fn invalid(message: &str) -> Response {
+pub(crate) fn invalid(message: &str) -> Response {
     let body = json!({"message": "Validation Failed", "errors": [{"message": message, "code": "custom"}], "documentation_url": "https://docs.github.com/rest", "status": "422"});
     (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
 }
@@ -96,7 +105,7 @@ fn now() -> String {
 }
 
 /// An authorization failure, answered as GitHub would.
-struct Denied(StatusCode, &'static str);
+pub(crate) struct Denied(StatusCode, &'static str);
 
 impl IntoResponse for Denied {
     fn into_response(self) -> Response {
@@ -105,7 +114,7 @@ impl IntoResponse for Denied {
 }
 
 /// The caller's token and the repository key, or the error GitHub would answer.
-fn authorize(
+pub(crate) fn authorize(
     state: &Shared,
     headers: &HeaderMap,
     owner: &str,

@@ -98,6 +98,9 @@ async fn serve(
         for (refname, old, new) in changed(&before, &after) {
             let payload = push_payload(&state, &key, &git_dir, &refname, &old, &new).await;
             hooks::deliver(&state, &key, "push", payload);
+            if let Some(branch) = refname.strip_prefix("refs/heads/") {
+                crate::pulls::head_moved(&state, &key, &git_dir, branch, &new).await;
+            }
         }
     }
     response
@@ -193,7 +196,7 @@ fn parse_cgi(raw: &[u8]) -> anyhow::Result<Response> {
     Ok(response)
 }
 
-async fn git(git_dir: &std::path::Path, args: &[&str]) -> String {
+pub(crate) async fn git(git_dir: &std::path::Path, args: &[&str]) -> String {
     let out = tokio::process::Command::new("git")
         .arg("--git-dir")
         .arg(git_dir)
@@ -260,7 +263,7 @@ pub(crate) fn repository_json(base_url: &str, id: u64, owner: &str, name: &str) 
     })
 }
 
-async fn push_payload(
+pub(crate) async fn push_payload(
     state: &Shared,
     key: &str,
     git_dir: &std::path::Path,

@@ -5,11 +5,12 @@
 //! and signed webhooks for pushes. It binds to loopback only. State lives in memory, except
 //! the repositories, which are bare git repositories under the root directory.
 //!
-//! Not yet: pull requests, GitHub App installation tokens.
+//! Not yet: GitHub App installation tokens.
 
 mod api;
 mod git_http;
 mod hooks;
+mod pulls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -114,6 +115,7 @@ pub(crate) struct Repo {
     pub name: String,
     pub hooks: Vec<Hook>,
     pub check_runs: Vec<CheckRun>,
+    pub pulls: Vec<pulls::Pull>,
 }
 
 /// Deterministic failures for API calls (git traffic is never faulted).
@@ -278,6 +280,7 @@ pub(crate) fn create_repo(state: &Shared, owner: &str, name: &str) -> anyhow::Re
             name: name.into(),
             hooks: Vec::new(),
             check_runs: Vec::new(),
+            pulls: Vec::new(),
         },
     );
     Ok(path)

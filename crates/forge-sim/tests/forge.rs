@@ -453,3 +453,172 @@ async fn check_runs_follow_githubs_rules() {
         json!({"admin": false, "maintain": false, "push": false, "triage": false, "pull": true})
     );
 }
+
+/// Commit `files` on top of `from` and push to `to`.
+fn push_to(sim: &ForgeSim, tmp: &Path, from: &str, to: &str, files: &[(&str, &str)]) -> String {
+    let dir = tmp.join(format!("clone-{}", rand_suffix()));
+    ok(git(
+        tmp,
+        &[
+            "clone",
+            "-q",
+            "-b",
+            from,
+            &sim.git_url("acme", "ops", Some(TOKEN)),
+            dir.to_str().unwrap(),
+        ],
+    ));
+    for (p, text) in files {
+        let path = dir.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    ok(git(&dir, &["add", "-A"]));
+    ok(git(&dir, &["commit", "-q", "-m", &format!("change {to}")]));
+    ok(git(
+        &dir,
+        &[
+            "push",
+            "-q",
+            &sim.git_url("acme", "ops", Some(TOKEN)),
+            &format!("HEAD:refs/heads/{to}"),
+        ],
+    ));
+    ok(git(&dir, &["rev-parse", "HEAD"])).trim().to_string()
+}
+
+fn ls_remote(sim: &ForgeSim, tmp: &Path, r: &str) -> String {
+    let out = ok(git(
+        tmp,
+        &["ls-remote", &sim.git_url("acme", "ops", Some(TOKEN)), r],
+    ));
+    out.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_request_opens_synchronizes_and_merges_with_webhooks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = forge(tmp.path()).await;
+    ok(push(&sim, tmp.path(), TOKEN, &[("README.md", "x\n")]));
+    let (url, got) = receiver().await;
+    let hook = json!({"name": "web", "config": {"url": url, "content_type": "json", "secret": SECRET}, "events": ["push", "pull_request"]});
+    api(
+        &sim,
+        Some(TOKEN),
+        reqwest::Method::POST,
+        "/repos/acme/ops/hooks",
+    )
+    .json(&hook)
+    .send()
+    .await
+    .unwrap();
+    let first = push_to(
+        &sim,
+        tmp.path(),
+        "main",
+        "agent/req",
+        &[("requests/a.yaml", "kind: echo\n")],
+    );
+
+    let created = api(
+        &sim,
+        Some(TOKEN),
+        reqwest::Method::POST,
+        "/repos/acme/ops/pulls",
+    )
+    .json(&json!({"title": "Add a request", "head": "agent/req", "base": "main"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    let pr: Value = created.json().await.unwrap();
+    assert_eq!(
+        (pr["number"].as_u64(), pr["head"]["sha"].as_str()),
+        (Some(1), Some(first.as_str()))
+    );
+    let opened = wait_for(&got, "pull_request", 1).await;
+    let ev: Value = serde_json::from_slice(&opened[0].1).unwrap();
+    assert_eq!(
+        (ev["action"].as_str(), ev["number"].as_u64()),
+        (Some("opened"), Some(1))
+    );
+    assert_eq!(
+        opened[0].0["x-hub-signature-256"].to_str().unwrap(),
+        sign(SECRET, &opened[0].1)
+    );
+    assert_eq!(ls_remote(&sim, tmp.path(), "refs/pull/1/head"), first);
+
+    let second = push_to(
+        &sim,
+        tmp.path(),
+        "agent/req",
+        "agent/req",
+        &[("requests/b.yaml", "kind: echo\n")],
+    );
+    let sync = wait_for(&got, "pull_request", 2).await;
+    let ev: Value = serde_json::from_slice(&sync[1].1).unwrap();
+    assert_eq!(
+        (
+            ev["action"].as_str(),
+            ev["pull_request"]["head"]["sha"].as_str()
+        ),
+        (Some("synchronize"), Some(second.as_str()))
+    );
+    assert_eq!(ls_remote(&sim, tmp.path(), "refs/pull/1/head"), second);
+
+    let base = ls_remote(&sim, tmp.path(), "refs/heads/main");
+    let merged: Value = api(
+        &sim,
+        Some(TOKEN),
+        reqwest::Method::PUT,
+        "/repos/acme/ops/pulls/1/merge",
+    )
+    .json(&json!({}))
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let sha = merged["sha"].as_str().unwrap().to_string();
+    assert_eq!(ls_remote(&sim, tmp.path(), "refs/heads/main"), sha);
+    let parents = ok(git(
+        &sim.repo_path("acme", "ops"),
+        &["log", "-1", "--format=%P", &sha],
+    ));
+    assert_eq!(
+        parents.split_whitespace().collect::<Vec<_>>(),
+        [base.as_str(), second.as_str()],
+        "a real merge commit"
+    );
+    let closed = wait_for(&got, "pull_request", 3).await;
+    let ev: Value = serde_json::from_slice(&closed[2].1).unwrap();
+    assert_eq!(
+        (
+            ev["action"].as_str(),
+            ev["pull_request"]["merged"].as_bool()
+        ),
+        (Some("closed"), Some(true))
+    );
+    let pushes = wait_for(&got, "push", 3).await;
+    let main_push = pushes
+        .iter()
+        .map(|(_, b)| serde_json::from_slice::<Value>(b).unwrap())
+        .find(|p| p["after"] == sha.as_str())
+        .expect("a push event for the merge");
+    assert_eq!(main_push["ref"], "refs/heads/main");
+    let again = api(
+        &sim,
+        Some(TOKEN),
+        reqwest::Method::PUT,
+        "/repos/acme/ops/pulls/1/merge",
+    )
+    .json(&json!({}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(again.status(), 405);
+}
