@@ -238,3 +238,126 @@ async fn bad_signatures_and_replays_run_nothing_and_a_thousand_deliveries_are_an
         "1002 asks collapsed into a few passes, not {passes}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_requests_are_validated_with_annotations_and_never_run() {
+    docker();
+    let (sim, repo) = forge_and_repo("t-prs").await;
+    let daemon = start_daemon(&repo, &sim);
+    wait_until("the start-up pass", async || {
+        health(&daemon).await["passes"].as_u64() >= Some(1)
+    })
+    .await;
+    let client = reqwest::Client::new();
+    client
+        .post(format!("{}/repos/acme/ops/hooks", sim.url()))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "web", "config": {"url": format!("{}/webhook", daemon.url), "content_type": "json", "secret": SECRET}, "events": ["push", "pull_request"]}))
+        .send()
+        .await
+        .unwrap();
+    let open_pr = |branch: &'static str, file: &'static str, text: &'static str| {
+        let repo = &repo;
+        let client = client.clone();
+        let api = sim.url();
+        async move {
+            let head = tokio::task::block_in_place(|| {
+                repo.git(&["checkout", "-q", "-B", branch, "origin/main"]);
+                repo.write(file, text.as_bytes());
+                repo.git(&["add", "-A"]);
+                repo.git(&["commit", "-q", "-m", branch]);
+                repo.git(&["push", "-q", "origin", branch]);
+                repo.git(&["rev-parse", "HEAD"]).trim().to_string()
+            });
+            let r = client
+                .post(format!("{api}/repos/acme/ops/pulls"))
+                .bearer_auth(TOKEN)
+                .json(&json!({"title": branch, "head": branch, "base": "main"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            head
+        }
+    };
+    let validate_run = |head: String| {
+        let api = sim.url();
+        async move {
+            let list = common::forge_get(
+                &api,
+                TOKEN,
+                &format!(
+                    "/repos/acme/ops/commits/{head}/check-runs?check_name=codex-runner/validate"
+                ),
+            );
+            list["check_runs"]
+                .as_array()
+                .and_then(|a| a.first().cloned())
+        }
+    };
+
+    let good = open_pr(
+        "agent/good",
+        "requests/hello.yaml",
+        "kind: echo\nparams: {message: reviewed}\n",
+    )
+    .await;
+    wait_until("the green validation", async || {
+        validate_run(good.clone()).await.is_some()
+    })
+    .await;
+    let run = validate_run(good.clone()).await.unwrap();
+    assert_eq!(run["conclusion"], "success", "{run}");
+    assert!(
+        run["output"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("requests/hello.yaml"),
+        "{run}"
+    );
+
+    let bad = open_pr(
+        "agent/bad",
+        "requests/broken.yaml",
+        "kind: deplyo\nparams:\n  service: 5\n",
+    )
+    .await;
+    wait_until("the red validation", async || {
+        validate_run(bad.clone()).await.is_some()
+    })
+    .await;
+    let run = validate_run(bad.clone()).await.unwrap();
+    assert_eq!(run["conclusion"], "failure", "{run}");
+    let annotations = common::forge_get(
+        &sim.url(),
+        TOKEN,
+        &format!("/repos/acme/ops/check-runs/{}/annotations", run["id"]),
+    );
+    let first = &annotations[0];
+    assert_eq!(
+        (first["path"].as_str(), first["start_line"].as_u64()),
+        (Some("requests/broken.yaml"), Some(1)),
+        "{annotations}"
+    );
+    assert!(
+        first["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown kind `deplyo`"),
+        "{annotations}"
+    );
+    assert!(
+        first["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `deploy`?"),
+        "{annotations}"
+    );
+
+    // Nothing from a pull request ran.
+    assert!(
+        repo.main_file("logs/hello.jsonl").is_none()
+            && repo.main_file("logs/broken.jsonl").is_none()
+    );
+    repo.assert_no_containers();
+}

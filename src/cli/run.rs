@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::Instrument;
 
 use crate::config::HostConfig;
-use crate::engine::dispatch_once;
+use crate::engine::{dispatch_once, validate_pull, validation_update, DispatchOptions, PullJob};
 use crate::server::{router, Health, Server, Trigger};
 
 use super::dispatch::{from_host, Overrides};
@@ -74,12 +74,13 @@ async fn daemon(a: RunArgs) -> anyhow::Result<()> {
     if let Ok(mut b) = health.branch.lock() {
         *b = repo.branch.clone().unwrap_or_else(|| "main".into());
     }
-    let server = Arc::new(Server::new(
-        secret,
-        opts.runner.clone(),
-        trigger.clone(),
-        health.clone(),
-    ));
+    let mut server = Server::new(secret, opts.runner.clone(), trigger.clone(), health.clone());
+    if opts.forge.is_some() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        server.pulls = Some(tx);
+        tokio::spawn(validate_pulls(opts.clone(), rx));
+    }
+    let server = Arc::new(server);
     let listener = tokio::net::TcpListener::bind(&server_cfg.listen)
         .await
         .with_context(|| format!("failed to listen on {}", server_cfg.listen))?;
@@ -135,6 +136,37 @@ async fn daemon(a: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopping: no pass is running");
     Ok(())
+}
+
+/// Validate pull requests one at a time and publish `codex-runner/validate` on their heads.
+async fn validate_pulls(
+    opts: DispatchOptions,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<PullJob>,
+) {
+    let Some(forge) = opts.forge.clone() else {
+        return;
+    };
+    while let Some(job) = rx.recv().await {
+        let span = tracing::info_span!("pull", number = job.number);
+        let verdict = match validate_pull(&opts, &job).instrument(span).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(pull = job.number, error = %e, "validation failed");
+                continue;
+            }
+        };
+        let update = validation_update(&job, &verdict);
+        match forge.client.publish_check(&update, None).await {
+            Ok(_) => tracing::info!(
+                pull = job.number,
+                problems = verdict.violations.len(),
+                "pull request validated"
+            ),
+            Err(e) => {
+                tracing::warn!(pull = job.number, error = %e, "could not publish the validation")
+            }
+        }
+    }
 }
 
 /// Ask for a pass whenever the remote's branch moved, checked every `every`.

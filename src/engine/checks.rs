@@ -269,3 +269,56 @@ pub(crate) async fn drain(task: tokio::task::JoinHandle<()>) {
         abort.abort();
     }
 }
+
+/// The `codex-runner/validate` check run of a pull request's verdict.
+pub fn validation_update(job: &super::PullJob, v: &super::PullVerdict) -> CheckUpdate {
+    let ok = v.violations.is_empty();
+    let mut summary = String::new();
+    for (file, what) in &v.valid {
+        summary.push_str(&format!("- ✅ `{file}`: {what}\n"));
+    }
+    for violation in &v.violations {
+        summary.push_str(&format!(
+            "- ❌ {}\n",
+            violation.to_string().replace('\n', " — ")
+        ));
+    }
+    if summary.is_empty() {
+        summary.push_str("This pull request adds or changes no request files.\n");
+    }
+    let annotations = v
+        .violations
+        .iter()
+        .map(|x| Annotation {
+            path: x.file.clone(),
+            start_line: x.line.unwrap_or(1),
+            end_line: x.line.unwrap_or(1),
+            annotation_level: "failure".into(),
+            message: match &x.hint {
+                Some(h) => format!("{}\nhint: {h}", x.message),
+                None => x.message.clone(),
+            },
+            title: Some(x.rule.to_string()),
+        })
+        .collect();
+    CheckUpdate {
+        name: "codex-runner/validate".into(),
+        head_sha: v.head.clone(),
+        external_id: format!("pull-{}", job.number),
+        state: CheckState::Completed(if ok {
+            Conclusion::Success
+        } else {
+            Conclusion::Failure
+        }),
+        started_at: None,
+        title: if ok {
+            format!("{} request(s) valid", v.valid.len())
+        } else {
+            format!("{} problem(s) found", v.violations.len())
+        },
+        summary,
+        text: None,
+        details_url: None,
+        annotations,
+    }
+}

@@ -6,9 +6,11 @@
 mod checks;
 pub mod locks;
 mod publish;
+mod pulls;
 mod run;
 
-pub use checks::ForgeTarget;
+pub use checks::{validation_update, ForgeTarget};
+pub use pulls::{validate_pull, PullJob, PullVerdict};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -295,6 +297,29 @@ fn pending_results(
     Ok(out)
 }
 
+/// Whether request `id` already ran, as the branch at `tip` records it.
+fn done_at(
+    mirror: &Mirror,
+    tip: Oid,
+    config: &RepoConfig,
+    id: &crate::contract::request::RequestId,
+) -> Done {
+    let processed = format!("{}{id}.yaml", config.processed_path);
+    if mirror.path_kind(tip, &processed).is_some() {
+        return Done::Processed;
+    }
+    let status = format!("{}{id}.status.json", config.output_path);
+    match mirror
+        .read_file(tip, &status)
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<Status>(&b).ok())
+    {
+        Some(s) => Done::InPlace(s.file),
+        None => Done::No,
+    }
+}
+
 /// What a pass found at the tip, before anything runs.
 struct Survey {
     /// Results an earlier pass executed but could not push.
@@ -348,22 +373,7 @@ fn survey(
             indexes.insert(e.commit.clone(), index_at(mirror, commit)?);
         }
     }
-    let done = |id: &crate::contract::request::RequestId| -> Done {
-        let processed = format!("{}{id}.yaml", config.processed_path);
-        if mirror.path_kind(tip, &processed).is_some() {
-            return Done::Processed;
-        }
-        let status = format!("{}{id}.status.json", config.output_path);
-        match mirror
-            .read_file(tip, &status)
-            .ok()
-            .flatten()
-            .and_then(|b| serde_json::from_slice::<Status>(&b).ok())
-        {
-            Some(s) => Done::InPlace(s.file),
-            None => Done::No,
-        }
-    };
+    let done = |id: &crate::contract::request::RequestId| done_at(mirror, tip, config, id);
     let index_at_commit = |commit: &str| match indexes.get(commit) {
         Some(Ok(index)) => Ok(index),
         Some(Err(v)) => Err(v.0.as_slice()),

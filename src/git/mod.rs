@@ -167,6 +167,57 @@ impl Mirror {
         }
     }
 
+    /// Fetch pull request `number`'s head (`refs/pull/<n>/head`, as GitHub keeps it).
+    pub fn fetch_pull(&self, number: u64) -> anyhow::Result<Oid> {
+        let mut remote = self
+            .repo
+            .find_remote("origin")
+            .context("failed to find the mirror's remote")?;
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(callbacks(self.token.as_deref()));
+        let local = format!("refs/remotes/origin/pull/{number}");
+        let spec = format!("+refs/pull/{number}/head:{local}");
+        remote
+            .fetch(&[&spec], Some(&mut opts), None)
+            .with_context(|| {
+                format!(
+                    "failed to fetch pull request #{number} from {}",
+                    self.shown_url()
+                )
+            })?;
+        self.repo
+            .refname_to_id(&local)
+            .with_context(|| format!("pull request #{number} has no head on {}", self.shown_url()))
+    }
+
+    /// Paths added or modified on `head` since it left `base` (their merge base), and whether
+    /// they still exist at `head`.
+    pub fn changed_since_fork(&self, base: Oid, head: Oid) -> anyhow::Result<Vec<String>> {
+        let fork = self
+            .repo
+            .merge_base(base, head)
+            .context("failed to find where the pull request forked")?;
+        let old = self.repo.find_commit(fork)?.tree()?;
+        let new = self.repo.find_commit(head)?.tree()?;
+        let diff = self.repo.diff_tree_to_tree(Some(&old), Some(&new), None)?;
+        let mut out = Vec::new();
+        for d in diff.deltas() {
+            if matches!(
+                d.status(),
+                git2::Delta::Added
+                    | git2::Delta::Modified
+                    | git2::Delta::Renamed
+                    | git2::Delta::Copied
+                    | git2::Delta::Typechange
+            ) {
+                if let Some(p) = d.new_file().path().and_then(|p| p.to_str()) {
+                    out.push(p.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The bytes of the regular file at `path` in `commit`, if there is one.
     pub fn read_file(&self, commit: Oid, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
         let tree = self.repo.find_commit(commit)?.tree()?;

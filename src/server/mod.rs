@@ -18,7 +18,9 @@ use axum::{Json, Router};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
+
+use crate::engine::PullJob;
 
 /// Delivery ids remembered for de-duplication.
 const REMEMBERED_DELIVERIES: usize = 10_000;
@@ -73,6 +75,8 @@ pub struct Server {
     pub trigger: Arc<Trigger>,
     /// Counters.
     pub health: Arc<Health>,
+    /// Where pull requests to validate go (none: pull_request events are ignored).
+    pub pulls: Option<mpsc::UnboundedSender<PullJob>>,
     seen: Mutex<(HashSet<String>, VecDeque<String>)>,
 }
 
@@ -89,6 +93,7 @@ impl Server {
             runner,
             trigger,
             health,
+            pulls: None,
             seen: Mutex::default(),
         }
     }
@@ -189,6 +194,37 @@ async fn webhook(
             tracing::info!(delivery, "push to {branch}: pass queued");
             s.trigger.ask();
             (StatusCode::ACCEPTED, "pass queued\n")
+        }
+        "pull_request" => {
+            let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "the pull_request payload is not JSON\n",
+                );
+            };
+            let action = event["action"].as_str().unwrap_or_default();
+            let (Some(number), Some(head)) = (
+                event["number"].as_u64(),
+                event["pull_request"]["head"]["sha"].as_str(),
+            ) else {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "the pull_request payload has no number or head\n",
+                );
+            };
+            match (&s.pulls, action) {
+                (Some(tx), "opened" | "synchronize" | "reopened") => {
+                    let _ = tx.send(PullJob {
+                        number,
+                        head_sha: head.to_string(),
+                    });
+                    (StatusCode::ACCEPTED, "validation queued\n")
+                }
+                _ => (
+                    StatusCode::OK,
+                    "ignored: pull request action not validated\n",
+                ),
+            }
         }
         _ => (StatusCode::OK, "ignored: event not handled\n"),
     }

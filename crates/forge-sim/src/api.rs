@@ -37,6 +37,10 @@ pub(crate) fn router(state: Shared) -> Router {
             "/repos/{owner}/{repo}/commits/{reference}/check-runs",
             get(list_checks),
         )
+        .route(
+            "/repos/{owner}/{repo}/check-runs/{id}/annotations",
+            get(list_annotations),
+        )
         .route("/repos/{owner}/{repo}/pulls", post(crate::pulls::create))
         .route(
             "/repos/{owner}/{repo}/pulls/{number}",
@@ -576,6 +580,26 @@ async fn get_check(
         .and_then(|r| r.check_runs.iter().find(|c| c.id == id))
     {
         Some(c) => Json(check_json(&st.base_url, &key, c)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+async fn list_annotations(
+    State(state): State<Shared>,
+    Path((owner, repo, id)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let key = match authorize(&state, &headers, &owner, &repo, |_| true) {
+        Ok((_, k)) => k,
+        Err(r) => return r.into_response(),
+    };
+    let st = lock(&state);
+    match st
+        .repos
+        .get(&key)
+        .and_then(|r| r.check_runs.iter().find(|c| c.id == id))
+    {
+        Some(c) => Json(Value::Array(c.annotations.clone())).into_response(),
         None => error(StatusCode::NOT_FOUND, "Not Found"),
     }
 }

@@ -1,0 +1,107 @@
+//! Validating a pull request's requests before it is merged. Nothing from a pull request
+//! runs: its files are only read from git and checked exactly as a pass would check them.
+//!
+//! The mainline's `codex.repo.yaml` is the authority (a pull request cannot change where its
+//! requests go or relax the rules); the handler index is the pull request's own, so a pull
+//! request that adds a handler and its first request validates. Ids are checked against what
+//! already ran on the mainline.
+
+use crate::contract::request::request_stem;
+use crate::contract::yaml::MAX_FILE_BYTES;
+use crate::contract::Violation;
+use crate::git::Mirror;
+use crate::plan::{self, Action, InboxEntry};
+
+use super::{done_at, git, index_at, remote_key, resolve_branch, DispatchError, DispatchOptions};
+
+/// A pull request to validate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullJob {
+    /// Its number.
+    pub number: u64,
+    /// The head commit the webhook named (the check run goes there).
+    pub head_sha: String,
+}
+
+/// What validation found.
+#[derive(Debug, Clone, Default)]
+pub struct PullVerdict {
+    /// The head commit validated.
+    pub head: String,
+    /// Request files that would run: `(file, "kind on resource")`.
+    pub valid: Vec<(String, String)>,
+    /// Everything wrong, with file and line where known.
+    pub violations: Vec<Violation>,
+}
+
+/// Check the request files pull request `job` adds or changes.
+pub async fn validate_pull(
+    opts: &DispatchOptions,
+    job: &PullJob,
+) -> Result<PullVerdict, DispatchError> {
+    let opts = opts.clone();
+    let job = job.clone();
+    tokio::task::spawn_blocking(move || validate_blocking(&opts, &job))
+        .await
+        .map_err(|e| DispatchError::Other(anyhow::anyhow!("validation task failed: {e}")))?
+}
+
+fn validate_blocking(opts: &DispatchOptions, job: &PullJob) -> Result<PullVerdict, DispatchError> {
+    // A mirror of its own: validation runs beside passes and must not race their fetches.
+    let work = opts.work_dir.join(remote_key(&opts.remote)).join("pulls");
+    let mirror = git(Mirror::open(&work, &opts.remote, opts.git_token.as_deref()))?;
+    let (_, base_tip, config) = resolve_branch(
+        &mirror,
+        &DispatchOptions {
+            branch: None,
+            ..opts.clone()
+        },
+    )?;
+    let head = git(mirror.fetch_pull(job.number))?;
+    if head.to_string() != job.head_sha {
+        tracing::info!(pull = job.number, named = %job.head_sha, fetched = %head, "the pull request moved since the webhook; validating its current head");
+    }
+    let mut verdict = PullVerdict {
+        head: head.to_string(),
+        ..Default::default()
+    };
+    let index = match index_at(&mirror, head)? {
+        Ok(index) => index,
+        Err(v) => {
+            verdict.violations = v.0;
+            return Ok(verdict);
+        }
+    };
+    let changed = git(mirror.changed_since_fork(base_tip, head))?;
+    let inbox = config.trigger_path.trim_end_matches('/');
+    let wanted: Vec<&String> = changed
+        .iter()
+        .filter(|p| {
+            p.rsplit_once('/')
+                .is_some_and(|(dir, name)| dir == inbox && request_stem(name).is_some())
+        })
+        .collect();
+    let entries: Vec<InboxEntry> =
+        git(mirror.list_dir(head, &config.trigger_path, MAX_FILE_BYTES))?
+            .into_iter()
+            .filter(|(path, _, _)| wanted.contains(&path))
+            .enumerate()
+            .map(|(order, (path, content, object))| InboxEntry {
+                path,
+                content,
+                object,
+                commit: head.to_string(),
+                order,
+            })
+            .collect();
+    let done = |id: &crate::contract::request::RequestId| done_at(&mirror, base_tip, &config, id);
+    for item in plan::plan(&entries, |_| Ok(&index), done).items {
+        match item.action {
+            Action::Run(r) => verdict
+                .valid
+                .push((item.file, format!("{} on {}", r.request.kind, r.resource))),
+            Action::Reject(v) => verdict.violations.extend(v),
+        }
+    }
+    Ok(verdict)
+}
