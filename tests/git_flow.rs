@@ -379,3 +379,36 @@ fn a_request_runs_the_handler_it_was_merged_with() {
     assert!(late.contains(&"done (v2)".to_string()), "{late:?}");
     repo.assert_no_containers();
 }
+
+#[test]
+fn a_runner_leaves_alone_requests_whose_labels_it_does_not_carry() {
+    docker();
+    let mut repo = Repo::new("t-labels");
+    repo.merge_pr(&[
+        (
+            "requests/gpu.yaml",
+            b"kind: echo\nruns-on: [gpu]\nparams: {message: needs a gpu}\n",
+        ),
+        (
+            "requests/any.yaml",
+            b"kind: echo\nparams: {message: anywhere}\n",
+        ),
+    ]);
+    let pass = repo.dispatch(&["--labels", "linux"]).ok();
+    let states = pass.states();
+    assert_eq!(states.get("any").map(String::as_str), Some("succeeded"));
+    assert!(!states.contains_key("gpu"), "{states:?}");
+    let ignored = pass.report["ignored"].to_string();
+    assert!(
+        ignored.contains("requests/gpu.yaml") && ignored.contains("label `gpu`"),
+        "{ignored}"
+    );
+    assert!(
+        repo.main_file("requests/gpu.yaml").is_some(),
+        "left in the inbox for a runner that has the label"
+    );
+
+    let pass = repo.dispatch(&["--labels", "linux,gpu"]).ok();
+    assert_eq!(pass.states()["gpu"], "succeeded");
+    repo.assert_no_containers();
+}

@@ -128,6 +128,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         push_attempts: 5,
         forge: None,
         git_token: None,
+        labels: Vec::new(),
     };
     step("codex-runner dispatch --once: fetch main, plan, run in Docker, push".into());
     let report = match dispatch_once(&opts).await {

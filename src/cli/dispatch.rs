@@ -38,6 +38,9 @@ pub struct DispatchArgs {
     /// Requests on different resources that may run at once [default: cores].
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Labels this runner carries (added to the host config's), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
     /// Commit author name.
     #[arg(long)]
     pub author_name: Option<String>,
@@ -107,6 +110,7 @@ pub fn options(a: &DispatchArgs) -> anyhow::Result<DispatchOptions> {
         author_name: a.author_name.clone(),
         author_email: a.author_email.clone(),
         push_attempts: usize::from(a.push_attempts),
+        labels: a.labels.clone(),
         forge: flags_forge,
         forge_attempts: usize::from(a.forge_attempts),
     };
@@ -130,6 +134,8 @@ pub struct Overrides {
     pub author_email: Option<String>,
     /// `--push-attempts`.
     pub push_attempts: usize,
+    /// `--labels`, added to the host config's.
+    pub labels: Vec<String>,
     /// `--forge-*`.
     pub forge: Option<ForgeConfig>,
     /// `--forge-attempts`.
@@ -146,6 +152,7 @@ impl Default for Overrides {
             author_name: None,
             author_email: None,
             push_attempts: 8,
+            labels: Vec::new(),
             forge: None,
             forge_attempts: 6,
         }
@@ -163,6 +170,13 @@ pub fn from_host(
         .state_dir
         .or(host.state_dir)
         .unwrap_or_else(default_state_dir);
+    let mut labels = host.labels.clone();
+    labels.extend(
+        o.labels
+            .iter()
+            .filter(|l| !host.labels.contains(l))
+            .cloned(),
+    );
     let (forge, git_token) = match o.forge.or(host.forge) {
         Some(f) => {
             let (target, token) = forge_target(&f, o.forge_attempts)?;
@@ -197,6 +211,7 @@ pub fn from_host(
         push_attempts: o.push_attempts,
         forge,
         git_token,
+        labels,
     })
 }
 

@@ -63,6 +63,8 @@ pub struct Request {
     pub params: Map<String, Value>,
     /// Requested timeout (may only shorten the handler's).
     pub timeout: Option<Duration>,
+    /// Labels a runner must carry to take it.
+    pub runs_on: Vec<String>,
     /// The whole request as JSON, as the handler sees it in `/codex/request.json`.
     pub document: Value,
     /// The YAML text, kept to locate later errors.
@@ -190,6 +192,16 @@ pub fn parse_request(file: &str, bytes: &[u8]) -> Result<Request, Violations> {
             .cloned()
             .unwrap_or_default(),
         timeout,
+        runs_on: obj
+            .get("runs-on")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
         document,
         source: text.to_string(),
     })
@@ -267,7 +279,13 @@ mod tests {
 
     #[test]
     fn explicit_fields() {
-        let r = parse("kind: deploy\nid: d-7\nresource: web\ntimeout: 5m\n").unwrap();
+        let r = parse("kind: deploy\nid: d-7\nresource: web\ntimeout: 5m\nruns-on: [gpu, eu]\n")
+            .unwrap();
+        assert_eq!(r.runs_on, ["gpu", "eu"]);
+        assert_eq!(
+            parse("kind: x\nruns-on: gpu\n").unwrap_err().0[0].rule,
+            "wrong-type"
+        );
         assert_eq!(r.id.as_str(), "d-7");
         assert_eq!(r.resource.as_deref(), Some("web"));
         assert_eq!(r.timeout, Some(Duration::from_secs(300)));

@@ -59,6 +59,8 @@ pub struct DispatchOptions {
     pub forge: Option<ForgeTarget>,
     /// Token for git over http(s) (`x-access-token`), usually the forge token.
     pub git_token: Option<String>,
+    /// Labels this runner carries; a request's `runs-on` must be among them.
+    pub labels: Vec<String>,
 }
 
 /// Why a pass could not complete; each maps to a documented exit code.
@@ -410,9 +412,23 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     tracing::info!(branch = %branch, tip = %tip, "planning pass");
     let Survey {
         pending,
-        planned,
+        mut planned,
         indexes,
     } = survey(&mirror, tip, &config, &results_dir)?;
+    // Requests for other runners are left alone: not run, not rejected, not moved.
+    planned.items.retain(|item| match &item.action {
+        Action::Run(r) => match r.request.runs_on.iter().find(|l| !opts.labels.contains(l)) {
+            Some(missing) => {
+                let why =
+                    format!("runs-on needs label `{missing}`, which this runner does not carry");
+                tracing::info!(file = %item.file, "left alone: {why}");
+                planned.ignored.push((item.file.clone(), why));
+                false
+            }
+            None => true,
+        },
+        Action::Reject(_) => true,
+    });
 
     let (checks_tx, reporter) = match &opts.forge {
         Some(target) => {
