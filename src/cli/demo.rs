@@ -22,6 +22,9 @@ pub struct DemoArgs {
     /// Keep everything in this directory (default: a fresh temporary directory, removed after).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Only the git side: a bare repository and one `dispatch --once`, no forge.
+    #[arg(long)]
+    pub git_only: bool,
 }
 
 const REQUESTS: &[(&str, &str)] = &[
@@ -44,6 +47,17 @@ pub async fn run(a: DemoArgs) -> i32 {
 }
 
 async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
+    if !a.git_only {
+        let _tmp;
+        let root = match &a.dir {
+            Some(d) => d.clone(),
+            None => {
+                _tmp = TempDir::new()?;
+                _tmp.0.clone()
+            }
+        };
+        return super::demo_forge::run(&root).await;
+    }
     let clock = Instant::now();
     let step = |msg: String| println!("[{:>6.2}s] {msg}", clock.elapsed().as_secs_f64());
     let _tmp;
@@ -118,7 +132,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         branch: None,
         work_dir: root.join("runner/work"),
         state_dir: root.join("runner/state"),
-        runner: "demo-runner".into(),
+        runner: "demo-git-runner".into(),
         concurrency: 2,
         identity: Identity {
             name: "codex-runner".into(),

@@ -4,6 +4,7 @@
 //! 2 usage or a refused run; 3 repository contract broken; 4 git remote failed; 5 Docker failed.
 
 mod demo;
+mod demo_forge;
 mod dispatch;
 mod handlers;
 mod register;

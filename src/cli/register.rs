@@ -117,7 +117,7 @@ pub async fn register(a: RegisterArgs) -> i32 {
     }
 }
 
-async fn do_register(a: RegisterArgs) -> anyhow::Result<()> {
+pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<()> {
     let (api, git_url, owner, name) =
         parse_repo_url(&a.url, a.api_url.as_deref(), a.git_url.as_deref())?;
     let token_file =

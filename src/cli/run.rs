@@ -38,7 +38,7 @@ pub async fn run(a: RunArgs) -> i32 {
     }
 }
 
-async fn daemon(a: RunArgs) -> anyhow::Result<()> {
+pub(crate) async fn daemon(a: RunArgs) -> anyhow::Result<()> {
     let host = HostConfig::load(&a.config)?;
     let repo = host
         .repository

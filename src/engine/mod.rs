@@ -127,6 +127,8 @@ pub(crate) struct Finished {
 /// What the tasks of one pass share.
 pub(crate) struct PassContext {
     runner: String,
+    /// Short key of the repository, for container names.
+    scope: String,
     results_dir: PathBuf,
     /// Handler indexes by the commit that brought the requests routed through them.
     indexes: BTreeMap<String, HandlerIndex>,
@@ -444,6 +446,10 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     let mirror = Arc::new(Mutex::new(mirror));
     let cx = Arc::new(PassContext {
         runner: opts.runner.clone(),
+        // The tail of the remote key: the repository's name and 8 hex digits of its hash.
+        scope: key.rsplit_once('-').map_or(key.clone(), |(name, hash)| {
+            format!("{name}-{}", &hash[..8.min(hash.len())])
+        }),
         results_dir,
         indexes,
         limits: opts.limits.clone(),

@@ -220,6 +220,7 @@ async fn execute_in(
     let ctx = RunContext {
         runner: cx.runner.clone(),
         request_id: request.id.to_string(),
+        scope: cx.scope.clone(),
         attempt: 1,
         commit: item.commit.clone(),
         image: image.clone(),

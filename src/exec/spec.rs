@@ -70,6 +70,9 @@ pub struct RunContext {
     pub runner: String,
     /// The request id.
     pub request_id: String,
+    /// Short key of the repository, so runs of the same id in two repositories never share
+    /// a container name.
+    pub scope: String,
     /// Attempt number, from 1.
     pub attempt: u32,
     /// The commit that brought the request.
@@ -185,7 +188,7 @@ pub fn container_spec(
         ("io.codex-runner.commit".to_string(), ctx.commit.clone()),
     ]);
     Ok(ContainerSpec {
-        name: container_name(&ctx.runner, &ctx.request_id, ctx.attempt),
+        name: container_name(&ctx.runner, &ctx.scope, &ctx.request_id, ctx.attempt),
         image: ctx.image.clone(),
         cmd: vec![format!("{REPO_MOUNT}/{}", handler.run)],
         env,
@@ -216,8 +219,8 @@ pub fn container_spec(
     })
 }
 
-/// A Docker-safe container name for a run.
-pub fn container_name(runner: &str, id: &str, attempt: u32) -> String {
+/// A Docker-safe container name for a run: runner, repository, request and attempt.
+pub fn container_name(runner: &str, scope: &str, id: &str, attempt: u32) -> String {
     let clean = |s: &str| -> String {
         s.chars()
             .map(|c| {
@@ -229,7 +232,12 @@ pub fn container_name(runner: &str, id: &str, attempt: u32) -> String {
             })
             .collect()
     };
-    format!("codex-{}-{}-{attempt}", clean(runner), clean(id))
+    format!(
+        "codex-{}-{}-{}-{attempt}",
+        clean(runner),
+        clean(scope),
+        clean(id)
+    )
 }
 
 #[cfg(test)]
@@ -241,6 +249,7 @@ mod tests {
         RunContext {
             runner: "host 1".into(),
             request_id: "r1".into(),
+            scope: "ops-1234".into(),
             attempt: 1,
             commit: "abc".into(),
             image: "img".into(),
@@ -264,7 +273,7 @@ mod tests {
     #[test]
     fn hardened_defaults() {
         let s = container_spec(&handler(""), &ctx(), &HostLimits::default()).unwrap();
-        assert_eq!(s.name, "codex-host_1-r1-1");
+        assert_eq!(s.name, "codex-host_1-ops-1234-r1-1");
         assert_eq!(s.user, "65534:65534");
         assert_eq!(s.network, "none");
         assert!(s.read_only_root);

@@ -314,6 +314,56 @@ impl GitHub {
         Ok(n)
     }
 
+    /// Open a pull request from `head` into `base`; its number.
+    pub async fn create_pull(
+        &self,
+        title: &str,
+        head: &str,
+        base: &str,
+    ) -> Result<u64, ForgeError> {
+        let body = json!({"title": title, "head": head, "base": base});
+        let pr = self
+            .call("POST", &format!("{}/pulls", self.base()), Some(body))
+            .await?;
+        Ok(pr["number"].as_u64().unwrap_or_default())
+    }
+
+    /// Merge pull request `number`; the merge commit.
+    pub async fn merge_pull(&self, number: u64) -> Result<String, ForgeError> {
+        let merged = self
+            .call(
+                "PUT",
+                &format!("{}/pulls/{number}/merge", self.base()),
+                Some(json!({})),
+            )
+            .await?;
+        Ok(merged["sha"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// The check runs on `sha`, as the API gives them.
+    pub async fn check_runs(&self, sha: &str) -> Result<Vec<Value>, ForgeError> {
+        let list = self
+            .call(
+                "GET",
+                &format!("{}/commits/{sha}/check-runs", self.base()),
+                None,
+            )
+            .await?;
+        Ok(list["check_runs"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// The annotations of check run `id`.
+    pub async fn annotations(&self, id: u64) -> Result<Vec<Value>, ForgeError> {
+        let list = self
+            .call(
+                "GET",
+                &format!("{}/check-runs/{id}/annotations", self.base()),
+                None,
+            )
+            .await?;
+        Ok(list.as_array().cloned().unwrap_or_default())
+    }
+
     fn base(&self) -> String {
         format!("/repos/{}/{}", self.repo.owner, self.repo.name)
     }
@@ -365,6 +415,7 @@ impl GitHub {
             "POST" => self.client._post(path, body).await,
             "PATCH" => self.client._patch(path, body).await,
             "DELETE" => self.client._delete(path, body).await,
+            "PUT" => self.client._put(path, body).await,
             other => {
                 return Err(Err(ForgeError::Refused {
                     call: path.into(),

@@ -102,6 +102,35 @@ impl SeedRepo {
         Ok(out)
     }
 
+    /// Open an existing bare repository.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        Ok(SeedRepo {
+            repo: Repository::open_bare(dir)
+                .with_context(|| format!("failed to open {}", dir.display()))?,
+        })
+    }
+
+    /// Push `refs` to `url` (no force), authenticating with `token` over http(s).
+    pub fn push(&self, url: &str, refs: &[&str], token: Option<&str>) -> anyhow::Result<()> {
+        let mut remote = self.repo.remote_anonymous(url)?;
+        let mut opts = git2::PushOptions::new();
+        opts.remote_callbacks(super::callbacks(token));
+        let specs: Vec<String> = refs.iter().map(|r| format!("{r}:{r}")).collect();
+        remote
+            .push(&specs, Some(&mut opts))
+            .with_context(|| format!("failed to push to {}", super::redact(url)))
+    }
+
+    /// Fetch `main` from `url` into this repository.
+    pub fn fetch_main(&self, url: &str, token: Option<&str>) -> anyhow::Result<()> {
+        let mut remote = self.repo.remote_anonymous(url)?;
+        let mut opts = git2::FetchOptions::new();
+        opts.remote_callbacks(super::callbacks(token));
+        remote
+            .fetch(&["+refs/heads/main:refs/heads/main"], Some(&mut opts), None)
+            .with_context(|| format!("failed to fetch from {}", super::redact(url)))
+    }
+
     /// A file's bytes at the tip of main.
     pub fn read_main(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
         let tree = self

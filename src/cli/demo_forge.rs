@@ -1,0 +1,241 @@
+//! The demo on a local GitHub-compatible forge: the whole story a team sees.
+//!
+//! forge-sim serves a repository made from the template; the runner registers (webhook,
+//! config) and runs as a daemon in this process; an agent opens a pull request with requests
+//! (validated green) and one with a typo (red, annotated); the good one is merged, the webhook
+//! triggers a pass, requests run in Docker, check runs go queued → in_progress → completed,
+//! and the logs land on main.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use forge_sim::{ForgeSim, Token};
+use serde_json::Value;
+
+use crate::forge::{ForgeRepo, GitHub};
+use crate::git::seed::{SeedFile, SeedRepo};
+
+use super::template::FILES;
+
+const TOKEN: &str = "ghp_demo_runner_token";
+
+struct Clock(Instant);
+
+impl Clock {
+    fn step(&self, msg: impl AsRef<str>) {
+        println!(
+            "[{:>6.2}s] {}",
+            self.0.elapsed().as_secs_f64(),
+            msg.as_ref()
+        );
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_for_run(gh: &GitHub, sha: &str, name: &str) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let runs = gh.check_runs(sha).await?;
+        if let Some(r) = runs
+            .into_iter()
+            .find(|r| r["name"] == name && r["status"] == "completed")
+        {
+            return Ok(r);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no completed {name} on {sha} after 120s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Run the forge demo under `root`; the process exit code.
+pub async fn run(root: &Path) -> anyhow::Result<i32> {
+    let clock = Clock(Instant::now());
+    let sim = ForgeSim::start(&root.join("forge"), 0, vec![Token::full(TOKEN)]).await?;
+    sim.create_repo("acme", "ops")?;
+    clock.step(format!(
+        "local GitHub-compatible forge on {} with repository acme/ops",
+        sim.url()
+    ));
+
+    let seed = SeedRepo::init_bare(&root.join("agent.git"))?;
+    let template: Vec<SeedFile<'_>> = FILES
+        .iter()
+        .map(|(p, b, x)| SeedFile {
+            path: p,
+            bytes: b,
+            executable: *x,
+        })
+        .collect();
+    let base = seed.commit(
+        "refs/heads/main",
+        &[],
+        &template,
+        "Start an operations repository from the codex-runner template",
+    )?;
+    let git_url = sim.git_url("acme", "ops", None);
+    seed.push(&git_url, &["refs/heads/main"], Some(TOKEN))?;
+    clock.step("main holds handlers/, containers/, codex.repo.yaml (pushed over git smart HTTP)");
+
+    let token_file = root.join("token");
+    std::fs::write(&token_file, TOKEN)?;
+    let port = free_port()?;
+    let config = root.join("etc/runner.toml");
+    let register = super::register::RegisterArgs {
+        url: format!("{}/acme/ops", sim.url()),
+        api_url: Some(sim.url()),
+        git_url: Some(git_url.clone()),
+        token_file,
+        name: "demo-runner".into(),
+        labels: vec!["demo".into()],
+        webhook_url: Some(format!("http://127.0.0.1:{port}/webhook")),
+        listen: format!("127.0.0.1:{port}"),
+        config: config.clone(),
+        state_dir: Some(root.join("state")),
+    };
+    super::register::do_register(register)
+        .await
+        .context("failed to register the demo runner")?;
+    clock
+        .step("codex-runner register: permissions checked, webhook created, config written (0600)");
+    tokio::spawn(super::run::daemon(super::run::RunArgs { config }));
+    clock.step(format!(
+        "codex-runner run: daemon listening on 127.0.0.1:{port}"
+    ));
+
+    let gh = GitHub::with_token(
+        ForgeRepo {
+            api_url: sim.url(),
+            owner: "acme".into(),
+            name: "ops".into(),
+        },
+        TOKEN,
+    )?
+    .with_retries(3, Duration::from_millis(100));
+    let good: &[(&str, &str)] = &[
+        ("requests/hello.yaml", "kind: echo\nparams:\n  message: hello from a merged pull request\n"),
+        ("requests/deploy-web.yaml", "kind: deploy\nparams:\n  service: web\n  version: v1.4.2\n  environment: staging\n  steps: 2\n"),
+        ("requests/backup-orders.yaml", "kind: backup\nparams:\n  database: orders\n  retention_days: 30\n"),
+    ];
+    let files: Vec<SeedFile<'_>> = good
+        .iter()
+        .map(|(p, t)| SeedFile {
+            path: p,
+            bytes: t.as_bytes(),
+            executable: false,
+        })
+        .collect();
+    let head = seed.commit(
+        "refs/heads/agent/rollout",
+        &[base],
+        &files,
+        "Roll out web v1.4.2 and back up orders",
+    )?;
+    seed.push(&git_url, &["refs/heads/agent/rollout"], Some(TOKEN))?;
+    let pr = gh
+        .create_pull("Roll out web v1.4.2", "agent/rollout", "main")
+        .await?;
+    clock.step(format!(
+        "an agent opened PR #{pr} adding {} requests",
+        good.len()
+    ));
+    let check = wait_for_run(&gh, &head.to_string(), "codex-runner/validate").await?;
+    clock.step(format!(
+        "  codex-runner/validate on PR #{pr}: {} — {}",
+        check["conclusion"].as_str().unwrap_or("?"),
+        check["output"]["title"].as_str().unwrap_or("")
+    ));
+
+    let typo = "kind: deplyo\nparams:\n  service: api\n";
+    let bad_head = seed.commit(
+        "refs/heads/agent/typo",
+        &[base],
+        &[SeedFile {
+            path: "requests/deploy-api.yaml",
+            bytes: typo.as_bytes(),
+            executable: false,
+        }],
+        "Deploy api",
+    )?;
+    seed.push(&git_url, &["refs/heads/agent/typo"], Some(TOKEN))?;
+    let bad_pr = gh.create_pull("Deploy api", "agent/typo", "main").await?;
+    clock.step(format!("another PR #{bad_pr} has a typo in its request"));
+    let check = wait_for_run(&gh, &bad_head.to_string(), "codex-runner/validate").await?;
+    clock.step(format!(
+        "  codex-runner/validate on PR #{bad_pr}: {}",
+        check["conclusion"].as_str().unwrap_or("?")
+    ));
+    for a in gh
+        .annotations(check["id"].as_u64().unwrap_or_default())
+        .await?
+    {
+        clock.step(format!(
+            "    annotation {}:{}: {}",
+            a["path"].as_str().unwrap_or(""),
+            a["start_line"],
+            a["message"].as_str().unwrap_or("").replace('\n', " — ")
+        ));
+    }
+
+    let merge = gh.merge_pull(pr).await?;
+    clock.step(format!(
+        "PR #{pr} merged as {} → push webhook → the runner's pass",
+        &merge[..10.min(merge.len())]
+    ));
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        for r in gh.check_runs(&merge).await? {
+            let name = r["name"].as_str().unwrap_or("").to_string();
+            let state = match r["conclusion"].as_str() {
+                Some(c) => format!("completed: {c}"),
+                None => r["status"].as_str().unwrap_or("").to_string(),
+            };
+            if seen.get(&name) != Some(&state) {
+                clock.step(format!("  {name:<30} {state}"));
+                seen.insert(name, state);
+            }
+        }
+        let done = seen.len() == good.len() && seen.values().all(|s| s.starts_with("completed"));
+        if done {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "check runs did not complete in 180s: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seed.fetch_main(&git_url, Some(TOKEN))?;
+    println!("\nmain now reads, newest first:");
+    for line in seed.history(4)? {
+        println!("  {line}");
+    }
+    println!("\nlogs/deploy-web.jsonl on main (output lines):");
+    if let Some(log) = seed.read_main("logs/deploy-web.jsonl")? {
+        for line in String::from_utf8_lossy(&log)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        {
+            if line["event"] == "output" {
+                println!("  {}", line["line"].as_str().unwrap_or(""));
+            }
+        }
+    }
+    let ok = seen.values().filter(|s| *s == "completed: success").count();
+    println!(
+        "\n{ok} of {} requests succeeded; PR #{bad_pr} stays red and nothing from it ran",
+        good.len()
+    );
+    sim.stop();
+    Ok(if ok == good.len() { 0 } else { 1 })
+}
