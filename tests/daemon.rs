@@ -56,6 +56,21 @@ fn start_daemon(repo: &Repo, sim: &ForgeSim) -> Daemon {
     Daemon { child, url }
 }
 
+/// Point a webhook of acme/ops at the daemon; the answer's status.
+async fn hook_daemon(sim: &ForgeSim, daemon: &Daemon) -> u16 {
+    let config =
+        json!({"url": format!("{}/webhook", daemon.url), "content_type": "json", "secret": SECRET});
+    reqwest::Client::new()
+        .post(format!("{}/repos/acme/ops/hooks", sim.url()))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "web", "config": config, "events": ["push", "pull_request"]}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 async fn health(d: &Daemon) -> Value {
     reqwest::get(format!("{}/healthz", d.url))
         .await
@@ -99,14 +114,7 @@ async fn a_merge_webhook_runs_the_request_and_completes_its_check_run() {
         health(&daemon).await["passes"].as_u64() >= Some(1)
     })
     .await;
-    let hook = reqwest::Client::new()
-        .post(format!("{}/repos/acme/ops/hooks", sim.url()))
-        .bearer_auth(TOKEN)
-        .json(&json!({"name": "web", "config": {"url": format!("{}/webhook", daemon.url), "content_type": "json", "secret": SECRET}, "events": ["push", "pull_request"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(hook.status(), 201);
+    assert_eq!(hook_daemon(&sim, &daemon).await, 201);
 
     let merge = tokio::task::block_in_place(|| {
         repo.merge_pr(&[(
@@ -249,13 +257,7 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
     })
     .await;
     let client = reqwest::Client::new();
-    client
-        .post(format!("{}/repos/acme/ops/hooks", sim.url()))
-        .bearer_auth(TOKEN)
-        .json(&json!({"name": "web", "config": {"url": format!("{}/webhook", daemon.url), "content_type": "json", "secret": SECRET}, "events": ["push", "pull_request"]}))
-        .send()
-        .await
-        .unwrap();
+    hook_daemon(&sim, &daemon).await;
     let open_pr = |branch: &'static str, file: &'static str, text: &'static str| {
         let repo = &repo;
         let client = client.clone();

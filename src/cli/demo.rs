@@ -14,8 +14,6 @@ use crate::git::seed::{SeedFile, SeedRepo};
 use crate::git::Identity;
 use crate::record::Status;
 
-use super::template::FILES;
-
 /// Arguments of `demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -70,14 +68,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
     };
     let origin_dir = root.join("origin.git");
     let origin = SeedRepo::init_bare(&origin_dir)?;
-    let template: Vec<SeedFile<'_>> = FILES
-        .iter()
-        .map(|(p, b, x)| SeedFile {
-            path: p,
-            bytes: b,
-            executable: *x,
-        })
-        .collect();
+    let template = super::template::seed_files();
     let base = origin.commit(
         "refs/heads/main",
         &[],

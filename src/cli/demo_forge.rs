@@ -17,8 +17,6 @@ use serde_json::Value;
 use crate::forge::{ForgeRepo, GitHub};
 use crate::git::seed::{SeedFile, SeedRepo};
 
-use super::template::FILES;
-
 const TOKEN: &str = "ghp_demo_runner_token";
 
 struct Clock(Instant);
@@ -68,14 +66,7 @@ pub async fn run(root: &Path) -> anyhow::Result<i32> {
     ));
 
     let seed = SeedRepo::init_bare(&root.join("agent.git"))?;
-    let template: Vec<SeedFile<'_>> = FILES
-        .iter()
-        .map(|(p, b, x)| SeedFile {
-            path: p,
-            bytes: b,
-            executable: *x,
-        })
-        .collect();
+    let template = super::template::seed_files();
     let base = seed.commit(
         "refs/heads/main",
         &[],

@@ -54,3 +54,15 @@ pub const FILES: &[(&str, &[u8], bool)] = &[
 
 /// Images the template's handlers use that `containers/build-images.sh` builds.
 pub const BASE_IMAGES: &[&str] = &["codex-runner/busybox:1", "codex-runner/python:3"];
+
+/// The template as files to commit.
+pub fn seed_files() -> Vec<crate::git::seed::SeedFile<'static>> {
+    FILES
+        .iter()
+        .map(|(path, bytes, executable)| crate::git::seed::SeedFile {
+            path,
+            bytes,
+            executable: *executable,
+        })
+        .collect()
+}

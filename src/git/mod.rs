@@ -132,18 +132,24 @@ impl Mirror {
         redact(&self.url)
     }
 
-    /// Fetch `branch`; its tip, or `None` when the remote has no such branch.
-    pub fn fetch(&self, branch: &str) -> anyhow::Result<Option<Oid>> {
+    /// Fetch one refspec from the remote; the remote, still connected, for a look at its refs.
+    fn fetch_spec(&self, spec: &str, what: &str) -> anyhow::Result<git2::Remote<'_>> {
         let mut remote = self
             .repo
             .find_remote("origin")
             .context("failed to find the mirror's remote")?;
         let mut opts = FetchOptions::new();
         opts.remote_callbacks(callbacks(self.token.as_deref()));
-        let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
         remote
-            .fetch(&[&spec], Some(&mut opts), None)
-            .with_context(|| format!("failed to fetch {branch} from {}", self.shown_url()))?;
+            .fetch(&[spec], Some(&mut opts), None)
+            .with_context(|| format!("failed to fetch {what} from {}", self.shown_url()))?;
+        Ok(remote)
+    }
+
+    /// Fetch `branch`; its tip, or `None` when the remote has no such branch.
+    pub fn fetch(&self, branch: &str) -> anyhow::Result<Option<Oid>> {
+        let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+        let mut remote = self.fetch_spec(&spec, branch)?;
         // A branch deleted upstream must not leave a stale tip behind.
         let present = remote
             .list()
@@ -169,22 +175,11 @@ impl Mirror {
 
     /// Fetch pull request `number`'s head (`refs/pull/<n>/head`, as GitHub keeps it).
     pub fn fetch_pull(&self, number: u64) -> anyhow::Result<Oid> {
-        let mut remote = self
-            .repo
-            .find_remote("origin")
-            .context("failed to find the mirror's remote")?;
-        let mut opts = FetchOptions::new();
-        opts.remote_callbacks(callbacks(self.token.as_deref()));
         let local = format!("refs/remotes/origin/pull/{number}");
-        let spec = format!("+refs/pull/{number}/head:{local}");
-        remote
-            .fetch(&[&spec], Some(&mut opts), None)
-            .with_context(|| {
-                format!(
-                    "failed to fetch pull request #{number} from {}",
-                    self.shown_url()
-                )
-            })?;
+        self.fetch_spec(
+            &format!("+refs/pull/{number}/head:{local}"),
+            &format!("pull request #{number}"),
+        )?;
         self.repo
             .refname_to_id(&local)
             .with_context(|| format!("pull request #{number} has no head on {}", self.shown_url()))

@@ -45,6 +45,13 @@ fn pull_json(base_url: &str, key: &str, repo: &Value, p: &Pull, base_sha: &str) 
     })
 }
 
+fn find_pull(state: &Shared, key: &str, number: u64) -> Option<Pull> {
+    lock(state)
+        .repos
+        .get(key)
+        .and_then(|r| r.pulls.iter().find(|p| p.number == number).cloned())
+}
+
 async fn tip(git_dir: &std::path::Path, branch: &str) -> Option<String> {
     let out = git(
         git_dir,
@@ -157,11 +164,7 @@ pub(crate) async fn get_pull(
         Ok((_, k)) => k,
         Err(r) => return r.into_response(),
     };
-    let pull = lock(&state)
-        .repos
-        .get(&key)
-        .and_then(|r| r.pulls.iter().find(|p| p.number == number).cloned());
-    let Some(pull) = pull else {
+    let Some(pull) = find_pull(&state, &key, number) else {
         return error(StatusCode::NOT_FOUND, "Not Found");
     };
     let (git_dir, base_url, repo_json) = context(&state, &key);
@@ -178,11 +181,7 @@ pub(crate) async fn merge(
         Ok((_, k)) => k,
         Err(r) => return r.into_response(),
     };
-    let pull = lock(&state)
-        .repos
-        .get(&key)
-        .and_then(|r| r.pulls.iter().find(|p| p.number == number).cloned());
-    let Some(mut pull) = pull else {
+    let Some(mut pull) = find_pull(&state, &key, number) else {
         return error(StatusCode::NOT_FOUND, "Not Found");
     };
     if pull.merged {

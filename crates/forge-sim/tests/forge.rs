@@ -49,32 +49,44 @@ fn ok(out: std::process::Output) -> String {
 
 /// Commit `files` in a fresh clone of acme/ops and push main with `token`.
 fn push(sim: &ForgeSim, tmp: &Path, token: &str, files: &[(&str, &str)]) -> std::process::Output {
+    push_as(sim, tmp, token, "main", "main", files).0
+}
+
+/// Clone `from`, commit `files`, push to `to` with `token`; the push's output and the clone.
+fn push_as(
+    sim: &ForgeSim,
+    tmp: &Path,
+    token: &str,
+    from: &str,
+    to: &str,
+    files: &[(&str, &str)],
+) -> (std::process::Output, std::path::PathBuf) {
     let dir = tmp.join(format!("clone-{}", rand_suffix()));
-    ok(git(
-        tmp,
-        &[
-            "clone",
-            "-q",
-            &sim.git_url("acme", "ops", Some(TOKEN)),
-            dir.to_str().unwrap(),
-        ],
-    ));
+    let url = sim.git_url("acme", "ops", Some(TOKEN));
+    ok(git(tmp, &["clone", "-q", &url, dir.to_str().unwrap()]));
+    // An empty repository has no branch to check out: the first push creates it.
+    let checkout = git(&dir, &["checkout", "-q", from]);
+    assert!(
+        checkout.status.success() || !git(&dir, &["rev-parse", "HEAD"]).status.success(),
+        "no branch {from}"
+    );
     for (p, text) in files {
         let path = dir.join(p);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
     }
     ok(git(&dir, &["add", "-A"]));
-    ok(git(&dir, &["commit", "-q", "-m", "change"]));
-    git(
+    ok(git(&dir, &["commit", "-q", "-m", &format!("change {to}")]));
+    let out = git(
         &dir,
         &[
             "push",
             "-q",
             &sim.git_url("acme", "ops", Some(token)),
-            "HEAD:refs/heads/main",
+            &format!("HEAD:refs/heads/{to}"),
         ],
-    )
+    );
+    (out, dir)
 }
 
 fn rand_suffix() -> u64 {
@@ -456,34 +468,8 @@ async fn check_runs_follow_githubs_rules() {
 
 /// Commit `files` on top of `from` and push to `to`.
 fn push_to(sim: &ForgeSim, tmp: &Path, from: &str, to: &str, files: &[(&str, &str)]) -> String {
-    let dir = tmp.join(format!("clone-{}", rand_suffix()));
-    ok(git(
-        tmp,
-        &[
-            "clone",
-            "-q",
-            "-b",
-            from,
-            &sim.git_url("acme", "ops", Some(TOKEN)),
-            dir.to_str().unwrap(),
-        ],
-    ));
-    for (p, text) in files {
-        let path = dir.join(p);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    ok(git(&dir, &["add", "-A"]));
-    ok(git(&dir, &["commit", "-q", "-m", &format!("change {to}")]));
-    ok(git(
-        &dir,
-        &[
-            "push",
-            "-q",
-            &sim.git_url("acme", "ops", Some(TOKEN)),
-            &format!("HEAD:refs/heads/{to}"),
-        ],
-    ));
+    let (out, dir) = push_as(sim, tmp, TOKEN, from, to, files);
+    ok(out);
     ok(git(&dir, &["rev-parse", "HEAD"])).trim().to_string()
 }
 
