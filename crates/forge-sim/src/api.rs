@@ -50,6 +50,15 @@ pub(crate) fn router(state: Shared) -> Router {
             "/repos/{owner}/{repo}/pulls/{number}/merge",
             axum::routing::put(crate::pulls::merge),
         )
+        .route("/repos/{owner}/{repo}/statuses/{sha}", post(create_status))
+        .route(
+            "/repos/{owner}/{repo}/commits/{reference}/statuses",
+            get(list_statuses),
+        )
+        .route(
+            "/app/installations/{id}/access_tokens",
+            post(crate::apps::access_token),
+        )
         .route("/_sim/repos", post(sim_create_repo))
         .layer(axum::middleware::from_fn_with_state(state.clone(), faults))
         .with_state(state)
@@ -136,10 +145,19 @@ pub(crate) fn authorize(
     if !need(&token) {
         return Err(Denied(
             StatusCode::FORBIDDEN,
-            "Resource not accessible by personal access token",
+            if token.installation {
+                "Resource not accessible by integration"
+            } else {
+                "Resource not accessible by personal access token"
+            },
         ));
     }
     Ok((token, key))
+}
+
+/// Whether `t` may create and update check runs (on github.com: installation tokens only).
+fn may_write_checks(state: &Shared, t: &Token) -> bool {
+    t.checks && (t.installation || !lock(state).checks_need_app)
 }
 
 async fn get_repo(
@@ -498,7 +516,9 @@ async fn create_check(
     headers: HeaderMap,
     Json(body): Json<CheckBody>,
 ) -> Response {
-    let key = match authorize(&state, &headers, &owner, &repo, |t| t.checks) {
+    let key = match authorize(&state, &headers, &owner, &repo, |t| {
+        may_write_checks(&state, t)
+    }) {
         Ok((_, k)) => k,
         Err(r) => return r.into_response(),
     };
@@ -543,7 +563,9 @@ async fn update_check(
     headers: HeaderMap,
     Json(body): Json<CheckBody>,
 ) -> Response {
-    let key = match authorize(&state, &headers, &owner, &repo, |t| t.checks) {
+    let key = match authorize(&state, &headers, &owner, &repo, |t| {
+        may_write_checks(&state, t)
+    }) {
         Ok((_, k)) => k,
         Err(r) => return r.into_response(),
     };
@@ -639,6 +661,103 @@ async fn list_checks(
         })
         .unwrap_or_default();
     Json(json!({"total_count": runs.len(), "check_runs": runs})).into_response()
+}
+
+#[derive(Deserialize)]
+struct StatusBody {
+    state: Option<String>,
+    target_url: Option<String>,
+    description: Option<String>,
+    context: Option<String>,
+}
+
+fn status_json(base: &str, key: &str, s: &crate::CommitStatus) -> Value {
+    json!({
+        "id": s.id,
+        "node_id": format!("SC_sim{}", s.id),
+        "url": format!("{base}/repos/{key}/statuses/{}", s.sha),
+        "state": s.state,
+        "description": s.description,
+        "target_url": s.target_url,
+        "context": s.context,
+        "created_at": now(),
+        "updated_at": now(),
+        "creator": null,
+    })
+}
+
+/// `POST /repos/{owner}/{repo}/statuses/{sha}`: needs push (classic) or statuses: write.
+async fn create_status(
+    State(state): State<Shared>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<StatusBody>,
+) -> Response {
+    let key = match authorize(&state, &headers, &owner, &repo, |t| t.push) {
+        Ok((_, k)) => k,
+        Err(r) => return r.into_response(),
+    };
+    let Some(st_name) = body
+        .state
+        .filter(|s| ["error", "failure", "pending", "success"].contains(&s.as_str()))
+    else {
+        return invalid("state must be one of error, failure, pending, success");
+    };
+    if body
+        .description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 140)
+    {
+        return invalid("description is too long (maximum is 140 characters)");
+    }
+    match resolve_commit(&state, &key, &sha).await {
+        Some(full) if full == sha => {}
+        _ => return invalid(&format!("No commit found for SHA: {sha}")),
+    }
+    let mut st = lock(&state);
+    let id = st.next_id();
+    let status = crate::CommitStatus {
+        id,
+        sha,
+        state: st_name,
+        context: body.context.unwrap_or_else(|| "default".into()),
+        description: body.description,
+        target_url: body.target_url,
+    };
+    let json_status = status_json(&st.base_url, &key, &status);
+    if let Some(r) = st.repos.get_mut(&key) {
+        r.statuses.push(status);
+    }
+    (StatusCode::CREATED, Json(json_status)).into_response()
+}
+
+/// `GET /repos/{owner}/{repo}/commits/{ref}/statuses`: newest first.
+async fn list_statuses(
+    State(state): State<Shared>,
+    Path((owner, repo, reference)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let key = match authorize(&state, &headers, &owner, &repo, |_| true) {
+        Ok((_, k)) => k,
+        Err(r) => return r.into_response(),
+    };
+    let Some(sha) = resolve_commit(&state, &key, &reference).await else {
+        return invalid(&format!("No commit found for ref: {reference}"));
+    };
+    let st = lock(&state);
+    let list: Vec<Value> = st
+        .repos
+        .get(&key)
+        .map(|r| {
+            r.statuses
+                .iter()
+                .filter(|s| s.sha == sha)
+                .rev()
+                .map(|s| status_json(&st.base_url, &key, s))
+                .collect()
+        })
+        .unwrap_or_default();
+    Json(list).into_response()
 }
 
 #[derive(Deserialize)]

@@ -5,9 +5,13 @@
 //! and signed webhooks for pushes. It binds to loopback only. State lives in memory, except
 //! the repositories, which are bare git repositories under the root directory.
 //!
-//! Not yet: GitHub App installation tokens.
+//! GitHub Apps: [`App`]s registered with [`ForgeSim::add_app`] mint installation tokens at
+//! `POST /app/installations/{id}/access_tokens` for a JWT signed with the app's RSA key
+//! (RS256, verified), and those tokens expire. [`ForgeSim::checks_need_app`] makes check runs
+//! writable by installation tokens only, as on github.com.
 
 mod api;
+mod apps;
 mod git_http;
 mod hooks;
 mod pulls;
@@ -36,6 +40,10 @@ pub struct Token {
     pub checks: bool,
     /// Manage webhooks.
     pub admin: bool,
+    /// When it stops working (installation tokens); `None`: never.
+    pub expires_at: Option<std::time::SystemTime>,
+    /// Minted for a GitHub App installation (not a personal token).
+    pub installation: bool,
 }
 
 impl Token {
@@ -47,6 +55,8 @@ impl Token {
             push: true,
             checks: true,
             admin: true,
+            expires_at: None,
+            installation: false,
         }
     }
 
@@ -58,8 +68,43 @@ impl Token {
             push: false,
             checks: false,
             admin: false,
+            expires_at: None,
+            installation: false,
         }
     }
+}
+
+/// A GitHub App installed on every repository of the forge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    /// The app id (the JWT's `iss`).
+    pub id: u64,
+    /// Its public key (PEM, PKCS#1 or SPKI), which verifies the JWT.
+    pub public_key_pem: String,
+    /// The one installation's id.
+    pub installation_id: u64,
+    /// What its installation tokens may do (`value` is ignored).
+    pub grants: Token,
+    /// How long an installation token lives (GitHub: one hour).
+    pub token_ttl: std::time::Duration,
+}
+
+/// A commit status (the older, simpler cousin of check runs).
+#[derive(Debug, Clone, Serialize)]
+pub struct CommitStatus {
+    /// Id.
+    pub id: u64,
+    /// The commit.
+    #[serde(skip)]
+    pub sha: String,
+    /// `error`, `failure`, `pending` or `success`.
+    pub state: String,
+    /// Its name in the UI.
+    pub context: String,
+    /// One line (GitHub keeps at most 140 characters).
+    pub description: Option<String>,
+    /// Link to the details.
+    pub target_url: Option<String>,
 }
 
 /// A webhook registered on a repository.
@@ -116,6 +161,7 @@ pub(crate) struct Repo {
     pub hooks: Vec<Hook>,
     pub check_runs: Vec<CheckRun>,
     pub pulls: Vec<pulls::Pull>,
+    pub statuses: Vec<CommitStatus>,
 }
 
 /// Deterministic failures for API calls (git traffic is never faulted).
@@ -134,6 +180,9 @@ pub(crate) struct State {
     pub faulted: u64,
     pub base_url: String,
     pub tokens: Vec<Token>,
+    pub apps: Vec<App>,
+    pub minted: u64,
+    pub checks_need_app: bool,
     pub repos: BTreeMap<String, Repo>,
     pub next_id: u64,
     pub deliveries: Vec<Delivery>,
@@ -145,8 +194,13 @@ impl State {
         self.next_id
     }
 
+    /// The token with this value, unless it expired.
     pub fn token(&self, value: &str) -> Option<Token> {
-        self.tokens.iter().find(|t| t.value == value).cloned()
+        let now = std::time::SystemTime::now();
+        self.tokens
+            .iter()
+            .find(|t| t.value == value && t.expires_at.is_none_or(|e| e > now))
+            .cloned()
     }
 }
 
@@ -179,6 +233,9 @@ impl ForgeSim {
             faulted: 0,
             base_url: format!("http://{addr}"),
             tokens,
+            apps: Vec::new(),
+            minted: 0,
+            checks_need_app: false,
             repos: BTreeMap::new(),
             next_id: 1000,
             deliveries: Vec::new(),
@@ -233,6 +290,36 @@ impl ForgeSim {
         (st.api_calls, st.faulted)
     }
 
+    /// Register a GitHub App installed on every repository.
+    pub fn add_app(&self, app: App) {
+        lock(&self.state).apps.push(app);
+    }
+
+    /// Installation tokens minted so far.
+    pub fn minted_tokens(&self) -> u64 {
+        lock(&self.state).minted
+    }
+
+    /// As on github.com: only GitHub App installation tokens may write check runs.
+    pub fn checks_need_app(&self, yes: bool) {
+        lock(&self.state).checks_need_app = yes;
+    }
+
+    /// The commit statuses of `sha` on `owner/name`, oldest first.
+    pub fn statuses(&self, owner: &str, name: &str, sha: &str) -> Vec<CommitStatus> {
+        lock(&self.state)
+            .repos
+            .get(&format!("{owner}/{name}"))
+            .map(|r| {
+                r.statuses
+                    .iter()
+                    .filter(|s| s.sha == sha)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Every webhook delivery so far.
     pub fn deliveries(&self) -> Vec<Delivery> {
         lock(&self.state).deliveries.clone()
@@ -281,7 +368,40 @@ pub(crate) fn create_repo(state: &Shared, owner: &str, name: &str) -> anyhow::Re
             hooks: Vec::new(),
             check_runs: Vec::new(),
             pulls: Vec::new(),
+            statuses: Vec::new(),
         },
     );
     Ok(path)
+}
+
+/// A fresh RSA key pair for a GitHub App, made with the `openssl` command: the private key
+/// (PKCS#1 PEM, as GitHub hands it out) is written to `dir/app-key.pem`; the public key
+/// (PEM) is returned for [`App::public_key_pem`].
+pub fn app_keypair(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let key = dir.join("app-key.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .context("failed to run openssl (Debian package `openssl`)")?;
+    if !made.status.success() {
+        bail!(
+            "openssl genrsa failed: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    let public = std::process::Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&key)
+        .output()
+        .context("failed to run openssl")?;
+    if !public.status.success() {
+        bail!(
+            "openssl rsa failed: {}",
+            String::from_utf8_lossy(&public.stderr)
+        );
+    }
+    Ok((key, String::from_utf8(public.stdout)?))
 }

@@ -608,3 +608,258 @@ async fn a_pull_request_opens_synchronizes_and_merges_with_webhooks() {
     .unwrap();
     assert_eq!(again.status(), 405);
 }
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A JWT as a GitHub App makes it: RS256, `iss` the app id (a number).
+fn app_jwt(key_pem: &[u8], iss: u64, iat: u64, exp: u64) -> String {
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(key_pem).unwrap();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &json!({"iss": iss, "iat": iat, "exp": exp}),
+        &key,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installation_tokens_need_the_apps_signature_and_expire() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = forge(tmp.path()).await;
+    ok(push(&sim, tmp.path(), TOKEN, &[("README.md", "hello\n")]));
+    let (key_file, public) = forge_sim::app_keypair(&tmp.path().join("app")).unwrap();
+    let (other_key, _) = forge_sim::app_keypair(&tmp.path().join("other")).unwrap();
+    let key = std::fs::read(&key_file).unwrap();
+    assert!(
+        String::from_utf8_lossy(&key).starts_with("-----BEGIN RSA PRIVATE KEY-----"),
+        "GitHub hands out PKCS#1 keys"
+    );
+    sim.add_app(forge_sim::App {
+        id: 42,
+        public_key_pem: public.clone(),
+        installation_id: 7,
+        grants: Token {
+            admin: false,
+            ..Token::full("")
+        },
+        token_ttl: std::time::Duration::from_secs(2),
+    });
+    let mint = |jwt: String, installation: u64| {
+        api(
+            &sim,
+            None,
+            reqwest::Method::POST,
+            &format!("/app/installations/{installation}/access_tokens"),
+        )
+        .header("authorization", format!("Bearer {jwt}"))
+        .send()
+    };
+    let now = unix_now();
+
+    // Refused: another key, the wrong app, expired, too long-lived, wrong installation, no JWT,
+    // and the classic algorithm confusion (HS256 keyed with the public key).
+    let other = std::fs::read(&other_key).unwrap();
+    let cases = [
+        (
+            app_jwt(&other, 42, now - 60, now + 540),
+            7,
+            401,
+            "could not be decoded",
+        ),
+        (
+            app_jwt(&key, 43, now - 60, now + 540),
+            7,
+            401,
+            "'Issuer' claim",
+        ),
+        (
+            app_jwt(&key, 42, now - 700, now - 100),
+            7,
+            401,
+            "must be a numeric value representing the future",
+        ),
+        (
+            app_jwt(&key, 42, now, now + 3600),
+            7,
+            401,
+            "too far in the future",
+        ),
+        (app_jwt(&key, 42, now - 60, now + 540), 8, 404, "Not Found"),
+        ("not.a.jwt".to_string(), 7, 401, "could not be decoded"),
+        (
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &json!({"iss": 42, "iat": now - 60, "exp": now + 540}),
+                &jsonwebtoken::EncodingKey::from_secret(public.as_bytes()),
+            )
+            .unwrap(),
+            7,
+            401,
+            "could not be decoded",
+        ),
+    ];
+    for (jwt, installation, status, message) in cases {
+        let r = mint(jwt, installation).await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{message}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains(message),
+            "{body}"
+        );
+    }
+    assert_eq!(sim.minted_tokens(), 0);
+
+    // Accepted: a token with the app's permissions, good for the API and for git.
+    let r = mint(app_jwt(&key, 42, now - 60, now + 540), 7)
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let body: Value = r.json().await.unwrap();
+    let token = body["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("ghs_"), "{body}");
+    assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(body["permissions"]["contents"], "write");
+    assert_eq!(body["permissions"]["checks"], "write");
+    assert!(body["permissions"].get("repository_hooks").is_none());
+    assert_eq!(sim.minted_tokens(), 1);
+    let repo = api(&sim, Some(&token), reqwest::Method::GET, "/repos/acme/ops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(repo.status().as_u16(), 200);
+    let hooks = api(
+        &sim,
+        Some(&token),
+        reqwest::Method::GET,
+        "/repos/acme/ops/hooks",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(hooks.status().as_u16(), 403);
+    let body: Value = hooks.json().await.unwrap();
+    assert_eq!(body["message"], "Resource not accessible by integration");
+    ok(git(
+        tmp.path(),
+        &["ls-remote", &sim.git_url("acme", "ops", Some(&token))],
+    ));
+
+    // Expired: the API says "Bad credentials" and git is refused.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let late = api(&sim, Some(&token), reqwest::Method::GET, "/repos/acme/ops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status().as_u16(), 401);
+    let refused = git(
+        tmp.path(),
+        &["ls-remote", &sim.git_url("acme", "ops", Some(&token))],
+    );
+    assert!(!refused.status.success(), "an expired token must not fetch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_runs_can_need_an_app_and_statuses_work_with_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = forge(tmp.path()).await;
+    ok(push(&sim, tmp.path(), TOKEN, &[("README.md", "hello\n")]));
+    let sha = ok(git(
+        tmp.path(),
+        &[
+            "ls-remote",
+            &sim.git_url("acme", "ops", Some(TOKEN)),
+            "refs/heads/main",
+        ],
+    ))
+    .split_whitespace()
+    .next()
+    .unwrap()
+    .to_string();
+
+    sim.checks_need_app(true);
+    let run = json!({"name": "x", "head_sha": sha});
+    let r = api(
+        &sim,
+        Some(TOKEN),
+        reqwest::Method::POST,
+        "/repos/acme/ops/check-runs",
+    )
+    .json(&run)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "a personal token cannot write check runs here"
+    );
+    sim.checks_need_app(false);
+    let r = api(
+        &sim,
+        Some(TOKEN),
+        reqwest::Method::POST,
+        "/repos/acme/ops/check-runs",
+    )
+    .json(&run)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+
+    let post = |token: &'static str, body: Value| {
+        api(
+            &sim,
+            Some(token),
+            reqwest::Method::POST,
+            &format!("/repos/acme/ops/statuses/{sha}"),
+        )
+        .json(&body)
+        .send()
+    };
+    let first = post(
+        TOKEN,
+        json!({"state": "pending", "context": "codex-runner/a", "description": "queued"}),
+    );
+    assert_eq!(first.await.unwrap().status().as_u16(), 201);
+    let second = post(
+        TOKEN,
+        json!({"state": "success", "context": "codex-runner/a", "target_url": "http://x/log"}),
+    );
+    assert_eq!(second.await.unwrap().status().as_u16(), 201);
+    let bad_state = post(TOKEN, json!({"state": "done", "context": "c"}));
+    assert_eq!(bad_state.await.unwrap().status().as_u16(), 422);
+    let long = post(
+        TOKEN,
+        json!({"state": "success", "description": "x".repeat(141)}),
+    );
+    assert_eq!(long.await.unwrap().status().as_u16(), 422);
+    let reader = post(READER, json!({"state": "success", "context": "c"}));
+    assert_eq!(reader.await.unwrap().status().as_u16(), 403);
+    let list: Value = api(
+        &sim,
+        Some(READER),
+        reqwest::Method::GET,
+        "/repos/acme/ops/commits/main/statuses",
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let states: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["success", "pending"], "newest first");
+    assert_eq!(list[0]["target_url"], "http://x/log");
+    let kept = sim.statuses("acme", "ops", &sha);
+    assert_eq!(kept.len(), 2);
+}
