@@ -9,6 +9,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::contract::units::{parse_duration, parse_size};
+use crate::forge::{Credentials, Report};
 
 /// Ceilings a handler entry may not exceed on this host, and run-wide settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,7 +114,7 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[forge]`: where check runs go.
+/// `[forge]`: where check runs go, and the credentials (a token file, or a GitHub App).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForgeConfig {
@@ -121,8 +122,73 @@ pub struct ForgeConfig {
     pub api_url: String,
     /// `OWNER/NAME` on the forge.
     pub repository: String,
-    /// File holding the token.
-    pub token_file: PathBuf,
+    /// File holding a personal or fine-grained token.
+    pub token_file: Option<PathBuf>,
+    /// GitHub App id (with `app_key_file` and `installation_id`, instead of `token_file`).
+    pub app_id: Option<u64>,
+    /// The App's private key (PEM).
+    pub app_key_file: Option<PathBuf>,
+    /// The App's installation id on the repository's owner.
+    pub installation_id: Option<u64>,
+    /// `check-runs` (default) or `statuses`.
+    #[serde(default)]
+    pub report: Report,
+}
+
+impl ForgeConfig {
+    /// Token settings, or App settings, complete and not both.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let app = [
+            self.app_id.is_some(),
+            self.app_key_file.is_some(),
+            self.installation_id.is_some(),
+        ];
+        match (&self.token_file, app) {
+            (Some(_), [false, false, false]) | (None, [true, true, true]) => Ok(()),
+            (Some(_), _) => anyhow::bail!(
+                "forge: give token_file or the GitHub App (app_id, app_key_file, installation_id), not both"
+            ),
+            (None, [false, false, false]) => anyhow::bail!(
+                "forge: credentials missing: token_file, or app_id, app_key_file and installation_id"
+            ),
+            (None, _) => anyhow::bail!(
+                "forge: a GitHub App needs all of app_id, app_key_file and installation_id"
+            ),
+        }
+    }
+
+    /// Read the credentials these settings name.
+    pub fn credentials(&self) -> anyhow::Result<Credentials> {
+        self.check()?;
+        if let Some(file) = &self.token_file {
+            let token = std::fs::read_to_string(file).with_context(|| {
+                format!("failed to read the forge token from {}", file.display())
+            })?;
+            let token = token.trim();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "the forge token file {} is empty",
+                file.display()
+            );
+            return Ok(Credentials::Token(token.to_string()));
+        }
+        let (Some(app_id), Some(key_file), Some(installation_id)) =
+            (self.app_id, &self.app_key_file, self.installation_id)
+        else {
+            anyhow::bail!("forge: incomplete GitHub App settings");
+        };
+        let key_pem = std::fs::read(key_file).with_context(|| {
+            format!(
+                "failed to read the GitHub App key from {}",
+                key_file.display()
+            )
+        })?;
+        Ok(Credentials::App {
+            app_id,
+            key_pem,
+            installation_id,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -229,6 +295,9 @@ impl HostConfig {
                 })
                 .context("server.poll_interval")?,
         };
+        if let Some(forge) = &f.forge {
+            forge.check()?;
+        }
         Ok(HostConfig {
             repository: f.repository,
             server,

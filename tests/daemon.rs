@@ -3,28 +3,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{docker, Repo};
+use common::{docker, health, wait_until, Daemon, Repo};
 use forge_sim::{sign, ForgeSim, Token};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "ghp_runner";
 const SECRET: &str = "webhook-secret-for-tests";
-
-struct Daemon {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start_daemon(repo: &Repo, sim: &ForgeSim) -> Daemon {
     let dir = repo.tmp.path();
@@ -41,19 +27,7 @@ fn start_daemon(repo: &Repo, sim: &ForgeSim) -> Daemon {
     );
     let path = dir.join("runner.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_codex-runner"))
-        .args(["run", "--config", path.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let url = first.trim().rsplit(' ').next().unwrap().to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
-    Daemon { child, url }
+    common::spawn_daemon(&path)
 }
 
 /// Point a webhook of acme/ops at the daemon; the answer's status.
@@ -69,23 +43,6 @@ async fn hook_daemon(sim: &ForgeSim, daemon: &Daemon) -> u16 {
         .unwrap()
         .status()
         .as_u16()
-}
-
-async fn health(d: &Daemon) -> Value {
-    reqwest::get(format!("{}/healthz", d.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn wait_until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !ok().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn forge_and_repo(runner: &str) -> (ForgeSim, Repo) {

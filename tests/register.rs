@@ -4,7 +4,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::Repo;
+use common::{health, Repo};
 use forge_sim::{ForgeSim, Token};
 use serde_json::Value;
 
@@ -122,4 +122,288 @@ async fn register_twice_leaves_one_hook_and_unregister_removes_it() {
     );
     assert!(hooks(&sim).is_empty());
     assert!(!config.exists() && !dir.join("etc/webhook-secret").exists());
+}
+
+/// A forge that behaves like github.com about check runs (an App's installation token is the
+/// only way to write them), with acme/ops holding `repo`'s main.
+async fn github_like(repo: &mut Repo) -> ForgeSim {
+    let sim = ForgeSim::start(
+        &repo.tmp.path().join("forge"),
+        0,
+        vec![Token::full(TOKEN), Token::read_only(READER)],
+    )
+    .await
+    .unwrap();
+    sim.checks_need_app(true);
+    sim.create_repo("acme", "ops").unwrap();
+    repo.git(&[
+        "remote",
+        "set-url",
+        "origin",
+        &sim.git_url("acme", "ops", Some(TOKEN)),
+    ]);
+    repo.git(&["push", "-q", "origin", "main"]);
+    repo.origin = sim.repo_path("acme", "ops");
+    sim
+}
+
+/// `codex-runner register` for acme/ops with `credentials` and `extra`; (exit code, stdout, stderr).
+fn register_with(sim: &ForgeSim, config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let web = format!("{}/acme/ops", sim.url());
+    let git = sim.git_url("acme", "ops", None);
+    let mut all = vec![
+        "register",
+        "--url",
+        &web,
+        "--api-url",
+        &web[..web.len() - "/acme/ops".len()],
+        "--git-url",
+        &git,
+        "--name",
+        "app-1",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let out = tokio::task::block_in_place(|| common::codex(&all));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_app_registers_runs_and_refreshes_its_installation_token() {
+    common::docker();
+    let mut repo = Repo::new("t-app");
+    let sim = github_like(&mut repo).await;
+    let dir = repo.tmp.path().to_path_buf();
+    let (key, public) = forge_sim::app_keypair(&dir.join("app")).unwrap();
+    // Installation tokens live 3 s here (an hour on GitHub): a daemon that did not refresh
+    // them would fail its second pass.
+    let app = |id: u64, admin: bool| forge_sim::App {
+        id,
+        public_key_pem: public.clone(),
+        installation_id: 7,
+        grants: Token {
+            admin,
+            ..Token::full("")
+        },
+        token_ttl: std::time::Duration::from_secs(3),
+    };
+    sim.add_app(app(41, false));
+    sim.add_app(app(42, true));
+    let config = dir.join("etc/runner.toml");
+    let port = free_port();
+    let webhook = format!("http://127.0.0.1:{port}/webhook");
+    let listen = format!("127.0.0.1:{port}");
+    let as_app = |id: &'static str| {
+        vec![
+            "--app-id",
+            id,
+            "--app-key",
+            key.to_str().unwrap(),
+            "--installation-id",
+            "7",
+        ]
+    };
+
+    // An app without repository_hooks: write cannot create the webhook; the message says so.
+    let mut args = as_app("41");
+    args.extend(["--webhook-url", &webhook, "--listen", &listen]);
+    let (code, _, stderr) = register_with(&sim, &config, &args);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("repository_hooks: write"), "{stderr}");
+    assert!(!config.exists());
+    // A key that is not the app's: refused, named.
+    std::fs::write(dir.join("bad.pem"), "not a key").unwrap();
+    let (code, _, stderr) = register_with(
+        &sim,
+        &config,
+        &[
+            "--app-id",
+            "42",
+            "--app-key",
+            dir.join("bad.pem").to_str().unwrap(),
+            "--installation-id",
+            "7",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("GitHub App key"), "{stderr}");
+
+    let mut args = as_app("42");
+    args.extend([
+        "--webhook-url",
+        &webhook,
+        "--listen",
+        &listen,
+        "--state-dir",
+        repo.state.to_str().unwrap(),
+    ]);
+    let (code, stdout, stderr) = register_with(&sim, &config, &args);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("results as check-runs"), "{stdout}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("app_id = 42")
+            && text.contains("installation_id = 7")
+            && !text.contains("token_file"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "the config names the key file only: {text}"
+    );
+
+    let daemon = common::spawn_daemon(&config);
+    common::wait_until("the start-up pass", async || {
+        common::health(&daemon).await["passes"].as_u64() >= Some(1)
+    })
+    .await;
+    let mut merges = Vec::new();
+    for (i, id) in ["first", "second"].into_iter().enumerate() {
+        if i > 0 {
+            // Every token minted so far has expired.
+            tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+        }
+        let request = format!("kind: echo\nparams: {{message: {id}}}\n");
+        let merge = tokio::task::block_in_place(|| {
+            repo.merge_pr(&[(&format!("requests/{id}.yaml"), request.as_bytes())])
+        });
+        common::wait_until("the completed check run", async || {
+            let list = common::forge_get(
+                &sim.url(),
+                TOKEN,
+                &format!("/repos/acme/ops/commits/{merge}/check-runs"),
+            );
+            list["check_runs"][0]["conclusion"] == "success"
+        })
+        .await;
+        assert_eq!(repo.status(id)["state"], "succeeded");
+        merges.push(merge);
+    }
+    let runs = common::forge_get(
+        &sim.url(),
+        TOKEN,
+        &format!("/repos/acme/ops/commits/{}/check-runs", merges[1]),
+    );
+    assert_eq!(runs["total_count"], 1, "one run per request: {runs}");
+    assert!(
+        sim.minted_tokens() >= 3,
+        "tokens were minted again after expiring: {}",
+        sim.minted_tokens()
+    );
+    let h = health(&daemon).await;
+    assert_eq!(h["failed_passes"], 0, "{h}");
+    drop(daemon);
+    repo.assert_no_containers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_cannot_write_check_runs_reports_commit_statuses() {
+    common::docker();
+    let mut repo = Repo::new("t-statuses");
+    let sim = github_like(&mut repo).await;
+    let dir = repo.tmp.path().to_path_buf();
+    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let config = dir.join("etc/runner.toml");
+    let token_file = dir.join("token");
+    let token = ["--token-file", token_file.to_str().unwrap()];
+
+    let mut args = token.to_vec();
+    args.extend(["--report", "check-runs"]);
+    let (code, _, stderr) = register_with(&sim, &config, &args);
+    assert_eq!(code, 1, "check runs were demanded and cannot be written");
+    assert!(
+        stderr.contains("write checks") && stderr.contains("GitHub App"),
+        "{stderr}"
+    );
+
+    let mut args = token.to_vec();
+    args.extend(["--state-dir", repo.state.to_str().unwrap()]);
+    let (code, stdout, stderr) = register_with(&sim, &config, &args);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("results as statuses"), "{stdout}");
+    assert!(std::fs::read_to_string(&config)
+        .unwrap()
+        .contains("report = \"statuses\""));
+
+    let merge = tokio::task::block_in_place(|| {
+        repo.merge_pr(&[
+            (
+                "requests/hello.yaml",
+                b"kind: echo\nparams: {message: hi}\n",
+            ),
+            (
+                "requests/broken.yaml",
+                b"kind: echo\nparams: {message: hi, volume: 11}\n",
+            ),
+        ])
+    });
+    let url = sim.git_url("acme", "ops", None);
+    let pass = tokio::task::block_in_place(|| {
+        repo.dispatch_url(&url, &["--config", config.to_str().unwrap()])
+    })
+    .ok();
+    assert_eq!(
+        pass.states().get("hello").map(String::as_str),
+        Some("succeeded")
+    );
+    let statuses = sim.statuses("acme", "ops", &merge);
+    let newest = |context: &str| {
+        statuses
+            .iter()
+            .rev()
+            .find(|s| s.context == context)
+            .unwrap_or_else(|| panic!("no status {context}: {statuses:?}"))
+            .clone()
+    };
+    let hello = newest("codex-runner/hello");
+    assert_eq!(hello.state, "success");
+    assert!(
+        hello
+            .target_url
+            .as_deref()
+            .unwrap()
+            .ends_with("/logs/hello.jsonl"),
+        "{hello:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .any(|s| s.context == "codex-runner/hello" && s.state == "pending"),
+        "pending first: {statuses:?}"
+    );
+    let broken = newest("codex-runner/broken");
+    assert_eq!(
+        broken.state, "error",
+        "a rejected request needs someone: {broken:?}"
+    );
+    assert!(
+        broken
+            .description
+            .as_deref()
+            .unwrap()
+            .contains("requests/broken.yaml:"),
+        "the description points at the line: {broken:?}"
+    );
+    assert!(
+        common::forge_get(
+            &sim.url(),
+            TOKEN,
+            &format!("/repos/acme/ops/commits/{merge}/check-runs")
+        )["total_count"]
+            == 0,
+        "no check run was written"
+    );
 }

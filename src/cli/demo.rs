@@ -132,7 +132,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         limits: HostLimits::default(),
         push_attempts: 5,
         forge: None,
-        git_token: None,
+        git_auth: None,
         labels: Vec::new(),
     };
     step("codex-runner dispatch --once: fetch main, plan, run in Docker, push".into());

@@ -4,11 +4,9 @@ use std::path::PathBuf;
 
 use tracing::Instrument;
 
-use anyhow::Context;
-
 use crate::config::{ForgeConfig, HostConfig};
 use crate::engine::{dispatch_once, DispatchOptions, ForgeTarget, PassReport};
-use crate::forge::{ForgeRepo, GitHub};
+use crate::forge::{ForgeRepo, GitHub, Report};
 use crate::git::Identity;
 
 /// Arguments of `dispatch`.
@@ -51,8 +49,9 @@ pub struct DispatchArgs {
     /// and keeps the results for the next pass.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub push_attempts: u16,
-    /// Forge API base URL for check runs (e.g. https://api.github.com); needs --forge-repo.
-    #[arg(long, requires_all = ["forge_repo", "forge_token_file"])]
+    /// Forge API base URL for check runs (e.g. https://api.github.com); needs --forge-repo
+    /// and credentials: --forge-token-file, or the --forge-app-* flags.
+    #[arg(long, requires = "forge_repo")]
     pub forge_api: Option<String>,
     /// The repository on the forge, as OWNER/NAME.
     #[arg(long, requires = "forge_api")]
@@ -60,6 +59,18 @@ pub struct DispatchArgs {
     /// File holding the forge token (never passed on the command line, never logged).
     #[arg(long, requires = "forge_api")]
     pub forge_token_file: Option<PathBuf>,
+    /// GitHub App id (instead of a token; with --forge-app-key and --forge-installation-id).
+    #[arg(long, requires = "forge_api")]
+    pub forge_app_id: Option<u64>,
+    /// The GitHub App's private key (PEM file).
+    #[arg(long, requires = "forge_api")]
+    pub forge_app_key: Option<PathBuf>,
+    /// The GitHub App's installation id.
+    #[arg(long, requires = "forge_api")]
+    pub forge_installation_id: Option<u64>,
+    /// How results show on the forge: check-runs or statuses.
+    #[arg(long, requires = "forge_api", value_parser = parse_report)]
+    pub forge_report: Option<Report>,
     /// Attempts per forge call before an update waits for the next pass.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=20))]
     pub forge_attempts: u16,
@@ -94,12 +105,20 @@ pub fn options(a: &DispatchArgs) -> anyhow::Result<DispatchOptions> {
         Some(p) => HostConfig::load(p)?,
         None => HostConfig::default(),
     };
-    let flags_forge = match (&a.forge_api, &a.forge_repo, &a.forge_token_file) {
-        (Some(api), Some(repo), Some(file)) => Some(ForgeConfig {
-            api_url: api.clone(),
-            repository: repo.clone(),
-            token_file: file.clone(),
-        }),
+    let flags_forge = match (&a.forge_api, &a.forge_repo) {
+        (Some(api), Some(repo)) => {
+            let f = ForgeConfig {
+                api_url: api.clone(),
+                repository: repo.clone(),
+                token_file: a.forge_token_file.clone(),
+                app_id: a.forge_app_id,
+                app_key_file: a.forge_app_key.clone(),
+                installation_id: a.forge_installation_id,
+                report: a.forge_report.unwrap_or_default(),
+            };
+            f.check()?;
+            Some(f)
+        }
         _ => None,
     };
     let overrides = Overrides {
@@ -177,10 +196,11 @@ pub fn from_host(
             .filter(|l| !host.labels.contains(l))
             .cloned(),
     );
-    let (forge, git_token) = match o.forge.or(host.forge) {
+    let (forge, git_auth) = match o.forge.or(host.forge) {
         Some(f) => {
-            let (target, token) = forge_target(&f, o.forge_attempts)?;
-            (Some(target), Some(token))
+            let target = forge_target(&f, o.forge_attempts)?;
+            let auth = target.client.clone();
+            (Some(target), Some(auth))
         }
         None => (None, None),
     };
@@ -210,30 +230,28 @@ pub fn from_host(
         limits: host.limits,
         push_attempts: o.push_attempts,
         forge,
-        git_token,
+        git_auth,
         labels,
     })
 }
 
-/// The forge to report check runs to, and its token (which git over http(s) uses too).
-fn forge_target(f: &ForgeConfig, attempts: usize) -> anyhow::Result<(ForgeTarget, String)> {
+/// `check-runs` or `statuses`.
+fn parse_report(s: &str) -> Result<Report, String> {
+    match s {
+        "check-runs" => Ok(Report::CheckRuns),
+        "statuses" => Ok(Report::Statuses),
+        other => Err(format!("`{other}` is not check-runs or statuses")),
+    }
+}
+
+/// The forge to report results to; its client's credentials serve git over http(s) too.
+pub(crate) fn forge_target(f: &ForgeConfig, attempts: usize) -> anyhow::Result<ForgeTarget> {
     let (owner, name) = f
         .repository
         .split_once('/')
         .filter(|(o, n)| !o.is_empty() && !n.is_empty() && !n.contains('/'))
         .ok_or_else(|| anyhow::anyhow!("forge repository `{}` is not OWNER/NAME", f.repository))?;
-    let token = std::fs::read_to_string(&f.token_file).with_context(|| {
-        format!(
-            "failed to read the forge token from {}",
-            f.token_file.display()
-        )
-    })?;
-    let token = token.trim();
-    anyhow::ensure!(
-        !token.is_empty(),
-        "the forge token file {} is empty",
-        f.token_file.display()
-    );
+    let credentials = f.credentials()?;
     let api = f.api_url.trim_end_matches('/').to_string();
     let web = if api == "https://api.github.com" {
         "https://github.com".to_string()
@@ -245,13 +263,13 @@ fn forge_target(f: &ForgeConfig, attempts: usize) -> anyhow::Result<(ForgeTarget
         owner: owner.into(),
         name: name.into(),
     };
-    let client = GitHub::with_token(repo, token)?
+    let client = GitHub::new(repo, &credentials)?
         .with_retries(attempts, std::time::Duration::from_millis(500));
-    let target = ForgeTarget {
+    Ok(ForgeTarget {
         client,
         html_url: format!("{web}/{owner}/{name}"),
-    };
-    Ok((target, token.to_string()))
+        report: f.report,
+    })
 }
 
 /// Run `dispatch`.

@@ -2,16 +2,19 @@
 //!
 //! register checks what the credentials may do (naming each missing permission), points a
 //! webhook at the runner (updating the one already at that URL), and writes the host config
-//! (mode 0600) that `codex-runner run` reads. The token stays in its own file; the config
-//! only names it.
+//! (mode 0600) that `codex-runner run` reads. The token (or the GitHub App's key) stays in its
+//! own file; the config only names it.
+//!
+//! Results show as check runs where the credentials can write them, and as commit statuses
+//! where they cannot (a plain token on github.com): `--report auto` finds out by trying.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use crate::config::HostConfig;
-use crate::forge::{CheckState, CheckUpdate, Conclusion, ForgeRepo, GitHub};
+use crate::config::{ForgeConfig, HostConfig};
+use crate::forge::{CheckState, CheckUpdate, Conclusion, ForgeRepo, GitHub, Report};
 
 /// Arguments of `register`.
 #[derive(Debug, clap::Args)]
@@ -26,8 +29,21 @@ pub struct RegisterArgs {
     #[arg(long)]
     pub git_url: Option<String>,
     /// File holding a personal or fine-grained token.
-    #[arg(long)]
-    pub token_file: PathBuf,
+    #[arg(long, required_unless_present = "app_id", conflicts_with = "app_id")]
+    pub token_file: Option<PathBuf>,
+    /// GitHub App id, to run as the App's installation instead of with a token.
+    #[arg(long, requires_all = ["app_key", "installation_id"])]
+    pub app_id: Option<u64>,
+    /// The GitHub App's private key (PEM file, as GitHub hands it out).
+    #[arg(long, requires = "app_id")]
+    pub app_key: Option<PathBuf>,
+    /// The App's installation id on the repository's owner.
+    #[arg(long, requires = "app_id")]
+    pub installation_id: Option<u64>,
+    /// How results show: check-runs, statuses, or auto (check runs when they can be written,
+    /// commit statuses otherwise).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "check-runs", "statuses"])]
+    pub report: String,
     /// This runner's name.
     #[arg(long)]
     pub name: String,
@@ -120,69 +136,69 @@ pub async fn register(a: RegisterArgs) -> i32 {
 pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<()> {
     let (api, git_url, owner, name) =
         parse_repo_url(&a.url, a.api_url.as_deref(), a.git_url.as_deref())?;
-    let token_file =
-        std::path::absolute(&a.token_file).context("failed to resolve the token file path")?;
-    let token = std::fs::read_to_string(&token_file)
-        .with_context(|| format!("failed to read {}", token_file.display()))?;
-    let forge = GitHub::with_token(
+    let absolute = |p: &Option<PathBuf>| -> anyhow::Result<Option<PathBuf>> {
+        p.as_ref()
+            .map(|p| std::path::absolute(p).context("failed to resolve a credentials path"))
+            .transpose()
+    };
+    let mut forge_cfg = ForgeConfig {
+        api_url: api.clone(),
+        repository: format!("{owner}/{name}"),
+        token_file: absolute(&a.token_file)?,
+        app_id: a.app_id,
+        app_key_file: absolute(&a.app_key)?,
+        installation_id: a.installation_id,
+        report: Report::CheckRuns,
+    };
+    let whose = match (&forge_cfg.token_file, forge_cfg.app_id) {
+        (Some(f), _) => format!("the token in {}", f.display()),
+        (None, Some(id)) => format!("GitHub App {id}"),
+        (None, None) => "the credentials".into(),
+    };
+    let forge = GitHub::new(
         ForgeRepo {
             api_url: api.clone(),
             owner: owner.clone(),
             name: name.clone(),
         },
-        token.trim(),
+        &forge_cfg.credentials()?,
     )?;
 
-    let (pull, push, admin) = forge
+    let perms = forge
         .permissions()
         .await
-        .context("failed to read the repository with these credentials")?;
+        .with_context(|| format!("{whose} cannot read the repository"))?;
     let mut missing = Vec::new();
-    if !pull {
+    if !perms.read {
         missing.push("read the repository (contents: read)");
     }
-    if !push {
+    if !perms.push {
         missing.push("push to main (contents: write)");
     }
-    if a.webhook_url.is_some() && !admin {
-        missing.push("manage webhooks (administration: write, or drop --webhook-url and poll)");
+    if a.webhook_url.is_some() && !perms.hooks {
+        missing.push(if forge.is_app() {
+            "manage webhooks (repository_hooks: write, or drop --webhook-url and poll)"
+        } else {
+            "manage webhooks (administration: write, or drop --webhook-url and poll)"
+        });
     }
     if missing.is_empty() {
-        // Writing checks can only be proven by writing one: a neutral run on the tip of main.
+        // Writing results can only be proven by writing one, on the tip of main.
+        let token = forge.git_token().await?;
         let tip = tokio::task::spawn_blocking({
-            let (g, t) = (git_url.clone(), token.trim().to_string());
-            move || crate::git::remote_tip(&g, "main", Some(&t))
+            let g = git_url.clone();
+            move || crate::git::remote_tip(&g, "main", Some(&token))
         })
         .await??;
         if let Some(sha) = tip {
-            let probe = CheckUpdate {
-                name: "codex-runner/register".into(),
-                head_sha: sha.to_string(),
-                external_id: format!("register-{}", a.name),
-                state: CheckState::Completed(Conclusion::Success),
-                started_at: None,
-                title: format!("runner {} registered", a.name),
-                summary: format!(
-                    "Runner `{}` can write check runs on this repository.",
-                    a.name
-                ),
-                text: None,
-                details_url: None,
-                annotations: Vec::new(),
-            };
-            if forge.publish_check(&probe, None).await.is_err() {
-                missing.push(
-                    "write checks (checks: write; on github.com check runs need a GitHub App)",
-                );
+            match probe(&forge, &a, &sha.to_string(), perms.checks).await {
+                Ok(report) => forge_cfg.report = report,
+                Err(what) => missing.push(what),
             }
         }
     }
     if !missing.is_empty() {
-        bail!(
-            "the credentials in {} cannot: {}",
-            token_file.display(),
-            missing.join("; ")
-        );
+        bail!("{whose} cannot: {}", missing.join("; "));
     }
 
     let config = std::path::absolute(&a.config).context("failed to resolve the config path")?;
@@ -219,7 +235,22 @@ pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<()> {
     let mut forge_t = toml::Table::new();
     forge_t.insert("api_url".into(), api.into());
     forge_t.insert("repository".into(), format!("{owner}/{name}").into());
-    forge_t.insert("token_file".into(), token_file.display().to_string().into());
+    if let Some(f) = &forge_cfg.token_file {
+        forge_t.insert("token_file".into(), f.display().to_string().into());
+    }
+    if let (Some(id), Some(key), Some(inst)) = (
+        forge_cfg.app_id,
+        &forge_cfg.app_key_file,
+        forge_cfg.installation_id,
+    ) {
+        forge_t.insert("app_id".into(), toml::Value::Integer(id.try_into()?));
+        forge_t.insert("app_key_file".into(), key.display().to_string().into());
+        forge_t.insert(
+            "installation_id".into(),
+            toml::Value::Integer(inst.try_into()?),
+        );
+    }
+    forge_t.insert("report".into(), forge_cfg.report.as_str().into());
     let mut doc = toml::Table::new();
     doc.insert("runner".into(), runner.into());
     doc.insert("repository".into(), repository.into());
@@ -232,8 +263,9 @@ pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<()> {
     write_private(&config, &text)?;
     HostConfig::load(&config).context("the written config does not load back")?;
     println!(
-        "registered runner {} for {owner}/{name}; config in {} (mode 0600)",
+        "registered runner {} for {owner}/{name}; results as {}; config in {} (mode 0600)",
         a.name,
+        forge_cfg.report.as_str(),
         config.display()
     );
     println!("next: codex-runner run --config {}", config.display());
@@ -242,6 +274,50 @@ pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<()> {
         unit(&config)
     );
     Ok(())
+}
+
+/// Prove the runner can show results, by showing one on `sha`: a check run where `--report`
+/// allows and the credentials can (`can_checks`, when the forge said), else a commit status.
+async fn probe(
+    forge: &GitHub,
+    a: &RegisterArgs,
+    sha: &str,
+    can_checks: Option<bool>,
+) -> Result<Report, &'static str> {
+    let update = CheckUpdate {
+        name: "codex-runner/register".into(),
+        head_sha: sha.to_string(),
+        external_id: format!("register-{}", a.name),
+        state: CheckState::Completed(Conclusion::Success),
+        started_at: None,
+        title: format!("runner {} registered", a.name),
+        summary: format!("Runner `{}` can report on this repository.", a.name),
+        text: None,
+        details_url: None,
+        annotations: Vec::new(),
+    };
+    let checks_error = "write checks (checks: write; on github.com check runs need a GitHub App; or --report statuses)";
+    if a.report != "statuses" && can_checks != Some(false) {
+        match forge.publish_check(&update, None).await {
+            Ok(_) => return Ok(Report::CheckRuns),
+            Err(e) if a.report == "check-runs" => {
+                tracing::warn!(error = %e, "check run refused");
+                return Err(checks_error);
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "check runs cannot be written; trying commit statuses")
+            }
+        }
+    } else if a.report == "check-runs" {
+        return Err(checks_error);
+    }
+    match forge.publish_status(&update).await {
+        Ok(()) => Ok(Report::Statuses),
+        Err(e) => {
+            tracing::warn!(error = %e, "commit status refused");
+            Err("write check runs or commit statuses (checks: write, or statuses: write)")
+        }
+    }
 }
 
 fn unit(config: &Path) -> String {
@@ -260,15 +336,13 @@ pub async fn unregister(a: UnregisterArgs) -> i32 {
                 .repository
                 .split_once('/')
                 .context("forge.repository is not OWNER/NAME")?;
-            let token = std::fs::read_to_string(&f.token_file)
-                .with_context(|| format!("failed to read {}", f.token_file.display()))?;
-            let forge = GitHub::with_token(
+            let forge = GitHub::new(
                 ForgeRepo {
                     api_url: f.api_url.clone(),
                     owner: owner.into(),
                     name: name.into(),
                 },
-                token.trim(),
+                &f.credentials()?,
             )?;
             let n = forge
                 .delete_hooks_to(url)

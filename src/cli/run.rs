@@ -97,7 +97,7 @@ pub(crate) async fn daemon(a: RunArgs) -> anyhow::Result<()> {
     });
     tokio::spawn(poll(
         repo.url.clone(),
-        opts.git_token.clone(),
+        opts.git_auth.clone(),
         health.clone(),
         trigger.clone(),
         server_cfg.poll_interval,
@@ -121,7 +121,9 @@ pub(crate) async fn daemon(a: RunArgs) -> anyhow::Result<()> {
                     *e = None;
                 }
                 if !report.items.is_empty() {
-                    print!("{}", super::dispatch::summary(&report));
+                    // stdout may be gone (a closed pipe): the summary is not worth dying for.
+                    use std::io::Write;
+                    let _ = write!(std::io::stdout(), "{}", super::dispatch::summary(&report));
                 }
             }
             Err(e) => {
@@ -156,7 +158,7 @@ async fn validate_pulls(
             }
         };
         let update = validation_update(&job, &verdict);
-        match forge.client.publish_check(&update, None).await {
+        match forge.publish(&update, None).await {
             Ok(_) => tracing::info!(
                 pull = job.number,
                 problems = verdict.violations.len(),
@@ -172,7 +174,7 @@ async fn validate_pulls(
 /// Ask for a pass whenever the remote's branch moved, checked every `every`.
 async fn poll(
     url: String,
-    token: Option<String>,
+    auth: Option<crate::forge::GitHub>,
     health: Arc<Health>,
     trigger: Arc<Trigger>,
     every: Duration,
@@ -181,7 +183,14 @@ async fn poll(
     loop {
         tokio::time::sleep(every).await;
         let branch = health.branch.lock().map(|b| b.clone()).unwrap_or_default();
-        let (u, t) = (url.clone(), token.clone());
+        let t = match crate::engine::git_token(auth.as_ref()).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "polling the remote failed");
+                continue;
+            }
+        };
+        let u = url.clone();
         match tokio::task::spawn_blocking(move || crate::git::remote_tip(&u, &branch, t.as_deref()))
             .await
         {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::forge::{Annotation, CheckState, CheckUpdate, Conclusion, GitHub};
+use crate::forge::{Annotation, CheckState, CheckUpdate, Conclusion, ForgeError, GitHub, Report};
 use crate::record::{State, Status};
 
 /// Where check runs go.
@@ -22,6 +22,23 @@ pub struct ForgeTarget {
     pub client: GitHub,
     /// The repository's web address (`https://github.com/OWNER/REPO`), for links.
     pub html_url: String,
+    /// Check runs, or commit statuses.
+    pub report: Report,
+}
+
+impl ForgeTarget {
+    /// Show `update` on the forge, as a check run (`known`: its id, when known; the id is
+    /// returned) or as a commit status (no id).
+    pub async fn publish(
+        &self,
+        update: &CheckUpdate,
+        known: Option<u64>,
+    ) -> Result<Option<u64>, ForgeError> {
+        match self.report {
+            Report::CheckRuns => self.client.publish_check(update, known).await.map(Some),
+            Report::Statuses => self.client.publish_status(update).await.map(|()| None),
+        }
+    }
 }
 
 impl std::fmt::Debug for ForgeTarget {
@@ -30,8 +47,11 @@ impl std::fmt::Debug for ForgeTarget {
         let repo = self.client.repo();
         write!(
             f,
-            "ForgeTarget({} {}/{})",
-            repo.api_url, repo.owner, repo.name
+            "ForgeTarget({} {}/{}, {})",
+            repo.api_url,
+            repo.owner,
+            repo.name,
+            self.report.as_str()
         )
     }
 }
@@ -213,10 +233,10 @@ fn save(dir: &Path, p: &Pending) {
 /// Save `p`, send it, and forget it once the forge took it; the run's id when it did.
 async fn send(target: &ForgeTarget, dir: &Path, p: &Pending) -> Option<u64> {
     save(dir, p);
-    match target.client.publish_check(&p.update, p.run_id).await {
+    match target.publish(&p.update, p.run_id).await {
         Ok(id) => {
             let _ = std::fs::remove_file(dir.join(format!("{}.json", p.update.external_id)));
-            Some(id)
+            id
         }
         Err(e) => {
             tracing::warn!(check = %p.update.name, error = %e, "check run not updated; the next pass sends it again");

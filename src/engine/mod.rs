@@ -27,6 +27,7 @@ use crate::contract::request::request_stem;
 use crate::contract::yaml::MAX_FILE_BYTES;
 use crate::contract::{Violation, Violations};
 use crate::exec::DockerExecutor;
+use crate::forge::GitHub;
 use crate::git::{Checkouts, Identity, Mirror, Oid, Published};
 use crate::plan::{self, Action, Done, InboxEntry, WorkItem};
 use crate::record::{read_status, Status};
@@ -57,8 +58,9 @@ pub struct DispatchOptions {
     pub push_attempts: usize,
     /// Where check runs go; none: no check runs (execution does not depend on them).
     pub forge: Option<ForgeTarget>,
-    /// Token for git over http(s) (`x-access-token`), usually the forge token.
-    pub git_token: Option<String>,
+    /// Where git over http(s) gets its token (`x-access-token`): the forge's credentials,
+    /// asked again before every fetch and push so an installation token never goes stale.
+    pub git_auth: Option<GitHub>,
     /// Labels this runner carries; a request's `runs-on` must be among them.
     pub labels: Vec<String>,
 }
@@ -398,6 +400,18 @@ fn survey(
     })
 }
 
+/// A token for git from `auth`, if any; a forge that cannot mint one fails the pass as git.
+pub(crate) async fn git_token(auth: Option<&GitHub>) -> Result<Option<String>, DispatchError> {
+    match auth {
+        Some(forge) => forge
+            .git_token()
+            .await
+            .map(Some)
+            .map_err(|e| DispatchError::Git(anyhow::anyhow!("no token for git: {e}"))),
+        None => Ok(None),
+    }
+}
+
 /// Run one full pass against the remote.
 pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, DispatchError> {
     // Results wait per remote: runners of several repositories may share one state dir.
@@ -409,7 +423,8 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     // One mirror per remote, and checkouts per process: runners of other repositories, or
     // other runner processes, may share the work dir.
     let work = opts.work_dir.join(&key);
-    let mirror = git(Mirror::open(&work, &opts.remote, opts.git_token.as_deref()))?;
+    let token = git_token(opts.git_auth.as_ref()).await?;
+    let mirror = git(Mirror::open(&work, &opts.remote, token.as_deref()))?;
     let (branch, tip, config) = resolve_branch(&mirror, opts)?;
     tracing::info!(branch = %branch, tip = %tip, "planning pass");
     let Survey {
@@ -467,6 +482,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         runner: opts.runner.clone(),
         attempts: opts.push_attempts,
         checks: checks_tx,
+        auth: opts.git_auth.clone(),
     };
     let (tx, rx) = mpsc::unbounded_channel::<Finished>();
     let committer = tokio::spawn(publish::committer(target, rx));

@@ -25,6 +25,8 @@ pub(crate) struct Target {
     pub attempts: usize,
     /// Check-run events, when a forge is configured.
     pub checks: Option<mpsc::UnboundedSender<super::checks::CheckEvent>>,
+    /// Where git's token comes from (handlers may run longer than an installation token lives).
+    pub auth: Option<crate::forge::GitHub>,
 }
 
 /// The repository changes that record `done`.
@@ -141,12 +143,16 @@ async fn publish_batch(target: &Target, batch: &[Finished]) -> anyhow::Result<Pu
         all.extend(changes(&target.config, f)?);
     }
     let msg = message(batch, &target.runner);
+    let token = super::git_token(target.auth.as_ref()).await?;
     let t = target.clone();
     tokio::task::spawn_blocking(move || {
-        let mirror = t
+        let mut mirror = t
             .mirror
             .lock()
             .map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
+        if t.auth.is_some() {
+            mirror.set_token(token);
+        }
         mirror.publish(&t.branch, &all, &msg, &t.identity, t.attempts)
     })
     .await

@@ -39,17 +39,22 @@ pub async fn validate_pull(
     opts: &DispatchOptions,
     job: &PullJob,
 ) -> Result<PullVerdict, DispatchError> {
+    let token = super::git_token(opts.git_auth.as_ref()).await?;
     let opts = opts.clone();
     let job = job.clone();
-    tokio::task::spawn_blocking(move || validate_blocking(&opts, &job))
+    tokio::task::spawn_blocking(move || validate_blocking(&opts, &job, token.as_deref()))
         .await
         .map_err(|e| DispatchError::Other(anyhow::anyhow!("validation task failed: {e}")))?
 }
 
-fn validate_blocking(opts: &DispatchOptions, job: &PullJob) -> Result<PullVerdict, DispatchError> {
+fn validate_blocking(
+    opts: &DispatchOptions,
+    job: &PullJob,
+    token: Option<&str>,
+) -> Result<PullVerdict, DispatchError> {
     // A mirror of its own: validation runs beside passes and must not race their fetches.
     let work = opts.work_dir.join(remote_key(&opts.remote)).join("pulls");
-    let mirror = git(Mirror::open(&work, &opts.remote, opts.git_token.as_deref()))?;
+    let mirror = git(Mirror::open(&work, &opts.remote, token))?;
     let (_, base_tip, config) = resolve_branch(
         &mirror,
         &DispatchOptions {

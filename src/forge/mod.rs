@@ -7,14 +7,20 @@
 //! secondary rate limits and timeouts are retried with back-off, honouring `Retry-After` and
 //! `x-ratelimit-reset`; octocrab's own retry layer is not compiled in, so retries never stack.
 //!
-//! A Gitea/Forgejo forge (commit statuses) is meant to be a second implementation of the same
-//! three calls: `publish_check`, and later `register_hook` and `repository`.
+//! Credentials are a token or a GitHub App ([`Credentials`]): an App's installation token is
+//! minted from the app's RS256-signed JWT and refreshed before it expires, by octocrab for API
+//! calls and by [`GitHub::git_token`] for git, which asks for one with minutes to spare.
+//!
+//! Results show as check runs or, where those cannot be written (a plain token on github.com,
+//! and the seam for Gitea/Forgejo), as commit statuses ([`Report`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
 use http_body_util::BodyExt;
+use octocrab::secrecy::ExposeSecret;
 use octocrab::Octocrab;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -31,6 +37,73 @@ pub struct ForgeRepo {
     pub owner: String,
     /// Repository name.
     pub name: String,
+}
+
+/// How the runner proves who it is.
+#[derive(Clone)]
+pub enum Credentials {
+    /// A personal or fine-grained token.
+    Token(String),
+    /// A GitHub App installation: tokens are minted from the app's private key.
+    App {
+        /// The app id.
+        app_id: u64,
+        /// The app's private key (PEM).
+        key_pem: Vec<u8>,
+        /// The installation on the repository's owner.
+        installation_id: u64,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never the token or the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Token(_) => write!(f, "Credentials::Token(..)"),
+            Credentials::App {
+                app_id,
+                installation_id,
+                ..
+            } => write!(
+                f,
+                "Credentials::App(app {app_id}, installation {installation_id})"
+            ),
+        }
+    }
+}
+
+/// How results show in the forge's UI.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Report {
+    /// Check runs, with annotations and output (needs `checks: write`; on github.com, an App).
+    #[default]
+    CheckRuns,
+    /// Commit statuses: a state, one line and a link per request (any token that can push).
+    Statuses,
+}
+
+impl Report {
+    /// The name used in the host config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Report::CheckRuns => "check-runs",
+            Report::Statuses => "statuses",
+        }
+    }
+}
+
+/// What the credentials may do on the repository.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// Read the repository and fetch.
+    pub read: bool,
+    /// Push.
+    pub push: bool,
+    /// Manage webhooks.
+    pub hooks: bool,
+    /// Write check runs, when the forge says (App installations); `None`: only a try tells.
+    pub checks: Option<bool>,
 }
 
 /// The final conclusion of a check run.
@@ -137,27 +210,106 @@ struct Transient {
 /// A GitHub (github.com or Enterprise Server) repository's API.
 #[derive(Clone)]
 pub struct GitHub {
-    client: Octocrab,
+    // Shared, so every clone uses (and refreshes) one cached installation token.
+    client: Arc<Octocrab>,
+    // The app itself (JWT auth) and its installation, for App credentials.
+    app: Option<(Arc<Octocrab>, u64)>,
+    // The token, for token credentials.
+    token: Option<String>,
     repo: ForgeRepo,
     attempts: usize,
     min_delay: Duration,
 }
 
+impl std::fmt::Debug for GitHub {
+    // The client holds the credentials: show only where it points.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.repo;
+        write!(f, "GitHub({} {}/{})", r.api_url, r.owner, r.name)
+    }
+}
+
 impl GitHub {
     /// A client authenticated with a personal or fine-grained `token`.
     pub fn with_token(repo: ForgeRepo, token: &str) -> anyhow::Result<Self> {
-        let client = Octocrab::builder()
+        Self::new(repo, &Credentials::Token(token.to_string()))
+    }
+
+    /// A client for `repo` with `credentials`.
+    pub fn new(repo: ForgeRepo, credentials: &Credentials) -> anyhow::Result<Self> {
+        let builder = Octocrab::builder()
             .base_uri(repo.api_url.as_str())
-            .context("failed to use the forge API URL")?
-            .personal_token(token.to_string())
-            .build()
-            .context("failed to build the forge client")?;
+            .context("failed to use the forge API URL")?;
+        let (client, app, token) = match credentials {
+            Credentials::Token(t) => (
+                builder
+                    .personal_token(t.clone())
+                    .build()
+                    .context("failed to build the forge client")?,
+                None,
+                Some(t.clone()),
+            ),
+            Credentials::App {
+                app_id,
+                key_pem,
+                installation_id,
+            } => {
+                let key = octocrab::EncodingKey::from_rsa_pem(key_pem)
+                    .context("the GitHub App key is not an RSA private key in PEM form")?;
+                let app = builder
+                    .app(octocrab::models::AppId(*app_id), key)
+                    .build()
+                    .context("failed to build the forge client")?;
+                let installation = app
+                    .installation(octocrab::models::InstallationId(*installation_id))
+                    .context("failed to build the installation client")?;
+                (installation, Some((Arc::new(app), *installation_id)), None)
+            }
+        };
         Ok(GitHub {
-            client,
+            client: Arc::new(client),
+            app,
+            token,
             repo,
             attempts: 6,
             min_delay: Duration::from_millis(500),
         })
+    }
+
+    /// A token for git over http(s): the token itself, or an installation token good for at
+    /// least [`TOKEN_MARGIN`] more (a fresh one is minted when the cached one is older).
+    pub async fn git_token(&self) -> Result<String, ForgeError> {
+        if let Some(t) = &self.token {
+            return Ok(t.clone());
+        }
+        let call = "POST /app/installations/{id}/access_tokens".to_string();
+        let attempt = || async {
+            self.client
+                .installation_token_with_buffer(TOKEN_MARGIN)
+                .await
+                .map(|t| t.expose_secret().to_string())
+        };
+        attempt
+            .retry(self.backoff())
+            .when(retryable)
+            .notify(|e, wait| tracing::warn!(retry_in = ?wait, "minting an installation token failed: {e}"))
+            .await
+            .map_err(|e| match &e {
+                octocrab::Error::GitHub { source, .. } if !retryable(&e) => ForgeError::Refused {
+                    call,
+                    status: source.status_code.as_u16(),
+                    message: source.message.clone(),
+                },
+                _ => ForgeError::Unavailable {
+                    call,
+                    detail: e.to_string(),
+                },
+            })
+    }
+
+    /// Whether the client speaks as a GitHub App installation.
+    pub fn is_app(&self) -> bool {
+        self.app.is_some()
     }
 
     /// Change how hard calls are retried (tests use short delays).
@@ -255,12 +407,75 @@ impl GitHub {
         ))
     }
 
-    /// What the credentials may do on the repository: `(pull, push, admin)`.
-    pub async fn permissions(&self) -> Result<(bool, bool, bool), ForgeError> {
+    /// What the credentials may do on the repository. For a token, the repository's
+    /// `permissions`; for an App, what a freshly minted installation token was granted.
+    pub async fn permissions(&self) -> Result<Permissions, ForgeError> {
         let repo = self.call("GET", &self.base(), None).await?;
+        if let Some((app, installation)) = &self.app {
+            let path = format!("/app/installations/{installation}/access_tokens");
+            let minted = self.call_with(app, "POST", &path, Some(json!({}))).await?;
+            let p = &minted["permissions"];
+            let level = |k: &str| p[k].as_str().unwrap_or_default();
+            return Ok(Permissions {
+                read: !level("contents").is_empty() || !level("metadata").is_empty(),
+                push: level("contents") == "write",
+                hooks: level("repository_hooks") == "write",
+                checks: Some(level("checks") == "write"),
+            });
+        }
         let p = &repo["permissions"];
         let flag = |k: &str| p[k].as_bool().unwrap_or(false);
-        Ok((flag("pull"), flag("push"), flag("admin")))
+        Ok(Permissions {
+            read: flag("pull"),
+            push: flag("push"),
+            hooks: flag("admin"),
+            checks: None,
+        })
+    }
+
+    /// Set the commit status `update.name` on `update.head_sha` to what `update` shows.
+    /// Statuses have no id to update: the newest per name (context) is the one shown.
+    pub async fn publish_status(&self, update: &CheckUpdate) -> Result<(), ForgeError> {
+        let state = match update.state {
+            CheckState::Queued | CheckState::InProgress => "pending",
+            CheckState::Completed(Conclusion::Success) => "success",
+            CheckState::Completed(Conclusion::Failure | Conclusion::TimedOut) => "failure",
+            CheckState::Completed(Conclusion::ActionRequired | Conclusion::Cancelled) => "error",
+        };
+        // GitHub keeps 140 characters of description: the title, then the first annotation.
+        let mut description = update.title.clone();
+        if let Some(a) = update.annotations.first() {
+            description.push_str(&format!(
+                ": {}:{} {}",
+                a.path,
+                a.start_line,
+                a.message.lines().next().unwrap_or_default()
+            ));
+        }
+        let description: String = description.chars().take(140).collect();
+        let mut body = json!({"state": state, "context": update.name, "description": description});
+        if let Some(u) = &update.details_url {
+            body["target_url"] = json!(u);
+        }
+        self.call(
+            "POST",
+            &format!("{}/statuses/{}", self.base(), update.head_sha),
+            Some(body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The commit statuses of `sha`, newest first, as the API gives them.
+    pub async fn statuses(&self, sha: &str) -> Result<Vec<Value>, ForgeError> {
+        let list = self
+            .call(
+                "GET",
+                &format!("{}/commits/{sha}/statuses", self.base()),
+                None,
+            )
+            .await?;
+        Ok(list.as_array().cloned().unwrap_or_default())
     }
 
     /// The repository's webhooks as `(id, url)`.
@@ -368,6 +583,14 @@ impl GitHub {
         format!("/repos/{}/{}", self.repo.owner, self.repo.name)
     }
 
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(Duration::from_secs(60))
+            .with_max_times(self.attempts.saturating_sub(1))
+            .with_jitter()
+    }
+
     /// One API call with the retry policy; the JSON answer.
     async fn call(
         &self,
@@ -375,15 +598,21 @@ impl GitHub {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, ForgeError> {
+        self.call_with(&self.client, method, path, body).await
+    }
+
+    /// [`Self::call`] through `client` (the installation's, or the app's own).
+    async fn call_with(
+        &self,
+        client: &Octocrab,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ForgeError> {
         let name = format!("{method} {path}");
-        let attempt = || async { self.once(method, path, body.as_ref()).await };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(Duration::from_secs(60))
-            .with_max_times(self.attempts.saturating_sub(1))
-            .with_jitter();
+        let attempt = || async { once(client, method, path, body.as_ref()).await };
         attempt
-            .retry(backoff)
+            .retry(self.backoff())
             .when(|e: &Result<Transient, ForgeError>| e.is_ok())
             .adjust(|e, planned| match e {
                 Ok(Transient { wait: Some(w), .. }) => Some(planned.map_or(*w, |p| p.max(*w))),
@@ -400,22 +629,43 @@ impl GitHub {
                 Err(refused) => refused,
             })
     }
+}
 
-    /// One attempt: `Err(Ok(_))` may pass, `Err(Err(_))` will not.
-    async fn once(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, Result<Transient, ForgeError>> {
+/// How much life a token for git must have left: a fetch or push never starts with one
+/// about to expire.
+pub const TOKEN_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Whether a failed octocrab call may pass when tried again.
+fn retryable(e: &octocrab::Error) -> bool {
+    match e {
+        octocrab::Error::GitHub { source, .. } => {
+            retryable_status(source.status_code.as_u16(), &source.message)
+        }
+        _ => true,
+    }
+}
+
+/// 5xx, 429 and rate-limit 403s may pass; other answers will not.
+fn retryable_status(status: u16, message: &str) -> bool {
+    status >= 500 || status == 429 || (status == 403 && message.contains("rate limit"))
+}
+
+/// One attempt: `Err(Ok(_))` may pass, `Err(Err(_))` will not.
+async fn once(
+    client: &Octocrab,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, Result<Transient, ForgeError>> {
+    {
         let transient =
             |detail: String, wait: Option<Duration>| Err(Ok(Transient { detail, wait }));
         let sent = match method {
-            "GET" => self.client._get(path).await,
-            "POST" => self.client._post(path, body).await,
-            "PATCH" => self.client._patch(path, body).await,
-            "DELETE" => self.client._delete(path, body).await,
-            "PUT" => self.client._put(path, body).await,
+            "GET" => client._get(path).await,
+            "POST" => client._post(path, body).await,
+            "PATCH" => client._patch(path, body).await,
+            "DELETE" => client._delete(path, body).await,
+            "PUT" => client._put(path, body).await,
             other => {
                 return Err(Err(ForgeError::Refused {
                     call: path.into(),
@@ -426,6 +676,22 @@ impl GitHub {
         };
         let response = match sent {
             Ok(r) => r,
+            // octocrab answers for the installation token it mints before the call.
+            Err(octocrab::Error::GitHub { source, .. })
+                if !retryable_status(source.status_code.as_u16(), &source.message) =>
+            {
+                return Err(Err(ForgeError::Refused {
+                    call: format!("{method} {path} (installation token)"),
+                    status: source.status_code.as_u16(),
+                    message: source.message,
+                }))
+            }
+            Err(octocrab::Error::GitHub { source, .. }) => {
+                return transient(
+                    format!("{} {}", source.status_code.as_u16(), source.message),
+                    None,
+                )
+            }
             Err(e) => return transient(format!("{e}"), None),
         };
         let status = response.status().as_u16();

@@ -127,6 +127,11 @@ impl Mirror {
         })
     }
 
+    /// Authenticate later fetches and pushes with `token` (a refreshed installation token).
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.token = token;
+    }
+
     /// The remote URL without credentials, for messages.
     pub fn shown_url(&self) -> String {
         redact(&self.url)

@@ -373,3 +373,66 @@ pub fn forge_get(base: &str, token: &str, path: &str) -> Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("GET {path}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
+
+/// A `codex-runner run` process, killed when dropped.
+pub struct Daemon {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`, as the daemon printed it.
+    pub url: String,
+    /// Its stderr (the tracing log), shown when a test fails.
+    pub log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- daemon log ---\n{log}--- end of daemon log ---");
+        }
+    }
+}
+
+/// Start `codex-runner run --config config` and wait for the line naming its address.
+pub fn spawn_daemon(config: &Path) -> Daemon {
+    use std::io::BufRead;
+    let log = config.with_extension("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_codex-runner"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("CODEX_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut first).unwrap();
+    // Keep reading, as a terminal or the journal would: pass summaries follow.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let url = first.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+    Daemon { child, url, log }
+}
+
+/// The daemon's `/healthz` answer.
+pub async fn health(d: &Daemon) -> Value {
+    reqwest::get(format!("{}/healthz", d.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Poll `ok` until it holds; fail after 90 s naming `what`.
+pub async fn wait_until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !ok().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -37,11 +37,20 @@ fn verify(apps: &[App], jwt: &str) -> Result<App, &'static str> {
     if header.alg != Algorithm::RS256 {
         return Err(UNDECODABLE);
     }
+    // The issuer names the app; its key must have signed the token.
+    let claimed =
+        jsonwebtoken::dangerous::insecure_decode::<Claims>(jwt).map_err(|_| UNDECODABLE)?;
+    let iss = match &claimed.claims.iss {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    };
+    let iss = iss.ok_or("'Issuer' claim ('iss') must be an Integer")?;
     let mut validation = Validation::new(Algorithm::RS256);
     validation.leeway = 0;
     validation.validate_exp = false;
     validation.required_spec_claims.clear();
-    for app in apps {
+    for app in apps.iter().filter(|a| a.id == iss) {
         let Ok(key) = DecodingKey::from_rsa_pem(app.public_key_pem.as_bytes()) else {
             continue;
         };
@@ -49,14 +58,6 @@ fn verify(apps: &[App], jwt: &str) -> Result<App, &'static str> {
             continue;
         };
         let c = data.claims;
-        let iss = match &c.iss {
-            Value::Number(n) => n.as_u64(),
-            Value::String(s) => s.parse().ok(),
-            _ => None,
-        };
-        if iss != Some(app.id) {
-            return Err("'Issuer' claim ('iss') must be an Integer");
-        }
         let now = unix_now();
         if c.exp <= now {
             return Err("'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires");

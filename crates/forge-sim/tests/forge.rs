@@ -675,6 +675,17 @@ async fn installation_tokens_need_the_apps_signature_and_expire() {
             app_jwt(&key, 43, now - 60, now + 540),
             7,
             401,
+            "could not be decoded",
+        ),
+        (
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+                &json!({"iss": "the-app", "iat": now - 60, "exp": now + 540}),
+                &jsonwebtoken::EncodingKey::from_rsa_pem(&key).unwrap(),
+            )
+            .unwrap(),
+            7,
+            401,
             "'Issuer' claim",
         ),
         (
