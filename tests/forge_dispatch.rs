@@ -147,3 +147,99 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_killed_between_execution_and_the_check_run_update_catches_up() {
+    docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = ForgeSim::start(&tmp.path().join("forge"), 0, vec![Token::full(TOKEN)])
+        .await
+        .unwrap();
+    sim.create_repo("acme", "ops").unwrap();
+    let mut repo = Repo::new("t-killed");
+    let url = sim.git_url("acme", "ops", Some(TOKEN));
+    repo.git(&["remote", "set-url", "origin", &url]);
+    repo.git(&["push", "-q", "origin", "main"]);
+    repo.origin = sim.repo_path("acme", "ops");
+    let merge = repo.merge_pr(&[(
+        "requests/hello.yaml",
+        b"kind: echo\nparams: {message: once}\n",
+    )]);
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let api = sim.url();
+    let flags = [
+        "--forge-api",
+        api.as_str(),
+        "--forge-repo",
+        "acme/ops",
+        "--forge-token-file",
+        token_file.to_str().unwrap(),
+    ];
+
+    // Every API call takes 3 s: the handler runs and its log is pushed while the check-run
+    // updates are still on their way. The runner is killed (SIGKILL) the moment the log is
+    // on main.
+    sim.set_faults(Faults {
+        every: 1,
+        answers: vec![0],
+    });
+    let mut child = repo
+        .dispatch_command(&url, &flags)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while repo.main_file("logs/hello.status.json").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never reached main"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pass ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    sim.set_faults(Faults::default());
+    let before = runs(&sim, &merge);
+    assert!(
+        before.iter().all(|r| r["status"] != "completed"),
+        "killed before the completed update reached the forge: {before:#?}"
+    );
+    assert_eq!(repo.status("hello")["state"], "succeeded");
+    let commits = repo.main_commits();
+
+    // The next runner process sends what the dead one left: nothing runs again.
+    let pass = tokio::task::block_in_place(|| repo.dispatch_url(&url, &flags)).ok();
+    assert!(
+        pass.states().is_empty(),
+        "nothing ran again: {:?}",
+        pass.states()
+    );
+    assert_eq!(repo.main_commits(), commits, "nothing new to push");
+    let started = repo
+        .log("hello")
+        .iter()
+        .filter(|e| e["event"] == "started")
+        .count();
+    assert_eq!(started, 1, "the handler ran once");
+    let after = runs(&sim, &merge);
+    assert_eq!(after.len(), 1, "one check run, not a second: {after:#?}");
+    let run = run_named(&after, "codex-runner/hello");
+    assert_eq!(
+        (&run["status"], &run["conclusion"]),
+        (&Value::from("completed"), &Value::from("success"))
+    );
+    assert!(
+        run["details_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/logs/hello.jsonl"),
+        "{run}"
+    );
+    repo.assert_no_containers();
+}

@@ -1,14 +1,15 @@
 //! Check runs for a pass's requests: queued when found, in progress when the container
 //! starts, completed once the log is on the branch (so the link points at a real commit).
 //!
-//! The forge never holds up execution or the push: events go to a task of their own, each
-//! desired state is saved in the state dir before it is sent and removed once the forge took
-//! it, and whatever is left (an outage, a restart) is sent again by the next pass.
+//! The forge never holds up execution or the push: each event's desired state is written to
+//! the state dir the moment it happens (a [`CheckSink`] does it, synchronously), a task of its
+//! own sends the newest desired state of each run, and a state is removed only once the forge
+//! took it and nothing newer replaced it. Whatever is left (an outage, a slow forge, a runner
+//! killed with updates still queued) is sent again by the next pass.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -81,11 +82,115 @@ pub(crate) enum CheckEvent {
     },
 }
 
-/// A desired state not yet confirmed by the forge.
-#[derive(Debug, Serialize, Deserialize)]
-struct Pending {
-    update: CheckUpdate,
-    run_id: Option<u64>,
+/// Desired states not yet confirmed by the forge: one file per run, the newest state wins.
+pub(crate) struct Journal {
+    dir: PathBuf,
+    // Recording and settling one run's file must not interleave.
+    lock: std::sync::Mutex<()>,
+}
+
+impl Journal {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "failed to create the check-run state dir");
+        }
+        Journal {
+            dir,
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.json"))
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make `update` the run's desired state (written whole, then renamed into place).
+    fn record(&self, update: &CheckUpdate) {
+        let _g = self.guard();
+        let path = self.path(&update.external_id);
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(update)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "failed to save a pending check run");
+        }
+    }
+
+    /// The run's desired state, if the forge has not taken it yet.
+    fn load(&self, key: &str) -> Option<CheckUpdate> {
+        let _g = self.guard();
+        let bytes = std::fs::read(self.path(key)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The forge took `sent`: forget it, unless a newer state replaced it meanwhile.
+    fn settle(&self, sent: &CheckUpdate) {
+        let _g = self.guard();
+        let path = self.path(&sent.external_id);
+        let current = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<CheckUpdate>(&b).ok());
+        if current.as_ref() == Some(sent) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    /// Every run with a state left to send, in name order.
+    fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_suffix(".json"))
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    }
+}
+
+/// Where a pass's check events go: the journal at once, then the reporter.
+#[derive(Clone)]
+pub(crate) struct CheckSink {
+    journal: std::sync::Arc<Journal>,
+    html_url: String,
+    tx: mpsc::UnboundedSender<String>,
+}
+
+impl CheckSink {
+    /// A sink, and the channel of run keys its reporter reads.
+    pub(crate) fn new(
+        journal: std::sync::Arc<Journal>,
+        html_url: String,
+    ) -> (Self, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            CheckSink {
+                journal,
+                html_url,
+                tx,
+            },
+            rx,
+        )
+    }
+
+    /// Record what `event` means for its check run, durably, and wake the reporter.
+    pub(crate) fn emit(&self, event: CheckEvent) {
+        let update = update_for(&event, &self.html_url);
+        self.journal.record(&update);
+        let _ = self.tx.send(update.external_id);
+    }
 }
 
 /// How long a pass waits at its end for check runs still being sent.
@@ -221,63 +326,43 @@ fn finished(
     }
 }
 
-fn save(dir: &Path, p: &Pending) {
-    let path = dir.join(format!("{}.json", p.update.external_id));
-    if let Ok(bytes) = serde_json::to_vec(p) {
-        if let Err(e) = std::fs::write(&path, bytes) {
-            tracing::warn!(path = %path.display(), error = %e, "failed to save a pending check run");
-        }
-    }
-}
-
-/// Save `p`, send it, and forget it once the forge took it; the run's id when it did.
-async fn send(target: &ForgeTarget, dir: &Path, p: &Pending) -> Option<u64> {
-    save(dir, p);
-    match target.publish(&p.update, p.run_id).await {
-        Ok(id) => {
-            let _ = std::fs::remove_file(dir.join(format!("{}.json", p.update.external_id)));
-            id
-        }
-        Err(e) => {
-            tracing::warn!(check = %p.update.name, error = %e, "check run not updated; the next pass sends it again");
-            None
-        }
-    }
-}
-
-/// Send check-run updates until the pass ends; replay what earlier passes left first.
-pub(crate) async fn reporter(
-    target: ForgeTarget,
-    dir: PathBuf,
-    mut rx: mpsc::UnboundedReceiver<CheckEvent>,
+/// Send the run's newest desired state, if any is left; forget it once the forge took it.
+async fn send(
+    target: &ForgeTarget,
+    journal: &Journal,
+    key: &str,
+    ids: &mut std::collections::HashMap<String, u64>,
 ) {
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        tracing::warn!(dir = %dir.display(), error = %e, "failed to create the check-run state dir");
-    }
-    {
-        let mut left: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        left.sort();
-        for path in left {
-            let Ok(p) = std::fs::read(&path)
-                .map_err(|_| ())
-                .and_then(|b| serde_json::from_slice::<Pending>(&b).map_err(|_| ()))
-            else {
-                continue;
-            };
-            tracing::info!(check = %p.update.name, "catching up a check run left by an earlier pass");
-            send(&target, &dir, &p).await;
-        }
-        let mut ids: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-        while let Some(event) = rx.recv().await {
-            let update = update_for(&event, &target.html_url);
-            let key = update.external_id.clone();
-            let run_id = ids.get(&key).copied();
-            if let Some(id) = send(&target, &dir, &Pending { update, run_id }).await {
-                ids.insert(key, id);
+    // Several events may have named this run: only the newest state goes out, once.
+    let Some(update) = journal.load(key) else {
+        return;
+    };
+    match target.publish(&update, ids.get(key).copied()).await {
+        Ok(id) => {
+            journal.settle(&update);
+            if let Some(id) = id {
+                ids.insert(key.to_string(), id);
             }
         }
+        Err(e) => {
+            tracing::warn!(check = %update.name, error = %e, "check run not updated; the next pass sends it again");
+        }
+    }
+}
+
+/// Send check-run updates until the pass ends; first what earlier passes left.
+pub(crate) async fn reporter(
+    target: ForgeTarget,
+    journal: std::sync::Arc<Journal>,
+    mut rx: mpsc::UnboundedReceiver<String>,
+) {
+    let mut ids = std::collections::HashMap::new();
+    for key in journal.keys() {
+        tracing::info!(check = %key, "catching up a check run left by an earlier pass");
+        send(&target, &journal, &key, &mut ids).await;
+    }
+    while let Some(key) = rx.recv().await {
+        send(&target, &journal, &key, &mut ids).await;
     }
 }
 

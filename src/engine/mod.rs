@@ -141,13 +141,13 @@ pub(crate) struct PassContext {
     /// One image build at a time: concurrent requests of one `build:` handler build once.
     builds: tokio::sync::Mutex<()>,
     /// Check-run events, when a forge is configured.
-    checks: Option<mpsc::UnboundedSender<checks::CheckEvent>>,
+    checks: Option<checks::CheckSink>,
 }
 
 impl PassContext {
     fn check(&self, event: checks::CheckEvent) {
-        if let Some(tx) = &self.checks {
-            let _ = tx.send(event);
+        if let Some(sink) = &self.checks {
+            sink.emit(event);
         }
     }
 }
@@ -449,11 +449,13 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
 
     let (checks_tx, reporter) = match &opts.forge {
         Some(target) => {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let dir = opts.state_dir.join("checks").join(&key);
+            let journal = Arc::new(checks::Journal::new(
+                opts.state_dir.join("checks").join(&key),
+            ));
+            let (sink, rx) = checks::CheckSink::new(journal.clone(), target.html_url.clone());
             (
-                Some(tx),
-                Some(tokio::spawn(checks::reporter(target.clone(), dir, rx))),
+                Some(sink),
+                Some(tokio::spawn(checks::reporter(target.clone(), journal, rx))),
             )
         }
         None => (None, None),

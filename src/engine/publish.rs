@@ -24,7 +24,7 @@ pub(crate) struct Target {
     pub runner: String,
     pub attempts: usize,
     /// Check-run events, when a forge is configured.
-    pub checks: Option<mpsc::UnboundedSender<super::checks::CheckEvent>>,
+    pub checks: Option<super::checks::CheckSink>,
     /// Where git's token comes from (handlers may run longer than an installation token lives).
     pub auth: Option<crate::forge::GitHub>,
 }
@@ -116,8 +116,8 @@ pub(crate) async fn committer(
             Ok(p) => {
                 tracing::info!(commit = %p.commit, requests = batch.len(), replays = p.replays, "published results");
                 for f in &batch {
-                    if let Some(tx) = &target.checks {
-                        let _ = tx.send(super::checks::CheckEvent::Finished {
+                    if let Some(sink) = &target.checks {
+                        sink.emit(super::checks::CheckEvent::Finished {
                             status: Box::new(f.status.clone()),
                             log: std::fs::read(f.dir.join("log.jsonl")).unwrap_or_default(),
                             pushed: p.commit.clone(),
