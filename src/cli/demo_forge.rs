@@ -97,12 +97,15 @@ pub async fn run(root: &Path) -> anyhow::Result<i32> {
         config: config.clone(),
         state_dir: Some(root.join("state")),
     };
-    super::register::do_register(register)
+    let registered = super::register::do_register(register)
         .await
         .context("failed to register the demo runner")?;
-    clock
-        .step("codex-runner register: permissions checked, webhook created, config written (0600)");
-    tokio::spawn(super::run::daemon(super::run::RunArgs { config }));
+    clock.step(format!(
+        "codex-runner register: permissions checked; {}",
+        registered.hook.as_deref().unwrap_or("no webhook")
+    ));
+    clock.step(format!("  {}", registered.summary));
+    tokio::spawn(super::run::daemon(super::run::RunArgs { config }, false));
     clock.step(format!(
         "codex-runner run: daemon listening on 127.0.0.1:{port}"
     ));

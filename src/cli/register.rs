@@ -125,7 +125,18 @@ fn new_secret() -> anyhow::Result<String> {
 /// Run `register`.
 pub async fn register(a: RegisterArgs) -> i32 {
     match do_register(a).await {
-        Ok(()) => 0,
+        Ok(r) => {
+            if let Some(hook) = &r.hook {
+                println!("{hook}");
+            }
+            println!("{}", r.summary);
+            println!("next: codex-runner run --config {}", r.config.display());
+            println!(
+                "as a systemd service, /etc/systemd/system/codex-runner.service:\n{}",
+                unit(&r.config)
+            );
+            0
+        }
         Err(e) => {
             super::report_error(&e);
             1
@@ -133,7 +144,17 @@ pub async fn register(a: RegisterArgs) -> i32 {
     }
 }
 
-pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<()> {
+/// What `register` did, for the caller to tell.
+pub(crate) struct Registered {
+    /// The config written.
+    pub config: PathBuf,
+    /// The webhook created or updated, in words.
+    pub hook: Option<String>,
+    /// One line: who, where, how results show.
+    pub summary: String,
+}
+
+pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<Registered> {
     let (api, git_url, owner, name) =
         parse_repo_url(&a.url, a.api_url.as_deref(), a.git_url.as_deref())?;
     let absolute = |p: &Option<PathBuf>| -> anyhow::Result<Option<PathBuf>> {
@@ -204,6 +225,7 @@ pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<()> {
     let config = std::path::absolute(&a.config).context("failed to resolve the config path")?;
     let mut server = toml::Table::new();
     server.insert("listen".into(), a.listen.clone().into());
+    let mut hook_line = None;
     if let Some(url) = &a.webhook_url {
         let secret = new_secret()?;
         let hook = forge
@@ -217,7 +239,7 @@ pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<()> {
             "webhook_secret_file".into(),
             secret_file.display().to_string().into(),
         );
-        println!("webhook {hook} on {owner}/{name} -> {url}");
+        hook_line = Some(format!("webhook {hook} on {owner}/{name} -> {url}"));
     }
     let state_dir = a
         .state_dir
@@ -262,18 +284,16 @@ pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<()> {
     );
     write_private(&config, &text)?;
     HostConfig::load(&config).context("the written config does not load back")?;
-    println!(
-        "registered runner {} for {owner}/{name}; results as {}; config in {} (mode 0600)",
-        a.name,
-        forge_cfg.report.as_str(),
-        config.display()
-    );
-    println!("next: codex-runner run --config {}", config.display());
-    println!(
-        "as a systemd service, /etc/systemd/system/codex-runner.service:\n{}",
-        unit(&config)
-    );
-    Ok(())
+    Ok(Registered {
+        summary: format!(
+            "registered runner {} for {owner}/{name}; results as {}; config in {} (mode 0600)",
+            a.name,
+            forge_cfg.report.as_str(),
+            config.display()
+        ),
+        config,
+        hook: hook_line,
+    })
 }
 
 /// Prove the runner can show results, by showing one on `sha`: a check run where `--report`

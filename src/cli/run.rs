@@ -29,7 +29,7 @@ pub struct RunArgs {
 
 /// Run the daemon until SIGTERM or Ctrl-C.
 pub async fn run(a: RunArgs) -> i32 {
-    match daemon(a).await {
+    match daemon(a, true).await {
         Ok(()) => 0,
         Err(e) => {
             super::report_error(&e);
@@ -38,7 +38,9 @@ pub async fn run(a: RunArgs) -> i32 {
     }
 }
 
-pub(crate) async fn daemon(a: RunArgs) -> anyhow::Result<()> {
+/// The daemon; `chatty`: print the address and each pass's summary on stdout (the demo tells
+/// its own story instead).
+pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
     let host = HostConfig::load(&a.config)?;
     let repo = host
         .repository
@@ -84,11 +86,13 @@ pub(crate) async fn daemon(a: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&server_cfg.listen)
         .await
         .with_context(|| format!("failed to listen on {}", server_cfg.listen))?;
-    println!(
-        "codex-runner {} listening on http://{}",
-        env!("CARGO_PKG_VERSION"),
-        listener.local_addr()?
-    );
+    if chatty {
+        println!(
+            "codex-runner {} listening on http://{}",
+            env!("CARGO_PKG_VERSION"),
+            listener.local_addr()?
+        );
+    }
     let app = router(server);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -120,7 +124,7 @@ pub(crate) async fn daemon(a: RunArgs) -> anyhow::Result<()> {
                 if let Ok(mut e) = health.last_error.lock() {
                     *e = None;
                 }
-                if !report.items.is_empty() {
+                if chatty && !report.items.is_empty() {
                     // stdout may be gone (a closed pipe): the summary is not worth dying for.
                     use std::io::Write;
                     let _ = write!(std::io::stdout(), "{}", super::dispatch::summary(&report));
