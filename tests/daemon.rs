@@ -313,10 +313,84 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
         "{annotations}"
     );
 
+    // Two pull requests fork from main before a `greet` handler lands there: one adds a
+    // greet request (valid: validation sees main's handlers plus its own changes), one adds
+    // another handler at the same place in the index (a conflict, named on that file).
+    let fork = tokio::task::block_in_place(|| {
+        repo.git(&["fetch", "-q", "origin"]);
+        repo.git(&["rev-parse", "origin/main"]).trim().to_string()
+    });
+    let index = std::fs::read_to_string(repo.work.join("handlers/index.yml")).unwrap();
+    let branch_from_fork = |branch: &str, file: &str, text: &str| {
+        tokio::task::block_in_place(|| {
+            repo.git(&["checkout", "-q", "-B", branch, &fork]);
+            repo.write(file, text.as_bytes());
+            repo.git(&["add", "-A"]);
+            repo.git(&["commit", "-q", "-m", branch]);
+            repo.git(&["push", "-q", "origin", branch]);
+            repo.git(&["rev-parse", "HEAD"]).trim().to_string()
+        })
+    };
+    let stale = branch_from_fork(
+        "agent/stale",
+        "requests/greet-1.yaml",
+        "kind: greet\nparams: {message: hello}\n",
+    );
+    let clash = branch_from_fork(
+        "agent/clash",
+        "handlers/index.yml",
+        &format!(
+            "{index}\n  shout:\n    run: handlers/echo.sh\n    image: codex-runner/busybox:1\n"
+        ),
+    );
+    tokio::task::block_in_place(|| {
+        repo.git(&["checkout", "-q", "main"]);
+        repo.push_main(
+            &[(
+                "handlers/index.yml",
+                format!("{index}\n  greet:\n    run: handlers/echo.sh\n    image: codex-runner/busybox:1\n")
+                    .as_bytes(),
+            )],
+            "add the greet handler",
+        );
+    });
+    for branch in ["agent/stale", "agent/clash"] {
+        let r = client
+            .post(format!("{}/repos/acme/ops/pulls", sim.url()))
+            .bearer_auth(TOKEN)
+            .json(&json!({"title": branch, "head": branch, "base": "main"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    wait_until("both validations", async || {
+        validate_run(stale.clone()).await.is_some() && validate_run(clash.clone()).await.is_some()
+    })
+    .await;
+    let run = validate_run(stale.clone()).await.unwrap();
+    assert_eq!(
+        run["conclusion"], "success",
+        "main's new handler is seen: {run}"
+    );
+    let run = validate_run(clash.clone()).await.unwrap();
+    assert_eq!(run["conclusion"], "failure", "{run}");
+    let annotations = common::forge_get(
+        &sim.url(),
+        TOKEN,
+        &format!("/repos/acme/ops/check-runs/{}/annotations", run["id"]),
+    );
+    assert_eq!(
+        annotations[0]["path"], "handlers/index.yml",
+        "{annotations}"
+    );
+    assert_eq!(annotations[0]["title"], "merge-conflict", "{annotations}");
+
     // Nothing from a pull request ran.
     assert!(
         repo.main_file("logs/hello.jsonl").is_none()
             && repo.main_file("logs/broken.jsonl").is_none()
+            && repo.main_file("logs/greet-1.jsonl").is_none()
     );
     repo.assert_no_containers();
 }

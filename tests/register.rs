@@ -97,6 +97,15 @@ async fn register_twice_leaves_one_hook_and_unregister_removes_it() {
         "the config names the token file, never the token: {text}"
     );
     assert!(text.contains("labels = [\"linux\", \"prod\"]"), "{text}");
+    for key in [
+        "work_dir = ",
+        "listen = ",
+        "[limits]",
+        "max_memory = \"4GiB\"",
+        "grace = \"10s\"",
+    ] {
+        assert!(text.contains(key), "the config shows {key}: {text}");
+    }
     let first_secret = std::fs::read_to_string(dir.join("etc/webhook-secret")).unwrap();
     let h = hooks(&sim);
     assert_eq!(h.len(), 1);

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use crate::config::{ForgeConfig, HostConfig};
+use crate::contract::units::{format_duration, format_size};
 use crate::forge::{CheckState, CheckUpdate, Conclusion, ForgeRepo, GitHub, Report};
 
 /// Arguments of `register`.
@@ -252,6 +253,23 @@ pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<Registered> {
         toml::Value::Array(a.labels.iter().map(|l| l.clone().into()).collect()),
     );
     runner.insert("state_dir".into(), state_dir.display().to_string().into());
+    runner.insert(
+        "work_dir".into(),
+        state_dir.join("work").display().to_string().into(),
+    );
+    // The executor's ceilings, written out so the operator sees and tunes them in one place.
+    let l = crate::config::HostLimits::default();
+    let mut limits = toml::Table::new();
+    limits.insert("max_memory".into(), format_size(l.max_memory).into());
+    limits.insert("max_pids".into(), toml::Value::Integer(l.max_pids));
+    limits.insert("max_cpus".into(), toml::Value::Float(l.max_cpus));
+    limits.insert("max_tmpfs".into(), format_size(l.max_tmpfs).into());
+    limits.insert("max_timeout".into(), format_duration(l.max_timeout).into());
+    limits.insert("grace".into(), format_duration(l.grace).into());
+    limits.insert("output_cap".into(), format_size(l.output_cap).into());
+    limits.insert("allow_network_host".into(), l.allow_network_host.into());
+    limits.insert("allow_root".into(), l.allow_root.into());
+    limits.insert("allow_writable_root".into(), l.allow_writable_root.into());
     let mut repository = toml::Table::new();
     repository.insert("url".into(), git_url.clone().into());
     let mut forge_t = toml::Table::new();
@@ -278,6 +296,7 @@ pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<Registered> {
     doc.insert("repository".into(), repository.into());
     doc.insert("server".into(), server.into());
     doc.insert("forge".into(), forge_t.into());
+    doc.insert("limits".into(), limits.into());
     let text = format!(
         "# Written by `codex-runner register`; read by `codex-runner run`.\n{}",
         toml::to_string(&doc)?

@@ -64,9 +64,27 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Render a size the way the parser reads it back (`4GiB`, `8MiB`, `1536KiB`, `100`).
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes > 0 && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_render_as_they_parse() {
+        for b in [0, 100, 1536 << 10, 8 << 20, 4 << 30, (3 << 30) + 1] {
+            assert_eq!(parse_size(&format_size(b)), Ok(b), "{}", format_size(b));
+        }
+        assert_eq!(format_size(4 << 30), "4GiB");
+    }
 
     #[test]
     fn durations() {

@@ -2,9 +2,11 @@
 //! runs: its files are only read from git and checked exactly as a pass would check them.
 //!
 //! The mainline's `codex.repo.yaml` is the authority (a pull request cannot change where its
-//! requests go or relax the rules); the handler index is the pull request's own, so a pull
-//! request that adds a handler and its first request validates. Ids are checked against what
-//! already ran on the mainline.
+//! requests go or relax the rules). Handlers are those of the pull request merged into the
+//! mainline's tip, as the merge would make them: the mainline's handlers plus the pull
+//! request's own changes, so a pull request that adds a handler and its first request
+//! validates, and one opened before a handler reached the mainline sees it. Ids are checked
+//! against what already ran on the mainline.
 
 use crate::contract::request::request_stem;
 use crate::contract::yaml::MAX_FILE_BYTES;
@@ -70,7 +72,24 @@ fn validate_blocking(
         head: head.to_string(),
         ..Default::default()
     };
-    let index = match index_at(&mirror, head)? {
+    let merged = match git(mirror.trial_merge(base_tip, head))? {
+        Ok(m) => m,
+        Err(conflicts) => {
+            verdict.violations = conflicts
+                .into_iter()
+                .map(|path| {
+                    Violation::new(
+                        path,
+                        "merge-conflict",
+                        "the pull request conflicts with the mainline here",
+                    )
+                    .hint("merge or rebase onto the mainline, then push again")
+                })
+                .collect();
+            return Ok(verdict);
+        }
+    };
+    let index = match index_at(&mirror, merged)? {
         Ok(index) => index,
         Err(v) => {
             verdict.violations = v.0;

@@ -245,6 +245,34 @@ impl Mirror {
         })
     }
 
+    /// A commit (stored, on no branch) of what merging `head` into `base` would give, as
+    /// GitHub's `refs/pull/N/merge`; the paths that conflict when it cannot be made.
+    pub fn trial_merge(&self, base: Oid, head: Oid) -> anyhow::Result<Result<Oid, Vec<String>>> {
+        let (b, h) = (self.repo.find_commit(base)?, self.repo.find_commit(head)?);
+        let mut index = self
+            .repo
+            .merge_commits(&b, &h, None)
+            .context("failed to merge the pull request in memory")?;
+        if index.has_conflicts() {
+            let mut paths: Vec<String> = index
+                .conflicts()?
+                .flatten()
+                .filter_map(|c| c.our.or(c.their).or(c.ancestor))
+                .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+                .collect();
+            paths.sort();
+            paths.dedup();
+            return Ok(Err(paths));
+        }
+        let tree = self.repo.find_tree(index.write_tree_to(&self.repo)?)?;
+        let sig = git2::Signature::now("codex-runner", "codex-runner@localhost")?;
+        let merged = self
+            .repo
+            .commit(None, &sig, &sig, "trial merge", &tree, &[&b, &h])
+            .context("failed to store the trial merge")?;
+        Ok(Ok(merged))
+    }
+
     /// The object id of the tree or blob at `path` in `commit`.
     pub fn object_id(&self, commit: Oid, path: &str) -> Option<Oid> {
         let tree = self.repo.find_commit(commit).ok()?.tree().ok()?;
