@@ -46,20 +46,7 @@ async fn hook_daemon(sim: &ForgeSim, daemon: &Daemon) -> u16 {
 }
 
 async fn forge_and_repo(runner: &str) -> (ForgeSim, Repo) {
-    let mut repo = Repo::new(runner);
-    let sim = ForgeSim::start(&repo.tmp.path().join("forge"), 0, vec![Token::full(TOKEN)])
-        .await
-        .unwrap();
-    sim.create_repo("acme", "ops").unwrap();
-    repo.git(&[
-        "remote",
-        "set-url",
-        "origin",
-        &sim.git_url("acme", "ops", Some(TOKEN)),
-    ]);
-    repo.git(&["push", "-q", "origin", "main"]);
-    repo.origin = sim.repo_path("acme", "ops");
-    (sim, repo)
+    common::on_forge(runner, vec![Token::full(TOKEN)]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{docker, Repo};
+use common::docker;
 use forge_sim::{Faults, ForgeSim, Token};
 use serde_json::Value;
 
@@ -28,16 +28,9 @@ fn run_named<'a>(runs: &'a [Value], name: &str) -> &'a Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_runs_show_every_request_and_catch_up_after_an_outage() {
     docker();
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = ForgeSim::start(&tmp.path().join("forge"), 0, vec![Token::full(TOKEN)])
-        .await
-        .unwrap();
-    sim.create_repo("acme", "ops").unwrap();
-    let mut repo = Repo::new("t-checks");
+    let (sim, mut repo) = common::on_forge("t-checks", vec![Token::full(TOKEN)]).await;
     let url = sim.git_url("acme", "ops", Some(TOKEN));
-    repo.git(&["remote", "set-url", "origin", &url]);
-    repo.git(&["push", "-q", "origin", "main"]);
-    repo.origin = sim.repo_path("acme", "ops");
+    let tmp = repo.tmp.path().to_path_buf();
     let merge = repo.merge_pr(&[
         (
             "requests/hello.yaml",
@@ -49,7 +42,7 @@ async fn check_runs_show_every_request_and_catch_up_after_an_outage() {
         ),
         ("requests/typo.yaml", b"kind: echo\nparams:\n  mesage: x\n"),
     ]);
-    let token_file = tmp.path().join("token");
+    let token_file = tmp.join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let api = sim.url();
     let flags = [
@@ -151,21 +144,14 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_killed_between_execution_and_the_check_run_update_catches_up() {
     docker();
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = ForgeSim::start(&tmp.path().join("forge"), 0, vec![Token::full(TOKEN)])
-        .await
-        .unwrap();
-    sim.create_repo("acme", "ops").unwrap();
-    let mut repo = Repo::new("t-killed");
+    let (sim, mut repo) = common::on_forge("t-killed", vec![Token::full(TOKEN)]).await;
     let url = sim.git_url("acme", "ops", Some(TOKEN));
-    repo.git(&["remote", "set-url", "origin", &url]);
-    repo.git(&["push", "-q", "origin", "main"]);
-    repo.origin = sim.repo_path("acme", "ops");
+    let tmp = repo.tmp.path().to_path_buf();
     let merge = repo.merge_pr(&[(
         "requests/hello.yaml",
         b"kind: echo\nparams: {message: once}\n",
     )]);
-    let token_file = tmp.path().join("token");
+    let token_file = tmp.join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
     let api = sim.url();
     let flags = [

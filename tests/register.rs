@@ -20,21 +20,11 @@ fn hooks(sim: &ForgeSim) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_twice_leaves_one_hook_and_unregister_removes_it() {
-    let repo = Repo::new("t-register");
-    let sim = ForgeSim::start(
-        &repo.tmp.path().join("forge"),
-        0,
+    let (sim, repo) = common::on_forge(
+        "t-register",
         vec![Token::full(TOKEN), Token::read_only(READER)],
     )
-    .await
-    .unwrap();
-    sim.create_repo("acme", "ops").unwrap();
-    repo.git(&[
-        "push",
-        "-q",
-        &sim.git_url("acme", "ops", Some(TOKEN)),
-        "main",
-    ]);
+    .await;
     let dir = repo.tmp.path();
     std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
     std::fs::write(dir.join("reader"), READER).unwrap();
@@ -134,26 +124,12 @@ async fn register_twice_leaves_one_hook_and_unregister_removes_it() {
 }
 
 /// A forge that behaves like github.com about check runs (an App's installation token is the
-/// only way to write them), with acme/ops holding `repo`'s main.
-async fn github_like(repo: &mut Repo) -> ForgeSim {
-    let sim = ForgeSim::start(
-        &repo.tmp.path().join("forge"),
-        0,
-        vec![Token::full(TOKEN), Token::read_only(READER)],
-    )
-    .await
-    .unwrap();
+/// only way to write them), with acme/ops holding the template.
+async fn github_like(runner: &str) -> (ForgeSim, Repo) {
+    let (sim, repo) =
+        common::on_forge(runner, vec![Token::full(TOKEN), Token::read_only(READER)]).await;
     sim.checks_need_app(true);
-    sim.create_repo("acme", "ops").unwrap();
-    repo.git(&[
-        "remote",
-        "set-url",
-        "origin",
-        &sim.git_url("acme", "ops", Some(TOKEN)),
-    ]);
-    repo.git(&["push", "-q", "origin", "main"]);
-    repo.origin = sim.repo_path("acme", "ops");
-    sim
+    (sim, repo)
 }
 
 /// `codex-runner register` for acme/ops with `credentials` and `extra`; (exit code, stdout, stderr).
@@ -193,8 +169,7 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_github_app_registers_runs_and_refreshes_its_installation_token() {
     common::docker();
-    let mut repo = Repo::new("t-app");
-    let sim = github_like(&mut repo).await;
+    let (sim, mut repo) = github_like("t-app").await;
     let dir = repo.tmp.path().to_path_buf();
     let (key, public) = forge_sim::app_keypair(&dir.join("app")).unwrap();
     // Installation tokens live 3 s here (an hour on GitHub): a daemon that did not refresh
@@ -321,8 +296,7 @@ async fn a_github_app_registers_runs_and_refreshes_its_installation_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_cannot_write_check_runs_reports_commit_statuses() {
     common::docker();
-    let mut repo = Repo::new("t-statuses");
-    let sim = github_like(&mut repo).await;
+    let (sim, mut repo) = github_like("t-statuses").await;
     let dir = repo.tmp.path().to_path_buf();
     std::fs::write(dir.join("token"), TOKEN).unwrap();
     let config = dir.join("etc/runner.toml");

@@ -436,3 +436,23 @@ pub async fn wait_until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// A repository (the template on main) whose remote is acme/ops on a fresh local forge that
+/// knows `tokens`; the first token is the one the working clone pushes with.
+pub async fn on_forge(runner: &str, tokens: Vec<forge_sim::Token>) -> (forge_sim::ForgeSim, Repo) {
+    let mut repo = Repo::new(runner);
+    let pusher = tokens[0].value.clone();
+    let sim = forge_sim::ForgeSim::start(&repo.tmp.path().join("forge"), 0, tokens)
+        .await
+        .unwrap();
+    sim.create_repo("acme", "ops").unwrap();
+    repo.git(&[
+        "remote",
+        "set-url",
+        "origin",
+        &sim.git_url("acme", "ops", Some(&pusher)),
+    ]);
+    repo.git(&["push", "-q", "origin", "main"]);
+    repo.origin = sim.repo_path("acme", "ops");
+    (sim, repo)
+}

@@ -488,6 +488,22 @@ fn apply(c: &mut CheckRun, b: CheckBody) -> Result<(), String> {
     Ok(())
 }
 
+/// The repository key and the commit `reference` names, for a caller that may read it.
+async fn readable_commit(
+    state: &Shared,
+    headers: &HeaderMap,
+    owner: &str,
+    repo: &str,
+    reference: &str,
+) -> Result<(String, String), Response> {
+    let (_, key) =
+        authorize(state, headers, owner, repo, |_| true).map_err(IntoResponse::into_response)?;
+    match resolve_commit(state, &key, reference).await {
+        Some(sha) => Ok((key, sha)),
+        None => Err(invalid(&format!("No commit found for ref: {reference}"))),
+    }
+}
+
 async fn resolve_commit(state: &Shared, key: &str, reference: &str) -> Option<String> {
     let git_dir = {
         let st = lock(state);
@@ -638,12 +654,9 @@ async fn list_checks(
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let key = match authorize(&state, &headers, &owner, &repo, |_| true) {
-        Ok((_, k)) => k,
-        Err(r) => return r.into_response(),
-    };
-    let Some(sha) = resolve_commit(&state, &key, &reference).await else {
-        return invalid(&format!("No commit found for ref: {reference}"));
+    let (key, sha) = match readable_commit(&state, &headers, &owner, &repo, &reference).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let st = lock(&state);
     let runs: Vec<Value> = st
@@ -737,12 +750,9 @@ async fn list_statuses(
     Path((owner, repo, reference)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let key = match authorize(&state, &headers, &owner, &repo, |_| true) {
-        Ok((_, k)) => k,
-        Err(r) => return r.into_response(),
-    };
-    let Some(sha) = resolve_commit(&state, &key, &reference).await else {
-        return invalid(&format!("No commit found for ref: {reference}"));
+    let (key, sha) = match readable_commit(&state, &headers, &owner, &repo, &reference).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let st = lock(&state);
     let list: Vec<Value> = st
