@@ -66,6 +66,8 @@ pub struct HostConfig {
     pub concurrency: Option<usize>,
     /// Labels this runner carries (requests will select runners by them).
     pub labels: Vec<String>,
+    /// On SIGTERM, how long running handlers may go on before they are cancelled.
+    pub drain_timeout: Option<Duration>,
     /// Commit author name.
     pub author_name: Option<String>,
     /// Commit author email.
@@ -220,6 +222,8 @@ struct RunnerFile {
     /// Labels.
     #[serde(default)]
     labels: Vec<String>,
+    /// Drain timeout.
+    drain_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -307,6 +311,12 @@ impl HostConfig {
             work_dir: f.runner.work_dir,
             concurrency: f.runner.concurrency,
             labels: f.runner.labels,
+            drain_timeout: f
+                .runner
+                .drain_timeout
+                .map(|s| parse_duration(&s).map_err(anyhow::Error::msg))
+                .transpose()
+                .context("runner.drain_timeout")?,
             author_name: f.git.author_name,
             author_email: f.git.author_email,
             limits: HostLimits {

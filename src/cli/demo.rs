@@ -133,6 +133,8 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         push_attempts: 5,
         forge: None,
         git_auth: None,
+        shutdown: Default::default(),
+        drain_timeout: super::dispatch::DEFAULT_DRAIN_TIMEOUT,
         labels: Vec::new(),
     };
     step("codex-runner dispatch --once: fetch main, plan, run in Docker, push".into());

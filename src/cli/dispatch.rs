@@ -74,6 +74,10 @@ pub struct DispatchArgs {
     /// Attempts per forge call before an update waits for the next pass.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=20))]
     pub forge_attempts: u16,
+    /// On SIGTERM or Ctrl-C, how long running handlers may finish before they are cancelled
+    /// (a second signal cancels at once) [default: runner.drain_timeout, else 10m].
+    #[arg(long, value_parser = parse_drain)]
+    pub drain_timeout: Option<std::time::Duration>,
     /// Print the pass report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -132,6 +136,7 @@ pub fn options(a: &DispatchArgs) -> anyhow::Result<DispatchOptions> {
         labels: a.labels.clone(),
         forge: flags_forge,
         forge_attempts: usize::from(a.forge_attempts),
+        drain_timeout: a.drain_timeout,
     };
     from_host(host, a.repo.clone(), a.branch.clone(), overrides)
 }
@@ -159,6 +164,8 @@ pub struct Overrides {
     pub forge: Option<ForgeConfig>,
     /// `--forge-attempts`.
     pub forge_attempts: usize,
+    /// `--drain-timeout`.
+    pub drain_timeout: Option<std::time::Duration>,
 }
 
 impl Default for Overrides {
@@ -174,6 +181,7 @@ impl Default for Overrides {
             labels: Vec::new(),
             forge: None,
             forge_attempts: 6,
+            drain_timeout: None,
         }
     }
 }
@@ -232,6 +240,11 @@ pub fn from_host(
         forge,
         git_auth,
         labels,
+        shutdown: Default::default(),
+        drain_timeout: o
+            .drain_timeout
+            .or(host.drain_timeout)
+            .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
     })
 }
 
@@ -272,6 +285,13 @@ pub(crate) fn forge_target(f: &ForgeConfig, attempts: usize) -> anyhow::Result<F
     })
 }
 
+/// How long running handlers may finish after SIGTERM, unless configured.
+pub const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn parse_drain(s: &str) -> Result<std::time::Duration, String> {
+    crate::contract::units::parse_duration(s)
+}
+
 /// Run `dispatch`.
 pub async fn run(a: DispatchArgs) -> i32 {
     if !a.once {
@@ -285,6 +305,10 @@ pub async fn run(a: DispatchArgs) -> i32 {
             return 2;
         }
     };
+    if let Err(e) = opts.shutdown.on_signals(opts.drain_timeout) {
+        super::report_error(&e);
+        return 2;
+    }
     let span = tracing::info_span!("dispatch", runner = %opts.runner);
     match dispatch_once(&opts).instrument(span).await {
         Ok(report) => {

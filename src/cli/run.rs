@@ -1,8 +1,9 @@
 //! `codex-runner run --config PATH`: the long-running daemon.
 //!
 //! One worker runs passes one at a time; webhooks and the poller only ask for a pass, and
-//! asks that arrive while one is pending collapse into it. SIGTERM or Ctrl-C stops the
-//! daemon between passes: a pass under way finishes (its handlers are not killed).
+//! asks that arrive while one is pending collapse into it. SIGTERM or Ctrl-C drains: no new
+//! request starts, running handlers may finish until `runner.drain_timeout`, then they are
+//! cancelled (a second signal cancels at once); every result is pushed before it exits.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -10,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::Instrument;
 
 use crate::config::HostConfig;
+use crate::engine::shutdown::Stage;
 use crate::engine::{dispatch_once, validate_pull, validation_update, DispatchOptions, PullJob};
 use crate::server::{router, Health, Server, Trigger};
 
@@ -107,13 +108,14 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
         server_cfg.poll_interval,
     ));
 
-    let mut term = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
+    opts.shutdown
+        .on_signals(opts.drain_timeout)
+        .context("failed to watch SIGTERM and SIGINT")?;
     trigger.ask();
     loop {
         tokio::select! {
             _ = trigger.wait() => {}
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = opts.shutdown.reached(Stage::Drain) => break,
         }
         let span = tracing::info_span!("pass", runner = %opts.runner);
         match dispatch_once(&opts).instrument(span).await {
@@ -139,8 +141,11 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
             }
         }
         health.passes.fetch_add(1, Ordering::Relaxed);
+        if opts.shutdown.stage() >= Stage::Drain {
+            break;
+        }
     }
-    tracing::info!("stopping: no pass is running");
+    tracing::info!("stopped");
     Ok(())
 }
 

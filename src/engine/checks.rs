@@ -256,6 +256,7 @@ fn finished(
         State::Failed => Conclusion::Failure,
         State::TimedOut => Conclusion::TimedOut,
         State::Rejected => Conclusion::ActionRequired,
+        State::Cancelled => Conclusion::Cancelled,
     };
     let events: Vec<Value> = String::from_utf8_lossy(log)
         .lines()

@@ -8,6 +8,7 @@ pub mod locks;
 mod publish;
 mod pulls;
 mod run;
+pub mod shutdown;
 
 pub use checks::{validation_update, ForgeTarget};
 pub use pulls::{validate_pull, PullJob, PullVerdict};
@@ -63,6 +64,10 @@ pub struct DispatchOptions {
     pub git_auth: Option<GitHub>,
     /// Labels this runner carries; a request's `runs-on` must be among them.
     pub labels: Vec<String>,
+    /// Drain and cancel on shutdown (default: never).
+    pub shutdown: shutdown::Shutdown,
+    /// After the first SIGTERM, how long running handlers may go on.
+    pub drain_timeout: std::time::Duration,
 }
 
 /// Why a pass could not complete; each maps to a documented exit code.
@@ -142,6 +147,8 @@ pub(crate) struct PassContext {
     builds: tokio::sync::Mutex<()>,
     /// Check-run events, when a forge is configured.
     checks: Option<checks::CheckSink>,
+    /// Whether to start new requests, and when to stop running ones.
+    shutdown: shutdown::Shutdown,
 }
 
 impl PassContext {
@@ -475,6 +482,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         executor: OnceCell::new(),
         builds: tokio::sync::Mutex::new(()),
         checks: checks_tx.clone(),
+        shutdown: opts.shutdown.clone(),
     });
     let target = Target {
         mirror,
@@ -579,23 +587,38 @@ async fn run_queues(
         tasks.spawn(async move {
             for item in queue {
                 let Action::Run(runnable) = &item.action else { continue };
+                if cx.shutdown.stage() >= shutdown::Stage::Drain {
+                    tracing::info!(id = %item.log_id, "the runner is stopping: left for a later pass");
+                    continue;
+                }
                 let span = tracing::info_span!("request", id = %item.log_id, kind = %runnable.request.kind, resource = %resource);
                 let result = async {
                     let mut waited = None;
-                    let _lock = locks
-                        .acquire(&resource, || {
+                    let draining = cx.shutdown.reached(shutdown::Stage::Drain);
+                    tokio::pin!(draining);
+                    let _lock = tokio::select! {
+                        lock = locks.acquire(&resource, || {
                             tracing::info!("waiting for the lock on `{resource}`");
                             waited = Some(resource.clone());
-                        })
-                        .await?;
-                    let _slot = slots.acquire().await.context("failed to get a run slot")?;
-                    run::execute(&cx, &item, runnable, waited).await
+                        }) => lock?,
+                        _ = &mut draining => return Ok(None),
+                    };
+                    let _slot = tokio::select! {
+                        slot = slots.acquire() => slot.context("failed to get a run slot")?,
+                        _ = &mut draining => return Ok(None),
+                    };
+                    // Waiting for the lock or a slot may have outlasted the runner's wish to go on.
+                    if cx.shutdown.stage() >= shutdown::Stage::Drain {
+                        return Ok(None);
+                    }
+                    run::execute(&cx, &item, runnable, waited).await.map(Some)
                 }
                 .instrument(span)
                 .await;
                 let again = |e: anyhow::Error| e.context(format!("request {} did not finish; it runs again in a later pass", item.log_id));
                 match result {
-                    Ok(f) => record(f),
+                    Ok(Some(f)) => record(f),
+                    Ok(None) => tracing::info!(id = %item.log_id, "the runner is stopping: left for a later pass"),
                     Err(run::RunFailure::Docker(e)) => return Err(DispatchError::Docker(again(e))),
                     Err(run::RunFailure::Other(e)) => return Err(DispatchError::Other(again(e))),
                 }

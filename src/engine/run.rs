@@ -247,20 +247,24 @@ async fn execute_in(
     let mut write_error: Option<anyhow::Error> = None;
     let outcome = cx
         .executor()?
-        .run(&spec, |event| {
-            let r = match event {
-                OutputEvent::Line(stream, line) => {
-                    log.event("output", json!({"stream": stream.as_str(), "line": line}))
+        .run(
+            &spec,
+            |event| {
+                let r = match event {
+                    OutputEvent::Line(stream, line) => {
+                        log.event("output", json!({"stream": stream.as_str(), "line": line}))
+                    }
+                    OutputEvent::Truncated { cap } => log.event(
+                        "output_truncated",
+                        json!({"cap_bytes": cap, "note": "output past the cap was dropped"}),
+                    ),
+                };
+                if let (Err(e), None) = (r, &write_error) {
+                    write_error = Some(e);
                 }
-                OutputEvent::Truncated { cap } => log.event(
-                    "output_truncated",
-                    json!({"cap_bytes": cap, "note": "output past the cap was dropped"}),
-                ),
-            };
-            if let (Err(e), None) = (r, &write_error) {
-                write_error = Some(e);
-            }
-        })
+            },
+            cx.shutdown.reached(super::shutdown::Stage::Cancel),
+        )
         .await;
     let outcome = match outcome {
         Ok(o) => o,
@@ -274,7 +278,12 @@ async fn execute_in(
     }
     let duration_ms = clock.elapsed().as_millis() as u64;
     log.event("exit", json!({"exit_code": outcome.exit_code, "oom_killed": outcome.oom_killed, "output_bytes": outcome.output_bytes}))?;
-    let (state, reason) = if outcome.timed_out {
+    let (state, reason) = if outcome.cancelled {
+        (
+            State::Cancelled,
+            Some("cancelled: the runner was stopping".to_string()),
+        )
+    } else if outcome.timed_out {
         (
             State::TimedOut,
             Some(format!(

@@ -69,6 +69,8 @@ pub struct RunOutcome {
     pub oom_killed: bool,
     /// The timeout fired and the container was stopped.
     pub timed_out: bool,
+    /// The runner was stopping and the container was stopped.
+    pub cancelled: bool,
     /// Bytes of output seen (including dropped ones).
     pub output_bytes: u64,
     /// Output passed the cap.
@@ -214,14 +216,17 @@ impl DockerExecutor {
     /// Run one container to the end, streaming its output to `on_output`.
     ///
     /// The container is removed before this returns, whatever happened.
+    /// When `cancel` completes, the container is stopped the way a timeout stops it (SIGTERM,
+    /// the grace period, SIGKILL) and the outcome says `cancelled`.
     pub async fn run(
         &self,
         spec: &ContainerSpec,
         on_output: impl FnMut(OutputEvent) + Send,
+        cancel: impl std::future::Future<Output = ()> + Send,
     ) -> Result<RunOutcome, ExecError> {
         // A container of the same name is a leftover of ours from a dead run: remove it.
         self.remove(&spec.name).await;
-        let result = self.run_inner(spec, on_output).await;
+        let result = self.run_inner(spec, on_output, cancel).await;
         self.remove(&spec.name).await;
         result
     }
@@ -244,7 +249,9 @@ impl DockerExecutor {
         &self,
         spec: &ContainerSpec,
         mut on_output: impl FnMut(OutputEvent) + Send,
+        cancel: impl std::future::Future<Output = ()> + Send,
     ) -> Result<RunOutcome, ExecError> {
+        tokio::pin!(cancel);
         let create = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
@@ -293,17 +300,14 @@ impl DockerExecutor {
                     }
                     None => break,
                 },
+                // A timeout and a cancellation take the same path: SIGTERM, grace, SIGKILL.
                 _ = &mut deadline, if stopper.is_none() => {
                     outcome.timed_out = true;
-                    let docker = self.docker.clone();
-                    let name = spec.name.clone();
-                    let grace = spec.grace.as_secs().min(i32::MAX as u64) as i32;
-                    stopper = Some(tokio::spawn(async move {
-                        let opts = StopContainerOptionsBuilder::default().t(grace).build();
-                        if let Err(e) = docker.stop_container(&name, Some(opts)).await {
-                            tracing::warn!(container = %name, error = %e, "failed to stop container");
-                        }
-                    }));
+                    stopper = Some(self.stopper(spec));
+                }
+                _ = &mut cancel, if stopper.is_none() => {
+                    outcome.cancelled = true;
+                    stopper = Some(self.stopper(spec));
                 }
             }
         }
@@ -317,7 +321,7 @@ impl DockerExecutor {
             let mut w = self.docker.wait_container(&spec.name, None);
             let _ = w.next().await;
         };
-        let remaining = if outcome.timed_out {
+        let remaining = if outcome.timed_out || outcome.cancelled {
             spec.grace + Duration::from_secs(5)
         } else {
             ends_at.saturating_duration_since(tokio::time::Instant::now())
@@ -342,6 +346,19 @@ impl DockerExecutor {
         outcome.exit_code = state.exit_code;
         outcome.oom_killed = state.oom_killed.unwrap_or(false);
         Ok(outcome)
+    }
+
+    /// Stop `spec`'s container in the background: SIGTERM, its grace period, then SIGKILL.
+    fn stopper(&self, spec: &ContainerSpec) -> tokio::task::JoinHandle<()> {
+        let docker = self.docker.clone();
+        let name = spec.name.clone();
+        let grace = spec.grace.as_secs().min(i32::MAX as u64) as i32;
+        tokio::spawn(async move {
+            let opts = StopContainerOptionsBuilder::default().t(grace).build();
+            if let Err(e) = docker.stop_container(&name, Some(opts)).await {
+                tracing::warn!(container = %name, error = %e, "failed to stop container");
+            }
+        })
     }
 
     /// Names of the containers of ours that exist now (any state), optionally of one runner.

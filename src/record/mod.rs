@@ -24,6 +24,9 @@ pub enum State {
     TimedOut,
     /// Never ran: the request broke the contract.
     Rejected,
+    /// Stopped because the runner was shutting down (after its drain timeout, or a second
+    /// signal).
+    Cancelled,
 }
 
 impl State {
@@ -34,6 +37,7 @@ impl State {
             State::Failed => "failed",
             State::TimedOut => "timed_out",
             State::Rejected => "rejected",
+            State::Cancelled => "cancelled",
         }
     }
 }
