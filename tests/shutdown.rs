@@ -189,3 +189,87 @@ fn the_daemon_drains_on_sigterm_and_exits_with_the_result_pushed() {
     );
     repo.assert_no_containers();
 }
+
+#[test]
+fn containers_left_by_a_dead_runner_are_removed_at_the_next_pass() {
+    docker();
+    let repo = Repo::new("t-orphans");
+    let grace = quick_grace(&repo);
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    // What a runner killed with SIGKILL leaves: a running container owned by a dead pid.
+    // Another runner's container and a container owned by a live runner process stay.
+    let dead = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    // A live codex-runner process (a daemon of another runner name, idle).
+    let config = repo.tmp.path().join("helper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runner]\nname = \"t-orphans-helper\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"1h\"\n",
+            repo.tmp.path().join("helper-state").display(),
+            repo.origin.display()
+        ),
+    )
+    .unwrap();
+    let live = common::spawn_daemon(&config);
+    let start = |name: &str, runner: &str, owner: String| {
+        common::sh(
+            repo.tmp.path(),
+            "docker",
+            &[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                "none",
+                "--label",
+                "io.codex-runner.managed=true",
+                "--label",
+                &format!("io.codex-runner.runner={runner}"),
+                "--label",
+                &format!("io.codex-runner.owner={owner}"),
+                "codex-runner/busybox:1",
+                "sleep",
+                "300",
+            ],
+        );
+    };
+    let suffix = std::process::id();
+    let orphan = format!("codex-t-orphans-left-{suffix}");
+    let sibling = format!("codex-t-orphans-live-{suffix}");
+    let other = format!("codex-other-runner-{suffix}");
+    start(&orphan, "t-orphans", format!("{}/{dead}", boot.trim()));
+    start(
+        &sibling,
+        "t-orphans",
+        format!("{}/{}", boot.trim(), live.child.id()),
+    );
+    start(&other, "someone-else", format!("{}/{dead}", boot.trim()));
+
+    let pass = repo.dispatch(&["--config", &grace]).ok();
+    assert!(
+        pass.stderr.contains("left by a dead runner"),
+        "{}",
+        pass.stderr
+    );
+    let ours = containers_of("t-orphans");
+    assert!(!ours.contains(&orphan), "the orphan is gone: {ours:?}");
+    assert!(
+        ours.contains(&sibling),
+        "a live runner's container stays: {ours:?}"
+    );
+    // Once that runner is gone, its container is the next pass's to remove.
+    drop(live);
+    assert!(
+        containers_of("someone-else").contains(&other),
+        "another runner's stays"
+    );
+    repo.dispatch(&["--config", &grace]).ok();
+    assert!(containers_of("t-orphans").is_empty());
+    common::sh(repo.tmp.path(), "docker", &["rm", "-f", &other]);
+}

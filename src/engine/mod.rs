@@ -419,6 +419,25 @@ pub(crate) async fn git_token(auth: Option<&GitHub>) -> Result<Option<String>, D
     }
 }
 
+/// Stop and remove the containers a dead process of this runner left on this host. Docker
+/// being away is not this pass's problem unless it has requests to run.
+async fn reap_orphans(opts: &DispatchOptions) {
+    let reaped = async {
+        let docker = DockerExecutor::connect().await?;
+        docker.reap_orphans(&opts.runner, opts.limits.grace).await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(60), reaped).await {
+        Ok(Ok(names)) if !names.is_empty() => {
+            tracing::warn!(containers = ?names, "removed containers left by a dead runner")
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %format!("{e:#}"), "no clean-up of leftovers: Docker did not answer")
+        }
+        Err(_) => tracing::warn!("no clean-up of leftovers: Docker took over a minute"),
+    }
+}
+
 /// Run one full pass against the remote.
 pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, DispatchError> {
     // Results wait per remote: runners of several repositories may share one state dir.
@@ -433,6 +452,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     let token = git_token(opts.git_auth.as_ref()).await?;
     let mirror = git(Mirror::open(&work, &opts.remote, token.as_deref()))?;
     let (branch, tip, config) = resolve_branch(&mirror, opts)?;
+    reap_orphans(opts).await;
     tracing::info!(branch = %branch, tip = %tip, "planning pass");
     let Survey {
         pending,

@@ -28,6 +28,41 @@ pub const LABEL_MANAGED: &str = "io.codex-runner.managed";
 pub const LABEL_RUNNER: &str = "io.codex-runner.runner";
 /// Label naming the request.
 pub const LABEL_REQUEST: &str = "io.codex-runner.request";
+/// Label: the runner process that made the container, as `<boot id>/<pid>`, so a runner
+/// starting later can tell a dead runner's leftovers from a live sibling's containers.
+pub const LABEL_OWNER: &str = "io.codex-runner.owner";
+
+/// This boot of this host.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The owner label of this process.
+pub fn owner_label() -> String {
+    format!("{}/{}", boot_id(), std::process::id())
+}
+
+/// Whether the process an owner label names is a codex-runner alive now. Pure but for
+/// `alive`, which says whether a pid is a running codex-runner.
+pub fn owner_alive(label: Option<&str>, boot: &str, alive: impl Fn(u32) -> bool) -> bool {
+    let Some((b, pid)) = label.and_then(|l| l.split_once('/')) else {
+        return false;
+    };
+    b == boot && pid.parse().is_ok_and(alive)
+}
+
+/// Whether `pid` is a running codex-runner process.
+fn is_runner_process(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            c.split(|b| *b == 0)
+                .next()
+                .is_some_and(|argv0| String::from_utf8_lossy(argv0).contains("codex-runner"))
+        })
+        .unwrap_or(false)
+}
 
 /// Which stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,6 +396,48 @@ impl DockerExecutor {
         })
     }
 
+    /// Remove the containers `runner` left behind when a process of it died: labelled as ours
+    /// and this runner's, but owned by no live codex-runner of this boot. They are stopped
+    /// (SIGTERM, `grace`, SIGKILL) and removed; their names are returned. Their requests have
+    /// no result, so a later pass runs them again.
+    pub async fn reap_orphans(&self, runner: &str, grace: Duration) -> anyhow::Result<Vec<String>> {
+        let filters: HashMap<String, Vec<String>> = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_RUNNER}={runner}"),
+            ],
+        )]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .context("failed to list containers")?;
+        let boot = boot_id();
+        let orphans: Vec<String> = list
+            .into_iter()
+            .filter(|c| {
+                let owner = c.labels.as_ref().and_then(|l| l.get(LABEL_OWNER));
+                !owner_alive(owner.map(String::as_str), &boot, is_runner_process)
+            })
+            .filter_map(|c| c.names.and_then(|n| n.into_iter().next()))
+            .map(|n| n.trim_start_matches('/').to_string())
+            .collect();
+        let t = grace.as_secs().min(i32::MAX as u64) as i32;
+        futures_util::future::join_all(orphans.iter().map(|name| async move {
+            tracing::warn!(container = %name, "removing a container left by a dead runner; its request runs again");
+            let opts = StopContainerOptionsBuilder::default().t(t).build();
+            let _ = self.docker.stop_container(name, Some(opts)).await;
+            self.remove(name).await;
+        }))
+        .await;
+        Ok(orphans)
+    }
+
     /// Names of the containers of ours that exist now (any state), optionally of one runner.
     pub async fn managed_containers(&self, runner: Option<&str>) -> anyhow::Result<Vec<String>> {
         let mut label = vec![format!("{LABEL_MANAGED}=true")];
@@ -564,5 +641,26 @@ mod tests {
         });
         s.finish(&mut |e| got.push(e));
         assert_eq!(got.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::owner_alive;
+
+    #[test]
+    fn only_a_live_runner_of_this_boot_owns_a_container() {
+        let alive = |pid: u32| pid == 42;
+        assert!(owner_alive(Some("boot-a/42"), "boot-a", alive));
+        assert!(!owner_alive(Some("boot-a/43"), "boot-a", alive), "dead pid");
+        assert!(
+            !owner_alive(Some("boot-b/42"), "boot-a", alive),
+            "an earlier boot"
+        );
+        assert!(!owner_alive(Some("garbage"), "boot-a", alive));
+        assert!(
+            !owner_alive(None, "boot-a", alive),
+            "unlabelled: an older runner's"
+        );
     }
 }

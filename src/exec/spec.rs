@@ -11,7 +11,7 @@ use crate::config::HostLimits;
 use crate::contract::handlers::{HandlerSpec, Network};
 use crate::contract::units::format_duration;
 
-use super::{LABEL_MANAGED, LABEL_REQUEST, LABEL_RUNNER};
+use super::{owner_label, LABEL_MANAGED, LABEL_OWNER, LABEL_REQUEST, LABEL_RUNNER};
 
 /// A bind mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +186,7 @@ pub fn container_spec(
             ctx.attempt.to_string(),
         ),
         ("io.codex-runner.commit".to_string(), ctx.commit.clone()),
+        (LABEL_OWNER.to_string(), owner_label()),
     ]);
     Ok(ContainerSpec {
         name: container_name(&ctx.runner, &ctx.scope, &ctx.request_id, ctx.attempt),
