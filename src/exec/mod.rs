@@ -401,22 +401,7 @@ impl DockerExecutor {
     /// (SIGTERM, `grace`, SIGKILL) and removed; their names are returned. Their requests have
     /// no result, so a later pass runs them again.
     pub async fn reap_orphans(&self, runner: &str, grace: Duration) -> anyhow::Result<Vec<String>> {
-        let filters: HashMap<String, Vec<String>> = HashMap::from([(
-            "label".to_string(),
-            vec![
-                format!("{LABEL_MANAGED}=true"),
-                format!("{LABEL_RUNNER}={runner}"),
-            ],
-        )]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .context("failed to list containers")?;
+        let list = self.ours(Some(runner)).await?;
         let boot = boot_id();
         let orphans: Vec<String> = list
             .into_iter()
@@ -440,6 +425,20 @@ impl DockerExecutor {
 
     /// Names of the containers of ours that exist now (any state), optionally of one runner.
     pub async fn managed_containers(&self, runner: Option<&str>) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .ours(runner)
+            .await?
+            .into_iter()
+            .flat_map(|c| c.names.unwrap_or_default())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .collect())
+    }
+
+    /// The containers labelled as ours (any state), optionally of one runner.
+    async fn ours(
+        &self,
+        runner: Option<&str>,
+    ) -> anyhow::Result<Vec<bollard::models::ContainerSummary>> {
         let mut label = vec![format!("{LABEL_MANAGED}=true")];
         if let Some(r) = runner {
             label.push(format!("{LABEL_RUNNER}={r}"));
@@ -449,16 +448,10 @@ impl DockerExecutor {
             .all(true)
             .filters(&filters)
             .build();
-        let list = self
-            .docker
+        self.docker
             .list_containers(Some(opts))
             .await
-            .context("failed to list containers")?;
-        Ok(list
-            .into_iter()
-            .flat_map(|c| c.names.unwrap_or_default())
-            .map(|n| n.trim_start_matches('/').to_string())
-            .collect())
+            .context("failed to list containers")
     }
 }
 
