@@ -109,11 +109,16 @@ impl Journal {
     }
 
     /// Make `update` the run's desired state (written whole, then renamed into place).
-    fn record(&self, update: &CheckUpdate) {
+    /// A `held` state is not sent until [`Journal::release`] says its result is on the branch.
+    fn record(&self, update: &CheckUpdate, held: bool) {
         let _g = self.guard();
         let path = self.path(&update.external_id);
         let tmp = path.with_extension("tmp");
-        let written = serde_json::to_vec(update)
+        let entry = Entry {
+            update: update.clone(),
+            held,
+        };
+        let written = serde_json::to_vec(&entry)
             .map_err(std::io::Error::other)
             .and_then(|bytes| std::fs::write(&tmp, bytes))
             .and_then(|()| std::fs::rename(&tmp, &path));
@@ -126,7 +131,29 @@ impl Journal {
     fn load(&self, key: &str) -> Option<CheckUpdate> {
         let _g = self.guard();
         let bytes = std::fs::read(self.path(key)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let entry: Entry = serde_json::from_slice(&bytes).ok()?;
+        (!entry.held).then_some(entry.update)
+    }
+
+    /// Send the held states whose results `pushed` says reached the branch (a runner that died
+    /// between its push and the update left them).
+    pub(crate) fn release(&self, pushed: impl Fn(&str) -> bool) {
+        for key in self.keys() {
+            let _g = self.guard();
+            let path = self.path(&key);
+            let Some(mut entry) = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Entry>(&b).ok())
+            else {
+                continue;
+            };
+            if entry.held && pushed(&key) {
+                entry.held = false;
+                if let Ok(bytes) = serde_json::to_vec(&entry) {
+                    let _ = std::fs::write(&path, bytes);
+                }
+            }
+        }
     }
 
     /// The forge took `sent`: forget it, unless a newer state replaced it meanwhile.
@@ -135,8 +162,8 @@ impl Journal {
         let path = self.path(&sent.external_id);
         let current = std::fs::read(&path)
             .ok()
-            .and_then(|b| serde_json::from_slice::<CheckUpdate>(&b).ok());
-        if current.as_ref() == Some(sent) {
+            .and_then(|b| serde_json::from_slice::<Entry>(&b).ok());
+        if current.is_some_and(|c| !c.held && c.update == *sent) {
             let _ = std::fs::remove_file(&path);
         }
     }
@@ -158,6 +185,14 @@ impl Journal {
         keys.sort();
         keys
     }
+}
+
+/// One run's desired state in the journal.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Entry {
+    update: CheckUpdate,
+    #[serde(default)]
+    held: bool,
 }
 
 /// Where a pass's check events go: the journal at once, then the reporter.
@@ -188,8 +223,15 @@ impl CheckSink {
     /// Record what `event` means for its check run, durably, and wake the reporter.
     pub(crate) fn emit(&self, event: CheckEvent) {
         let update = update_for(&event, &self.html_url);
-        self.journal.record(&update);
+        self.journal.record(&update, false);
         let _ = self.tx.send(update.external_id);
+    }
+
+    /// Record what `event` will mean once its result is pushed, without sending it: the push
+    /// may fail, and a runner may die between the push and [`CheckSink::emit`].
+    pub(crate) fn hold(&self, event: CheckEvent) {
+        self.journal
+            .record(&update_for(&event, &self.html_url), true);
     }
 }
 

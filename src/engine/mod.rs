@@ -479,6 +479,12 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
             let journal = Arc::new(checks::Journal::new(
                 opts.state_dir.join("checks").join(&key),
             ));
+            // Completed states held back until their push: released if the push happened.
+            journal.release(|id| {
+                mirror
+                    .path_kind(tip, &format!("{}{id}.status.json", config.output_path))
+                    .is_some()
+            });
             let (sink, rx) = checks::CheckSink::new(journal.clone(), target.html_url.clone());
             (
                 Some(sink),

@@ -117,12 +117,7 @@ pub(crate) async fn committer(
                 tracing::info!(commit = %p.commit, requests = batch.len(), replays = p.replays, "published results");
                 for f in &batch {
                     if let Some(sink) = &target.checks {
-                        sink.emit(super::checks::CheckEvent::Finished {
-                            status: Box::new(f.status.clone()),
-                            log: std::fs::read(f.dir.join("log.jsonl")).unwrap_or_default(),
-                            pushed: p.commit.clone(),
-                            output_path: target.config.output_path.clone(),
-                        });
+                        sink.emit(finished_event(&target, f, &p.commit));
                     }
                     let _ = std::fs::remove_dir_all(&f.dir);
                 }
@@ -137,12 +132,29 @@ pub(crate) async fn committer(
     (published, errors)
 }
 
+/// The check event of `f`, pushed (or about to be) at `pushed` (a commit or the branch).
+fn finished_event(target: &Target, f: &Finished, pushed: &str) -> super::checks::CheckEvent {
+    super::checks::CheckEvent::Finished {
+        status: Box::new(f.status.clone()),
+        log: std::fs::read(f.dir.join("log.jsonl")).unwrap_or_default(),
+        pushed: pushed.to_string(),
+        output_path: target.config.output_path.clone(),
+    }
+}
+
 async fn publish_batch(target: &Target, batch: &[Finished]) -> anyhow::Result<Published> {
     let mut all = Vec::new();
     for f in batch {
         all.extend(changes(&target.config, f)?);
     }
     let msg = message(batch, &target.runner);
+    if let Some(sink) = &target.checks {
+        // Journaled before the push, sent after it (or by the next pass, if this runner dies
+        // in between): the link names the branch, the one known before the push.
+        for f in batch {
+            sink.hold(finished_event(target, f, &target.branch));
+        }
+    }
     let token = super::git_token(target.auth.as_ref()).await?;
     let t = target.clone();
     tokio::task::spawn_blocking(move || {
