@@ -19,6 +19,22 @@ fn runs(sim: &ForgeSim, sha: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// `dispatch` flags reporting to acme/ops on `sim` with the token, written to a file in `dir`.
+fn forge_flags(sim: &ForgeSim, dir: &std::path::Path) -> Vec<String> {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    [
+        "--forge-api",
+        &sim.url(),
+        "--forge-repo",
+        "acme/ops",
+        "--forge-token-file",
+        token_file.to_str().unwrap(),
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
 fn run_named<'a>(runs: &'a [Value], name: &str) -> &'a Value {
     runs.iter()
         .find(|r| r["name"] == name)
@@ -42,19 +58,9 @@ async fn check_runs_show_every_request_and_catch_up_after_an_outage() {
         ),
         ("requests/typo.yaml", b"kind: echo\nparams:\n  mesage: x\n"),
     ]);
-    let token_file = tmp.join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let api = sim.url();
-    let flags = [
-        "--forge-api",
-        api.as_str(),
-        "--forge-repo",
-        "acme/ops",
-        "--forge-token-file",
-        token_file.to_str().unwrap(),
-        "--forge-attempts",
-        "2",
-    ];
+    let mut flags = forge_flags(&sim, &tmp);
+    flags.extend(["--forge-attempts".to_string(), "2".to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
 
     // The forge is down: requests still run and their logs still reach main.
     sim.set_faults(Faults {
@@ -96,7 +102,8 @@ async fn check_runs_show_every_request_and_catch_up_after_an_outage() {
     assert_eq!(hello["external_id"], "hello");
     let link = hello["details_url"].as_str().unwrap();
     assert!(
-        link.starts_with(&format!("{api}/acme/ops/blob/")) && link.ends_with("/logs/hello.jsonl"),
+        link.starts_with(&format!("{}/acme/ops/blob/", sim.url()))
+            && link.ends_with("/logs/hello.jsonl"),
         "{link}"
     );
     assert!(
@@ -151,17 +158,8 @@ async fn a_runner_killed_between_execution_and_the_check_run_update_catches_up()
         "requests/hello.yaml",
         b"kind: echo\nparams: {message: once}\n",
     )]);
-    let token_file = tmp.join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let api = sim.url();
-    let flags = [
-        "--forge-api",
-        api.as_str(),
-        "--forge-repo",
-        "acme/ops",
-        "--forge-token-file",
-        token_file.to_str().unwrap(),
-    ];
+    let flags = forge_flags(&sim, &tmp);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
 
     // Every API call takes 3 s: the handler runs and its log is pushed while the check-run
     // updates are still on their way. The runner is killed (SIGKILL) the moment the log is

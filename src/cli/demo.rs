@@ -80,14 +80,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         origin_dir.display()
     ));
 
-    let requests: Vec<SeedFile<'_>> = REQUESTS
-        .iter()
-        .map(|(p, t)| SeedFile {
-            path: p,
-            bytes: t.as_bytes(),
-            executable: false,
-        })
-        .collect();
+    let requests = SeedFile::texts(REQUESTS);
     let branch = origin.commit(
         "refs/heads/agent/rollout",
         &[base],

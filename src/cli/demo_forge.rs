@@ -124,14 +124,7 @@ pub async fn run(root: &Path) -> anyhow::Result<i32> {
         ("requests/deploy-web.yaml", "kind: deploy\nparams:\n  service: web\n  version: v1.4.2\n  environment: staging\n  steps: 2\n"),
         ("requests/backup-orders.yaml", "kind: backup\nparams:\n  database: orders\n  retention_days: 30\n"),
     ];
-    let files: Vec<SeedFile<'_>> = good
-        .iter()
-        .map(|(p, t)| SeedFile {
-            path: p,
-            bytes: t.as_bytes(),
-            executable: false,
-        })
-        .collect();
+    let files = SeedFile::texts(good);
     let head = seed.commit(
         "refs/heads/agent/rollout",
         &[base],

@@ -16,6 +16,20 @@ pub struct SeedFile<'a> {
     pub executable: bool,
 }
 
+impl<'a> SeedFile<'a> {
+    /// Plain (not executable) text files from `(path, text)` pairs.
+    pub fn texts(files: &[(&'a str, &'a str)]) -> Vec<SeedFile<'a>> {
+        files
+            .iter()
+            .map(|(path, text)| SeedFile {
+                path,
+                bytes: text.as_bytes(),
+                executable: false,
+            })
+            .collect()
+    }
+}
+
 /// A bare repository to write commits into.
 pub struct SeedRepo {
     repo: Repository,
