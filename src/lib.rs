@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod contract;
+pub mod crashpoint;
 pub mod engine;
 pub mod exec;
 pub mod forge;

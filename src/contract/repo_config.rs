@@ -34,10 +34,36 @@ struct CodexFile {
     mainline_branch: Option<String>,
     enforce_merge_before_execution: Option<bool>,
     cleanup_after_success: Option<bool>,
+    on_interrupt: Option<String>,
+    max_attempts: Option<u32>,
 }
 
 /// The only execution strategy this runner implements.
 pub const STRATEGY: &str = "git-merge-execution";
+
+/// What happens to a request whose handler was interrupted by something other than itself:
+/// its runner died and its container is gone, or the host or the Docker engine went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInterrupt {
+    /// Run it again with `CODEX_ATTEMPT` one higher (handlers are idempotent), up to
+    /// `max_attempts`; then record it as interrupted.
+    Rerun,
+    /// Record it as `interrupted` and run it no more (a person looks at what it did).
+    Record,
+}
+
+impl OnInterrupt {
+    /// The name in `codex.repo.yaml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnInterrupt::Rerun => "rerun",
+            OnInterrupt::Record => "record",
+        }
+    }
+}
+
+/// Most attempts a repository may allow.
+pub const MAX_ATTEMPTS: u32 = 10;
 
 /// The validated contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +82,10 @@ pub struct RepoConfig {
     pub enforce_merge: bool,
     /// Move a succeeded request out of the inbox (failed ones always move).
     pub cleanup_after_success: bool,
+    /// What happens to an interrupted handler.
+    pub on_interrupt: OnInterrupt,
+    /// Attempts a request gets under `rerun`, the first included.
+    pub max_attempts: u32,
 }
 
 impl Default for RepoConfig {
@@ -68,6 +98,8 @@ impl Default for RepoConfig {
             mainline_branch: "main".into(),
             enforce_merge: true,
             cleanup_after_success: true,
+            on_interrupt: OnInterrupt::Rerun,
+            max_attempts: 3,
         }
     }
 }
@@ -184,10 +216,42 @@ impl RepoConfig {
                 .at(at("codex", "mainline_branch")),
             );
         }
+        let on_interrupt = match raw.codex.on_interrupt.as_deref() {
+            None => d.on_interrupt,
+            Some("rerun") => OnInterrupt::Rerun,
+            Some("record") => OnInterrupt::Record,
+            Some(other) => {
+                errors.push(
+                    Violation::new(
+                        file,
+                        "invalid-value",
+                        format!("codex.on_interrupt `{other}` is neither `rerun` nor `record`"),
+                    )
+                    .at(at("codex", "on_interrupt"))
+                    .hint("`rerun`: run an interrupted handler again with CODEX_ATTEMPT + 1; `record`: record it as interrupted"),
+                );
+                d.on_interrupt
+            }
+        };
+        let max_attempts = raw.codex.max_attempts.unwrap_or(d.max_attempts);
+        if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+            errors.push(
+                Violation::new(
+                    file,
+                    "invalid-value",
+                    format!(
+                        "codex.max_attempts `{max_attempts}` is not between 1 and {MAX_ATTEMPTS}"
+                    ),
+                )
+                .at(at("codex", "max_attempts")),
+            );
+        }
         if !errors.is_empty() {
             return Err(Violations(errors));
         }
         Ok(RepoConfig {
+            on_interrupt,
+            max_attempts,
             purpose: raw.repo.purpose,
             trigger_path,
             output_path,
@@ -224,7 +288,7 @@ pub fn valid_branch(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    const START: &str = "repo:\n  purpose: infrastructure-orchestration\n  strategy: git-merge-execution\ncodex:\n  deploy_trigger_path: requests/\n  deploy_output_path: logs/\n  mainline_branch: main\n  enforce_merge_before_execution: true\n  cleanup_after_success: true\n";
+    const START: &str = "repo:\n  purpose: infrastructure-orchestration\n  strategy: git-merge-execution\ncodex:\n  deploy_trigger_path: requests/\n  deploy_output_path: logs/\n  mainline_branch: main\n  enforce_merge_before_execution: true\n  cleanup_after_success: true\n  on_interrupt: rerun\n  max_attempts: 3\n";
 
     #[test]
     fn starting_shape_parses() {
@@ -293,6 +357,21 @@ mod tests {
                 START.replace("cleanup_after_success", "cleanup_after_sucess"),
                 "unknown-field",
                 9,
+            ),
+            (
+                START.replace("on_interrupt: rerun", "on_interrupt: retry"),
+                "invalid-value",
+                10,
+            ),
+            (
+                START.replace("max_attempts: 3", "max_attempts: 0"),
+                "invalid-value",
+                11,
+            ),
+            (
+                START.replace("max_attempts: 3", "max_attempts: -1"),
+                "yaml-syntax",
+                11,
             ),
         ];
         for (text, rule, line) in cases {

@@ -299,6 +299,8 @@ fn finished(
         State::TimedOut => Conclusion::TimedOut,
         State::Rejected => Conclusion::ActionRequired,
         State::Cancelled => Conclusion::Cancelled,
+        // Someone has to look at what the interrupted handler did.
+        State::Interrupted => Conclusion::ActionRequired,
     };
     let events: Vec<Value> = String::from_utf8_lossy(log)
         .lines()

@@ -4,6 +4,7 @@
 //! each request's state; `exec`, `git` and `record` do the I/O it asks for.
 
 mod checks;
+mod journal;
 pub mod locks;
 mod publish;
 mod pulls;
@@ -149,6 +150,8 @@ pub(crate) struct PassContext {
     checks: Option<checks::CheckSink>,
     /// Whether to start new requests, and when to stop running ones.
     shutdown: shutdown::Shutdown,
+    /// How to go on with attempts a dead runner process left, by request.
+    recoveries: Mutex<BTreeMap<String, journal::Recovery>>,
 }
 
 impl PassContext {
@@ -272,25 +275,45 @@ fn resolve_branch(
     Ok((wanted, tip, config))
 }
 
-/// Results executed in an earlier pass whose commit never reached the remote.
+/// An attempt an earlier process journaled but never finished.
+struct Leftover {
+    id: String,
+    dir: PathBuf,
+    record: journal::AttemptRecord,
+}
+
+/// Results executed in an earlier pass whose commit never reached the remote, and attempts
+/// that never finished.
 fn pending_results(
     results_dir: &Path,
     mirror: &Mirror,
     tip: Oid,
     config: &RepoConfig,
-) -> anyhow::Result<Vec<Finished>> {
+) -> anyhow::Result<(Vec<Finished>, Vec<Leftover>)> {
     let mut out = Vec::new();
+    let mut leftovers = Vec::new();
     let Ok(dirs) = std::fs::read_dir(results_dir) else {
-        return Ok(out);
+        return Ok((out, leftovers));
     };
     for d in dirs {
         let dir = d?.path();
         let status = match read_status(&dir.join("status.json")) {
             Ok(s) => s,
             Err(_) => {
-                // No status: the run never finished (the runner died); issue #4's journal
-                // decides what to do with such runs. Today they run again.
-                let _ = std::fs::remove_dir_all(&dir);
+                match journal::read(&dir) {
+                    Some(record) => leftovers.push(Leftover {
+                        id: dir
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        dir,
+                        record,
+                    }),
+                    // Not even journaled: no container was made; it starts afresh.
+                    None => {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                }
                 continue;
             }
         };
@@ -307,7 +330,7 @@ fn pending_results(
         }
         out.push(Finished { status, dir });
     }
-    Ok(out)
+    Ok((out, leftovers))
 }
 
 /// Whether request `id` already ran, as the branch at `tip` records it.
@@ -337,6 +360,8 @@ fn done_at(
 struct Survey {
     /// Results an earlier pass executed but could not push.
     pending: Vec<Finished>,
+    /// Attempts an earlier process started but did not finish.
+    leftovers: Vec<Leftover>,
     /// Work in merge order.
     planned: plan::Plan,
     /// Valid handler indexes by the commit that brought requests.
@@ -354,7 +379,7 @@ fn survey(
         commit: tip.to_string(),
         violations,
     })?;
-    let pending = pending_results(results_dir, mirror, tip, config)?;
+    let (pending, leftovers) = pending_results(results_dir, mirror, tip, config)?;
     let raw = git(mirror.list_dir(tip, &config.trigger_path, MAX_FILE_BYTES))?;
     let paths: Vec<String> = raw
         .iter()
@@ -402,6 +427,7 @@ fn survey(
         .collect();
     Ok(Survey {
         pending,
+        leftovers,
         planned,
         indexes,
     })
@@ -421,10 +447,12 @@ pub(crate) async fn git_token(auth: Option<&GitHub>) -> Result<Option<String>, D
 
 /// Stop and remove the containers a dead process of this runner left on this host. Docker
 /// being away is not this pass's problem unless it has requests to run.
-async fn reap_orphans(opts: &DispatchOptions) {
+async fn reap_orphans(opts: &DispatchOptions, keep: &[String]) {
     let reaped = async {
         let docker = DockerExecutor::connect().await?;
-        docker.reap_orphans(&opts.runner, opts.limits.grace).await
+        docker
+            .reap_orphans(&opts.runner, opts.limits.grace, keep)
+            .await
     };
     match tokio::time::timeout(std::time::Duration::from_secs(60), reaped).await {
         Ok(Ok(names)) if !names.is_empty() => {
@@ -436,6 +464,84 @@ async fn reap_orphans(opts: &DispatchOptions) {
         }
         Err(_) => tracing::warn!("no clean-up of leftovers: Docker took over a minute"),
     }
+}
+
+/// What the journal says to do with the attempts dead processes left.
+#[derive(Default)]
+struct Recovered {
+    /// How each request goes on.
+    plans: BTreeMap<String, journal::Recovery>,
+    /// Requests whose container a live sibling process owns: not this pass's.
+    busy: Vec<String>,
+    /// Containers to follow, which the leftover clean-up must not touch.
+    followed: Vec<String>,
+    /// Processes whose checkouts those containers have mounted.
+    mounted: Vec<u32>,
+}
+
+/// Ask the engine what became of each leftover attempt and decide how it goes on.
+async fn recover(
+    leftovers: Vec<Leftover>,
+    planned: &plan::Plan,
+    config: &RepoConfig,
+) -> Result<Recovered, DispatchError> {
+    let mut out = Recovered::default();
+    if leftovers.is_empty() {
+        return Ok(out);
+    }
+    let docker = DockerExecutor::connect().await.map_err(|e| {
+        DispatchError::Docker(e.context(format!(
+            "{} request(s) have an unfinished attempt whose container must be looked at first",
+            leftovers.len()
+        )))
+    })?;
+    let boot = crate::exec::this_boot();
+    for left in leftovers {
+        let fate = docker
+            .fate(&left.record.container)
+            .await
+            .map_err(DispatchError::Docker)?;
+        let wanted = planned
+            .items
+            .iter()
+            .any(|i| i.log_id == left.id && matches!(i.action, Action::Run(_)));
+        let plan = journal::decide(
+            &left.record,
+            &fate,
+            &boot,
+            crate::exec::owner_is_alive,
+            config,
+        );
+        if !wanted {
+            // Recorded on the branch since (by another runner), or gone from the inbox.
+            if plan != journal::Recovery::Busy {
+                tracing::warn!(id = %left.id, container = %left.record.container, "dropping an unfinished attempt whose request is no longer pending");
+                docker.remove(&left.record.container).await;
+                let _ = std::fs::remove_dir_all(&left.dir);
+            }
+            continue;
+        }
+        tracing::warn!(id = %left.id, attempt = left.record.attempt, fate = ?fate, plan = ?plan, "an earlier runner process left this attempt unfinished");
+        match &plan {
+            journal::Recovery::Busy => {
+                out.busy.push(left.id);
+                continue;
+            }
+            journal::Recovery::Follow(rec) => {
+                out.followed.push(rec.container.clone());
+                if let crate::exec::Fate::Running { owner: Some(o) }
+                | crate::exec::Fate::Exited { owner: Some(o), .. } = &fate
+                {
+                    if let Some(pid) = o.split_once('/').and_then(|(_, p)| p.parse().ok()) {
+                        out.mounted.push(pid);
+                    }
+                }
+            }
+            _ => {}
+        }
+        out.plans.insert(left.id, plan);
+    }
+    Ok(out)
 }
 
 /// Run one full pass against the remote.
@@ -452,13 +558,18 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     let token = git_token(opts.git_auth.as_ref()).await?;
     let mirror = git(Mirror::open(&work, &opts.remote, token.as_deref()))?;
     let (branch, tip, config) = resolve_branch(&mirror, opts)?;
-    reap_orphans(opts).await;
     tracing::info!(branch = %branch, tip = %tip, "planning pass");
     let Survey {
         pending,
+        leftovers,
         mut planned,
         indexes,
     } = survey(&mirror, tip, &config, &results_dir)?;
+    let recovered = recover(leftovers, &planned, &config).await?;
+    reap_orphans(opts, &recovered.followed).await;
+    planned
+        .items
+        .retain(|item| !recovered.busy.contains(&item.log_id));
     // Requests for other runners are left alone: not run, not rejected, not moved.
     planned.items.retain(|item| match &item.action {
         Action::Run(r) => match r.request.runs_on.iter().find(|l| !opts.labels.contains(l)) {
@@ -504,11 +615,12 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         indexes,
         limits: opts.limits.clone(),
         mirror: mirror.clone(),
-        checkouts: tokio::sync::Mutex::new(Checkouts::new(&work)?),
+        checkouts: tokio::sync::Mutex::new(Checkouts::new(&work, &recovered.mounted)?),
         executor: OnceCell::new(),
         builds: tokio::sync::Mutex::new(()),
         checks: checks_tx.clone(),
         shutdown: opts.shutdown.clone(),
+        recoveries: Mutex::new(recovered.plans),
     });
     let target = Target {
         mirror,
@@ -637,7 +749,8 @@ async fn run_queues(
                     if cx.shutdown.stage() >= shutdown::Stage::Drain {
                         return Ok(None);
                     }
-                    run::execute(&cx, &item, runnable, waited).await.map(Some)
+                    let recovery = cx.recoveries.lock().ok().and_then(|mut r| r.remove(&item.log_id));
+                    run::execute(&cx, &item, runnable, waited, recovery).await.map(Some)
                 }
                 .instrument(span)
                 .await;

@@ -114,6 +114,7 @@ pub(crate) async fn committer(
         }
         match publish_batch(&target, &batch).await {
             Ok(p) => {
+                crate::crashpoint::hit("before-check");
                 tracing::info!(commit = %p.commit, requests = batch.len(), replays = p.replays, "published results");
                 for f in &batch {
                     if let Some(sink) = &target.checks {

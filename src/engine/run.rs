@@ -1,7 +1,7 @@
 //! One request from claim to recorded result: image, checkout, container, log, status.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
@@ -13,6 +13,7 @@ use crate::exec::{ExecError, OutputEvent};
 use crate::plan::{Runnable, WorkItem};
 use crate::record::{now, write_status, RunLog, State, Status};
 
+use super::journal::{self, AttemptRecord, Phase, Recovery};
 use super::{Finished, PassContext};
 
 /// Files of one request's result in the state directory, before they are published.
@@ -120,17 +121,36 @@ impl From<serde_json::Error> for RunFailure {
     }
 }
 
-/// Run one request. `Err` means infrastructure failed: nothing is recorded and it runs again later.
+/// Run one request, or go on with the attempt a dead runner process left (`recovery`).
+/// `Err` means infrastructure failed: nothing is recorded and the request is taken up again
+/// in a later pass — from its journal, if its container ran.
 pub(crate) async fn execute(
     cx: &PassContext,
     item: &WorkItem,
     runnable: &Runnable,
     waited_for: Option<String>,
+    recovery: Option<Recovery>,
 ) -> Result<Finished, RunFailure> {
-    let out = ResultDir::fresh(&cx.results_dir, &item.log_id)?;
-    let result = execute_in(cx, item, runnable, &out, waited_for).await;
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&out.dir);
+    let out = match recovery {
+        None => ResultDir::fresh(&cx.results_dir, &item.log_id)?,
+        Some(_) => ResultDir {
+            dir: cx.results_dir.join(&item.log_id),
+        },
+    };
+    let result = execute_in(cx, item, runnable, &out, waited_for, recovery).await;
+    if let Err(e) = &result {
+        match journal::read(&out.dir) {
+            // The container ran: the journal stays so the next pass can read its outcome.
+            Some(mut rec) if rec.phase != Phase::Starting => {
+                if matches!(e, RunFailure::Docker(_)) {
+                    rec.phase = Phase::EngineLost;
+                    let _ = journal::write(&out.dir, &rec);
+                }
+            }
+            _ => {
+                let _ = std::fs::remove_dir_all(&out.dir);
+            }
+        }
     }
     result
 }
@@ -141,25 +161,96 @@ async fn execute_in(
     runnable: &Runnable,
     out: &ResultDir,
     waited_for: Option<String>,
+    recovery: Option<Recovery>,
 ) -> Result<Finished, RunFailure> {
     let request = &runnable.request;
     let kind = request.kind.as_str();
-    let mut log = RunLog::create(&out.log(), &item.log_id)?;
-    log.event(
-        "received",
-        json!({"file": item.file, "commit": item.commit}),
-    )?;
-    log.event(
-        "validated",
-        json!({"kind": kind, "resource": runnable.resource, "timeout_ms": runnable.timeout.as_millis() as u64}),
-    )?;
+    // Where the dead process's log stops: the engine replays a followed container from there.
+    let logged_until = RunLog::last_ts_ms(&out.log()).unwrap_or(0);
+    let mut log = match recovery {
+        None => RunLog::create(&out.log(), &item.log_id)?,
+        Some(_) => RunLog::append(&out.log(), &item.log_id)?,
+    };
+    let mut attempt = 1;
+    let mut follow = None;
+    match recovery {
+        None => {
+            log.event(
+                "received",
+                json!({"file": item.file, "commit": item.commit}),
+            )?;
+            log.event(
+                "validated",
+                json!({"kind": kind, "resource": runnable.resource, "timeout_ms": runnable.timeout.as_millis() as u64}),
+            )?;
+        }
+        Some(Recovery::Start { attempt: a }) => {
+            attempt = a;
+            log.event(
+                "restarted",
+                json!({"attempt": a, "note": "the runner stopped before the container started; starting it now"}),
+            )?;
+        }
+        Some(Recovery::Rerun { attempt: a, why }) => {
+            attempt = a;
+            log.event(
+                "interrupted",
+                json!({"attempt": a - 1, "reason": why, "policy": "rerun", "next_attempt": a}),
+            )?;
+        }
+        Some(Recovery::Record { attempt: a, why }) => {
+            log.event(
+                "interrupted",
+                json!({"attempt": a, "reason": why, "policy": "record"}),
+            )?;
+            let reason = format!("interrupted: {why}");
+            log.event(
+                "finished",
+                json!({"state": "interrupted", "reason": reason}),
+            )?;
+            let mut status = unstarted(
+                cx,
+                item,
+                kind,
+                State::Interrupted,
+                reason,
+                Some(runnable.resource.clone()),
+            );
+            status.attempt = a;
+            if let Some(rec) = journal::read(&out.dir) {
+                status.started_at = rec.started_at;
+                status.image = Some(rec.image);
+                if let Ok(docker) = cx.executor() {
+                    docker.remove(&rec.container).await;
+                }
+            }
+            write_status(&out.status(), &status)?;
+            return Ok(Finished {
+                status,
+                dir: out.dir.clone(),
+            });
+        }
+        Some(Recovery::Follow(rec)) => {
+            attempt = rec.attempt;
+            log.event(
+                "reattached",
+                json!({"attempt": rec.attempt, "container": rec.container, "note": "the runner restarted while the handler ran; its output since the last line above comes from the engine's log"}),
+            )?;
+            follow = Some(rec);
+        }
+        Some(Recovery::Busy) => {
+            return Err(RunFailure::Other(anyhow::anyhow!(
+                "a live runner process owns this request's container"
+            )))
+        }
+    }
     if let Some(holder) = waited_for {
         log.event("waited_for_lock", json!({"resource": holder}))?;
     }
     let reject = |log: &mut RunLog, reason: String| -> Result<Finished, RunFailure> {
         log.event("rejected", json!({"reason": reason}))?;
         log.event("finished", json!({"state": "rejected", "reason": reason}))?;
-        let status = unstarted(
+        let mut status = unstarted(
             cx,
             item,
             kind,
@@ -167,6 +258,7 @@ async fn execute_in(
             reason,
             Some(runnable.resource.clone()),
         );
+        status.attempt = attempt;
         write_status(&out.status(), &status)?;
         Ok(Finished {
             status,
@@ -183,24 +275,9 @@ async fn execute_in(
     };
     let commit = crate::git::parse_oid(&item.commit)?;
     let repo_dir = cx.checkout(commit).await?;
-    let image = match &handler.image {
-        ImageSource::Reference(r) => cx
-            .executor()
-            .map_err(RunFailure::Docker)?
-            .ensure_image(r)
-            .await
-            .map(|()| r.clone()),
-        ImageSource::Build(dir) => {
-            let tree = cx.object_id(commit, &format!("containers/{dir}")).await?;
-            let tag = format!("codex-runner-build/{dir}:{}", &tree[..12.min(tree.len())]);
-            let context = repo_dir.join("containers").join(dir);
-            let _one_build = cx.builds.lock().await;
-            cx.executor()
-                .map_err(RunFailure::Docker)?
-                .ensure_built(&tag, &context)
-                .await
-                .map(|()| tag)
-        }
+    let image = match &follow {
+        Some(rec) => Ok(rec.image.clone()),
+        None => resolve_image(cx, commit, handler, &repo_dir).await,
     };
     let image = match image {
         Ok(i) => i,
@@ -208,20 +285,23 @@ async fn execute_in(
         Err(ExecError::Engine(e)) => return Err(RunFailure::Docker(e)),
     };
     let request_json = out.dir.join("request.json");
-    let mut doc = request.document.clone();
-    if let Some(obj) = doc.as_object_mut() {
-        obj.insert("id".into(), json!(request.id.as_str()));
-        obj.insert("file".into(), json!(item.file));
-        obj.insert("commit".into(), json!(item.commit));
-        obj.insert("resource".into(), json!(runnable.resource));
+    // A followed container has the request mounted: it is not rewritten under its feet.
+    if follow.is_none() {
+        let mut doc = request.document.clone();
+        if let Some(obj) = doc.as_object_mut() {
+            obj.insert("id".into(), json!(request.id.as_str()));
+            obj.insert("file".into(), json!(item.file));
+            obj.insert("commit".into(), json!(item.commit));
+            obj.insert("resource".into(), json!(runnable.resource));
+        }
+        std::fs::write(&request_json, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("failed to write {}", request_json.display()))?;
     }
-    std::fs::write(&request_json, serde_json::to_vec_pretty(&doc)?)
-        .with_context(|| format!("failed to write {}", request_json.display()))?;
     let ctx = RunContext {
         runner: cx.runner.clone(),
         request_id: request.id.to_string(),
         scope: cx.scope.clone(),
-        attempt: 1,
+        attempt,
         commit: item.commit.clone(),
         image: image.clone(),
         repo_dir,
@@ -233,50 +313,103 @@ async fn execute_in(
         Ok(s) => s,
         Err(reason) => return reject(&mut log, reason),
     };
-    let started_at = now();
-    let clock = Instant::now();
+    let docker = cx.executor().map_err(RunFailure::Docker)?;
+    // Journal the attempt before its container exists, so a process that dies from here on
+    // leaves a record of what it was about to run.
+    let (container, started_at, started_ms, fresh) = match &follow {
+        Some(rec) => {
+            let started_ms = if rec.started_ms == 0 {
+                unix_ms()
+            } else {
+                rec.started_ms
+            };
+            let started_at = rec.started_at.clone().unwrap_or_else(now);
+            (rec.container.clone(), started_at, started_ms, None)
+        }
+        None => {
+            let rec = AttemptRecord {
+                attempt,
+                container: spec.name.clone(),
+                phase: Phase::Starting,
+                started_at: None,
+                started_ms: 0,
+                image: image.clone(),
+            };
+            journal::write(&out.dir, &rec)?;
+            crate::crashpoint::hit("before-start");
+            let started_at = now();
+            log.event(
+                "started",
+                json!({"container": spec.name, "image": image, "attempt": attempt, "user": spec.user, "network": spec.network}),
+            )?;
+            let rec = AttemptRecord {
+                phase: Phase::Started,
+                started_at: Some(started_at.clone()),
+                started_ms: unix_ms(),
+                ..rec
+            };
+            (spec.name.clone(), started_at, rec.started_ms, Some(rec))
+        }
+    };
     cx.check(super::checks::CheckEvent::Started {
         id: item.log_id.clone(),
         commit: item.commit.clone(),
         started_at: started_at.clone(),
     });
-    log.event(
-        "started",
-        json!({"container": spec.name, "image": image, "attempt": 1, "user": spec.user, "network": spec.network}),
-    )?;
     let mut write_error: Option<anyhow::Error> = None;
-    let outcome = cx
-        .executor()?
-        .run(
-            &spec,
-            |event| {
-                let r = match event {
-                    OutputEvent::Line(stream, line) => {
-                        log.event("output", json!({"stream": stream.as_str(), "line": line}))
-                    }
-                    OutputEvent::Truncated { cap } => log.event(
-                        "output_truncated",
-                        json!({"cap_bytes": cap, "note": "output past the cap was dropped"}),
-                    ),
-                };
-                if let (Err(e), None) = (r, &write_error) {
-                    write_error = Some(e);
-                }
-            },
-            cx.shutdown.reached(super::shutdown::Stage::Cancel),
-        )
-        .await;
+    let mut on_output = |event| {
+        let r = match event {
+            OutputEvent::Line(stream, line) => {
+                log.event("output", json!({"stream": stream.as_str(), "line": line}))
+            }
+            OutputEvent::Truncated { cap } => log.event(
+                "output_truncated",
+                json!({"cap_bytes": cap, "note": "output past the cap was dropped"}),
+            ),
+        };
+        if let (Err(e), None) = (r, &write_error) {
+            write_error = Some(e);
+        }
+    };
+    let cancel = cx.shutdown.reached(super::shutdown::Stage::Cancel);
+    let outcome = match fresh {
+        None => {
+            let ends_ms = started_ms.saturating_add(spec.timeout.as_millis() as u64);
+            let remaining = Duration::from_millis(ends_ms.saturating_sub(unix_ms()));
+            let logged = std::fs::metadata(out.log()).map_or(0, |m| m.len());
+            let cap = spec.output_cap.saturating_sub(logged);
+            let resume = crate::exec::Resume {
+                name: container.clone(),
+                after_ms: logged_until,
+                remaining,
+                grace: spec.grace,
+                cap,
+            };
+            docker.resume(&resume, &mut on_output, cancel).await
+        }
+        Some(rec) => {
+            let mut journaled = Ok(());
+            let on_started = || {
+                journaled = journal::write(&out.dir, &rec);
+                crate::crashpoint::hit("running");
+            };
+            let outcome = docker.run(&spec, on_started, &mut on_output, cancel).await;
+            journaled?;
+            outcome
+        }
+    };
     let outcome = match outcome {
         Ok(o) => o,
         Err(ExecError::ImageUnavailable(reason)) => return reject(&mut log, reason),
         Err(ExecError::Engine(e)) => return Err(RunFailure::Docker(e)),
     };
+    crate::crashpoint::hit("after-exit");
     if let Some(e) = write_error {
         return Err(RunFailure::Other(
             e.context("failed to stream output to the run log"),
         ));
     }
-    let duration_ms = clock.elapsed().as_millis() as u64;
+    let duration_ms = unix_ms().saturating_sub(started_ms);
     log.event("exit", json!({"exit_code": outcome.exit_code, "oom_killed": outcome.oom_killed, "output_bytes": outcome.output_bytes}))?;
     let (state, reason) = if outcome.cancelled {
         (
@@ -316,7 +449,7 @@ async fn execute_in(
         state,
         exit_code: outcome.exit_code,
         reason,
-        attempt: 1,
+        attempt,
         started_at: Some(started_at),
         finished_at: now(),
         duration_ms,
@@ -327,8 +460,40 @@ async fn execute_in(
         resource: Some(runnable.resource.clone()),
     };
     write_status(&out.status(), &status)?;
+    // Recorded: the container has told all it can.
+    docker.remove(&container).await;
     Ok(Finished {
         status,
         dir: out.dir.clone(),
     })
+}
+
+/// The image a handler runs in: its reference (pulled if missing) or its `build:` context
+/// at `commit`, built once.
+async fn resolve_image(
+    cx: &PassContext,
+    commit: crate::git::Oid,
+    handler: &crate::contract::handlers::HandlerSpec,
+    repo_dir: &Path,
+) -> Result<String, ExecError> {
+    match &handler.image {
+        ImageSource::Reference(r) => cx.executor()?.ensure_image(r).await.map(|()| r.clone()),
+        ImageSource::Build(dir) => {
+            let tree = cx.object_id(commit, &format!("containers/{dir}")).await?;
+            let tag = format!("codex-runner-build/{dir}:{}", &tree[..12.min(tree.len())]);
+            let context = repo_dir.join("containers").join(dir);
+            let _one_build = cx.builds.lock().await;
+            cx.executor()?
+                .ensure_built(&tag, &context)
+                .await
+                .map(|()| tag)
+        }
+    }
+}
+
+/// Now in Unix milliseconds.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -14,8 +14,8 @@ use anyhow::Context;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, BuildImageOptionsBuilder, CreateContainerOptionsBuilder,
-    CreateImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    CreateImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -110,6 +110,96 @@ pub struct RunOutcome {
     pub output_bytes: u64,
     /// Output passed the cap.
     pub truncated: bool,
+}
+
+/// What became of a container, seen by a runner that did not start it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// No such container: never created, or removed since.
+    Missing,
+    /// Created but never started.
+    Created,
+    /// Still running.
+    Running {
+        /// Its owner label (`<boot id>/<pid>`).
+        owner: Option<String>,
+    },
+    /// Ended.
+    Exited {
+        /// Its owner label (`<boot id>/<pid>`).
+        owner: Option<String>,
+        /// The exit code the engine recorded.
+        exit_code: Option<i64>,
+    },
+}
+
+/// A container a dead runner process started, to be followed to its end.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The container's name.
+    pub name: String,
+    /// Where the dead process's log stops (Unix milliseconds): earlier output is not replayed.
+    pub after_ms: u64,
+    /// What is left of its timeout.
+    pub remaining: Duration,
+    /// Time between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// Output still allowed.
+    pub cap: u64,
+}
+
+/// A container being followed to its end.
+struct Watch<'a> {
+    name: &'a str,
+    ends_at: tokio::time::Instant,
+    grace: Duration,
+    cap: u64,
+}
+
+/// Split the engine's timestamp off a log chunk (`timestamps=true` puts RFC 3339 with
+/// nanoseconds and a space before each line); the time in Unix nanoseconds, if it parsed.
+fn stamped(chunk: bollard::container::LogOutput) -> (bollard::container::LogOutput, Option<i128>) {
+    use bollard::container::LogOutput as L;
+    let split = |message: bytes::Bytes| -> (bytes::Bytes, Option<i128>) {
+        let Some(space) = message.iter().position(|b| *b == b' ') else {
+            return (message, None);
+        };
+        let ts = std::str::from_utf8(&message[..space]).ok().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        });
+        match ts {
+            Some(ts) => (message.slice(space + 1..), Some(ts.unix_timestamp_nanos())),
+            None => (message, None),
+        }
+    };
+    match chunk {
+        L::StdOut { message } => {
+            let (message, ts) = split(message);
+            (L::StdOut { message }, ts)
+        }
+        L::StdErr { message } => {
+            let (message, ts) = split(message);
+            (L::StdErr { message }, ts)
+        }
+        L::Console { message } => {
+            let (message, ts) = split(message);
+            (L::Console { message }, ts)
+        }
+        other => (other, None),
+    }
+}
+
+/// This boot's id (the first half of an owner label).
+pub fn this_boot() -> String {
+    boot_id()
+}
+
+/// Whether an owner label names a live codex-runner process of this boot other than this
+/// one (this process runs one pass at a time, so at a pass's start nothing is its own).
+pub fn owner_is_alive(label: Option<&str>) -> bool {
+    owner_alive(label, &boot_id(), |pid| {
+        pid != std::process::id() && is_runner_process(pid)
+    })
 }
 
 /// Failures of the executor, split by what the caller does about them.
@@ -250,23 +340,36 @@ impl DockerExecutor {
 
     /// Run one container to the end, streaming its output to `on_output`.
     ///
-    /// The container is removed before this returns, whatever happened.
+    /// `on_started` is called once the container runs. The container is kept after it ends
+    /// (so a runner that dies before recording the outcome can read it again) and must be
+    /// removed with [`DockerExecutor::remove`]; if it never started it is removed here.
     /// When `cancel` completes, the container is stopped the way a timeout stops it (SIGTERM,
     /// the grace period, SIGKILL) and the outcome says `cancelled`.
     pub async fn run(
         &self,
         spec: &ContainerSpec,
+        on_started: impl FnOnce(),
         on_output: impl FnMut(OutputEvent) + Send,
         cancel: impl std::future::Future<Output = ()> + Send,
     ) -> Result<RunOutcome, ExecError> {
         // A container of the same name is a leftover of ours from a dead run: remove it.
         self.remove(&spec.name).await;
-        let result = self.run_inner(spec, on_output, cancel).await;
-        self.remove(&spec.name).await;
+        let mut started = false;
+        let on_started = || {
+            started = true;
+            on_started();
+        };
+        let result = self.run_inner(spec, on_started, on_output, cancel).await;
+        // A container that ran is left for the journal's recovery to read; one that never
+        // started is of no use to anyone.
+        if result.is_err() && !started {
+            self.remove(&spec.name).await;
+        }
         result
     }
 
-    async fn remove(&self, name: &str) {
+    /// Remove a container (stopping it first if it runs); a missing one is fine.
+    pub async fn remove(&self, name: &str) {
         let opts = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
@@ -283,10 +386,10 @@ impl DockerExecutor {
     async fn run_inner(
         &self,
         spec: &ContainerSpec,
-        mut on_output: impl FnMut(OutputEvent) + Send,
+        on_started: impl FnOnce(),
+        on_output: impl FnMut(OutputEvent) + Send,
         cancel: impl std::future::Future<Output = ()> + Send,
     ) -> Result<RunOutcome, ExecError> {
-        tokio::pin!(cancel);
         let create = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
@@ -300,7 +403,7 @@ impl DockerExecutor {
             .stderr(true)
             .logs(false)
             .build();
-        let mut output = self
+        let output = self
             .docker
             .attach_container(&spec.name, Some(attach))
             .await
@@ -310,17 +413,114 @@ impl DockerExecutor {
             .start_container(&spec.name, None)
             .await
             .with_context(|| format!("failed to start container {}", spec.name))?;
-
-        let mut lines = LineSplitter::new(spec.output_cap);
-        let mut outcome = RunOutcome::default();
+        on_started();
         let ends_at = tokio::time::Instant::now() + spec.timeout;
-        let deadline = tokio::time::sleep_until(ends_at);
+        let watch = Watch {
+            name: &spec.name,
+            ends_at,
+            grace: spec.grace,
+            cap: spec.output_cap,
+        };
+        Ok(self
+            .watch(
+                &watch,
+                output.map(|c| c.map(|c| (c, None))),
+                on_output,
+                cancel,
+            )
+            .await?)
+    }
+
+    /// Follow a container a dead runner process started, from where that runner's log
+    /// stops: output the engine stamped after `after_ms` (Unix milliseconds) is replayed
+    /// from its log, then followed; the timeout still counts from the original start.
+    ///
+    /// The engine stamps lines to the nanosecond, the run log to the millisecond: a line in
+    /// the dead process's last millisecond may be logged twice, or missed if it was still in
+    /// flight. Output beyond what the engine keeps of an unattended container (16 MiB) is lost.
+    pub async fn resume(
+        &self,
+        r: &Resume,
+        on_output: impl FnMut(OutputEvent) + Send,
+        cancel: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<RunOutcome, ExecError> {
+        let (name, after_ms) = (r.name.as_str(), r.after_ms);
+        let opts = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .since(i32::try_from(after_ms / 1000).unwrap_or(0))
+            .build();
+        let output = self.docker.logs(name, Some(opts)).filter_map(move |item| {
+            std::future::ready(match item {
+                Ok(chunk) => match stamped(chunk) {
+                    // Written before the dead runner's last log line: already there.
+                    (_, Some(ns)) if ns / 1_000_000 <= after_ms as i128 => None,
+                    (chunk, ns) => Some(Ok((chunk, ns))),
+                },
+                Err(e) => Some(Err(e)),
+            })
+        });
+        let watch = Watch {
+            name,
+            ends_at: tokio::time::Instant::now() + r.remaining,
+            grace: r.grace,
+            cap: r.cap,
+        };
+        Ok(self.watch(&watch, output, on_output, cancel).await?)
+    }
+
+    /// What became of a container a dead runner process left, found by name.
+    pub async fn fate(&self, name: &str) -> anyhow::Result<Fate> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => {
+                let owner = c
+                    .config
+                    .and_then(|c| c.labels)
+                    .and_then(|l| l.get(LABEL_OWNER).cloned());
+                let state = c.state.unwrap_or_default();
+                use bollard::models::ContainerStateStatusEnum as S;
+                Ok(match state.status {
+                    Some(S::CREATED) | None => Fate::Created,
+                    Some(S::RUNNING | S::PAUSED | S::RESTARTING) => Fate::Running { owner },
+                    Some(_) => Fate::Exited {
+                        owner,
+                        exit_code: state.exit_code,
+                    },
+                })
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(Fate::Missing),
+            Err(e) => {
+                Err(anyhow::Error::new(e).context(format!("failed to inspect container {name}")))
+            }
+        }
+    }
+
+    /// Stream `output` until it ends, enforcing the deadline and `cancel`; then wait for the
+    /// exit and read the outcome.
+    async fn watch(
+        &self,
+        w: &Watch<'_>,
+        output: impl futures_util::Stream<
+            Item = Result<(bollard::container::LogOutput, Option<i128>), bollard::errors::Error>,
+        >,
+        mut on_output: impl FnMut(OutputEvent) + Send,
+        cancel: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<RunOutcome> {
+        tokio::pin!(cancel);
+        tokio::pin!(output);
+        let mut lines = LineSplitter::new(w.cap);
+        let mut outcome = RunOutcome::default();
+        let deadline = tokio::time::sleep_until(w.ends_at);
         tokio::pin!(deadline);
         let mut stopper: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             tokio::select! {
                 item = output.next() => match item {
-                    Some(Ok(chunk)) => {
+                    Some(Ok((chunk, _))) => {
                         let (stream, bytes) = match chunk {
                             bollard::container::LogOutput::StdErr { message } => (Stream::Stderr, message),
                             bollard::container::LogOutput::StdOut { message }
@@ -330,7 +530,7 @@ impl DockerExecutor {
                         lines.push(stream, &bytes, &mut on_output);
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(container = %spec.name, error = %e, "output stream broke");
+                        tracing::warn!(container = %w.name, error = %e, "output stream broke");
                         break;
                     }
                     None => break,
@@ -338,11 +538,11 @@ impl DockerExecutor {
                 // A timeout and a cancellation take the same path: SIGTERM, grace, SIGKILL.
                 _ = &mut deadline, if stopper.is_none() => {
                     outcome.timed_out = true;
-                    stopper = Some(self.stopper(spec));
+                    stopper = Some(self.stopper(w.name, w.grace));
                 }
                 _ = &mut cancel, if stopper.is_none() => {
                     outcome.cancelled = true;
-                    stopper = Some(self.stopper(spec));
+                    stopper = Some(self.stopper(w.name, w.grace));
                 }
             }
         }
@@ -353,29 +553,30 @@ impl DockerExecutor {
         // Output closed: the process is gone or closed its streams; wait for the exit within
         // what is left of the timeout, then stop it the hard way.
         let wait = async {
-            let mut w = self.docker.wait_container(&spec.name, None);
-            let _ = w.next().await;
+            let mut wait = self.docker.wait_container(w.name, None);
+            let _ = wait.next().await;
         };
         let remaining = if outcome.timed_out || outcome.cancelled {
-            spec.grace + Duration::from_secs(5)
+            w.grace + Duration::from_secs(5)
         } else {
-            ends_at.saturating_duration_since(tokio::time::Instant::now())
+            w.ends_at
+                .saturating_duration_since(tokio::time::Instant::now())
         };
         if tokio::time::timeout(remaining, wait).await.is_err() && stopper.is_none() {
             outcome.timed_out = true;
             let opts = StopContainerOptionsBuilder::default()
-                .t(spec.grace.as_secs() as i32)
+                .t(w.grace.as_secs() as i32)
                 .build();
-            let _ = self.docker.stop_container(&spec.name, Some(opts)).await;
+            let _ = self.docker.stop_container(w.name, Some(opts)).await;
         }
         if let Some(s) = stopper {
             let _ = s.await;
         }
         let state = self
             .docker
-            .inspect_container(&spec.name, None)
+            .inspect_container(w.name, None)
             .await
-            .with_context(|| format!("failed to inspect container {}", spec.name))?
+            .with_context(|| format!("failed to inspect container {}", w.name))?
             .state
             .unwrap_or_default();
         outcome.exit_code = state.exit_code;
@@ -383,11 +584,11 @@ impl DockerExecutor {
         Ok(outcome)
     }
 
-    /// Stop `spec`'s container in the background: SIGTERM, its grace period, then SIGKILL.
-    fn stopper(&self, spec: &ContainerSpec) -> tokio::task::JoinHandle<()> {
+    /// Stop container `name` in the background: SIGTERM, its grace period, then SIGKILL.
+    fn stopper(&self, name: &str, grace: Duration) -> tokio::task::JoinHandle<()> {
         let docker = self.docker.clone();
-        let name = spec.name.clone();
-        let grace = spec.grace.as_secs().min(i32::MAX as u64) as i32;
+        let name = name.to_string();
+        let grace = grace.as_secs().min(i32::MAX as u64) as i32;
         tokio::spawn(async move {
             let opts = StopContainerOptionsBuilder::default().t(grace).build();
             if let Err(e) = docker.stop_container(&name, Some(opts)).await {
@@ -398,19 +599,24 @@ impl DockerExecutor {
 
     /// Remove the containers `runner` left behind when a process of it died: labelled as ours
     /// and this runner's, but owned by no live codex-runner of this boot. They are stopped
-    /// (SIGTERM, `grace`, SIGKILL) and removed; their names are returned. Their requests have
-    /// no result, so a later pass runs them again.
-    pub async fn reap_orphans(&self, runner: &str, grace: Duration) -> anyhow::Result<Vec<String>> {
+    /// (SIGTERM, `grace`, SIGKILL) and removed; their names are returned. Containers named in
+    /// `keep` are being followed by this pass (their attempts are journaled) and stay.
+    pub async fn reap_orphans(
+        &self,
+        runner: &str,
+        grace: Duration,
+        keep: &[String],
+    ) -> anyhow::Result<Vec<String>> {
         let list = self.ours(Some(runner)).await?;
-        let boot = boot_id();
         let orphans: Vec<String> = list
             .into_iter()
             .filter(|c| {
                 let owner = c.labels.as_ref().and_then(|l| l.get(LABEL_OWNER));
-                !owner_alive(owner.map(String::as_str), &boot, is_runner_process)
+                !owner_is_alive(owner.map(String::as_str))
             })
             .filter_map(|c| c.names.and_then(|n| n.into_iter().next()))
             .map(|n| n.trim_start_matches('/').to_string())
+            .filter(|n| !keep.contains(n))
             .collect();
         let t = grace.as_secs().min(i32::MAX as u64) as i32;
         futures_util::future::join_all(orphans.iter().map(|name| async move {
@@ -494,11 +700,12 @@ fn body(spec: &ContainerSpec) -> ContainerCreateBody {
             pids_limit: Some(spec.pids),
             nano_cpus: Some(spec.nano_cpus),
             init: Some(true),
-            // Output is read through attach; the engine's own copy is only bounded scratch.
+            // Output is read through attach; the engine's own bounded copy is what a runner
+            // restarted while the handler ran replays the output it missed from.
             log_config: Some(HostConfigLogConfig {
                 typ: Some("json-file".into()),
                 config: Some(HashMap::from([
-                    ("max-size".to_string(), "1m".to_string()),
+                    ("max-size".to_string(), "16m".to_string()),
                     ("max-file".to_string(), "1".to_string()),
                 ])),
             }),

@@ -390,6 +390,7 @@ impl Mirror {
                 format!("branch {branch} does not exist on {}", self.shown_url())
             })?;
             let commit = self.build_commit(tip, changes, message, who)?;
+            crate::crashpoint::hit("before-push");
             self.push(branch, commit)?;
             Ok(Published {
                 commit: commit.to_string(),
@@ -460,6 +461,7 @@ impl Mirror {
         {
             let mut cbs = callbacks(self.token.as_deref());
             cbs.push_update_reference(|name, status| {
+                crate::crashpoint::hit("in-push");
                 if let Some(msg) = status {
                     rejected = Some(format!("{name}: {msg}"));
                 }
@@ -556,15 +558,19 @@ pub struct Checkouts {
 }
 
 impl Checkouts {
-    /// This process's checkouts under `work` (`checkouts-<pid>`); those of dead processes go.
-    pub fn new(work: &Path) -> anyhow::Result<Self> {
+    /// This process's checkouts under `work` (`checkouts-<pid>`); those of dead processes go,
+    /// but for `keep`: processes whose containers this pass follows have them mounted.
+    pub fn new(work: &Path, keep: &[u32]) -> anyhow::Result<Self> {
         if let Ok(entries) = std::fs::read_dir(work) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let pid = name
                     .strip_prefix("checkouts-")
                     .and_then(|p| p.parse::<u32>().ok());
-                if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                let dead = pid.is_some_and(|p| {
+                    !keep.contains(&p) && !Path::new(&format!("/proc/{p}")).exists()
+                });
+                if dead {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }

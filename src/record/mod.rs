@@ -27,6 +27,9 @@ pub enum State {
     /// Stopped because the runner was shutting down (after its drain timeout, or a second
     /// signal).
     Cancelled,
+    /// Interrupted by something other than the handler (its runner died and its container is
+    /// gone, the host or the engine went down), and the repository's policy is to record it.
+    Interrupted,
 }
 
 impl State {
@@ -38,6 +41,7 @@ impl State {
             State::TimedOut => "timed_out",
             State::Rejected => "rejected",
             State::Cancelled => "cancelled",
+            State::Interrupted => "interrupted",
         }
     }
 }
@@ -85,6 +89,12 @@ pub fn now() -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
+/// Unix milliseconds of an RFC 3339 time.
+pub fn ts_ms(ts: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 /// An append-only JSONL log of one request.
 pub struct RunLog {
     id: String,
@@ -102,6 +112,39 @@ impl RunLog {
             path: path.to_path_buf(),
             file,
         })
+    }
+
+    /// Go on with the log at `path` (an earlier process's), creating it if missing. A last
+    /// line torn by a crash is cut off first, so every line stays JSON.
+    pub fn append(path: &Path, id: &str) -> anyhow::Result<Self> {
+        let open = || -> std::io::Result<File> {
+            let mut bytes = std::fs::read(path).unwrap_or_default();
+            let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            if whole < bytes.len() {
+                bytes.truncate(whole);
+                std::fs::write(path, &bytes)?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+        };
+        let file =
+            open().with_context(|| format!("failed to reopen run log {}", path.display()))?;
+        Ok(RunLog {
+            id: id.to_string(),
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// When the last complete line of the log at `path` was written, in Unix milliseconds.
+    pub fn last_ts_ms(path: &Path) -> Option<u64> {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|v| v.get("ts")?.as_str().and_then(ts_ms))
     }
 
     /// Append one event with its fields; `ts`, `id` and `event` come first.
@@ -126,13 +169,30 @@ impl RunLog {
     }
 }
 
-/// Write `status` as pretty JSON (atomically: temp file, then rename).
+/// Write `status` as pretty JSON, durably (see [`write_durably`]).
 pub fn write_status(path: &Path, status: &Status) -> anyhow::Result<()> {
     let mut bytes = serde_json::to_vec_pretty(status)?;
     bytes.push(b'\n');
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("failed to write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))
+    write_durably(path, &bytes)
+}
+
+/// Replace `path` with `bytes` so that a crash leaves the old or the new file, never a torn
+/// one, and the new one survives power loss: temp file, fsync, rename, fsync the directory.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().with_context(|| format!("failed to write {}", path.display()))
 }
 
 /// Read a status file.

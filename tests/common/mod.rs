@@ -456,3 +456,103 @@ pub async fn on_forge(runner: &str, tokens: Vec<forge_sim::Token>) -> (forge_sim
     repo.origin = sim.repo_path("acme", "ops");
     (sim, repo)
 }
+
+impl Repo {
+    /// Add handler `kind`: its script (made executable) and its `handlers/index.yml` entry
+    /// (the lines under `  kind:`), in the working clone, committed with the next PR.
+    pub fn add_handler(&self, kind: &str, script: &str, entry: &str) {
+        let path = format!("handlers/{kind}.sh");
+        self.write(&path, script.as_bytes());
+        sh(&self.work, "chmod", &["+x", &path]);
+        let index = self.work.join("handlers/index.yml");
+        let mut text = std::fs::read_to_string(&index).unwrap();
+        text.push_str(&format!("\n  {kind}:\n    run: {path}\n{entry}"));
+        std::fs::write(index, text).unwrap();
+    }
+
+    /// Add the `ledger` handler: it prints its attempt, sleeps `params.sleep` seconds, then
+    /// records its effect in `ledger` once, and runs on the lock `params.resource`.
+    pub fn add_ledger_handler(&self, ledger: &Ledger) {
+        self.add_handler(
+            "ledger",
+            "#!/bin/sh\nset -eu\necho \"attempt ${CODEX_ATTEMPT} of ${CODEX_REQUEST_ID}\"\nsleep \"${CODEX_PARAM_SLEEP:-0}\"\nwget -q -O- \"${LEDGER_URL}?id=${CODEX_REQUEST_ID}&attempt=${CODEX_ATTEMPT}\"\necho recorded\n",
+            &format!(
+                "    image: codex-runner/busybox:1\n    timeout: 2m\n    network: host\n    resource: \"{{{{ params.resource }}}}\"\n    env:\n      LEDGER_URL: \"http://127.0.0.1:{}/hit\"\n    params:\n      type: object\n      additionalProperties: false\n      required: [resource]\n      properties:\n        resource: {{ type: string }}\n        sleep: {{ type: string, pattern: \"^[0-9.]+$\" }}\n",
+                ledger.port
+            ),
+        );
+    }
+
+    /// A runner config for this repository's tests that lets handlers use the host network
+    /// (to reach a [`Ledger`] on 127.0.0.1), with a 1 s grace period.
+    pub fn host_network_config(&self) -> String {
+        let path = self.tmp.path().join("host-network.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nallow_network_host = true\ngrace = \"1s\"\n",
+        )
+        .unwrap();
+        path.to_string_lossy().into_owned()
+    }
+}
+
+/// A loopback HTTP server standing in for the world a handler changes: each
+/// `GET /hit?id=<id>&attempt=<n>` is one effect, kept in order.
+pub struct Ledger {
+    pub port: u16,
+    hits: std::sync::Arc<std::sync::Mutex<Vec<(String, u32)>>>,
+}
+
+impl Ledger {
+    /// Listen on 127.0.0.1 on a free port.
+    pub fn start() -> Ledger {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let h = h.clone();
+                std::thread::spawn(move || {
+                    let mut line = String::new();
+                    let mut reader = BufReader::new(&conn);
+                    if reader.read_line(&mut line).is_err() {
+                        return;
+                    }
+                    let target = line.split_whitespace().nth(1).unwrap_or_default();
+                    let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+                    let field = |k: &str| {
+                        query
+                            .split('&')
+                            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    let id = field("id");
+                    let attempt = field("attempt").parse().unwrap_or(0);
+                    h.lock().unwrap().push((id, attempt));
+                    let mut w = &conn;
+                    let _ = w.write_all(
+                        b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+                    );
+                });
+            }
+        });
+        Ledger { port, hits }
+    }
+
+    /// Every effect so far, in order.
+    pub fn hits(&self) -> Vec<(String, u32)> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    /// The attempts recorded for `id`.
+    pub fn attempts(&self, id: &str) -> Vec<u32> {
+        self.hits()
+            .into_iter()
+            .filter(|(i, _)| i == id)
+            .map(|(_, a)| a)
+            .collect()
+    }
+}
