@@ -335,6 +335,15 @@ impl HostConfig {
     }
 }
 
+/// The host name, for the default runner name and for claims.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "codex-runner".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

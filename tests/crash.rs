@@ -165,7 +165,7 @@ fn interrupted(runner: &str, policy: &str) -> (Repo, Ledger) {
         ("codex.repo.yaml", config_yaml.as_bytes()),
         (
             "requests/gamma.yaml",
-            b"kind: ledger\nparams: {resource: g, sleep: \"30\"}\n",
+            b"kind: ledger\nparams: {resource: g, sleep: \"4\"}\n",
         ),
     ]);
     let config = repo.host_network_config();

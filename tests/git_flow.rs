@@ -64,8 +64,10 @@ fn install_hook(repo: &Repo, script: &str) -> std::path::PathBuf {
     hook
 }
 
-/// On the runner's first push, a foreign commit lands on main and the push is refused.
+/// On the runner's first push to main, a foreign commit lands there and the push is refused.
 const FOREIGN_HOOK: &str = r#"#!/bin/sh
+# Only pushes to main (claims under refs/codex/ pass).
+grep -q ' refs/heads/main$' || exit 0
 marker="$GIT_DIR/foreign-landed"
 [ -e "$marker" ] && exit 0
 touch "$marker"
@@ -299,9 +301,10 @@ fn results_wait_out_a_refusing_remote_and_are_published_without_running_again() 
         "requests/once.yaml",
         b"kind: echo\nparams: {message: exactly once}\n",
     )]);
+    // main is under maintenance; claims (refs/codex/...) are still taken.
     let hook = install_hook(
         &repo,
-        "#!/bin/sh\necho 'maintenance: pushes refused' >&2\nexit 1\n",
+        "#!/bin/sh\ngrep -q ' refs/heads/main$' || exit 0\necho 'maintenance: pushes refused' >&2\nexit 1\n",
     );
     let daemon = GitDaemon::start(repo.tmp.path());
     let url = format!("git://127.0.0.1:{}/origin.git", daemon.port);
@@ -350,6 +353,41 @@ fn results_wait_out_a_refusing_remote_and_are_published_without_running_again() 
     // And a third pass has nothing left to do.
     assert!(run().ok().states().is_empty());
     repo.assert_no_containers();
+}
+
+#[test]
+fn a_remote_that_refuses_claims_runs_nothing_until_it_takes_them() {
+    docker();
+    let mut repo = Repo::new("t-noclaim");
+    repo.merge_pr(&[(
+        "requests/held.yaml",
+        b"kind: echo\nparams: {message: only with a claim}\n",
+    )]);
+    let hook = install_hook(
+        &repo,
+        "#!/bin/sh\ngrep -q ' refs/codex/' || exit 0\necho 'custom refs are not allowed here' >&2\nexit 1\n",
+    );
+    let daemon = GitDaemon::start(repo.tmp.path());
+    let url = format!("git://127.0.0.1:{}/origin.git", daemon.port);
+    let refused = repo.dispatch_url(&url, &[]);
+    assert_eq!(refused.code, 4, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("refused the claim")
+            && refused.stderr.contains("refs/codex/claims/main/held"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !refused.stderr.contains("\"started\""),
+        "{}",
+        refused.stderr
+    );
+    assert!(repo.main_file("requests/held.yaml").is_some());
+    repo.assert_no_containers();
+
+    std::fs::remove_file(&hook).unwrap();
+    let pass = repo.dispatch_url(&url, &[]).ok();
+    assert_eq!(pass.states()["held"], "succeeded");
 }
 
 #[test]

@@ -94,14 +94,7 @@ pub fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/codex-runner")
 }
 
-/// The host name, for the default runner name.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "codex-runner".into())
-}
+pub use crate::config::host_name;
 
 /// Build pass options from flags over the host config over defaults.
 pub fn options(a: &DispatchArgs) -> anyhow::Result<DispatchOptions> {
@@ -333,6 +326,7 @@ pub fn report_json(r: &PassReport) -> serde_json::Value {
         "tip": r.tip,
         "requests": &r.items,
         "ignored": r.ignored.iter().map(|(p, why)| serde_json::json!({"path": p, "why": why})).collect::<Vec<_>>(),
+        "deferred": r.deferred.iter().map(|(id, holder)| serde_json::json!({"id": id, "holder": holder})).collect::<Vec<_>>(),
         "commits": r.published.iter().map(|p| serde_json::json!({"commit": p.commit, "replays": p.replays})).collect::<Vec<_>>(),
     })
 }
@@ -366,6 +360,9 @@ pub fn summary(r: &PassReport) -> String {
             s.duration_ms,
             reason
         ));
+    }
+    for (id, holder) in &r.deferred {
+        out.push_str(&format!("  left {id} to {holder}\n"));
     }
     for (p, why) in &r.ignored {
         out.push_str(&format!("  ignored {p}: {why}\n"));

@@ -120,6 +120,14 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
         let span = tracing::info_span!("pass", runner = %opts.runner);
         match dispatch_once(&opts).instrument(span).await {
             Ok(report) => {
+                // Other runners' claims: look again once they may have gone stale.
+                if let Some(after) = report.look_again {
+                    let trigger = trigger.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        trigger.ask();
+                    });
+                }
                 if let Ok(mut b) = health.branch.lock() {
                     b.clone_from(&report.branch);
                 }

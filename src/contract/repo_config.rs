@@ -36,6 +36,7 @@ struct CodexFile {
     cleanup_after_success: Option<bool>,
     on_interrupt: Option<String>,
     max_attempts: Option<u32>,
+    claim_timeout: Option<String>,
 }
 
 /// The only execution strategy this runner implements.
@@ -86,6 +87,8 @@ pub struct RepoConfig {
     pub on_interrupt: OnInterrupt,
     /// Attempts a request gets under `rerun`, the first included.
     pub max_attempts: u32,
+    /// A claim not renewed for this long is taken over by another runner.
+    pub claim_timeout: std::time::Duration,
 }
 
 impl Default for RepoConfig {
@@ -100,6 +103,7 @@ impl Default for RepoConfig {
             cleanup_after_success: true,
             on_interrupt: OnInterrupt::Rerun,
             max_attempts: 3,
+            claim_timeout: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -246,10 +250,36 @@ impl RepoConfig {
                 .at(at("codex", "max_attempts")),
             );
         }
+        let claim_timeout = match raw.codex.claim_timeout.as_deref() {
+            None => d.claim_timeout,
+            Some(text) => match super::units::parse_duration(text) {
+                Ok(t) if t >= std::time::Duration::from_secs(1) => t,
+                Ok(_) => {
+                    errors.push(
+                        Violation::new(
+                            file,
+                            "invalid-value",
+                            "codex.claim_timeout must be at least 1s",
+                        )
+                        .at(at("codex", "claim_timeout")),
+                    );
+                    d.claim_timeout
+                }
+                Err(e) => {
+                    errors.push(
+                        Violation::new(file, "invalid-value", format!("codex.claim_timeout: {e}"))
+                            .at(at("codex", "claim_timeout"))
+                            .hint("e.g. `claim_timeout: 10m`"),
+                    );
+                    d.claim_timeout
+                }
+            },
+        };
         if !errors.is_empty() {
             return Err(Violations(errors));
         }
         Ok(RepoConfig {
+            claim_timeout,
             on_interrupt,
             max_attempts,
             purpose: raw.repo.purpose,
@@ -288,7 +318,7 @@ pub fn valid_branch(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    const START: &str = "repo:\n  purpose: infrastructure-orchestration\n  strategy: git-merge-execution\ncodex:\n  deploy_trigger_path: requests/\n  deploy_output_path: logs/\n  mainline_branch: main\n  enforce_merge_before_execution: true\n  cleanup_after_success: true\n  on_interrupt: rerun\n  max_attempts: 3\n";
+    const START: &str = "repo:\n  purpose: infrastructure-orchestration\n  strategy: git-merge-execution\ncodex:\n  deploy_trigger_path: requests/\n  deploy_output_path: logs/\n  mainline_branch: main\n  enforce_merge_before_execution: true\n  cleanup_after_success: true\n  on_interrupt: rerun\n  max_attempts: 3\n  claim_timeout: 10m\n";
 
     #[test]
     fn starting_shape_parses() {
@@ -372,6 +402,11 @@ mod tests {
                 START.replace("max_attempts: 3", "max_attempts: -1"),
                 "yaml-syntax",
                 11,
+            ),
+            (
+                START.replace("claim_timeout: 10m", "claim_timeout: soon"),
+                "invalid-value",
+                12,
             ),
         ];
         for (text, rule, line) in cases {

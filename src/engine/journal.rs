@@ -129,22 +129,24 @@ pub(crate) fn decide(
             record.attempt
         ),
     };
+    interrupted(record.attempt, why, config)
+}
+
+/// What the repository's policy makes of attempt `attempt`, interrupted for `why`.
+pub(crate) fn interrupted(attempt: u32, why: String, config: &RepoConfig) -> Recovery {
     match config.on_interrupt {
-        OnInterrupt::Rerun if record.attempt < config.max_attempts => Recovery::Rerun {
-            attempt: record.attempt + 1,
+        OnInterrupt::Rerun if attempt < config.max_attempts => Recovery::Rerun {
+            attempt: attempt + 1,
             why,
         },
         OnInterrupt::Rerun => Recovery::Record {
-            attempt: record.attempt,
+            attempt,
             why: format!(
-                "{why}; it was attempt {} of at most {}",
-                record.attempt, config.max_attempts
+                "{why}; it was attempt {attempt} of at most {}",
+                config.max_attempts
             ),
         },
-        OnInterrupt::Record => Recovery::Record {
-            attempt: record.attempt,
-            why,
-        },
+        OnInterrupt::Record => Recovery::Record { attempt, why },
     }
 }
 

@@ -4,6 +4,7 @@
 //! each request's state; `exec`, `git` and `record` do the I/O it asks for.
 
 mod checks;
+mod claims;
 mod journal;
 pub mod locks;
 mod publish;
@@ -122,6 +123,11 @@ pub struct PassReport {
     pub ignored: Vec<(String, String)>,
     /// Commits pushed.
     pub published: Vec<Published>,
+    /// Requests another runner holds the claim on: (id, holder).
+    pub deferred: Vec<(String, String)>,
+    /// When to look again, because another runner holds claims this pass could not take
+    /// (they are taken over once their holder stops renewing them).
+    pub look_again: Option<std::time::Duration>,
 }
 
 /// A request that reached a final state and waits to be published: its status (which names
@@ -152,6 +158,12 @@ pub(crate) struct PassContext {
     shutdown: shutdown::Shutdown,
     /// How to go on with attempts a dead runner process left, by request.
     recoveries: Mutex<BTreeMap<String, journal::Recovery>>,
+    /// This runner's claims on the remote.
+    claims: claims::Claims,
+    /// Requests another runner holds, with the holder.
+    deferred: Mutex<Vec<(String, String)>>,
+    /// The repository contract at the tip.
+    config: RepoConfig,
 }
 
 impl PassContext {
@@ -354,6 +366,16 @@ fn done_at(
         Some(s) => Done::InPlace(s.file),
         None => Done::No,
     }
+}
+
+/// Whether the branch at `tip` records request `id` (in `processed/`, or by a status file).
+fn recorded(mirror: &Mirror, tip: Oid, config: &RepoConfig, id: &str) -> bool {
+    mirror
+        .path_kind(tip, &format!("{}{id}.yaml", config.processed_path))
+        .is_some()
+        || mirror
+            .path_kind(tip, &format!("{}{id}.status.json", config.output_path))
+            .is_some()
 }
 
 /// What a pass found at the tip, before anything runs.
@@ -605,6 +627,21 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         None => (None, None),
     };
     let mirror = Arc::new(Mutex::new(mirror));
+    let claims = claims::Claims {
+        mirror: mirror.clone(),
+        branch: branch.clone(),
+        runner: opts.runner.clone(),
+        host: crate::config::host_name(),
+        identity: opts.identity.clone(),
+        config: config.clone(),
+        auth: opts.git_auth.clone(),
+    };
+    {
+        let config = config.clone();
+        claims
+            .sweep(move |m, id| recorded(m, tip, &config, id))
+            .await;
+    }
     let cx = Arc::new(PassContext {
         runner: opts.runner.clone(),
         // The tail of the remote key: the repository's name and 8 hex digits of its hash.
@@ -621,6 +658,9 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         checks: checks_tx.clone(),
         shutdown: opts.shutdown.clone(),
         recoveries: Mutex::new(recovered.plans),
+        claims: claims.clone(),
+        deferred: Mutex::new(Vec::new()),
+        config: config.clone(),
     });
     let target = Target {
         mirror,
@@ -631,6 +671,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         attempts: opts.push_attempts,
         checks: checks_tx,
         auth: opts.git_auth.clone(),
+        claims,
     };
     let (tx, rx) = mpsc::unbounded_channel::<Finished>();
     let committer = tokio::spawn(publish::committer(target, rx));
@@ -677,6 +718,9 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     let infra = run_queues(&cx, queues, &locks, opts.concurrency, record).await;
 
     let (published, publish_errors) = committer.await.context("failed to join the committer")?;
+    let deferred = cx.deferred.lock().map(|d| d.clone()).unwrap_or_default();
+    let look_again = (!deferred.is_empty())
+        .then(|| (cx.config.claim_timeout / 3).max(std::time::Duration::from_secs(1)));
     // Every sender is gone once the pass context is: the reporter sends what is left and ends.
     drop(cx);
     if let Some(task) = reporter {
@@ -695,6 +739,8 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         items,
         ignored: planned.ignored,
         published,
+        deferred,
+        look_again,
     })
 }
 
@@ -739,26 +785,69 @@ async fn run_queues(
                             tracing::info!("waiting for the lock on `{resource}`");
                             waited = Some(resource.clone());
                         }) => lock?,
-                        _ = &mut draining => return Ok(None),
+                        _ = &mut draining => return Ok(Step::Stopping),
                     };
                     let _slot = tokio::select! {
                         slot = slots.acquire() => slot.context("failed to get a run slot")?,
-                        _ = &mut draining => return Ok(None),
+                        _ = &mut draining => return Ok(Step::Stopping),
                     };
                     // Waiting for the lock or a slot may have outlasted the runner's wish to go on.
                     if cx.shutdown.stage() >= shutdown::Stage::Drain {
-                        return Ok(None);
+                        return Ok(Step::Stopping);
                     }
-                    let recovery = cx.recoveries.lock().ok().and_then(|mut r| r.remove(&item.log_id));
-                    run::execute(&cx, &item, runnable, waited, recovery).await.map(Some)
+                    let mut recovery = cx.recoveries.lock().ok().and_then(|mut r| r.remove(&item.log_id));
+                    let attempt = match &recovery {
+                        Some(journal::Recovery::Start { attempt } | journal::Recovery::Rerun { attempt, .. } | journal::Recovery::Record { attempt, .. }) => *attempt,
+                        Some(journal::Recovery::Follow(rec)) => rec.attempt,
+                        _ => 1,
+                    };
+                    let (config, id) = (cx.config.clone(), item.log_id.clone());
+                    let claimed = cx
+                        .claims
+                        .acquire(&item.log_id, attempt, move |m, tip| recorded(m, tip, &config, &id))
+                        .await
+                        .map_err(|e| run::RunFailure::Git(e.context("failed to claim the request")))?;
+                    let oid = match claimed {
+                        claims::Claimed::Won(oid) => oid,
+                        claims::Claimed::TakenOver { oid, previous } => {
+                            let why = format!(
+                                "runner `{}` on {} stopped renewing its claim while attempt {} ran",
+                                previous.runner, previous.host, previous.attempt
+                            );
+                            tracing::warn!("taking over: {why}");
+                            recovery.get_or_insert_with(|| journal::interrupted(previous.attempt, why, &cx.config));
+                            oid
+                        }
+                        claims::Claimed::Done => {
+                            run::abandon(&cx, &item.log_id).await;
+                            return Ok(Step::Recorded);
+                        }
+                        claims::Claimed::Lost(holder) => {
+                            run::abandon(&cx, &item.log_id).await;
+                            return Ok(Step::Lost(holder));
+                        }
+                    };
+                    let renewals = cx.claims.keep_alive(&item.log_id, oid, attempt);
+                    let done = run::execute(&cx, &item, runnable, waited, recovery).await;
+                    renewals.abort();
+                    done.map(|f| Step::Finished(Box::new(f)))
                 }
                 .instrument(span)
                 .await;
                 let again = |e: anyhow::Error| e.context(format!("request {} did not finish; it runs again in a later pass", item.log_id));
                 match result {
-                    Ok(Some(f)) => record(f),
-                    Ok(None) => tracing::info!(id = %item.log_id, "the runner is stopping: left for a later pass"),
+                    Ok(Step::Finished(f)) => record(*f),
+                    Ok(Step::Stopping) => tracing::info!(id = %item.log_id, "the runner is stopping: left for a later pass"),
+                    Ok(Step::Recorded) => tracing::info!(id = %item.log_id, "already recorded by another runner"),
+                    Ok(Step::Lost(holder)) => {
+                        tracing::info!(id = %item.log_id, "claimed by {holder}: it and the rest of `{resource}`'s queue are left to that runner");
+                        if let Ok(mut d) = cx.deferred.lock() {
+                            d.push((item.log_id.clone(), holder));
+                        }
+                        break;
+                    }
                     Err(run::RunFailure::Docker(e)) => return Err(DispatchError::Docker(again(e))),
+                    Err(run::RunFailure::Git(e)) => return Err(DispatchError::Git(again(e))),
                     Err(run::RunFailure::Other(e)) => return Err(DispatchError::Other(again(e))),
                 }
             }
@@ -776,6 +865,18 @@ async fn run_queues(
         first.get_or_insert(failure);
     }
     first
+}
+
+/// How one queued request went.
+enum Step {
+    /// It reached a final state.
+    Finished(Box<Finished>),
+    /// The runner is stopping; it was left for a later pass.
+    Stopping,
+    /// Another runner recorded it meanwhile.
+    Recorded,
+    /// Another runner holds its claim (named).
+    Lost(String),
 }
 
 /// A directory name for a remote: readable tail plus a hash of the whole URL.

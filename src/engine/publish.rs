@@ -27,6 +27,8 @@ pub(crate) struct Target {
     pub checks: Option<super::checks::CheckSink>,
     /// Where git's token comes from (handlers may run longer than an installation token lives).
     pub auth: Option<crate::forge::GitHub>,
+    /// The claims to drop once their results are on the branch.
+    pub claims: super::claims::Claims,
 }
 
 /// The repository changes that record `done`.
@@ -122,6 +124,10 @@ pub(crate) async fn committer(
                     }
                     let _ = std::fs::remove_dir_all(&f.dir);
                 }
+                target
+                    .claims
+                    .release(batch.iter().map(|f| f.status.id.clone()).collect())
+                    .await;
                 published.push(p);
             }
             Err(e) => {

@@ -99,8 +99,23 @@ pub(crate) fn record_rejection(
 pub(crate) enum RunFailure {
     /// The Docker engine failed.
     Docker(anyhow::Error),
+    /// The git remote failed (a claim).
+    Git(anyhow::Error),
     /// Anything else: the state directory, the checkout, the lock.
     Other(anyhow::Error),
+}
+
+/// Forget this runner's unfinished attempt at `id` (another runner has the request): its
+/// container, if one is left, and its journal.
+pub(crate) async fn abandon(cx: &PassContext, id: &str) {
+    let dir = cx.results_dir.join(id);
+    if let Some(rec) = journal::read(&dir) {
+        tracing::warn!(id, container = %rec.container, "another runner has this request: dropping this runner's unfinished attempt");
+        if let Ok(docker) = cx.executor() {
+            docker.remove(&rec.container).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 impl From<anyhow::Error> for RunFailure {
@@ -133,9 +148,13 @@ pub(crate) async fn execute(
 ) -> Result<Finished, RunFailure> {
     let out = match recovery {
         None => ResultDir::fresh(&cx.results_dir, &item.log_id)?,
-        Some(_) => ResultDir {
-            dir: cx.results_dir.join(&item.log_id),
-        },
+        // Go on in the directory an earlier process left (a takeover starts one).
+        Some(_) => {
+            let dir = cx.results_dir.join(&item.log_id);
+            crate::exec::ensure_world_readable_dir(&dir)
+                .with_context(|| format!("failed to create {}", dir.display()))?;
+            ResultDir { dir }
+        }
     };
     let result = execute_in(cx, item, runnable, &out, waited_for, recovery).await;
     if let Err(e) = &result {
@@ -173,17 +192,19 @@ async fn execute_in(
     };
     let mut attempt = 1;
     let mut follow = None;
+    // A log begins with the request, whichever process begins it.
+    if logged_until == 0 {
+        log.event(
+            "received",
+            json!({"file": item.file, "commit": item.commit}),
+        )?;
+        log.event(
+            "validated",
+            json!({"kind": kind, "resource": runnable.resource, "timeout_ms": runnable.timeout.as_millis() as u64}),
+        )?;
+    }
     match recovery {
-        None => {
-            log.event(
-                "received",
-                json!({"file": item.file, "commit": item.commit}),
-            )?;
-            log.event(
-                "validated",
-                json!({"kind": kind, "resource": runnable.resource, "timeout_ms": runnable.timeout.as_millis() as u64}),
-            )?;
-        }
+        None => {}
         Some(Recovery::Start { attempt: a }) => {
             attempt = a;
             log.event(

@@ -17,6 +17,7 @@ use git2::{FetchOptions, ObjectType, PushOptions, RemoteCallbacks, Repository, S
 use crate::contract::handlers::PathKind;
 use crate::plan::EntryContent;
 
+pub mod claims;
 pub mod seed;
 
 /// A commit id; the engine names commits with this type and never touches git2 itself.
@@ -391,7 +392,7 @@ impl Mirror {
             })?;
             let commit = self.build_commit(tip, changes, message, who)?;
             crate::crashpoint::hit("before-push");
-            self.push(branch, commit)?;
+            self.push(branch, commit, tip)?;
             Ok(Published {
                 commit: commit.to_string(),
                 replays: 0,
@@ -412,6 +413,97 @@ impl Mirror {
             })
             .call();
         result.map(|p| Published { replays, ..p })
+    }
+
+    /// Set `refname` on the remote to `new` if, and only if, it is still `expected` (`None`:
+    /// it does not exist). `Ok(Err(reason))` when it is not; `crash` arms `in-push`.
+    ///
+    /// A git server checks the old value under its ref lock (receive-pack). A remote that is
+    /// a local path is written by libgit2 itself, which overwrites a ref it saw at connect
+    /// time without comparing again; there the objects go to a scratch ref first and the
+    /// compare-and-swap is done in the remote repository under its ref lock.
+    fn push_cas(
+        &self,
+        refname: &str,
+        new: Oid,
+        expected: Option<Oid>,
+        crash: bool,
+    ) -> anyhow::Result<Result<(), String>> {
+        let Some(path) = local_path(&self.url) else {
+            // No `+`: a push that is not a fast-forward must fail, never overwrite.
+            return self.push_specs(&[format!("{new}:{refname}")], crash);
+        };
+        let scratch = format!(
+            "refs/codex-scratch/{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        if let Err(reason) = self.push_specs(&[format!("{new}:{scratch}")], false)? {
+            return Ok(Err(reason));
+        }
+        let remote = Repository::open_bare(&path)
+            .with_context(|| format!("failed to open the remote {}", path.display()))?;
+        let updated = match expected {
+            None => remote.reference(refname, new, false, "codex-runner"),
+            Some(old) => remote.reference_matching(refname, new, true, old, "codex-runner"),
+        };
+        if updated.is_ok() && crash {
+            crate::crashpoint::hit("in-push");
+        }
+        if let Ok(mut r) = remote.find_reference(&scratch) {
+            let _ = r.delete();
+        }
+        match updated {
+            Ok(_) => Ok(Ok(())),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    git2::ErrorCode::Exists
+                        | git2::ErrorCode::Modified
+                        | git2::ErrorCode::NotFound
+                        | git2::ErrorCode::Locked
+                ) =>
+            {
+                Ok(Err(format!("{refname}: {}", e.message())))
+            }
+            Err(e) => {
+                Err(e).with_context(|| format!("failed to update {refname} on {}", path.display()))
+            }
+        }
+    }
+
+    /// Push `specs` (never forced unless a spec says `+`). `Ok(Err(reason))` when the remote
+    /// refused an update (not a fast-forward, or a hook said no); `Err` when it could not be
+    /// reached. `crash` arms the `in-push` crash point (results, not claims).
+    fn push_specs(&self, specs: &[String], crash: bool) -> anyhow::Result<Result<(), String>> {
+        let mut remote = self.repo.find_remote("origin")?;
+        let mut rejected: Option<String> = None;
+        let mut cbs = callbacks(self.token.as_deref());
+        cbs.push_update_reference(|name, status| {
+            if crash {
+                crate::crashpoint::hit("in-push");
+            }
+            if let Some(msg) = status {
+                rejected = Some(format!("{name}: {msg}"));
+            }
+            Ok(())
+        });
+        let mut opts = PushOptions::new();
+        opts.remote_callbacks(cbs);
+        if let Err(e) = remote.push(specs, Some(&mut opts)) {
+            let text = e.message().to_string();
+            if text.contains("fast-forward")
+                || text.contains("fastforward")
+                || e.code() == git2::ErrorCode::NotFastForward
+            {
+                return Ok(Err(text));
+            }
+            return Err(e).with_context(|| format!("failed to push to {}", self.shown_url()));
+        }
+        drop(opts);
+        Ok(rejected.map_or(Ok(()), Err))
     }
 
     fn build_commit(
@@ -454,39 +546,10 @@ impl Mirror {
             .commit(None, &sig, &sig, message, &tree, &[&parent])?)
     }
 
-    fn push(&self, branch: &str, commit: Oid) -> anyhow::Result<()> {
-        let mut remote = self.repo.find_remote("origin")?;
+    fn push(&self, branch: &str, commit: Oid, tip: Oid) -> anyhow::Result<()> {
         let refname = format!("refs/heads/{branch}");
-        let mut rejected: Option<String> = None;
-        {
-            let mut cbs = callbacks(self.token.as_deref());
-            cbs.push_update_reference(|name, status| {
-                crate::crashpoint::hit("in-push");
-                if let Some(msg) = status {
-                    rejected = Some(format!("{name}: {msg}"));
-                }
-                Ok(())
-            });
-            let mut opts = PushOptions::new();
-            opts.remote_callbacks(cbs);
-            // No `+`: a push that is not a fast-forward must fail, never overwrite.
-            let spec = format!("{commit}:{refname}");
-            if let Err(e) = remote.push(&[&spec], Some(&mut opts)) {
-                let text = e.message().to_string();
-                if text.contains("fast-forward")
-                    || text.contains("fastforward")
-                    || e.code() == git2::ErrorCode::NotFastForward
-                {
-                    return Err(PushRejected {
-                        branch: branch.into(),
-                        reason: text,
-                    }
-                    .into());
-                }
-                return Err(e).with_context(|| format!("failed to push to {}", self.shown_url()));
-            }
-        }
-        if let Some(reason) = rejected {
+        // Only over the tip the commit was built on: a moved branch is replayed, never lost.
+        if let Err(reason) = self.push_cas(&refname, commit, Some(tip), true)? {
             return Err(PushRejected {
                 branch: branch.into(),
                 reason,
@@ -503,6 +566,21 @@ impl Mirror {
             )
             .context("failed to record the pushed tip")?;
         Ok(())
+    }
+}
+
+/// The directory of a remote that is a local path (`/srv/ops.git`, `file:///srv/ops.git`);
+/// `None` for anything reached through a git server (https, ssh, git, `host:path`).
+fn local_path(url: &str) -> Option<PathBuf> {
+    if let Some(p) = url.strip_prefix("file://") {
+        return Some(PathBuf::from(p));
+    }
+    if url.contains("://") {
+        return None;
+    }
+    match url.split_once(':') {
+        Some((before, _)) if !before.contains('/') => None,
+        _ => Some(PathBuf::from(url)),
     }
 }
 
@@ -617,6 +695,7 @@ pub fn parse_oid(text: &str) -> anyhow::Result<Oid> {
 
 #[cfg(test)]
 mod tests {
+    use super::claims::ClaimBody;
     use super::seed::{SeedFile, SeedRepo};
     use super::*;
 
@@ -687,7 +766,7 @@ mod tests {
                 "foreign",
             )
             .unwrap();
-        let err = mirror.push("main", stale).unwrap_err();
+        let err = mirror.push("main", stale, base).unwrap_err();
         assert!(err.downcast_ref::<PushRejected>().is_some(), "{err:#}");
 
         let changes = [
@@ -720,6 +799,74 @@ mod tests {
             Some(&b"kind: echo\n"[..])
         );
         assert!(origin.read_main("requests/a.yaml").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_local_remote_is_updated_only_from_the_value_the_pusher_saw() {
+        let (_tmp, origin, base, mirror) = fixture(&[file("a", b"1")]);
+        assert_eq!(mirror.fetch("main").unwrap(), Some(base));
+        let ours = mirror.build_commit(base, &[], "ours", &who()).unwrap();
+        let foreign = origin
+            .commit("refs/heads/main", &[base], &[file("b", b"2")], "foreign")
+            .unwrap();
+        // Pushed as if the branch were still at `base`: refused, the foreign commit stays.
+        let refused = mirror
+            .push_cas("refs/heads/main", ours, Some(base), false)
+            .unwrap();
+        assert!(refused.is_err(), "{refused:?}");
+        assert_eq!(origin.read_main("b").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(mirror.fetch("main").unwrap(), Some(foreign));
+        // Claims: the first creation wins, a second one loses; a renewal needs the seen value.
+        let body = claims::ClaimBody {
+            runner: "r".into(),
+            host: "h".into(),
+            attempt: 1,
+            renewed_ms: 0,
+            nonce: "1".into(),
+        };
+        let r = "refs/codex/claims/main/x";
+        let first = mirror.push_claim(r, None, &body, &who()).unwrap();
+        assert!(first.is_ok());
+        let second = ClaimBody {
+            nonce: "2".into(),
+            ..body.clone()
+        };
+        assert!(mirror
+            .push_claim(r, None, &second, &who())
+            .unwrap()
+            .is_err());
+        assert!(
+            mirror
+                .push_claim(r, Some(foreign), &second, &who())
+                .unwrap()
+                .is_err(),
+            "a stale claim commit"
+        );
+        let renewed = mirror
+            .push_claim(r, first.ok(), &second, &who())
+            .unwrap()
+            .expect("renewed from the claim it saw");
+        let seen = mirror.fetch_claims("main").unwrap();
+        assert_eq!(seen["x"].oid, renewed);
+        assert_eq!(seen["x"].body.as_ref().map(|b| b.nonce.as_str()), Some("2"));
+        mirror.drop_claims(&[r.to_string()]).unwrap();
+        assert!(mirror.fetch_claims("main").unwrap().is_empty());
+    }
+
+    #[test]
+    fn local_remotes_are_told_from_served_ones() {
+        assert_eq!(
+            local_path("/srv/ops.git"),
+            Some(PathBuf::from("/srv/ops.git"))
+        );
+        assert_eq!(
+            local_path("file:///srv/ops.git"),
+            Some(PathBuf::from("/srv/ops.git"))
+        );
+        assert_eq!(local_path("../ops"), Some(PathBuf::from("../ops")));
+        assert_eq!(local_path("https://example.invalid/ops.git"), None);
+        assert_eq!(local_path("git@example.invalid:acme/ops.git"), None);
+        assert_eq!(local_path("ssh://git@example.invalid/ops.git"), None);
     }
 
     #[test]

@@ -1,0 +1,129 @@
+//! Claims: which runner runs a request, kept on the git remote and nowhere else.
+//!
+//! A claim is the ref `refs/codex/claims/<branch>/<id>`, pointing at a commit whose message
+//! says who holds it (JSON). Every change to it is a compare-and-swap done by the remote's
+//! own ref update: a first claim is a root commit (the push fails if any claim exists, since
+//! it is not a fast-forward of it); a renewal or a takeover is a child of the claim commit
+//! the runner saw (the push fails if the claim moved since). Pushes are never forced.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use git2::{FetchOptions, FetchPrune, Oid, Signature};
+use serde::{Deserialize, Serialize};
+
+use super::{callbacks, Identity, Mirror};
+
+/// Who holds a claim, as its commit message says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimBody {
+    /// The runner's name.
+    pub runner: String,
+    /// The host it runs on.
+    pub host: String,
+    /// The attempt it runs (or ran).
+    pub attempt: u32,
+    /// When it last renewed the claim, in Unix milliseconds.
+    pub renewed_ms: u64,
+    /// Makes every claim commit unique, so two runners never push the same one.
+    pub nonce: String,
+}
+
+/// A claim as the remote has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The claim commit.
+    pub oid: Oid,
+    /// Its holder; `None` when the commit is not a claim this runner can read.
+    pub body: Option<ClaimBody>,
+}
+
+/// The ref of request `id`'s claim on `branch`.
+pub fn claim_ref(branch: &str, id: &str) -> String {
+    format!("refs/codex/claims/{branch}/{id}")
+}
+
+impl Mirror {
+    /// The claims on `branch` the remote has now, by request id (one fetch; claims deleted
+    /// upstream are pruned here too).
+    pub fn fetch_claims(&self, branch: &str) -> anyhow::Result<BTreeMap<String, Claim>> {
+        let prefix = format!("refs/codex/claims/{branch}/");
+        let spec = format!("+{prefix}*:{prefix}*");
+        let mut remote = self
+            .repo
+            .find_remote("origin")
+            .context("failed to find the mirror's remote")?;
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(callbacks(self.token.as_deref()));
+        opts.prune(FetchPrune::On);
+        remote
+            .fetch(&[&spec], Some(&mut opts), None)
+            .with_context(|| format!("failed to fetch the claims from {}", self.shown_url()))?;
+        let mut out = BTreeMap::new();
+        for r in self.repo.references_glob(&format!("{prefix}*"))? {
+            let r = r?;
+            let (Ok(name), Some(oid)) = (r.name(), r.target()) else {
+                continue;
+            };
+            let id = name.trim_start_matches(&prefix).to_string();
+            let body = self
+                .repo
+                .find_commit(oid)
+                .ok()
+                .and_then(|c| serde_json::from_slice(c.message_bytes()).ok());
+            out.insert(id, Claim { oid, body });
+        }
+        Ok(out)
+    }
+
+    /// Push a claim: the first one (`seen` is `None`) or one replacing the claim commit
+    /// `seen`. `Ok(Ok(commit))` when the remote took it, `Ok(Err(reason))` when it refused
+    /// (the claim was not what the caller saw, or a hook or a rule said no).
+    pub fn push_claim(
+        &self,
+        refname: &str,
+        seen: Option<Oid>,
+        body: &ClaimBody,
+        who: &Identity,
+    ) -> anyhow::Result<Result<Oid, String>> {
+        let message = serde_json::to_string(body)?;
+        let tree = self.repo.treebuilder(None)?.write()?;
+        let tree = self.repo.find_tree(tree)?;
+        let sig =
+            Signature::now(&who.name, &who.email).context("failed to make the claim signature")?;
+        let parent = seen.map(|p| self.repo.find_commit(p)).transpose()?;
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        let commit = self
+            .repo
+            .commit(None, &sig, &sig, &message, &tree, &parents)?;
+        match self.push_cas(refname, commit, seen, false)? {
+            Ok(()) => {
+                self.repo
+                    .reference(refname, commit, true, "codex-runner claim")
+                    .context("failed to record the claim")?;
+                Ok(Ok(commit))
+            }
+            Err(reason) => {
+                tracing::debug!(claim = refname, reason = %reason, "claim refused");
+                Ok(Err(reason))
+            }
+        }
+    }
+
+    /// Delete claims on the remote (their requests are recorded on the branch).
+    pub fn drop_claims(&self, refnames: &[String]) -> anyhow::Result<()> {
+        if refnames.is_empty() {
+            return Ok(());
+        }
+        let specs: Vec<String> = refnames.iter().map(|r| format!(":{r}")).collect();
+        if let Err(reason) = self.push_specs(&specs, false)? {
+            tracing::warn!(reason = %reason, "the remote kept some claims");
+        }
+        for r in refnames {
+            if let Ok(mut local) = self.repo.find_reference(r) {
+                let _ = local.delete();
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,246 @@
+//! A fleet: several runners (processes here, hosts in production) watch one repository and
+//! share nothing but its git remote. Each request runs exactly once, counted by a ledger the
+//! handlers call; a claim whose runner died is taken over after `claim_timeout`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{docker, spawn_daemon, Daemon, Ledger, Repo};
+
+/// A daemon named `name` on `repo`, with its own state and work directories, polling often.
+fn runner(repo: &Repo, name: &str) -> Daemon {
+    let dir = repo.tmp.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("runner.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runner]\nname = \"{name}\"\nstate_dir = \"{}\"\nconcurrency = 2\n\n[limits]\nallow_network_host = true\ngrace = \"1s\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"1s\"\n",
+            dir.join("state").display(),
+            repo.origin.display()
+        ),
+    )
+    .unwrap();
+    spawn_daemon(&config)
+}
+
+/// The status files on main, by request id.
+fn statuses(repo: &Repo) -> BTreeMap<String, serde_json::Value> {
+    let listing = common::sh(
+        &repo.origin,
+        "git",
+        &["ls-tree", "--name-only", "main", "logs/"],
+    );
+    listing
+        .lines()
+        .filter_map(|p| p.strip_prefix("logs/")?.strip_suffix(".status.json"))
+        .map(|id| (id.to_string(), repo.status(id)))
+        .collect()
+}
+
+/// Claim refs left on the remote.
+fn claims_on_remote(repo: &Repo) -> Vec<String> {
+    common::sh(
+        &repo.origin,
+        "git",
+        &["for-each-ref", "--format=%(refname)", "refs/codex/"],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[test]
+fn three_runners_share_300_requests_and_each_runs_exactly_once() {
+    docker();
+    let ledger = Ledger::start();
+    let mut repo = Repo::new("t-fleet");
+    repo.add_ledger_handler(&ledger);
+    let ids: Vec<String> = (0..300).map(|i| format!("req-{i:03}")).collect();
+    let files: Vec<(String, Vec<u8>)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            (
+                format!("requests/{id}.yaml"),
+                format!("kind: ledger\nparams: {{resource: r{:02}}}\n", i % 30).into_bytes(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    repo.merge_pr(&refs);
+
+    let started = Instant::now();
+    let daemons: Vec<Daemon> = ["t-fleet-a", "t-fleet-b", "t-fleet-c"]
+        .iter()
+        .map(|name| runner(&repo, name))
+        .collect();
+    let mut done = statuses(&repo);
+    while done.len() < ids.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {} of {} recorded after 10 minutes",
+            done.len(),
+            ids.len()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        done = statuses(&repo);
+    }
+    let elapsed = started.elapsed();
+
+    let mut by_runner: BTreeMap<String, usize> = BTreeMap::new();
+    for id in &ids {
+        assert_eq!(
+            ledger.attempts(id),
+            vec![1],
+            "{id}'s effect exactly once: {:?}",
+            ledger.attempts(id)
+        );
+        let status = &done[id];
+        assert_eq!(status["state"], "succeeded", "{id}: {status}");
+        assert!(repo.main_file(&format!("processed/{id}.yaml")).is_some());
+        *by_runner
+            .entry(status["runner"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        ledger.hits().len(),
+        ids.len(),
+        "no effect beyond one per request"
+    );
+    assert_eq!(
+        by_runner.len(),
+        3,
+        "all three runners took work: {by_runner:?}"
+    );
+    assert!(
+        repo.main_file("requests/req-299.yaml").is_none(),
+        "the inbox is empty"
+    );
+    // Claims are dropped once their results are on main (a later pass sweeps stragglers).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !claims_on_remote(&repo).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "claims left: {:?}",
+            claims_on_remote(&repo)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(daemons);
+    eprintln!(
+        "300 requests, 3 runners, {:.1}s, by runner: {by_runner:?}, {} main commits",
+        elapsed.as_secs_f64(),
+        repo.main_commits()
+    );
+}
+
+#[test]
+fn a_claim_whose_runner_died_is_taken_over_after_the_timeout() {
+    docker();
+    let ledger = Ledger::start();
+    let mut repo = Repo::new("t-fleet-dead");
+    repo.add_ledger_handler(&ledger);
+    let contract = std::fs::read_to_string(repo.work.join("codex.repo.yaml"))
+        .unwrap()
+        .replace("claim_timeout: 10m", "claim_timeout: 3s");
+    repo.merge_pr(&[
+        ("codex.repo.yaml", contract.as_bytes()),
+        (
+            "requests/delta.yaml",
+            b"kind: ledger\nparams: {resource: d, sleep: \"4\"}\n",
+        ),
+    ]);
+    let config = repo.host_network_config();
+
+    // Runner A claims `delta` and dies while it runs; its host goes with its container.
+    let out = repo
+        .dispatch_command(repo.origin.to_str().unwrap(), &["--config", &config])
+        .env("CODEX_RUNNER_CRASH_AT", "running")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        claims_on_remote(&repo).len(),
+        1,
+        "A's claim is on the remote"
+    );
+    for c in common::containers_of(&repo.runner) {
+        common::sh(repo.tmp.path(), "docker", &["rm", "-f", &c]);
+    }
+
+    // Runner B, at once: the claim is fresh, so B leaves the request to A.
+    let b_state = repo.tmp.path().join("b-state");
+    let b = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            config.as_str(),
+            "--state-dir",
+            b_state.to_str().unwrap(),
+            "--runner-name",
+            "t-fleet-b",
+        ];
+        args.extend_from_slice(extra);
+        common::Pass::from(
+            std::process::Command::new(env!("CARGO_BIN_EXE_codex-runner"))
+                .args(["dispatch", "--once", "--json", "--repo"])
+                .arg(&repo.origin)
+                .args(&args)
+                .env("CODEX_LOG", "info")
+                .output()
+                .unwrap(),
+        )
+    };
+    let first = b(&[]).ok();
+    assert!(first.states().is_empty(), "{:?}", first.report);
+    let deferred = &first.report["deferred"];
+    assert_eq!(deferred[0]["id"], "delta", "{}", first.report);
+    assert!(
+        deferred[0]["holder"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("t-fleet-dead"),
+        "{deferred}"
+    );
+    assert!(ledger.hits().is_empty());
+
+    // Once the claim is older than claim_timeout, B takes it over: attempt 2 (on_interrupt: rerun).
+    std::thread::sleep(Duration::from_millis(3500));
+    let second = b(&[]).ok();
+    assert_eq!(
+        second.states().get("delta").map(String::as_str),
+        Some("succeeded"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(ledger.attempts("delta"), vec![2], "{:?}", ledger.hits());
+    let status = repo.status("delta");
+    assert_eq!(
+        (status["attempt"].as_u64(), status["runner"].as_str()),
+        (Some(2), Some("t-fleet-b"))
+    );
+    let log = repo.log("delta");
+    let interrupted = log
+        .iter()
+        .find(|e| e["event"] == "interrupted")
+        .unwrap_or_else(|| panic!("{log:?}"));
+    assert!(
+        interrupted["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stopped renewing its claim"),
+        "{interrupted}"
+    );
+    assert!(claims_on_remote(&repo).is_empty());
+
+    // A comes back: the request is recorded, so its unfinished attempt is dropped, not rerun.
+    let back = repo.dispatch(&["--config", &config]).ok();
+    assert!(back.states().is_empty(), "{:?}", back.report);
+    assert_eq!(ledger.hits().len(), 1);
+    repo.assert_no_containers();
+}
