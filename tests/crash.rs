@@ -17,21 +17,16 @@ use common::{containers_of, docker, Ledger, Repo};
 fn batch(runner: &str, ledger: &Ledger, requests: &[(&str, &str, u32)]) -> Repo {
     let mut repo = Repo::new(runner);
     repo.add_ledger_handler(ledger);
-    let files: Vec<(String, Vec<u8>)> = requests
+    let listed: Vec<(String, String)> = requests
         .iter()
         .map(|(id, resource, sleep)| {
             (
-                format!("requests/{id}.yaml"),
-                format!("kind: ledger\nparams: {{resource: {resource}, sleep: \"{sleep}\"}}\n")
-                    .into_bytes(),
+                id.to_string(),
+                format!("{{resource: {resource}, sleep: \"{sleep}\"}}"),
             )
         })
         .collect();
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(p, b)| (p.as_str(), b.as_slice()))
-        .collect();
-    repo.merge_pr(&refs);
+    repo.merge_ledger_requests(&listed);
     repo
 }
 

@@ -59,21 +59,12 @@ fn three_runners_share_300_requests_and_each_runs_exactly_once() {
     let mut repo = Repo::new("t-fleet");
     repo.add_ledger_handler(&ledger);
     let ids: Vec<String> = (0..300).map(|i| format!("req-{i:03}")).collect();
-    let files: Vec<(String, Vec<u8>)> = ids
+    let listed: Vec<(String, String)> = ids
         .iter()
         .enumerate()
-        .map(|(i, id)| {
-            (
-                format!("requests/{id}.yaml"),
-                format!("kind: ledger\nparams: {{resource: r{:02}}}\n", i % 30).into_bytes(),
-            )
-        })
+        .map(|(i, id)| (id.clone(), format!("{{resource: r{:02}}}", i % 30)))
         .collect();
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(p, b)| (p.as_str(), b.as_slice()))
-        .collect();
-    repo.merge_pr(&refs);
+    repo.merge_ledger_requests(&listed);
 
     let started = Instant::now();
     let daemons: Vec<Daemon> = ["t-fleet-a", "t-fleet-b", "t-fleet-c"]

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use git2::{FetchOptions, FetchPrune, Oid, Signature};
+use git2::{Oid, Signature};
 use serde::{Deserialize, Serialize};
 
-use super::{callbacks, Identity, Mirror};
+use super::{Identity, Mirror};
 
 /// Who holds a claim, as its commit message says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,16 +49,7 @@ impl Mirror {
     pub fn fetch_claims(&self, branch: &str) -> anyhow::Result<BTreeMap<String, Claim>> {
         let prefix = format!("refs/codex/claims/{branch}/");
         let spec = format!("+{prefix}*:{prefix}*");
-        let mut remote = self
-            .repo
-            .find_remote("origin")
-            .context("failed to find the mirror's remote")?;
-        let mut opts = FetchOptions::new();
-        opts.remote_callbacks(callbacks(self.token.as_deref()));
-        opts.prune(FetchPrune::On);
-        remote
-            .fetch(&[&spec], Some(&mut opts), None)
-            .with_context(|| format!("failed to fetch the claims from {}", self.shown_url()))?;
+        self.fetch_with(&spec, "the claims", true)?;
         let mut out = BTreeMap::new();
         for r in self.repo.references_glob(&format!("{prefix}*"))? {
             let r = r?;

@@ -140,12 +140,20 @@ impl Mirror {
 
     /// Fetch one refspec from the remote; the remote, still connected, for a look at its refs.
     fn fetch_spec(&self, spec: &str, what: &str) -> anyhow::Result<git2::Remote<'_>> {
+        self.fetch_with(spec, what, false)
+    }
+
+    /// Fetch one refspec; with `prune`, local refs under it that the remote no longer has go.
+    fn fetch_with(&self, spec: &str, what: &str, prune: bool) -> anyhow::Result<git2::Remote<'_>> {
         let mut remote = self
             .repo
             .find_remote("origin")
             .context("failed to find the mirror's remote")?;
         let mut opts = FetchOptions::new();
         opts.remote_callbacks(callbacks(self.token.as_deref()));
+        if prune {
+            opts.prune(git2::FetchPrune::On);
+        }
         remote
             .fetch(&[spec], Some(&mut opts), None)
             .with_context(|| format!("failed to fetch {what} from {}", self.shown_url()))?;

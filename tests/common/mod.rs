@@ -483,6 +483,24 @@ impl Repo {
         );
     }
 
+    /// Merge a PR adding `ledger` requests: (id, the flow mapping of its params).
+    pub fn merge_ledger_requests(&mut self, requests: &[(String, String)]) -> String {
+        let files: Vec<(String, Vec<u8>)> = requests
+            .iter()
+            .map(|(id, params)| {
+                (
+                    format!("requests/{id}.yaml"),
+                    format!("kind: ledger\nparams: {params}\n").into_bytes(),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(p, b)| (p.as_str(), b.as_slice()))
+            .collect();
+        self.merge_pr(&refs)
+    }
+
     /// A runner config for this repository's tests that lets handlers use the host network
     /// (to reach a [`Ledger`] on 127.0.0.1), with a 1 s grace period.
     pub fn host_network_config(&self) -> String {
