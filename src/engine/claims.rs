@@ -11,6 +11,7 @@ use crate::contract::repo_config::RepoConfig;
 use crate::forge::GitHub;
 use crate::git::claims::{claim_ref, ClaimBody};
 use crate::git::{Identity, Mirror, Oid};
+use crate::record::unix_ms;
 
 /// How a claim attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,13 +42,6 @@ pub(crate) struct Claims {
     pub identity: Identity,
     pub config: RepoConfig,
     pub auth: Option<GitHub>,
-}
-
-/// Now in Unix milliseconds.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Claims {

@@ -517,7 +517,7 @@ async fn recover(
             leftovers.len()
         )))
     })?;
-    let boot = crate::exec::this_boot();
+    let boot = crate::exec::boot_id();
     for left in leftovers {
         let fate = docker
             .fate(&left.record.container)

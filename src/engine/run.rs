@@ -11,7 +11,7 @@ use crate::contract::Violation;
 use crate::exec::spec::{container_spec, RunContext};
 use crate::exec::{ExecError, OutputEvent};
 use crate::plan::{Runnable, WorkItem};
-use crate::record::{now, write_status, RunLog, State, Status};
+use crate::record::{now, unix_ms, write_status, RunLog, State, Status};
 
 use super::journal::{self, AttemptRecord, Phase, Recovery};
 use super::{Finished, PassContext};
@@ -510,11 +510,4 @@ async fn resolve_image(
                 .map(|()| tag)
         }
     }
-}
-
-/// Now in Unix milliseconds.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

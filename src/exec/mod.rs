@@ -32,8 +32,8 @@ pub const LABEL_REQUEST: &str = "io.codex-runner.request";
 /// starting later can tell a dead runner's leftovers from a live sibling's containers.
 pub const LABEL_OWNER: &str = "io.codex-runner.owner";
 
-/// This boot of this host.
-fn boot_id() -> String {
+/// This boot of this host (the first half of an owner label).
+pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
@@ -187,11 +187,6 @@ fn stamped(chunk: bollard::container::LogOutput) -> (bollard::container::LogOutp
         }
         other => (other, None),
     }
-}
-
-/// This boot's id (the first half of an owner label).
-pub fn this_boot() -> String {
-    boot_id()
 }
 
 /// Whether an owner label names a live codex-runner process of this boot other than this
