@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::contract::units::{parse_duration, parse_size};
 use crate::forge::{Credentials, Report};
+use crate::secrets::{HostSecrets, SourceFile};
 
 /// Ceilings a handler entry may not exceed on this host, and run-wide settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +81,8 @@ pub struct HostConfig {
     pub server: ServerConfig,
     /// The forge for check runs.
     pub forge: Option<ForgeConfig>,
+    /// Secrets handlers may name, and where file secrets are staged.
+    pub secrets: HostSecrets,
 }
 
 /// `[repository]`: what `codex-runner run` watches.
@@ -206,6 +209,8 @@ struct File {
     git: GitFile,
     #[serde(default)]
     limits: LimitsFile,
+    #[serde(default)]
+    secrets: std::collections::BTreeMap<String, SourceFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +229,8 @@ struct RunnerFile {
     labels: Vec<String>,
     /// Drain timeout.
     drain_timeout: Option<String>,
+    /// Where file secrets are staged (a tmpfs).
+    secrets_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -302,6 +309,17 @@ impl HostConfig {
         if let Some(forge) = &f.forge {
             forge.check()?;
         }
+        let mut sources = std::collections::BTreeMap::new();
+        for (name, source) in f.secrets {
+            let source = source.check(&name)?;
+            sources.insert(name, source);
+        }
+        let secrets = HostSecrets::new(
+            sources,
+            f.runner
+                .secrets_dir
+                .unwrap_or_else(|| crate::secrets::DEFAULT_DIR.into()),
+        );
         Ok(HostConfig {
             repository: f.repository,
             server,
@@ -317,6 +335,7 @@ impl HostConfig {
                 .map(|s| parse_duration(&s).map_err(anyhow::Error::msg))
                 .transpose()
                 .context("runner.drain_timeout")?,
+            secrets,
             author_name: f.git.author_name,
             author_email: f.git.author_email,
             limits: HostLimits {
@@ -360,5 +379,14 @@ mod tests {
         assert!(HostConfig::parse("[runner]\nnmae = \"x\"\n").is_err());
         let err = HostConfig::parse("[limits]\ngrace = \"soon\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("limits.grace"), "{err:#}");
+        let c = HostConfig::parse(
+            "[runner]\nsecrets_dir = \"/run/x\"\n[secrets]\nTOKEN = { value = \"abcdef\" }\nKEY = { file = \"/etc/k\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.secrets.dir(), Path::new("/run/x"));
+        assert_eq!(c.secrets.value("TOKEN").unwrap(), "abcdef");
+        let err = HostConfig::parse("[secrets]\nT = { value = \"a\", env = \"B\" }\n").unwrap_err();
+        assert!(format!("{err:#}").contains("secrets.T"), "{err:#}");
+        assert!(HostConfig::parse("[secrets]\nT = { path = \"/x\" }\n").is_err());
     }
 }

@@ -13,4 +13,5 @@ pub mod forge;
 pub mod git;
 pub mod plan;
 pub mod record;
+pub mod secrets;
 pub mod server;

@@ -123,6 +123,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
             email: "codex-runner@localhost".into(),
         },
         limits: HostLimits::default(),
+        secrets: Default::default(),
         push_attempts: 5,
         forge: None,
         git_auth: None,

@@ -197,6 +197,9 @@ pub fn from_host(
             .filter(|l| !host.labels.contains(l))
             .cloned(),
     );
+    // Every secret resolves now, or the runner does not start: a missing variable or file is
+    // named here rather than in a handler's failure later.
+    host.secrets.check_all()?;
     let (forge, git_auth) = match o.forge.or(host.forge) {
         Some(f) => {
             let target = forge_target(&f, o.forge_attempts)?;
@@ -229,6 +232,7 @@ pub fn from_host(
                 .unwrap_or_else(|| "codex-runner@localhost".into()),
         },
         limits: host.limits,
+        secrets: host.secrets,
         push_attempts: o.push_attempts,
         forge,
         git_auth,
@@ -306,14 +310,16 @@ pub async fn run(a: DispatchArgs) -> i32 {
     match dispatch_once(&opts).instrument(span).await {
         Ok(report) => {
             if a.json {
-                println!("{}", report_json(&report));
+                let mut json = report_json(&report);
+                crate::secrets::mask_json(&mut json);
+                println!("{json}");
             } else {
-                print!("{}", summary(&report));
+                print!("{}", crate::secrets::mask(&summary(&report)));
             }
             0
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::secrets::mask(&e.to_string()));
             e.exit_code()
         }
     }

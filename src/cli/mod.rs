@@ -79,7 +79,7 @@ pub fn main() -> i32 {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::secrets::MaskedStderr)
         .with_target(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -112,5 +112,5 @@ pub fn main() -> i32 {
 
 /// Print an error chain the way every command does.
 pub(crate) fn report_error(e: &anyhow::Error) {
-    eprintln!("error: {e:#}");
+    eprintln!("error: {}", crate::secrets::mask(&format!("{e:#}")));
 }

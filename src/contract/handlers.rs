@@ -39,6 +39,8 @@ struct EntryFile {
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
+    secrets: BTreeMap<String, String>,
+    #[serde(default)]
     limits: LimitsFile,
 }
 
@@ -70,6 +72,16 @@ impl Network {
             Network::Host => "host",
         }
     }
+}
+
+/// How a secret reaches a handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretDelivery {
+    /// An environment variable of the secret's name.
+    Env,
+    /// A file of the secret's name under `/run/secrets`, on a tmpfs, readable by the
+    /// handler's user only (not visible in `docker inspect`, unlike the environment).
+    File,
 }
 
 /// Where a handler's image comes from.
@@ -221,6 +233,8 @@ pub struct HandlerSpec {
     pub params: Option<Schema>,
     /// Fixed environment values.
     pub env: BTreeMap<String, String>,
+    /// Host secrets this handler gets, by name, and how.
+    pub secrets: BTreeMap<String, SecretDelivery>,
     /// Container limits asked for.
     pub limits: Limits,
 }
@@ -464,11 +478,7 @@ fn check_entry(text: &str, kind: &str, e: EntryFile) -> Result<HandlerSpec, Vec<
         },
     };
     for key in e.env.keys() {
-        let ok = key.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
-            && key
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-        if !ok || key.starts_with("CODEX_") {
+        if !env_name_ok(key) {
             errors.push(
                 bad(
                     "env",
@@ -478,6 +488,48 @@ fn check_entry(text: &str, kind: &str, e: EntryFile) -> Result<HandlerSpec, Vec<
                 .hint("use UPPER_CASE names; CODEX_* is reserved for the runner"),
             );
         }
+    }
+    let mut secrets = BTreeMap::new();
+    for (name, how) in &e.secrets {
+        let bad_secret = |msg: String| {
+            Violation::new(
+                INDEX_PATH,
+                "invalid-secret",
+                format!("handler `{kind}`: {msg}"),
+            )
+            .at(locate(
+                text,
+                &[
+                    "handlers".into(),
+                    kind.into(),
+                    "secrets".into(),
+                    name.into(),
+                ],
+                true,
+            ))
+        };
+        let delivery = match how.as_str() {
+            "env" => SecretDelivery::Env,
+            "file" => SecretDelivery::File,
+            other => {
+                errors.push(
+                    bad_secret(format!("secret `{name}`: `{other}` is not `env` or `file`"))
+                        .hint("e.g. `secrets: {DEPLOY_TOKEN: file}`"),
+                );
+                continue;
+            }
+        };
+        if !env_name_ok(name) {
+            errors.push(
+                bad_secret(format!("secret name `{name}` is not allowed"))
+                    .hint("use the UPPER_CASE name the host config gives it; CODEX_* is reserved"),
+            );
+        } else if delivery == SecretDelivery::Env && e.env.contains_key(name) {
+            errors.push(bad_secret(format!(
+                "secret `{name}` is also set under `env`"
+            )));
+        }
+        secrets.insert(name.clone(), delivery);
     }
     let mut limits = Limits::default();
     let lim = e.limits;
@@ -550,8 +602,18 @@ fn check_entry(text: &str, kind: &str, e: EntryFile) -> Result<HandlerSpec, Vec<
         network,
         params,
         env: e.env,
+        secrets,
         limits,
     })
+}
+
+/// Whether `key` may be set in a handler's environment: UPPER_CASE, not `CODEX_*`.
+pub fn env_name_ok(key: &str) -> bool {
+    key.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
+        && key
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        && !key.starts_with("CODEX_")
 }
 
 /// Normalize a repository-relative path and require it to stay under `dir`.
@@ -602,6 +664,9 @@ handlers:
     network: host
     env:
       TARGET: prod
+    secrets:
+      DEPLOY_TOKEN: env
+      SSH_KEY: file
     limits:
       memory: 256MiB
       pids: 64
@@ -619,6 +684,9 @@ handlers:
         assert_eq!(deploy.image, ImageSource::Build("deploy".into()));
         assert_eq!(deploy.limits.memory, 256 << 20);
         assert_eq!(deploy.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(deploy.secrets["DEPLOY_TOKEN"], SecretDelivery::Env);
+        assert_eq!(deploy.secrets["SSH_KEY"], SecretDelivery::File);
+        assert!(echo.secrets.is_empty());
         let params = serde_json::json!({"service": "web"});
         let rendered = deploy
             .resource
@@ -649,6 +717,25 @@ handlers:
         assert_eq!(
             rules,
             vec![("invalid-run", Some(3)), ("invalid-network", Some(5))]
+        );
+        let err = HandlerIndex::parse(
+            b"handlers:\n  x:\n    run: handlers/x.sh\n    image: a\n    env: {A: b}\n    secrets:\n      A: env\n      b: env\n      C: disk\n",
+        )
+        .unwrap_err();
+        let msgs: Vec<_> = err
+            .0
+            .iter()
+            .map(|v| (v.rule, v.line, v.message.clone()))
+            .collect();
+        let lines: Vec<_> = msgs.iter().map(|(r, l, _)| (*r, *l)).collect();
+        assert_eq!(
+            lines,
+            [
+                ("invalid-secret", Some(7)),
+                ("invalid-secret", Some(9)),
+                ("invalid-secret", Some(8))
+            ],
+            "{err}"
         );
         let err = HandlerIndex::parse(b"handlers:\n  x:\n    run: handlers/x.sh\n").unwrap_err();
         assert_eq!(err.0[0].rule, "no-image");

@@ -57,6 +57,8 @@ pub struct DispatchOptions {
     pub identity: Identity,
     /// Host ceilings.
     pub limits: HostLimits,
+    /// Secrets handlers may name.
+    pub secrets: crate::secrets::HostSecrets,
     /// Push attempts before giving up for this pass.
     pub push_attempts: usize,
     /// Where check runs go; none: no check runs (execution does not depend on them).
@@ -147,6 +149,7 @@ pub(crate) struct PassContext {
     /// Handler indexes by the commit that brought the requests routed through them.
     indexes: BTreeMap<String, HandlerIndex>,
     limits: HostLimits,
+    secrets: crate::secrets::HostSecrets,
     mirror: Arc<Mutex<Mirror>>,
     checkouts: tokio::sync::Mutex<Checkouts>,
     executor: OnceCell<Result<DockerExecutor, String>>,
@@ -472,9 +475,18 @@ pub(crate) async fn git_token(auth: Option<&GitHub>) -> Result<Option<String>, D
 async fn reap_orphans(opts: &DispatchOptions, keep: &[String]) {
     let reaped = async {
         let docker = DockerExecutor::connect().await?;
-        docker
+        let reaped = docker
             .reap_orphans(&opts.runner, opts.limits.grace, keep)
-            .await
+            .await?;
+        // Secret files a dead process staged go once their container is gone.
+        let live = docker.managed_containers(Some(&opts.runner)).await?;
+        crate::secrets::sweep(
+            opts.secrets.dir(),
+            &crate::exec::spec::container_prefix(&opts.runner),
+            &live,
+            crate::exec::is_runner_process,
+        );
+        anyhow::Ok(reaped)
     };
     match tokio::time::timeout(std::time::Duration::from_secs(60), reaped).await {
         Ok(Ok(names)) if !names.is_empty() => {
@@ -651,6 +663,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         results_dir,
         indexes,
         limits: opts.limits.clone(),
+        secrets: opts.secrets.clone(),
         mirror: mirror.clone(),
         checkouts: tokio::sync::Mutex::new(Checkouts::new(&work, &recovered.mounted)?),
         executor: OnceCell::new(),

@@ -99,7 +99,7 @@ pub(crate) fn message(batch: &[Finished], runner: &str) -> String {
         ));
     }
     trailers.push_str(&format!("Codex-Runner: {runner}\n"));
-    format!("{subject}\n\n{body}\n{trailers}")
+    crate::secrets::mask(&format!("{subject}\n\n{body}\n{trailers}")).into_owned()
 }
 
 /// Publish finished requests as they arrive, batching whatever queued up during a push.

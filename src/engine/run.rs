@@ -7,8 +7,9 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::contract::handlers::ImageSource;
+use crate::contract::handlers::SecretDelivery;
 use crate::contract::Violation;
-use crate::exec::spec::{container_spec, RunContext};
+use crate::exec::spec::{container_name, container_spec, RunContext};
 use crate::exec::{ExecError, OutputEvent};
 use crate::plan::{Runnable, WorkItem};
 use crate::record::{now, unix_ms, write_status, RunLog, State, Status};
@@ -166,7 +167,11 @@ pub(crate) async fn execute(
                     let _ = journal::write(&out.dir, &rec);
                 }
             }
-            _ => {
+            Some(rec) => {
+                crate::secrets::unstage(cx.secrets.dir(), &rec.container);
+                let _ = std::fs::remove_dir_all(&out.dir);
+            }
+            None => {
                 let _ = std::fs::remove_dir_all(&out.dir);
             }
         }
@@ -318,6 +323,28 @@ async fn execute_in(
         std::fs::write(&request_json, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("failed to write {}", request_json.display()))?;
     }
+    // The handler's secrets, for a container about to be created (a followed one has them).
+    let mut secret_env = Vec::new();
+    let mut secret_files = Vec::new();
+    if follow.is_none() {
+        for (name, how) in &handler.secrets {
+            let value = match cx.secrets.value(name) {
+                Ok(v) => v,
+                Err(msg) => return reject(&mut log, format!("handler `{kind}` needs {msg}")),
+            };
+            match how {
+                SecretDelivery::Env => {
+                    let v = value.strip_suffix('\n').unwrap_or(&value);
+                    let v = v.strip_suffix('\r').unwrap_or(v);
+                    secret_env.push((name.clone(), v.to_string()));
+                }
+                SecretDelivery::File => secret_files.push((name.clone(), value)),
+            }
+        }
+    }
+    let name = container_name(&cx.runner, &cx.scope, request.id.as_str(), attempt);
+    let staged =
+        (!secret_files.is_empty()).then(|| crate::secrets::staged_path(cx.secrets.dir(), &name));
     let ctx = RunContext {
         runner: cx.runner.clone(),
         request_id: request.id.to_string(),
@@ -329,12 +356,25 @@ async fn execute_in(
         request_json,
         timeout: runnable.timeout,
         params: request.params.clone(),
+        secret_env,
+        secret_files: staged,
     };
     let spec = match container_spec(handler, &ctx, &cx.limits) {
         Ok(s) => s,
         Err(reason) => return reject(&mut log, reason),
     };
     let docker = cx.executor().map_err(RunFailure::Docker)?;
+    if !secret_files.is_empty() {
+        let staged = crate::secrets::stage(
+            cx.secrets.dir(),
+            &spec.name,
+            &secret_files,
+            &handler.limits.user,
+        );
+        if let Err(e) = staged {
+            return reject(&mut log, format!("{e:#}"));
+        }
+    }
     // Journal the attempt before its container exists, so a process that dies from here on
     // leaves a record of what it was about to run.
     let (container, started_at, started_ms, fresh) = match &follow {
@@ -356,7 +396,10 @@ async fn execute_in(
                 started_ms: 0,
                 image: image.clone(),
             };
-            journal::write(&out.dir, &rec)?;
+            if let Err(e) = journal::write(&out.dir, &rec) {
+                crate::secrets::unstage(cx.secrets.dir(), &spec.name);
+                return Err(e.into());
+            }
             crate::crashpoint::hit("before-start");
             let started_at = now();
             log.event(
@@ -483,6 +526,7 @@ async fn execute_in(
     write_status(&out.status(), &status)?;
     // Recorded: the container has told all it can.
     docker.remove(&container).await;
+    crate::secrets::unstage(cx.secrets.dir(), &container);
     Ok(Finished {
         status,
         dir: out.dir.clone(),

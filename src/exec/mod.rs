@@ -54,7 +54,7 @@ pub fn owner_alive(label: Option<&str>, boot: &str, alive: impl Fn(u32) -> bool)
 }
 
 /// Whether `pid` is a running codex-runner process.
-fn is_runner_process(pid: u32) -> bool {
+pub fn is_runner_process(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| {
             c.split(|b| *b == 0)
@@ -758,14 +758,20 @@ impl LineSplitter {
                 String::from_utf8_lossy(&line[..pos]).into_owned(),
             ));
         }
-        while self.buffers[i].len() >= MAX_LINE {
-            let piece: Vec<u8> = self.buffers[i].drain(..MAX_LINE).collect();
+        // A piece is cut only once enough follows it to know the cut splits no secret.
+        let look = crate::secrets::longest();
+        while self.buffers[i].len() >= MAX_LINE + look {
+            let cut = crate::secrets::safe_cut(&self.buffers[i], MAX_LINE).max(1);
+            let piece: Vec<u8> = self.buffers[i].drain(..cut).collect();
             out(OutputEvent::Line(
                 stream,
                 String::from_utf8_lossy(&piece).into_owned(),
             ));
         }
         if take < bytes.len() {
+            // The cap may fall inside a secret: what of it was kept goes unwritten.
+            let keep = crate::secrets::before_partial(&self.buffers[i]);
+            self.buffers[i].truncate(keep);
             self.flush(out);
             self.truncated = true;
             out(OutputEvent::Truncated { cap: self.cap });

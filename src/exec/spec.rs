@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::config::HostLimits;
 use crate::contract::handlers::{HandlerSpec, Network};
 use crate::contract::units::format_duration;
+use crate::secrets::SECRETS_MOUNT;
 
 use super::{owner_label, LABEL_MANAGED, LABEL_OWNER, LABEL_REQUEST, LABEL_RUNNER};
 
@@ -87,6 +88,10 @@ pub struct RunContext {
     pub timeout: Duration,
     /// Top-level scalar params, exported as `CODEX_PARAM_<NAME>` for shell handlers.
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// Secrets the handler gets in its environment: (name, value).
+    pub secret_env: Vec<(String, String)>,
+    /// The staged directory of its file secrets, mounted at `/run/secrets`.
+    pub secret_files: Option<PathBuf>,
 }
 
 /// Where the repository appears inside the container.
@@ -158,6 +163,27 @@ pub fn container_spec(
         format!("CODEX_REPO={REPO_MOUNT}"),
         "HOME=/tmp".to_string(),
     ]);
+    env.extend(ctx.secret_env.iter().map(|(k, v)| format!("{k}={v}")));
+    let mut mounts = vec![
+        Mount {
+            source: ctx.repo_dir.clone(),
+            target: REPO_MOUNT.into(),
+            read_only: true,
+        },
+        Mount {
+            source: ctx.request_json.clone(),
+            target: REQUEST_MOUNT.into(),
+            read_only: true,
+        },
+    ];
+    if let Some(dir) = &ctx.secret_files {
+        env.push(format!("CODEX_SECRETS={SECRETS_MOUNT}"));
+        mounts.push(Mount {
+            source: dir.clone(),
+            target: SECRETS_MOUNT.into(),
+            read_only: true,
+        });
+    }
     for (name, value) in &ctx.params {
         let text = match value {
             serde_json::Value::String(s) => s.clone(),
@@ -201,18 +227,7 @@ pub fn container_spec(
         memory: l.memory,
         pids: l.pids,
         nano_cpus: (l.cpus * 1e9) as i64,
-        mounts: vec![
-            Mount {
-                source: ctx.repo_dir.clone(),
-                target: REPO_MOUNT.into(),
-                read_only: true,
-            },
-            Mount {
-                source: ctx.request_json.clone(),
-                target: REQUEST_MOUNT.into(),
-                read_only: true,
-            },
-        ],
+        mounts,
         working_dir: REPO_MOUNT.into(),
         timeout: ctx.timeout,
         grace: host.grace,
@@ -222,23 +237,29 @@ pub fn container_spec(
 
 /// A Docker-safe container name for a run: runner, repository, request and attempt.
 pub fn container_name(runner: &str, scope: &str, id: &str, attempt: u32) -> String {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
     format!(
-        "codex-{}-{}-{}-{attempt}",
-        clean(runner),
+        "{}{}-{}-{attempt}",
+        container_prefix(runner),
         clean(scope),
         clean(id)
     )
+}
+
+/// How the names of one runner's containers begin.
+pub fn container_prefix(runner: &str) -> String {
+    format!("codex-{}-", clean(runner))
+}
+
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -261,6 +282,8 @@ mod tests {
                 .as_object()
                 .cloned()
                 .unwrap_or_default(),
+            secret_env: vec![],
+            secret_files: None,
         }
     }
 
@@ -290,6 +313,17 @@ mod tests {
         assert_eq!(s.labels[LABEL_REQUEST], "r1");
         assert_eq!(s.mounts[0].target, REPO_MOUNT);
         assert!(s.mounts.iter().all(|m| m.read_only));
+        assert!(!s.env.iter().any(|e| e.starts_with("CODEX_SECRETS")));
+        let with = RunContext {
+            secret_env: vec![("TOKEN".into(), "abcd".into())],
+            secret_files: Some("/dev/shm/x".into()),
+            ..ctx()
+        };
+        let s = container_spec(&handler(""), &with, &HostLimits::default()).unwrap();
+        assert!(s.env.contains(&"TOKEN=abcd".to_string()));
+        assert!(s.env.contains(&"CODEX_SECRETS=/run/secrets".to_string()));
+        let m = s.mounts.last().unwrap();
+        assert_eq!((m.target.as_str(), m.read_only), (SECRETS_MOUNT, true));
     }
 
     #[test]

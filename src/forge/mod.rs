@@ -457,6 +457,7 @@ impl GitHub {
         if let Some(u) = &update.details_url {
             body["target_url"] = json!(u);
         }
+        crate::secrets::mask_json(&mut body);
         self.call(
             "POST",
             &format!("{}/statuses/{}", self.base(), update.head_sha),
@@ -761,6 +762,7 @@ fn check_body(update: &CheckUpdate, annotations: &[Annotation]) -> Value {
             body["conclusion"] = serde_json::to_value(c).unwrap_or(Value::Null);
         }
     }
+    crate::secrets::mask_json(&mut body);
     body
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Each event is written and flushed as it happens, so output is on disk while the handler is
 //! still running; the engine copies both files into the repository when it publishes.
-//! (Secret masking hooks in here: every line passes through [`RunLog::event`].)
+//! Every string in both passes through [`crate::secrets::mask`] on its way to disk.
 
 use std::fs::File;
 use std::io::Write;
@@ -163,7 +163,9 @@ impl RunLog {
         if let Value::Object(extra) = fields {
             obj.extend(extra);
         }
-        let mut line = serde_json::to_vec(&Value::Object(obj))?;
+        let mut value = Value::Object(obj);
+        crate::secrets::mask_json(&mut value);
+        let mut line = serde_json::to_vec(&value)?;
         line.push(b'\n');
         self.file
             .write_all(&line)
@@ -178,7 +180,9 @@ impl RunLog {
 
 /// Write `status` as pretty JSON, durably (see [`write_durably`]).
 pub fn write_status(path: &Path, status: &Status) -> anyhow::Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(status)?;
+    let mut value = serde_json::to_value(status)?;
+    crate::secrets::mask_json(&mut value);
+    let mut bytes = serde_json::to_vec_pretty(&value)?;
     bytes.push(b'\n');
     write_durably(path, &bytes)
 }
