@@ -27,6 +27,11 @@ pub enum EntryContent {
     Dir,
 }
 
+/// Whether `path` is handler code: what a request's run depends on besides the request.
+pub fn is_handler_code(path: &str) -> bool {
+    path.starts_with("handlers/") || path.starts_with("containers/")
+}
+
 /// One entry directly under the inbox at the tip.
 #[derive(Debug, Clone)]
 pub struct InboxEntry {
@@ -40,6 +45,10 @@ pub struct InboxEntry {
     pub commit: String,
     /// Position of that commit, oldest first, so requests run in merge order.
     pub order: usize,
+    /// Handler code (`handlers/`, `containers/`) that commit also changes; a request brought
+    /// together with a change to the code that would run it is rejected (empty when the
+    /// repository allows it).
+    pub code_changes: Vec<String>,
 }
 
 /// What the ledger knows about an id.
@@ -200,6 +209,14 @@ pub fn plan<'i>(
                 Err(v)
             }
         };
+        let checked = match (checked, handler_change(entry)) {
+            (Ok(r), None) => Ok(r),
+            (Ok(_), Some(v)) => Err(vec![v]),
+            (Err(mut v), change) => {
+                v.extend(change);
+                Err(v)
+            }
+        };
         let action = match checked {
             Ok(r) => Action::Run(Box::new(r)),
             Err(v) => Action::Reject(v),
@@ -207,6 +224,32 @@ pub fn plan<'i>(
         out.items.push(item(log_id, action));
     }
     out
+}
+
+/// The violation of a request brought by a commit that also changes handler code.
+fn handler_change(entry: &InboxEntry) -> Option<Violation> {
+    if entry.code_changes.is_empty() {
+        return None;
+    }
+    let mut shown: Vec<&str> = entry
+        .code_changes
+        .iter()
+        .take(5)
+        .map(String::as_str)
+        .collect();
+    if entry.code_changes.len() > 5 {
+        shown.push("…");
+    }
+    Some(Violation::new(
+        &entry.path,
+        "handler-change",
+        format!(
+            "the commit that brought this request ({}) also changes handler code: {}",
+            entry.commit.get(..12).unwrap_or(&entry.commit),
+            shown.join(", ")
+        ),
+    )
+    .hint("merge handler changes in a pull request of their own, then submit the request again under a new id (or set codex.allow_handler_changes_with_requests)"))
 }
 
 fn check_against_handler(
@@ -305,6 +348,7 @@ mod tests {
             object: format!("{:040x}", order + path.len()),
             commit: format!("c{order}"),
             order,
+            code_changes: vec![],
         }
     }
 
@@ -455,6 +499,32 @@ mod tests {
             Done::InPlace("requests/a.yaml".into())
         });
         assert!(p.items.is_empty());
+    }
+
+    #[test]
+    fn a_request_brought_with_handler_code_is_rejected() {
+        let mut with_code = entry("requests/a.yaml", "kind: echo\nparams: {message: x}\n", 0);
+        with_code.code_changes = vec!["handlers/echo.sh".into(), "handlers/index.yml".into()];
+        let alone = entry("requests/b.yaml", "kind: echo\nparams: {message: x}\n", 1);
+        let p = run(&[with_code, alone], |_| Done::No);
+        match &p.items[0].action {
+            Action::Reject(v) => {
+                assert_eq!(
+                    (v[0].rule, v[0].file.as_str()),
+                    ("handler-change", "requests/a.yaml")
+                );
+                assert!(
+                    v[0].message
+                        .contains("handlers/echo.sh, handlers/index.yml"),
+                    "{}",
+                    v[0]
+                );
+            }
+            Action::Run(_) => panic!("ran a request brought with handler code"),
+        }
+        assert!(matches!(p.items[1].action, Action::Run(_)));
+        assert!(is_handler_code("containers/deploy/Dockerfile"));
+        assert!(!is_handler_code("requests/handlers/x.yaml"));
     }
 
     #[test]

@@ -493,10 +493,8 @@ fn a_build_image_is_reused_until_its_directory_changes() {
     let rollout =
         std::fs::read_to_string(common::root().join("containers/deploy/rollout")).unwrap();
     let changed = rollout.replace("rollout plan:", "rollout plan (v2):");
-    repo.merge_pr(&[
-        ("containers/deploy/rollout", changed.as_bytes()),
-        ("requests/c.yaml", c.as_bytes()),
-    ]);
+    repo.merge_pr(&[("containers/deploy/rollout", changed.as_bytes())]);
+    repo.merge_pr(&[("requests/c.yaml", c.as_bytes())]);
     repo.dispatch(&[]).ok();
     let ic = repo.status("c")["image"].clone();
     assert_ne!(ic, ia, "a changed directory builds a new image");

@@ -71,6 +71,8 @@ fn read_entry(root: &Path, path: &Path, order: usize) -> InboxEntry {
         object: format!("{order:012}"),
         commit: "working-tree".into(),
         order,
+        // The working tree has no pull request to compare with; the forge check has.
+        code_changes: Vec::new(),
     }
 }
 

@@ -37,6 +37,7 @@ struct CodexFile {
     on_interrupt: Option<String>,
     max_attempts: Option<u32>,
     claim_timeout: Option<String>,
+    allow_handler_changes_with_requests: Option<bool>,
 }
 
 /// The only execution strategy this runner implements.
@@ -89,6 +90,9 @@ pub struct RepoConfig {
     pub max_attempts: u32,
     /// A claim not renewed for this long is taken over by another runner.
     pub claim_timeout: std::time::Duration,
+    /// Run a request whose pull request also changes `handlers/` or `containers/` (by
+    /// default it is rejected: handler code and the request that runs it are reviewed apart).
+    pub allow_handler_changes: bool,
 }
 
 impl Default for RepoConfig {
@@ -104,6 +108,7 @@ impl Default for RepoConfig {
             on_interrupt: OnInterrupt::Rerun,
             max_attempts: 3,
             claim_timeout: std::time::Duration::from_secs(600),
+            allow_handler_changes: false,
         }
     }
 }
@@ -279,6 +284,10 @@ impl RepoConfig {
             return Err(Violations(errors));
         }
         Ok(RepoConfig {
+            allow_handler_changes: raw
+                .codex
+                .allow_handler_changes_with_requests
+                .unwrap_or(d.allow_handler_changes),
             claim_timeout,
             on_interrupt,
             max_attempts,

@@ -413,6 +413,17 @@ fn survey(
         .collect();
     let intro = git(mirror.introducing_commits(tip, &paths, 100_000))?;
     let deepest = intro.values().map(|(_, d)| *d).max().unwrap_or(0);
+    // Handler code each bringing commit changes, unless the repository allows that.
+    let mut code: BTreeMap<Oid, Vec<String>> = BTreeMap::new();
+    if !config.allow_handler_changes {
+        for (commit, _) in intro.values() {
+            if !code.contains_key(commit) {
+                let changed = git(mirror.changed_by(*commit))?;
+                let handler_code = changed.into_iter().filter(|p| plan::is_handler_code(p));
+                code.insert(*commit, handler_code.collect());
+            }
+        }
+    }
     let entries: Vec<InboxEntry> = raw
         .into_iter()
         .map(|(path, content, object)| {
@@ -423,6 +434,7 @@ fn survey(
                 object,
                 commit: commit.to_string(),
                 order: deepest - depth,
+                code_changes: code.get(&commit).cloned().unwrap_or_default(),
             }
         })
         .collect();

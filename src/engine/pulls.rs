@@ -4,9 +4,10 @@
 //! The mainline's `codex.repo.yaml` is the authority (a pull request cannot change where its
 //! requests go or relax the rules). Handlers are those of the pull request merged into the
 //! mainline's tip, as the merge would make them: the mainline's handlers plus the pull
-//! request's own changes, so a pull request that adds a handler and its first request
-//! validates, and one opened before a handler reached the mainline sees it. Ids are checked
-//! against what already ran on the mainline.
+//! request's own changes, so one opened before a handler reached the mainline sees it. A
+//! pull request that changes handler code and adds requests gets its requests flagged
+//! (`handler-change`) unless the repository allows it, as the pass would reject them. Ids are
+//! checked against what already ran on the mainline.
 
 use crate::contract::request::request_stem;
 use crate::contract::yaml::MAX_FILE_BYTES;
@@ -97,6 +98,15 @@ fn validate_blocking(
         }
     };
     let changed = git(mirror.changed_since_fork(base_tip, head))?;
+    let code_changes: Vec<String> = if config.allow_handler_changes {
+        Vec::new()
+    } else {
+        changed
+            .iter()
+            .filter(|p| plan::is_handler_code(p))
+            .cloned()
+            .collect()
+    };
     let inbox = config.trigger_path.trim_end_matches('/');
     let wanted: Vec<&String> = changed
         .iter()
@@ -116,6 +126,7 @@ fn validate_blocking(
                 object,
                 commit: head.to_string(),
                 order,
+                code_changes: code_changes.clone(),
             })
             .collect();
     let done = |id: &crate::contract::request::RequestId| done_at(&mirror, base_tip, &config, id);

@@ -199,8 +199,7 @@ impl Mirror {
             .with_context(|| format!("pull request #{number} has no head on {}", self.shown_url()))
     }
 
-    /// Paths added or modified on `head` since it left `base` (their merge base), and whether
-    /// they still exist at `head`.
+    /// Paths added, modified or removed on `head` since it left `base` (their merge base).
     pub fn changed_since_fork(&self, base: Oid, head: Oid) -> anyhow::Result<Vec<String>> {
         let fork = self
             .repo
@@ -208,23 +207,35 @@ impl Mirror {
             .context("failed to find where the pull request forked")?;
         let old = self.repo.find_commit(fork)?.tree()?;
         let new = self.repo.find_commit(head)?.tree()?;
-        let diff = self.repo.diff_tree_to_tree(Some(&old), Some(&new), None)?;
-        let mut out = Vec::new();
+        self.diff_paths(Some(&old), &new)
+    }
+
+    /// Every path `commit` adds, changes or removes against its first parent (nothing for a
+    /// root commit: creating a repository is not a change to review).
+    pub fn changed_by(&self, commit: Oid) -> anyhow::Result<Vec<String>> {
+        let c = self.repo.find_commit(commit)?;
+        let Ok(parent) = c.parent(0) else {
+            return Ok(Vec::new());
+        };
+        self.diff_paths(Some(&parent.tree()?), &c.tree()?)
+    }
+
+    /// Paths that differ between two trees: each path a change touches, old and new names.
+    fn diff_paths(
+        &self,
+        old: Option<&git2::Tree>,
+        new: &git2::Tree,
+    ) -> anyhow::Result<Vec<String>> {
+        let diff = self.repo.diff_tree_to_tree(old, Some(new), None)?;
+        let mut out = std::collections::BTreeSet::new();
         for d in diff.deltas() {
-            if matches!(
-                d.status(),
-                git2::Delta::Added
-                    | git2::Delta::Modified
-                    | git2::Delta::Renamed
-                    | git2::Delta::Copied
-                    | git2::Delta::Typechange
-            ) {
-                if let Some(p) = d.new_file().path().and_then(|p| p.to_str()) {
-                    out.push(p.to_string());
+            for file in [d.old_file(), d.new_file()] {
+                if let Some(p) = file.path().and_then(|p| p.to_str()) {
+                    out.insert(p.to_string());
                 }
             }
         }
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 
     /// The bytes of the regular file at `path` in `commit`, if there is one.
