@@ -119,8 +119,9 @@ pub fn plan<'i>(
     let mut seen: BTreeSet<RequestId> = BTreeSet::new();
     for entry in sorted {
         let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
-        let short = entry.object.get(..12).unwrap_or(&entry.object);
-        let invalid_id = format!("invalid-{short}");
+        // Two files may hold the same bytes (one blob): their log ids come from the path too.
+        let key = entry_key(entry);
+        let invalid_id = format!("invalid-{key}");
         if request_stem(name).is_none() {
             if entry.content == EntryContent::Dir {
                 out.ignored.push((
@@ -161,11 +162,7 @@ pub fn plan<'i>(
                 continue;
             }
         };
-        let dup_id = format!(
-            "{}.dup-{}",
-            request.id,
-            entry.object.get(..8).unwrap_or(&entry.object)
-        );
+        let dup_id = format!("{}.dup-{}", request.id, &key[..8]);
         let duplicate = |why: String, hint: &str| {
             let v = Violation::new(&entry.path, "duplicate-id", why)
                 .at(locate(&request.source, &["id".into()], false))
@@ -224,6 +221,17 @@ pub fn plan<'i>(
         out.items.push(item(log_id, action));
     }
     out
+}
+
+/// 12 hex digits naming an inbox entry (its path and content), for the log ids of files
+/// that have no usable id of their own.
+fn entry_key(entry: &InboxEntry) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(entry.path.as_bytes());
+    h.update([0]);
+    h.update(entry.object.as_bytes());
+    hex::encode(&h.finalize()[..6])
 }
 
 /// The violation of a request brought by a commit that also changes handler code.

@@ -13,6 +13,9 @@ use std::fmt;
 
 use serde::Serialize;
 
+/// Longest violation message kept, in characters.
+pub const MAX_MESSAGE: usize = 500;
+
 /// One broken rule in one file, precise enough for a person or an agent to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Violation {
@@ -34,14 +37,21 @@ pub struct Violation {
 }
 
 impl Violation {
-    /// A violation with no position yet.
+    /// A violation with no position yet. A message longer than [`MAX_MESSAGE`] characters
+    /// (it may quote hostile input) is cut.
     pub fn new(file: impl Into<String>, rule: &'static str, message: impl Into<String>) -> Self {
+        let mut message: String = message.into();
+        let chars = message.chars().count();
+        if chars > MAX_MESSAGE {
+            message = message.chars().take(MAX_MESSAGE).collect();
+            message.push_str(&format!("… ({} more characters)", chars - MAX_MESSAGE));
+        }
         Violation {
             file: file.into(),
             line: None,
             column: None,
             rule,
-            message: message.into(),
+            message,
             hint: None,
         }
     }

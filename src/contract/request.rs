@@ -135,6 +135,14 @@ fn request_schema() -> &'static Schema {
 pub fn parse_request(file: &str, bytes: &[u8]) -> Result<Request, Violations> {
     let text = yaml::text(file, bytes)?;
     let document: Value = yaml::parse(file, text)?;
+    if document.is_null() {
+        return Err(Violations(vec![Violation::new(
+            file,
+            "empty-request",
+            "the file holds no request (it is empty, only comments, or `null`)",
+        )
+        .hint("a request needs at least `kind:`; see codex-runner schema")]));
+    }
     let violations = schema_violations(
         request_schema(),
         &document,
@@ -221,7 +229,10 @@ pub fn schema_violations(
 ) -> Vec<Violation> {
     use jsonschema::error::ValidationErrorKind as K;
     let mut out = Vec::new();
-    for err in schema.validator.iter_errors(instance) {
+    let mut errors = schema.validator.iter_errors(instance);
+    // Each violation is located by a walk over the text: a bounded number of them keeps a
+    // hostile file (50,000 wrong items) from costing 50,000 walks.
+    for err in errors.by_ref().take(MAX_SCHEMA_VIOLATIONS) {
         let pointer = format!("{prefix}{}", err.instance_path().as_str());
         let mut steps = pointer_steps(&pointer);
         let (rule, key, hint) = match err.kind() {
@@ -257,8 +268,22 @@ pub fn schema_violations(
         v = v.hint(hint.unwrap_or_else(|| where_to_look.to_string()));
         out.push(v);
     }
+    let more = errors.count();
+    if more > 0 {
+        out.push(
+            Violation::new(
+                file,
+                "schema",
+                format!("… and {more} more problems of the same kind, not listed"),
+            )
+            .hint(where_to_look.to_string()),
+        );
+    }
     out
 }
+
+/// Schema violations listed per file; the rest are counted.
+pub const MAX_SCHEMA_VIOLATIONS: usize = 20;
 
 #[cfg(test)]
 mod tests {
@@ -309,8 +334,10 @@ mod tests {
         assert_eq!(err.0[0].line, Some(2));
         let err = parse("params: {}\n").unwrap_err();
         assert_eq!(err.0[0].rule, "missing-field");
-        let err = parse("").unwrap_err();
-        assert_eq!(err.0[0].rule, "wrong-type", "{err}");
+        for empty in ["", "# only a comment\n", "null\n", "~\n"] {
+            let err = parse(empty).unwrap_err();
+            assert_eq!(err.0[0].rule, "empty-request", "{err}");
+        }
     }
 
     #[test]

@@ -23,6 +23,10 @@ fn options() -> serde_saphyr::Options {
             max_aliases: 64,
             max_anchors: 64,
         },
+        // `yes` and `on` are not booleans: only true and false are.
+        strict_booleans: true,
+        // `<<: *base` pulls in keys a reader of the mapping does not see.
+        merge_keys: serde_saphyr::MergeKeyPolicy::Error,
         alias_limits: serde_saphyr::alias_limits! {
             max_total_replayed_events: 10_000,
             max_replay_stack_depth: 8,
@@ -67,8 +71,10 @@ pub fn text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, Violation> {
 }
 
 /// Parse YAML text into `T` under the budget; errors carry the position serde-saphyr knows.
+/// Explicit tags (`!!binary`, `!!python/object`, `!custom`) are refused: they change what a
+/// value means in a way a reviewer reading the file does not see.
 pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Violation> {
-    serde_saphyr::from_str_with_options::<T>(text, options()).map_err(|e| {
+    let value = serde_saphyr::from_str_with_options::<T>(text, options()).map_err(|e| {
         let pos = e.location().and_then(|l| {
             let (line, col) = (l.line() as usize, l.column() as usize);
             (line > 0).then_some((line, col.max(1)))
@@ -80,7 +86,31 @@ pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Violation
             Some(h) => v.hint(h),
             None => v,
         }
-    })
+    })?;
+    // Within budget, so walking the events is bounded (aliases are not expanded here).
+    for item in Parser::new_from_str(text) {
+        let Ok((event, span)) = item else { break };
+        let tag = match &event {
+            Event::Scalar(_, _, _, tag)
+            | Event::SequenceStart(_, _, tag)
+            | Event::MappingStart(_, _, tag) => tag.as_ref(),
+            _ => None,
+        };
+        if let Some(tag) = tag {
+            return Err(Violation::new(
+                file,
+                "yaml-tag",
+                format!(
+                    "explicit YAML tag `{}{}` is not allowed",
+                    tag.original_handle(),
+                    tag.suffix()
+                ),
+            )
+            .at(Some((span.start.line(), span.start.col() + 1)))
+            .hint("write plain values; a tag changes what a value means where a reviewer cannot see it"));
+        }
+    }
+    Ok(value)
 }
 
 fn first_line(s: &str) -> String {
@@ -101,20 +131,29 @@ fn classify(message: &str) -> (&'static str, Option<&'static str>) {
             "duplicate-key",
             Some("each key may appear once in a mapping"),
         )
-    } else if m.contains("alias") || m.contains("anchor") {
+    } else if m.contains("alias") || m.contains("anchor") || m.contains("recursive reference") {
         (
             "alias-limit",
             Some("avoid YAML anchors and aliases in requests; write values out"),
         )
-    } else if m.contains("depth") || m.contains("budget") || m.contains("nodes") {
+    } else if m.contains("merge key") {
         (
-            "too-complex",
-            Some("nesting is limited to 32 levels; flatten the structure"),
+            "merge-key",
+            Some("write the keys out; `<<` merges are not allowed"),
         )
     } else if m.contains("multiple documents") || m.contains("document") {
         (
             "multiple-documents",
             Some("a request file holds exactly one YAML document"),
+        )
+    } else if m.contains("depth")
+        || m.contains("recursion")
+        || m.contains("budget")
+        || m.contains("nodes")
+    {
+        (
+            "too-complex",
+            Some("nesting is limited to 32 levels and 100,000 nodes; flatten the structure"),
         )
     } else if m.contains("unknown field") {
         ("unknown-field", None)
@@ -273,5 +312,45 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
         let err = parse::<serde_json::Value>("f", &deep).unwrap_err();
         assert_eq!(err.rule, "too-complex", "{err}");
+        let deeper = format!("a: {}{}", "[".repeat(5000), "]".repeat(5000));
+        let err = parse::<serde_json::Value>("f", &deeper).unwrap_err();
+        assert_eq!(err.rule, "too-complex", "{err}");
+        let two = parse::<serde_json::Value>("f", "a: 1\n---\nb: 2\n").unwrap_err();
+        assert_eq!(two.rule, "multiple-documents", "{two}");
+    }
+
+    #[test]
+    fn only_true_and_false_are_booleans_and_merge_keys_are_refused() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct B {
+            b: bool,
+        }
+        for doc in ["b: yes\n", "b: \"yes\"\n", "b: on\n", "b: 1\n"] {
+            assert!(parse::<B>("f", doc).is_err(), "{doc}");
+        }
+        assert!(parse::<B>("f", "b: true\n").unwrap().b);
+        let v = parse::<serde_json::Value>("f", "b: yes\n").unwrap();
+        assert_eq!(v["b"], "yes");
+        let err = parse::<serde_json::Value>("f", "x: &x {a: 1}\ny:\n  <<: *x\n").unwrap_err();
+        assert_eq!(err.line, Some(3), "{err}");
+    }
+
+    #[test]
+    fn rejects_explicit_tags() {
+        for (doc, tag, line) in [
+            ("kind: !!binary ZWNobw==\n", "!!binary", 1),
+            (
+                "a: 1\nb: !!python/object:os.system {x: 1}\n",
+                "!!python/object:os.system",
+                2,
+            ),
+            ("a: !custom [1]\n", "!custom", 1),
+        ] {
+            let err = parse::<serde_json::Value>("f", doc).unwrap_err();
+            assert_eq!((err.rule, err.line), ("yaml-tag", Some(line)), "{err}");
+            assert!(err.message.contains(tag), "{err}");
+        }
+        assert!(parse::<serde_json::Value>("f", "a: '!!binary'\n").is_ok());
     }
 }

@@ -95,7 +95,7 @@ pub enum DispatchError {
     #[error("docker failed: {0:#}")]
     Docker(anyhow::Error),
     /// Anything else (state directory, I/O).
-    #[error(transparent)]
+    #[error("{0:#}")]
     Other(#[from] anyhow::Error),
 }
 

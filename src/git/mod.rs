@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use backon::{BlockingRetryable, ExponentialBuilder};
-use git2::build::{CheckoutBuilder, TreeUpdateBuilder};
+use git2::build::TreeUpdateBuilder;
 use git2::{FetchOptions, ObjectType, PushOptions, RemoteCallbacks, Repository, Signature};
+
+use std::os::unix::ffi::OsStrExt;
 
 use crate::contract::handlers::PathKind;
 use crate::plan::EntryContent;
@@ -381,18 +383,70 @@ impl Mirror {
     }
 
     /// Write the tree of `commit` to `dest` (a fresh directory), for a read-only mount.
+    ///
+    /// A walk of our own rather than a libgit2 checkout: a checkout from a bare mirror fails on
+    /// any submodule (one committed into the inbox would block every later request), and a
+    /// tree crafted with low-level tools may hold names a checkout must never write. Files get
+    /// 0644 or 0755, symbolic links stay links (they resolve inside the container), a
+    /// submodule becomes an empty directory, and `.`, `..`, `.git` or names with `/` or NUL
+    /// are skipped.
     pub fn export(&self, commit: Oid, dest: &Path) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(dest)
             .with_context(|| format!("failed to create {}", dest.display()))?;
-        let obj = self.repo.find_object(commit, Some(ObjectType::Commit))?;
-        let mut co = CheckoutBuilder::new();
-        co.target_dir(dest)
-            .force()
-            .update_index(false)
-            .recreate_missing(true);
-        self.repo
-            .checkout_tree(&obj, Some(&mut co))
-            .with_context(|| format!("failed to export {commit} to {}", dest.display()))
+        let tree = self.repo.find_commit(commit)?.tree()?;
+        let mut pending = vec![(tree, dest.to_path_buf())];
+        while let Some((tree, dir)) = pending.pop() {
+            for entry in tree.iter() {
+                let name = entry.name_bytes();
+                if !safe_entry_name(name) {
+                    tracing::warn!(commit = %commit, name = ?String::from_utf8_lossy(name), "skipped a tree entry whose name is unsafe to write");
+                    continue;
+                }
+                let path = dir.join(std::ffi::OsStr::from_bytes(name));
+                let mut write = || -> anyhow::Result<()> {
+                    match entry.kind() {
+                        Some(ObjectType::Tree) => {
+                            std::fs::create_dir(&path)?;
+                            std::fs::set_permissions(
+                                &path,
+                                std::fs::Permissions::from_mode(0o755),
+                            )?;
+                            pending.push((self.repo.find_tree(entry.id())?, path.clone()));
+                        }
+                        Some(ObjectType::Blob) => {
+                            let blob = self.repo.find_blob(entry.id())?;
+                            if entry.filemode() == 0o120000 {
+                                let target = std::ffi::OsStr::from_bytes(blob.content());
+                                std::os::unix::fs::symlink(target, &path)?;
+                            } else {
+                                std::fs::write(&path, blob.content())?;
+                                let mode = if entry.filemode() & 0o111 != 0 {
+                                    0o755
+                                } else {
+                                    0o644
+                                };
+                                std::fs::set_permissions(
+                                    &path,
+                                    std::fs::Permissions::from_mode(mode),
+                                )?;
+                            }
+                        }
+                        // A submodule: its commit is not in this repository.
+                        _ => std::fs::create_dir(&path)?,
+                    }
+                    Ok(())
+                };
+                write().with_context(|| {
+                    format!(
+                        "failed to export {commit} to {}: {}",
+                        dest.display(),
+                        path.display()
+                    )
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Commit `changes` on top of the remote `branch` and push, replaying on a moved tip.
@@ -712,6 +766,16 @@ pub fn parse_oid(text: &str) -> anyhow::Result<Oid> {
     }
 }
 
+/// Whether a tree entry's name is safe to write as one path component.
+fn safe_entry_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name != b"."
+        && name != b".."
+        && !name.eq_ignore_ascii_case(b".git")
+        && !name.contains(&b'/')
+        && !name.contains(&0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::claims::ClaimBody;
@@ -920,6 +984,45 @@ mod tests {
         assert_eq!(found["requests/a.yaml"], (merge, 1));
         assert_eq!(found["requests/b.yaml"], (later, 0));
         assert_eq!(mirror.fetch("nope").unwrap(), None);
+    }
+
+    #[test]
+    fn export_survives_submodules_links_and_unsafe_names() {
+        let (tmp, _origin, _c, mirror) = fixture(&[]);
+        let repo = &mirror.repo;
+        let blob = repo.blob(b"kind: echo\n").unwrap();
+        let link = repo.blob(b"/etc/passwd").unwrap();
+        let mut sub = repo.treebuilder(None).unwrap();
+        sub.insert("x.sh", blob, 0o100755).unwrap();
+        let sub = sub.write().unwrap();
+        let mut top = repo.treebuilder(None).unwrap();
+        top.insert("a.yaml", blob, 0o100644).unwrap();
+        top.insert("link.yaml", link, 0o120000).unwrap();
+        top.insert(
+            "sub.yaml",
+            Oid::from_str(&"ab".repeat(20)).unwrap(),
+            0o160000,
+        )
+        .unwrap();
+        top.insert("handlers", sub, 0o040000).unwrap();
+        let tree = repo.find_tree(top.write().unwrap()).unwrap();
+        let who = Signature::now("t", "t@example.invalid").unwrap();
+        let c = repo
+            .commit(None, &who, &who, "hostile", &tree, &[])
+            .unwrap();
+        let dest = tmp.path().join("hostile");
+        mirror.export(c, &dest).unwrap();
+        assert_eq!(std::fs::read(dest.join("a.yaml")).unwrap(), b"kind: echo\n");
+        assert_eq!(
+            std::fs::read_link(dest.join("link.yaml")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        assert!(dest.join("sub.yaml").is_dir());
+        assert!(dest.join("handlers/x.sh").is_file());
+        assert!(safe_entry_name(b"ok.yaml"));
+        for bad in [&b""[..], b".", b"..", b".GIT", b"a/b", b"a\0b"] {
+            assert!(!safe_entry_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

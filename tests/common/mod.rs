@@ -165,6 +165,16 @@ impl Repo {
     /// Edits already in the working clone (handlers a test added) land on main first, in a
     /// commit of their own: a request merged together with handler code is rejected.
     pub fn merge_pr(&mut self, files: &[(&str, &[u8])]) -> String {
+        self.merge_pr_with(files, |_| {})
+    }
+
+    /// [`Repo::merge_pr`], with `prepare` run on the branch after the files are staged and
+    /// before the commit (for what plain files cannot express: links, gitlinks).
+    pub fn merge_pr_with(
+        &mut self,
+        files: &[(&str, &[u8])],
+        prepare: impl FnOnce(&Repo),
+    ) -> String {
         self.sync();
         if !self.git(&["status", "--porcelain"]).trim().is_empty() {
             self.git(&["add", "-A"]);
@@ -178,6 +188,7 @@ impl Repo {
             self.write(path, bytes);
         }
         self.git(&["add", "-A"]);
+        prepare(self);
         self.git(&["commit", "-q", "-m", &format!("add requests ({branch})")]);
         self.git(&["checkout", "-q", "main"]);
         self.git(&[
