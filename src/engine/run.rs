@@ -421,15 +421,28 @@ async fn execute_in(
         started_at: started_at.clone(),
     });
     let mut write_error: Option<anyhow::Error> = None;
+    // The cap holds for output as committed in the log (JSON around each line included),
+    // not only for the handler's raw bytes, which the executor caps too. A followed
+    // container's log counts whole.
+    let cap = spec.output_cap;
+    let mut capped = false;
+    let mut logged = if fresh.is_some() { 0 } else { log.len() };
     let mut on_output = |event| {
         let r = match event {
-            OutputEvent::Line(stream, line) => {
-                log.event("output", json!({"stream": stream.as_str(), "line": line}))
+            OutputEvent::Line(..) | OutputEvent::Truncated { .. } if capped => Ok(()),
+            OutputEvent::Line(stream, line) if logged < cap => {
+                let before = log.len();
+                let r = log.event("output", json!({"stream": stream.as_str(), "line": line}));
+                logged += log.len() - before;
+                r
             }
-            OutputEvent::Truncated { cap } => log.event(
-                "output_truncated",
-                json!({"cap_bytes": cap, "note": "output past the cap was dropped"}),
-            ),
+            OutputEvent::Line(..) | OutputEvent::Truncated { .. } => {
+                capped = true;
+                log.event(
+                    "output_truncated",
+                    json!({"cap_bytes": cap, "note": "output past the cap was dropped"}),
+                )
+            }
         };
         if let (Err(e), None) = (r, &write_error) {
             write_error = Some(e);

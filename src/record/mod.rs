@@ -107,6 +107,8 @@ pub struct RunLog {
     id: String,
     path: PathBuf,
     file: File,
+    /// Bytes in the file.
+    len: u64,
 }
 
 impl RunLog {
@@ -118,6 +120,7 @@ impl RunLog {
             id: id.to_string(),
             path: path.to_path_buf(),
             file,
+            len: 0,
         })
     }
 
@@ -138,10 +141,12 @@ impl RunLog {
         };
         let file =
             open().with_context(|| format!("failed to reopen run log {}", path.display()))?;
+        let len = file.metadata().map_or(0, |m| m.len());
         Ok(RunLog {
             id: id.to_string(),
             path: path.to_path_buf(),
             file,
+            len,
         })
     }
 
@@ -169,7 +174,19 @@ impl RunLog {
         line.push(b'\n');
         self.file
             .write_all(&line)
-            .with_context(|| format!("failed to write run log {}", self.path.display()))
+            .with_context(|| format!("failed to write run log {}", self.path.display()))?;
+        self.len += line.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written to the log so far (an appended log counts what it found).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing is written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Where the log is.
