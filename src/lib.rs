@@ -10,6 +10,7 @@ pub mod crashpoint;
 pub mod engine;
 pub mod exec;
 pub mod forge;
+pub mod fuzzing;
 pub mod git;
 pub mod plan;
 pub mod record;

@@ -167,66 +167,103 @@ async fn webhook(
         return (StatusCode::OK, "duplicate delivery ignored\n");
     }
     s.health.deliveries.fetch_add(1, Ordering::Relaxed);
-    match header("x-github-event") {
-        "ping" => (StatusCode::OK, "pong\n"),
-        "push" => {
-            let Ok(event) = serde_json::from_slice::<Value>(&body) else {
-                return (StatusCode::BAD_REQUEST, "the push payload is not JSON\n");
-            };
-            let branch = s
-                .health
-                .branch
-                .lock()
-                .map(|b| b.clone())
-                .unwrap_or_default();
-            if event["ref"].as_str() != Some(&format!("refs/heads/{branch}")) {
-                return (StatusCode::OK, "ignored: not the watched branch\n");
+    let branch = s
+        .health
+        .branch
+        .lock()
+        .map(|b| b.clone())
+        .unwrap_or_default();
+    match parse_delivery(header("x-github-event"), &body, &branch, &s.runner) {
+        Delivery::Ping => (StatusCode::OK, "pong\n"),
+        Delivery::Pass => {
+            tracing::info!(delivery, "push to {branch}: pass queued");
+            s.trigger.ask();
+            (StatusCode::ACCEPTED, "pass queued\n")
+        }
+        Delivery::Pull { number, head } => match &s.pulls {
+            Some(tx) => {
+                let _ = tx.send(PullJob {
+                    number,
+                    head_sha: head,
+                });
+                (StatusCode::ACCEPTED, "validation queued\n")
             }
-            let mark = format!("Codex-Runner: {}", s.runner);
-            let commits = event["commits"].as_array().cloned().unwrap_or_default();
+            None => (
+                StatusCode::OK,
+                "ignored: pull requests are not validated here\n",
+            ),
+        },
+        Delivery::Ignored(why) => (StatusCode::OK, why),
+        Delivery::Bad(why) => (StatusCode::BAD_REQUEST, why),
+    }
+}
+
+/// What a delivery whose signature checked out asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// GitHub's `ping`.
+    Ping,
+    /// A push to the watched branch, not only the runner's own: run a pass.
+    Pass,
+    /// A pull request opened, pushed to or reopened: validate its head.
+    Pull {
+        /// Its number.
+        number: u64,
+        /// Its head commit.
+        head: String,
+    },
+    /// Nothing to do, and why.
+    Ignored(&'static str),
+    /// The payload is not what its event says.
+    Bad(&'static str),
+}
+
+/// Read a delivery of event `event` (`X-GitHub-Event`) with payload `body`, for a runner named
+/// `runner` watching `branch`. Pure, total and bounded by the payload's size (the fuzz target
+/// `webhook` drives it).
+pub fn parse_delivery(event: &str, body: &[u8], branch: &str, runner: &str) -> Delivery {
+    match event {
+        "ping" => Delivery::Ping,
+        "push" => {
+            let Ok(event) = serde_json::from_slice::<Value>(body) else {
+                return Delivery::Bad("the push payload is not JSON\n");
+            };
+            if event["ref"].as_str() != Some(&format!("refs/heads/{branch}")) {
+                return Delivery::Ignored("ignored: not the watched branch\n");
+            }
+            let mark = format!("Codex-Runner: {runner}");
+            let commits = event["commits"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             if !commits.is_empty()
                 && commits
                     .iter()
                     .all(|c| c["message"].as_str().is_some_and(|m| m.contains(&mark)))
             {
-                return (StatusCode::OK, "ignored: the runner's own push\n");
+                return Delivery::Ignored("ignored: the runner's own push\n");
             }
-            tracing::info!(delivery, "push to {branch}: pass queued");
-            s.trigger.ask();
-            (StatusCode::ACCEPTED, "pass queued\n")
+            Delivery::Pass
         }
         "pull_request" => {
-            let Ok(event) = serde_json::from_slice::<Value>(&body) else {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    "the pull_request payload is not JSON\n",
-                );
+            let Ok(event) = serde_json::from_slice::<Value>(body) else {
+                return Delivery::Bad("the pull_request payload is not JSON\n");
             };
-            let action = event["action"].as_str().unwrap_or_default();
             let (Some(number), Some(head)) = (
                 event["number"].as_u64(),
                 event["pull_request"]["head"]["sha"].as_str(),
             ) else {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    "the pull_request payload has no number or head\n",
-                );
+                return Delivery::Bad("the pull_request payload has no number or head\n");
             };
-            match (&s.pulls, action) {
-                (Some(tx), "opened" | "synchronize" | "reopened") => {
-                    let _ = tx.send(PullJob {
-                        number,
-                        head_sha: head.to_string(),
-                    });
-                    (StatusCode::ACCEPTED, "validation queued\n")
-                }
-                _ => (
-                    StatusCode::OK,
-                    "ignored: pull request action not validated\n",
-                ),
+            match event["action"].as_str().unwrap_or_default() {
+                "opened" | "synchronize" | "reopened" => Delivery::Pull {
+                    number,
+                    head: head.to_string(),
+                },
+                _ => Delivery::Ignored("ignored: pull request action not validated\n"),
             }
         }
-        _ => (StatusCode::OK, "ignored: event not handled\n"),
+        _ => Delivery::Ignored("ignored: event not handled\n"),
     }
 }
 
@@ -257,6 +294,52 @@ mod tests {
         assert!(!verify(b"other", b"Hello, World!", good));
         assert!(!verify(secret, b"Hello, World!", "sha1=abc"));
         assert!(!verify(secret, b"Hello, World!", "sha256=zz"));
+    }
+
+    #[test]
+    fn deliveries_are_read_without_trusting_them() {
+        let push = |r: &str, msg: &str| {
+            serde_json::to_vec(&json!({"ref": r, "commits": [{"message": msg}]})).unwrap()
+        };
+        assert_eq!(parse_delivery("ping", b"", "main", "r"), Delivery::Ping);
+        assert_eq!(
+            parse_delivery("push", &push("refs/heads/main", "fix"), "main", "r"),
+            Delivery::Pass
+        );
+        assert!(matches!(
+            parse_delivery("push", &push("refs/heads/dev", "fix"), "main", "r"),
+            Delivery::Ignored(_)
+        ));
+        assert!(matches!(
+            parse_delivery(
+                "push",
+                &push("refs/heads/main", "x\n\nCodex-Runner: r\n"),
+                "main",
+                "r"
+            ),
+            Delivery::Ignored(_)
+        ));
+        assert!(matches!(
+            parse_delivery("push", b"{", "main", "r"),
+            Delivery::Bad(_)
+        ));
+        let pr = json!({"action": "opened", "number": 7, "pull_request": {"head": {"sha": "abc"}}});
+        assert_eq!(
+            parse_delivery("pull_request", pr.to_string().as_bytes(), "main", "r"),
+            Delivery::Pull {
+                number: 7,
+                head: "abc".into()
+            }
+        );
+        let no_head = json!({"action": "opened", "number": 7});
+        assert!(matches!(
+            parse_delivery("pull_request", no_head.to_string().as_bytes(), "main", "r"),
+            Delivery::Bad(_)
+        ));
+        assert!(matches!(
+            parse_delivery("issues", b"{}", "main", "r"),
+            Delivery::Ignored(_)
+        ));
     }
 
     #[test]
