@@ -227,3 +227,52 @@ async fn a_runner_killed_between_execution_and_the_check_run_update_catches_up()
     );
     repo.assert_no_containers();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_runs_end_right_with_no_duplicate_while_a_third_of_forge_calls_fail() {
+    docker();
+    let (sim, mut repo) = common::on_forge("t-flaky-forge", vec![Token::full(TOKEN)]).await;
+    let url = sim.git_url("acme", "ops", Some(TOKEN));
+    let tmp = repo.tmp.path().to_path_buf();
+    let requests: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| {
+            let exit = if i % 3 == 0 { 3 } else { 0 };
+            (
+                format!("requests/flaky-{i:02}.yaml"),
+                format!("kind: echo\nparams: {{message: m{i}, exit: {exit}}}\n").into_bytes(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = requests
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    let merge = repo.merge_pr(&refs);
+    let flags = forge_flags(&sim, &tmp);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    // One API call in three fails: 500, 502 or 429 with Retry-After.
+    sim.set_faults(Faults {
+        every: 3,
+        answers: vec![500, 502, 429],
+    });
+    let pass = tokio::task::block_in_place(|| repo.dispatch_url(&url, &flags)).ok();
+    sim.set_faults(Faults::default());
+    let (calls, faulted) = sim.api_stats();
+    assert!(faulted * 4 >= calls, "a third failed: {faulted} of {calls}");
+    assert_eq!(pass.states().len(), 12);
+    let done = runs(&sim, &merge);
+    assert_eq!(done.len(), 12, "one check run per request: {done:#?}");
+    for i in 0..12 {
+        let run = run_named(&done, &format!("codex-runner/flaky-{i:02}"));
+        let want = if i % 3 == 0 { "failure" } else { "success" };
+        assert_eq!(
+            (run["status"].as_str(), run["conclusion"].as_str()),
+            (Some("completed"), Some(want)),
+            "{run}"
+        );
+    }
+    println!(
+        "flaky forge: {faulted} of {calls} API calls failed; 12 check runs, each right, none twice"
+    );
+    repo.assert_no_containers();
+}

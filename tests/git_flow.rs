@@ -22,6 +22,11 @@ impl GitDaemon {
             .local_addr()
             .unwrap()
             .port();
+        GitDaemon::start_on(base, port)
+    }
+
+    /// A daemon on `port` (one that was there before comes back at the same address).
+    fn start_on(base: &std::path::Path, port: u16) -> GitDaemon {
         // The daemon binary itself: `git daemon` would fork it and leave it behind on kill.
         let exec_path = sh(base, "git", &["--exec-path"]);
         let child = Command::new(std::path::Path::new(exec_path.trim()).join("git-daemon"))
@@ -291,6 +296,59 @@ fn a_broken_contract_file_is_named_and_nothing_runs() {
         pass.stderr
     );
     assert!(repo.main_file("requests/wait.yaml").is_some());
+}
+
+#[test]
+fn results_wait_out_an_unreachable_remote_and_are_published_once_it_is_back() {
+    docker();
+    let mut repo = Repo::new("t-unreachable");
+    repo.add_handler(
+        "slow",
+        "#!/bin/sh\necho working\nsleep 3\necho done\n",
+        "    image: codex-runner/busybox:1\n",
+    );
+    repo.merge_pr(&[("requests/slow.yaml", b"kind: slow\n")]);
+    let daemon = GitDaemon::start(repo.tmp.path());
+    let port = daemon.port;
+    let url = format!("git://127.0.0.1:{port}/origin.git");
+    let flags = ["--push-attempts", "2"];
+    let child = repo
+        .dispatch_command(&url, &flags)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The remote goes away while the handler runs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while common::containers_of("t-unreachable").is_empty() {
+        assert!(Instant::now() < deadline, "the handler never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(daemon);
+    let lost = common::Pass::from(child.wait_with_output().unwrap());
+    assert_eq!(
+        lost.code, 4,
+        "exit code 4 says git failed:\n{}",
+        lost.stderr
+    );
+    assert!(repo.main_file("logs/slow.jsonl").is_none());
+    // Still away: the next pass says so and runs nothing.
+    let away = repo.dispatch_url(&url, &flags);
+    assert_eq!(away.code, 4, "{}", away.stderr);
+
+    let _back = GitDaemon::start_on(repo.tmp.path(), port);
+    let pass = repo.dispatch_url(&url, &flags).ok();
+    assert_eq!(
+        pass.states()["slow"],
+        "succeeded",
+        "the kept result is published"
+    );
+    let log = repo.log("slow");
+    let started = log.iter().filter(|e| e["event"] == "started").count();
+    assert_eq!(started, 1, "the handler ran once: {log:#?}");
+    assert!(repo.output("slow").contains(&"done".to_string()));
+    assert!(repo.dispatch_url(&url, &flags).ok().states().is_empty());
+    repo.assert_no_containers();
 }
 
 #[test]
