@@ -82,11 +82,7 @@ fn abusive_handlers_are_contained_and_reported_while_others_run() {
         "requests/bystander.yaml".into(),
         b"kind: echo\nparams: {message: unaffected}\n".to_vec(),
     ));
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(p, b)| (p.as_str(), b.as_slice()))
-        .collect();
-    repo.merge_pr(&refs);
+    repo.merge_pr(&common::borrowed(&files));
     let config = repo.tmp.path().join("abuse.toml");
     std::fs::write(&config, "[limits]\ngrace = \"1s\"\noutput_cap = \"4MiB\"\n").unwrap();
     let started = std::time::Instant::now();

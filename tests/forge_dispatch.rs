@@ -243,11 +243,7 @@ async fn check_runs_end_right_with_no_duplicate_while_a_third_of_forge_calls_fai
             )
         })
         .collect();
-    let refs: Vec<(&str, &[u8])> = requests
-        .iter()
-        .map(|(p, b)| (p.as_str(), b.as_slice()))
-        .collect();
-    let merge = repo.merge_pr(&refs);
+    let merge = repo.merge_pr(&common::borrowed(&requests));
     let flags = forge_flags(&sim, &tmp);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     // One API call in three fails: 500, 502 or 429 with Retry-After.

@@ -7,7 +7,6 @@ mod common;
 use std::path::Path;
 
 use common::{docker, root, Repo};
-use serde_json::Value;
 
 /// `tests/corpus/requests.expected`: (file, rule, line).
 fn expected() -> Vec<(String, String, Option<u64>)> {
@@ -70,13 +69,9 @@ fn every_hostile_request_is_rejected_naming_its_file_and_the_next_one_runs() {
         "requests/zz-good.yaml".into(),
         b"kind: echo\nparams: {message: the next request runs}\n".to_vec(),
     ));
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(p, b)| (p.as_str(), b.as_slice()))
-        .collect();
     // Links in the inbox: to the handler index, out of the repository, nowhere; and a hard
     // link, which git stores as a copy of what it points at.
-    let merge = repo.merge_pr_with(&refs, |r| {
+    let merge = repo.merge_pr_with(&common::borrowed(&files), |r| {
         let inbox = r.work.join("requests");
         for (name, target) in [
             ("link-index.yaml", "../handlers/index.yml"),
@@ -116,14 +111,7 @@ fn every_hostile_request_is_rejected_naming_its_file_and_the_next_one_runs() {
     );
 
     let pass = repo.dispatch(&[]).ok();
-    let requests = pass.report["requests"].as_array().unwrap().clone();
-    let by_file = |file: &str| -> Value {
-        requests
-            .iter()
-            .find(|s| s["file"] == file)
-            .cloned()
-            .unwrap_or_else(|| panic!("{file:?} is not in the report"))
-    };
+    let by_file = |file: &str| pass.by_file(file);
     for (file, rule, line) in &cases {
         let st = by_file(file);
         assert_eq!(st["state"], "rejected", "{file:?}: {st}");

@@ -3,7 +3,6 @@
 mod common;
 
 use common::{docker, Repo};
-use serde_json::Value;
 
 fn alias_bomb() -> Vec<u8> {
     let mut s = String::from("kind: echo\nparams:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n");
@@ -73,14 +72,7 @@ fn every_bad_request_is_rejected_precisely_and_nothing_runs() {
     .unwrap();
     repo.merge_pr(&files);
     let pass = repo.dispatch(&[]).ok();
-    let requests = pass.report["requests"].as_array().unwrap().clone();
-    let by_file = |file: &str| -> Value {
-        requests
-            .iter()
-            .find(|s| s["file"] == file)
-            .cloned()
-            .unwrap_or_else(|| panic!("{file} not in report: {requests:#?}"))
-    };
+    let by_file = |file: &str| pass.by_file(file);
     let expect = [
         (
             "requests/typo.yaml",

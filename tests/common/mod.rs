@@ -321,6 +321,14 @@ pub fn codex(args: &[&str]) -> Output {
         .expect("run codex-runner")
 }
 
+/// Owned (path, bytes) pairs as [`Repo::merge_pr`] takes them.
+pub fn borrowed(files: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
+    files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect()
+}
+
 /// The outcome of one `dispatch --once --json`.
 pub struct Pass {
     pub code: i32,
@@ -344,6 +352,15 @@ impl Pass {
     pub fn ok(self) -> Pass {
         assert_eq!(self.code, 0, "dispatch failed:\n{}", self.stderr);
         self
+    }
+
+    /// The report's status of the request from `file`.
+    pub fn by_file(&self, file: &str) -> Value {
+        self.report["requests"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["file"] == file))
+            .cloned()
+            .unwrap_or_else(|| panic!("{file:?} is not in the report: {:#}", self.report))
     }
 
     /// The state of each request in the report, by id.
@@ -512,11 +529,7 @@ impl Repo {
                 )
             })
             .collect();
-        let refs: Vec<(&str, &[u8])> = files
-            .iter()
-            .map(|(p, b)| (p.as_str(), b.as_slice()))
-            .collect();
-        self.merge_pr(&refs)
+        self.merge_pr(&borrowed(&files))
     }
 
     /// A runner config for this repository's tests that lets handlers use the host network
