@@ -373,6 +373,57 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
     );
     assert_eq!(annotations[0]["title"], "merge-conflict", "{annotations}");
 
+    // A pull request that changes a handler and adds a request for it: the request is
+    // flagged before the merge, as the pass would reject it.
+    let sneaky = tokio::task::block_in_place(|| {
+        repo.git(&["fetch", "-q", "origin"]);
+        repo.git(&["checkout", "-q", "-B", "agent/sneaky", "origin/main"]);
+        let echo = std::fs::read_to_string(repo.work.join("handlers/echo.sh")).unwrap();
+        repo.write("handlers/echo.sh", format!("{echo}echo extra\n").as_bytes());
+        repo.write(
+            "requests/sneaky.yaml",
+            b"kind: echo\nparams: {message: hi}\n",
+        );
+        repo.git(&["add", "-A"]);
+        repo.git(&["commit", "-q", "-m", "agent/sneaky"]);
+        repo.git(&["push", "-q", "origin", "agent/sneaky"]);
+        repo.git(&["rev-parse", "HEAD"]).trim().to_string()
+    });
+    let r = client
+        .post(format!("{}/repos/acme/ops/pulls", sim.url()))
+        .bearer_auth(TOKEN)
+        .json(&json!({"title": "sneaky", "head": "agent/sneaky", "base": "main"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    wait_until("the handler-change validation", async || {
+        validate_run(sneaky.clone()).await.is_some()
+    })
+    .await;
+    let run = validate_run(sneaky.clone()).await.unwrap();
+    assert_eq!(run["conclusion"], "failure", "{run}");
+    let annotations = common::forge_get(
+        &sim.url(),
+        TOKEN,
+        &format!("/repos/acme/ops/check-runs/{}/annotations", run["id"]),
+    );
+    assert_eq!(
+        (
+            annotations[0]["path"].as_str(),
+            annotations[0]["title"].as_str()
+        ),
+        (Some("requests/sneaky.yaml"), Some("handler-change")),
+        "{annotations}"
+    );
+    assert!(
+        annotations[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("handlers/echo.sh"),
+        "{annotations}"
+    );
+
     // Nothing from a pull request ran.
     assert!(
         repo.main_file("logs/hello.jsonl").is_none()
