@@ -202,14 +202,17 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
     .await;
     let client = reqwest::Client::new();
     hook_daemon(&sim, &daemon).await;
-    let open_pr = |branch: &'static str, file: &'static str, text: &'static str| {
+    let open_pr = |branch: &'static str, files: Vec<(&'static str, String)>| {
         let repo = &repo;
         let client = client.clone();
         let api = sim.url();
         async move {
             let head = tokio::task::block_in_place(|| {
+                repo.git(&["fetch", "-q", "origin"]);
                 repo.git(&["checkout", "-q", "-B", branch, "origin/main"]);
-                repo.write(file, text.as_bytes());
+                for (file, text) in &files {
+                    repo.write(file, text.as_bytes());
+                }
                 repo.git(&["add", "-A"]);
                 repo.git(&["commit", "-q", "-m", branch]);
                 repo.git(&["push", "-q", "origin", branch]);
@@ -244,8 +247,10 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
 
     let good = open_pr(
         "agent/good",
-        "requests/hello.yaml",
-        "kind: echo\nparams: {message: reviewed}\n",
+        vec![(
+            "requests/hello.yaml",
+            "kind: echo\nparams: {message: reviewed}\n".into(),
+        )],
     )
     .await;
     wait_until("the green validation", async || {
@@ -264,8 +269,10 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
 
     let bad = open_pr(
         "agent/bad",
-        "requests/broken.yaml",
-        "kind: deplyo\nparams:\n  service: 5\n",
+        vec![(
+            "requests/broken.yaml",
+            "kind: deplyo\nparams:\n  service: 5\n".into(),
+        )],
     )
     .await;
     wait_until("the red validation", async || {
@@ -375,28 +382,18 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
 
     // A pull request that changes a handler and adds a request for it: the request is
     // flagged before the merge, as the pass would reject it.
-    let sneaky = tokio::task::block_in_place(|| {
-        repo.git(&["fetch", "-q", "origin"]);
-        repo.git(&["checkout", "-q", "-B", "agent/sneaky", "origin/main"]);
-        let echo = std::fs::read_to_string(repo.work.join("handlers/echo.sh")).unwrap();
-        repo.write("handlers/echo.sh", format!("{echo}echo extra\n").as_bytes());
-        repo.write(
-            "requests/sneaky.yaml",
-            b"kind: echo\nparams: {message: hi}\n",
-        );
-        repo.git(&["add", "-A"]);
-        repo.git(&["commit", "-q", "-m", "agent/sneaky"]);
-        repo.git(&["push", "-q", "origin", "agent/sneaky"]);
-        repo.git(&["rev-parse", "HEAD"]).trim().to_string()
-    });
-    let r = client
-        .post(format!("{}/repos/acme/ops/pulls", sim.url()))
-        .bearer_auth(TOKEN)
-        .json(&json!({"title": "sneaky", "head": "agent/sneaky", "base": "main"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let echo = std::fs::read_to_string(repo.work.join("handlers/echo.sh")).unwrap();
+    let sneaky = open_pr(
+        "agent/sneaky",
+        vec![
+            ("handlers/echo.sh", format!("{echo}echo extra\n")),
+            (
+                "requests/sneaky.yaml",
+                "kind: echo\nparams: {message: hi}\n".into(),
+            ),
+        ],
+    )
+    .await;
     wait_until("the handler-change validation", async || {
         validate_run(sneaky.clone()).await.is_some()
     })
