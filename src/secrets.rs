@@ -505,11 +505,13 @@ mod tests {
         assert_eq!(m.mask("line: ZZZZqqqq"), "line: ***");
         assert_eq!(m.mask("  AAAAB3NzaC1yc2E  "), "  ***  ");
         assert_eq!(m.mask("nothing here"), "nothing here");
-        // `base64 < key` wraps at 76 characters: every line is masked.
+        // `base64 < key` wraps at 76 characters, `openssl base64` at 64: every line is masked.
         let wrapped = base64::engine::general_purpose::STANDARD.encode(key);
-        for line in wrapped.as_bytes().chunks(76) {
-            let line = std::str::from_utf8(line).unwrap();
-            assert_eq!(m.mask(line), MASK, "{line}");
+        for width in [64, 76] {
+            for line in wrapped.as_bytes().chunks(width) {
+                let line = std::str::from_utf8(line).unwrap();
+                assert_eq!(m.mask(line), MASK, "{line}");
+            }
         }
     }
 
