@@ -244,6 +244,21 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
                 .and_then(|a| a.first().cloned())
         }
     };
+    // The validation run of `head`, once it is there.
+    let settled = |what: &'static str, head: String| {
+        let validate_run = &validate_run;
+        async move {
+            wait_until(what, async || validate_run(head.clone()).await.is_some()).await;
+            validate_run(head).await.unwrap()
+        }
+    };
+    let annotations_of = |run: &Value| {
+        common::forge_get(
+            &sim.url(),
+            TOKEN,
+            &format!("/repos/acme/ops/check-runs/{}/annotations", run["id"]),
+        )
+    };
 
     let good = open_pr(
         "agent/good",
@@ -253,11 +268,7 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
         )],
     )
     .await;
-    wait_until("the green validation", async || {
-        validate_run(good.clone()).await.is_some()
-    })
-    .await;
-    let run = validate_run(good.clone()).await.unwrap();
+    let run = settled("the green validation", good.clone()).await;
     assert_eq!(run["conclusion"], "success", "{run}");
     assert!(
         run["output"]["summary"]
@@ -275,17 +286,9 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
         )],
     )
     .await;
-    wait_until("the red validation", async || {
-        validate_run(bad.clone()).await.is_some()
-    })
-    .await;
-    let run = validate_run(bad.clone()).await.unwrap();
+    let run = settled("the red validation", bad.clone()).await;
     assert_eq!(run["conclusion"], "failure", "{run}");
-    let annotations = common::forge_get(
-        &sim.url(),
-        TOKEN,
-        &format!("/repos/acme/ops/check-runs/{}/annotations", run["id"]),
-    );
+    let annotations = annotations_of(&run);
     let first = &annotations[0];
     assert_eq!(
         (first["path"].as_str(), first["start_line"].as_u64()),
@@ -369,11 +372,7 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
     );
     let run = validate_run(clash.clone()).await.unwrap();
     assert_eq!(run["conclusion"], "failure", "{run}");
-    let annotations = common::forge_get(
-        &sim.url(),
-        TOKEN,
-        &format!("/repos/acme/ops/check-runs/{}/annotations", run["id"]),
-    );
+    let annotations = annotations_of(&run);
     assert_eq!(
         annotations[0]["path"], "handlers/index.yml",
         "{annotations}"
@@ -394,17 +393,9 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
         ],
     )
     .await;
-    wait_until("the handler-change validation", async || {
-        validate_run(sneaky.clone()).await.is_some()
-    })
-    .await;
-    let run = validate_run(sneaky.clone()).await.unwrap();
+    let run = settled("the handler-change validation", sneaky.clone()).await;
     assert_eq!(run["conclusion"], "failure", "{run}");
-    let annotations = common::forge_get(
-        &sim.url(),
-        TOKEN,
-        &format!("/repos/acme/ops/check-runs/{}/annotations", run["id"]),
-    );
+    let annotations = annotations_of(&run);
     assert_eq!(
         (
             annotations[0]["path"].as_str(),
