@@ -602,7 +602,8 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     // other runner processes, may share the work dir.
     let work = opts.work_dir.join(&key);
     let token = git_token(opts.git_auth.as_ref()).await?;
-    let mirror = git(Mirror::open(&work, &opts.remote, token.as_deref()))?;
+    let mut mirror = git(Mirror::open(&work, &opts.remote, token.as_deref()))?;
+    mirror.set_attempts(opts.push_attempts);
     let (branch, tip, config) = resolve_branch(&mirror, opts)?;
     tracing::info!(branch = %branch, tip = %tip, "planning pass");
     let Survey {
@@ -654,8 +655,13 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     let claims = claims::Claims {
         mirror: mirror.clone(),
         branch: branch.clone(),
-        runner: opts.runner.clone(),
-        host: crate::config::host_name(),
+        me: claims::Holder {
+            runner: opts.runner.clone(),
+            host: crate::config::host_name(),
+            boot: crate::exec::boot_id(),
+            pid: std::process::id(),
+            state: format!("{:016x}", fnv1a(&results_dir.to_string_lossy())),
+        },
         identity: opts.identity.clone(),
         config: config.clone(),
         auth: opts.git_auth.clone(),
@@ -852,9 +858,24 @@ async fn run_queues(
                             return Ok(Step::Lost(holder));
                         }
                     };
+                    // A result of this request journaled as finished (by any process of this
+                    // state directory) is published, never run again; its claim stays until then.
+                    if cx.results_dir.join(&item.log_id).join("status.json").exists() {
+                        return Ok(Step::Recorded);
+                    }
+                    if cx.shutdown.stage() >= shutdown::Stage::Drain {
+                        cx.claims.give_up(&item.log_id, oid).await;
+                        return Ok(Step::Stopping);
+                    }
                     let renewals = cx.claims.keep_alive(&item.log_id, oid, attempt);
                     let done = run::execute(&cx, &item, runnable, waited, recovery).await;
-                    renewals.abort();
+                    let held = renewals.stop().await;
+                    // Given up before its container started: the next runner need not wait
+                    // out the claim. One that started keeps its claim for the journal.
+                    let started = journal::read(&cx.results_dir.join(&item.log_id)).is_some();
+                    if let (Err(_), Some(held), false) = (&done, held, started) {
+                        cx.claims.give_up(&item.log_id, held).await;
+                    }
                     done.map(|f| Step::Finished(Box::new(f)))
                 }
                 .instrument(span)

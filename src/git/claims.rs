@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{Identity, Mirror};
 
 /// Who holds a claim, as its commit message says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimBody {
     /// The runner's name.
     pub runner: String,
@@ -27,6 +27,18 @@ pub struct ClaimBody {
     pub renewed_ms: u64,
     /// Makes every claim commit unique, so two runners never push the same one.
     pub nonce: String,
+    /// The boot of the host the holding process runs in (empty in claims of older runners).
+    #[serde(default)]
+    pub boot: String,
+    /// The holding process (0 in claims of older runners).
+    #[serde(default)]
+    pub pid: u32,
+    /// Which state directory journals the attempt: a runner sharing it reads the journal.
+    #[serde(default)]
+    pub state: String,
+    /// The holder gave the request up before its container started: free for anyone.
+    #[serde(default)]
+    pub released: bool,
 }
 
 /// A claim as the remote has it.
@@ -57,14 +69,40 @@ impl Mirror {
                 continue;
             };
             let id = name.trim_start_matches(&prefix).to_string();
-            let body = self
-                .repo
-                .find_commit(oid)
-                .ok()
-                .and_then(|c| serde_json::from_slice(c.message_bytes()).ok());
-            out.insert(id, Claim { oid, body });
+            out.insert(id, self.read_claim(oid));
         }
         Ok(out)
+    }
+
+    /// The claim on request `id` the remote has now, fetched alone (by its exact name, so
+    /// other claims coming and going meanwhile do not matter).
+    pub fn fetch_claim(&self, branch: &str, id: &str) -> anyhow::Result<Option<Claim>> {
+        let refname = claim_ref(branch, id);
+        let mut remote = self.fetch_spec(&format!("+{refname}:{refname}"), "a claim")?;
+        let present = remote
+            .list()
+            .map(|heads| heads.iter().any(|h| h.name() == refname))
+            .unwrap_or(true);
+        let _ = remote.disconnect();
+        if !present {
+            if let Ok(mut local) = self.repo.find_reference(&refname) {
+                let _ = local.delete();
+            }
+            return Ok(None);
+        }
+        let Ok(oid) = self.repo.refname_to_id(&refname) else {
+            return Ok(None);
+        };
+        Ok(Some(self.read_claim(oid)))
+    }
+
+    fn read_claim(&self, oid: Oid) -> Claim {
+        let body = self
+            .repo
+            .find_commit(oid)
+            .ok()
+            .and_then(|c| serde_json::from_slice(c.message_bytes()).ok());
+        Claim { oid, body }
     }
 
     /// Push a claim: the first one (`seen` is `None`) or one replacing the claim commit
@@ -106,8 +144,7 @@ impl Mirror {
         if refnames.is_empty() {
             return Ok(());
         }
-        let specs: Vec<String> = refnames.iter().map(|r| format!(":{r}")).collect();
-        if let Err(reason) = self.push_specs(&specs, false)? {
+        if let Err(reason) = self.delete_refs(refnames)? {
             tracing::warn!(reason = %reason, "the remote kept some claims");
         }
         for r in refnames {

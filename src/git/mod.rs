@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use backon::{BlockingRetryable, ExponentialBuilder};
+use backon::BlockingRetryable;
 use git2::build::TreeUpdateBuilder;
 use git2::{FetchOptions, ObjectType, PushOptions, RemoteCallbacks, Repository, Signature};
 
@@ -21,6 +21,7 @@ use crate::plan::EntryContent;
 
 pub mod claims;
 pub mod seed;
+mod transport;
 
 /// A commit id; the engine names commits with this type and never touches git2 itself.
 pub use git2::Oid;
@@ -90,6 +91,8 @@ pub struct Mirror {
     repo: Repository,
     url: String,
     token: Option<String>,
+    /// Tries of each fetch and push, the first one included (see [`transport::retry`]).
+    attempts: usize,
 }
 
 /// A failed push that may succeed on a newer tip.
@@ -127,7 +130,14 @@ impl Mirror {
             repo,
             url: url.to_string(),
             token: token.map(str::to_string),
+            attempts: 5,
         })
+    }
+
+    /// How many times each fetch and push is tried while it fails in a way that may pass
+    /// (the network, the server, a lock, a ref vanishing while listed); at least once.
+    pub fn set_attempts(&mut self, attempts: usize) {
+        self.attempts = attempts.max(1);
     }
 
     /// Authenticate later fetches and pushes with `token` (a refreshed installation token).
@@ -151,14 +161,15 @@ impl Mirror {
             .repo
             .find_remote("origin")
             .context("failed to find the mirror's remote")?;
-        let mut opts = FetchOptions::new();
-        opts.remote_callbacks(callbacks(self.token.as_deref()));
-        if prune {
-            opts.prune(git2::FetchPrune::On);
-        }
-        remote
-            .fetch(&[spec], Some(&mut opts), None)
-            .with_context(|| format!("failed to fetch {what} from {}", self.shown_url()))?;
+        transport::retry(self.attempts, "a fetch", || {
+            let mut opts = FetchOptions::new();
+            opts.remote_callbacks(callbacks(self.token.as_deref()));
+            if prune {
+                opts.prune(git2::FetchPrune::On);
+            }
+            remote.fetch(&[spec], Some(&mut opts), None)
+        })
+        .with_context(|| format!("failed to fetch {what} from {}", self.shown_url()))?;
         Ok(remote)
     }
 
@@ -471,13 +482,8 @@ impl Mirror {
                 replays: 0,
             })
         };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(20))
-            .with_max_times(max_attempts.saturating_sub(1))
-            .with_jitter();
         let result = attempt
-            .retry(backoff)
+            .retry(transport::backoff(max_attempts))
             .notify(|e: &anyhow::Error, wait: Duration| {
                 if e.downcast_ref::<PushRejected>().is_some() {
                     replays += 1;
@@ -492,9 +498,8 @@ impl Mirror {
     /// it does not exist). `Ok(Err(reason))` when it is not; `crash` arms `in-push`.
     ///
     /// A git server checks the old value under its ref lock (receive-pack). A remote that is
-    /// a local path is written by libgit2 itself, which overwrites a ref it saw at connect
-    /// time without comparing again; there the objects go to a scratch ref first and the
-    /// compare-and-swap is done in the remote repository under its ref lock.
+    /// a local path gets the objects copied into its store and the compare-and-swap done in
+    /// a ref transaction there (see [`transport`]).
     fn push_cas(
         &self,
         refname: &str,
@@ -506,45 +511,37 @@ impl Mirror {
             // No `+`: a push that is not a fast-forward must fail, never overwrite.
             return self.push_specs(&[format!("{new}:{refname}")], crash);
         };
-        let scratch = format!(
-            "refs/codex-scratch/{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        );
-        if let Err(reason) = self.push_specs(&[format!("{new}:{scratch}")], false)? {
-            return Ok(Err(reason));
-        }
         let remote = Repository::open_bare(&path)
             .with_context(|| format!("failed to open the remote {}", path.display()))?;
-        let updated = match expected {
-            None => remote.reference(refname, new, false, "codex-runner"),
-            Some(old) => remote.reference_matching(refname, new, true, old, "codex-runner"),
-        };
+        transport::copy_objects(&self.repo, &remote, new)
+            .with_context(|| format!("failed to copy objects to {}", path.display()))?;
+        let updated = transport::swap_ref(&remote, refname, Some(new), expected)
+            .with_context(|| format!("failed to update {refname} on {}", path.display()))?;
         if updated.is_ok() && crash {
             crate::crashpoint::hit("in-push");
         }
-        if let Ok(mut r) = remote.find_reference(&scratch) {
-            let _ = r.delete();
-        }
-        match updated {
-            Ok(_) => Ok(Ok(())),
-            Err(e)
-                if matches!(
-                    e.code(),
-                    git2::ErrorCode::Exists
-                        | git2::ErrorCode::Modified
-                        | git2::ErrorCode::NotFound
-                        | git2::ErrorCode::Locked
-                ) =>
-            {
-                Ok(Err(format!("{refname}: {}", e.message())))
+        Ok(updated)
+    }
+
+    /// Delete `refnames` on the remote, whatever they point at.
+    fn delete_refs(&self, refnames: &[String]) -> anyhow::Result<Result<(), String>> {
+        let Some(path) = local_path(&self.url) else {
+            let specs: Vec<String> = refnames.iter().map(|r| format!(":{r}")).collect();
+            return self.push_specs(&specs, false);
+        };
+        let remote = Repository::open_bare(&path)
+            .with_context(|| format!("failed to open the remote {}", path.display()))?;
+        for r in refnames {
+            let current = match remote.find_reference(r) {
+                Ok(found) => found.target(),
+                Err(e) if e.code() == git2::ErrorCode::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("failed to read {r}")),
+            };
+            if let Err(reason) = transport::swap_ref(&remote, r, None, current)? {
+                return Ok(Err(reason));
             }
-            Err(e) => {
-                Err(e).with_context(|| format!("failed to update {refname} on {}", path.display()))
-            }
         }
+        Ok(Ok(()))
     }
 
     /// Push `specs` (never forced unless a spec says `+`). `Ok(Err(reason))` when the remote
@@ -552,31 +549,34 @@ impl Mirror {
     /// reached. `crash` arms the `in-push` crash point (results, not claims).
     fn push_specs(&self, specs: &[String], crash: bool) -> anyhow::Result<Result<(), String>> {
         let mut remote = self.repo.find_remote("origin")?;
-        let mut rejected: Option<String> = None;
-        let mut cbs = callbacks(self.token.as_deref());
-        cbs.push_update_reference(|name, status| {
-            if crash {
-                crate::crashpoint::hit("in-push");
+        transport::retry(self.attempts, "a push", || {
+            let mut rejected: Option<String> = None;
+            let mut cbs = callbacks(self.token.as_deref());
+            cbs.push_update_reference(|name, status| {
+                if crash {
+                    crate::crashpoint::hit("in-push");
+                }
+                if let Some(msg) = status {
+                    rejected = Some(format!("{name}: {msg}"));
+                }
+                Ok(())
+            });
+            let mut opts = PushOptions::new();
+            opts.remote_callbacks(cbs);
+            if let Err(e) = remote.push(specs, Some(&mut opts)) {
+                let text = e.message().to_string();
+                if text.contains("fast-forward")
+                    || text.contains("fastforward")
+                    || e.code() == git2::ErrorCode::NotFastForward
+                {
+                    return Ok(Err(text));
+                }
+                return Err(e);
             }
-            if let Some(msg) = status {
-                rejected = Some(format!("{name}: {msg}"));
-            }
-            Ok(())
-        });
-        let mut opts = PushOptions::new();
-        opts.remote_callbacks(cbs);
-        if let Err(e) = remote.push(specs, Some(&mut opts)) {
-            let text = e.message().to_string();
-            if text.contains("fast-forward")
-                || text.contains("fastforward")
-                || e.code() == git2::ErrorCode::NotFastForward
-            {
-                return Ok(Err(text));
-            }
-            return Err(e).with_context(|| format!("failed to push to {}", self.shown_url()));
-        }
-        drop(opts);
-        Ok(rejected.map_or(Ok(()), Err))
+            drop(opts);
+            Ok(rejected.map_or(Ok(()), Err))
+        })
+        .with_context(|| format!("failed to push to {}", self.shown_url()))
     }
 
     fn build_commit(
@@ -906,6 +906,7 @@ mod tests {
             attempt: 1,
             renewed_ms: 0,
             nonce: "1".into(),
+            ..Default::default()
         };
         let r = "refs/codex/claims/main/x";
         let first = mirror.push_claim(r, None, &body, &who()).unwrap();

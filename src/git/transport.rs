@@ -1,0 +1,272 @@
+//! How the mirror reaches its remote when things go wrong: which git failures are worth
+//! another try (and how often), and how a remote that is a local path is written.
+//!
+//! A remote that is a path is written directly, never through libgit2's local push: that
+//! push lists every ref of the remote and fails when one vanishes meanwhile (another runner
+//! dropping a claim), and its ref creation checks for an existing ref outside the ref's lock,
+//! so two runners could both "create" one claim. Here objects are copied into the remote's
+//! object store, then the ref is changed inside a ref transaction that compares its value
+//! under the lock: a real compare-and-swap, as a git server's receive-pack does.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use backon::{BlockingRetryable, ExponentialBuilder};
+use git2::{ErrorClass, ErrorCode, ObjectType, Oid, Repository};
+
+/// The back-off of every retried remote operation: pushes (with their replays), fetches,
+/// claims. `attempts` counts the first try.
+pub(crate) fn backoff(attempts: usize) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(20))
+        .with_max_times(attempts.saturating_sub(1))
+        .with_jitter()
+}
+
+/// Whether a failed fetch or push may succeed if tried again: the network, the server, a
+/// lock held by another writer, a ref that vanished while the remote's refs were listed.
+/// Credentials, certificates, a missing repository, a bad URL and refusals are final.
+pub(crate) fn transient(e: &git2::Error) -> bool {
+    match e.code() {
+        ErrorCode::Auth | ErrorCode::Certificate | ErrorCode::NotFastForward => return false,
+        ErrorCode::Locked => return true,
+        _ => {}
+    }
+    match e.class() {
+        // libgit2 lists a local remote's refs one by one; one deleted meanwhile is not found.
+        ErrorClass::Reference => e.code() == ErrorCode::NotFound,
+        ErrorClass::Http => match http_status(e.message()) {
+            Some(code) => code >= 500 || code == 408 || code == 429,
+            None => true,
+        },
+        ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssl | ErrorClass::Zlib => true,
+        ErrorClass::Ssh => !e.message().contains("authentication"),
+        _ => false,
+    }
+}
+
+/// The HTTP status a libgit2 message reports ("unexpected http status code: 503").
+fn http_status(message: &str) -> Option<u16> {
+    let (_, after) = message.split_once("status code: ")?;
+    after.get(..3)?.parse().ok()
+}
+
+/// Run `op`, trying again with [`backoff`] while it fails with a [`transient`] error.
+pub(crate) fn retry<T>(
+    attempts: usize,
+    what: &str,
+    op: impl FnMut() -> Result<T, git2::Error>,
+) -> Result<T, git2::Error> {
+    op.retry(backoff(attempts))
+        .when(transient)
+        .notify(|e: &git2::Error, wait: Duration| {
+            tracing::warn!(error = %e.message(), retry_in = ?wait, "{what} failed; trying again");
+        })
+        .call()
+}
+
+/// Copy into `to` every object reachable from `root` that it lacks; the walk stops at what
+/// `to` already has, so the cost follows what is new (a result commit's changed trees and
+/// blobs), not the repository's size. Children are written before the objects naming them.
+pub(crate) fn copy_objects(from: &Repository, to: &Repository, root: Oid) -> anyhow::Result<()> {
+    let (src, dst) = (from.odb()?, to.odb()?);
+    let mut missing = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![root];
+    while let Some(oid) = stack.pop() {
+        if !seen.insert(oid) || dst.exists(oid) {
+            continue;
+        }
+        match src.read_header(oid)?.1 {
+            ObjectType::Commit => {
+                let c = from.find_commit(oid)?;
+                stack.push(c.tree_id());
+                stack.extend(c.parent_ids());
+            }
+            ObjectType::Tree => {
+                let t = from.find_tree(oid)?;
+                stack.extend(
+                    t.iter()
+                        .filter(|e| matches!(e.kind(), Some(ObjectType::Tree | ObjectType::Blob)))
+                        .map(|e| e.id()),
+                );
+            }
+            _ => {}
+        }
+        missing.push(oid);
+    }
+    for oid in missing.into_iter().rev() {
+        let obj = src.read(oid)?;
+        dst.write(obj.kind(), obj.data())?;
+    }
+    Ok(())
+}
+
+/// Set `refname` in `repo` to `new` (`None`: delete it) if, and only if, it is `expected`
+/// now (`None`: it does not exist), compared under the ref's lock. `Ok(Err(reason))` when it
+/// is not, or another writer holds the lock.
+pub(crate) fn swap_ref(
+    repo: &Repository,
+    refname: &str,
+    new: Option<Oid>,
+    expected: Option<Oid>,
+) -> anyhow::Result<Result<(), String>> {
+    let mut tx = repo.transaction()?;
+    match tx.lock_ref(refname) {
+        Ok(()) => {}
+        Err(e) if e.code() == ErrorCode::Locked => {
+            return Ok(Err(format!("{refname}: another update holds its lock")))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let current = match repo.find_reference(refname) {
+        Ok(r) => r.target(),
+        Err(e) if e.code() == ErrorCode::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    if current != expected {
+        let shown = |o: Option<Oid>| o.map_or("absent".to_string(), |o| o.to_string());
+        return Ok(Err(format!(
+            "{refname}: it is {} where {} was expected",
+            shown(current),
+            shown(expected)
+        )));
+    }
+    match new {
+        Some(oid) => {
+            let sig = git2::Signature::now("codex-runner", "codex-runner@localhost")?;
+            tx.set_target(refname, oid, Some(&sig), "codex-runner")?;
+        }
+        None if current.is_some() => tx.remove(refname)?,
+        None => return Ok(Ok(())),
+    }
+    tx.commit()?;
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_failures_are_tried_again() {
+        let e = |class, code, msg: &str| git2::Error::new(code, class, msg);
+        let cases = [
+            (
+                e(
+                    ErrorClass::Reference,
+                    ErrorCode::NotFound,
+                    "reference 'refs/codex/claims/main/x' not found",
+                ),
+                true,
+            ),
+            (
+                e(ErrorClass::Net, ErrorCode::GenericError, "early EOF"),
+                true,
+            ),
+            (
+                e(
+                    ErrorClass::Os,
+                    ErrorCode::GenericError,
+                    "failed to connect: Connection refused",
+                ),
+                true,
+            ),
+            (
+                e(
+                    ErrorClass::Http,
+                    ErrorCode::GenericError,
+                    "unexpected http status code: 503",
+                ),
+                true,
+            ),
+            (
+                e(
+                    ErrorClass::Http,
+                    ErrorCode::GenericError,
+                    "unexpected http status code: 404",
+                ),
+                false,
+            ),
+            (
+                e(ErrorClass::Http, ErrorCode::Auth, "authentication required"),
+                false,
+            ),
+            (
+                e(ErrorClass::Reference, ErrorCode::Locked, "failed to lock"),
+                true,
+            ),
+            (
+                e(
+                    ErrorClass::Repository,
+                    ErrorCode::NotFound,
+                    "could not find repository at '/nope'",
+                ),
+                false,
+            ),
+            (
+                e(
+                    ErrorClass::Callback,
+                    ErrorCode::User,
+                    "no (more) credentials to offer",
+                ),
+                false,
+            ),
+            (
+                e(
+                    ErrorClass::Reference,
+                    ErrorCode::NotFastForward,
+                    "cannot push non-fastforwardable reference",
+                ),
+                false,
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(transient(&err), want, "{}", err.message());
+        }
+    }
+
+    #[test]
+    fn a_local_ref_changes_only_from_the_value_expected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(tmp.path()).unwrap();
+        let tree = repo.treebuilder(None).unwrap().write().unwrap();
+        let tree = repo.find_tree(tree).unwrap();
+        let sig = git2::Signature::now("t", "t@example.invalid").unwrap();
+        let a = repo.commit(None, &sig, &sig, "a", &tree, &[]).unwrap();
+        let b = repo.commit(None, &sig, &sig, "b", &tree, &[]).unwrap();
+        let r = "refs/codex/claims/main/x";
+        assert!(swap_ref(&repo, r, Some(a), None).unwrap().is_ok());
+        // A second creation loses, whoever checked first.
+        assert!(swap_ref(&repo, r, Some(b), None).unwrap().is_err());
+        assert!(swap_ref(&repo, r, Some(b), Some(b)).unwrap().is_err());
+        assert!(swap_ref(&repo, r, Some(b), Some(a)).unwrap().is_ok());
+        assert_eq!(repo.refname_to_id(r).unwrap(), b);
+        assert!(swap_ref(&repo, r, None, Some(a)).unwrap().is_err());
+        assert!(swap_ref(&repo, r, None, Some(b)).unwrap().is_ok());
+        assert!(repo.find_reference(r).is_err());
+    }
+
+    #[test]
+    fn objects_are_copied_only_as_far_as_the_target_lacks_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let from = Repository::init_bare(tmp.path().join("from")).unwrap();
+        let to = Repository::init_bare(tmp.path().join("to")).unwrap();
+        let sig = git2::Signature::now("t", "t@example.invalid").unwrap();
+        let blob = from.blob(b"hello\n").unwrap();
+        let mut tb = from.treebuilder(None).unwrap();
+        tb.insert("a.txt", blob, 0o100644).unwrap();
+        let tree = from.find_tree(tb.write().unwrap()).unwrap();
+        let first = from.commit(None, &sig, &sig, "1", &tree, &[]).unwrap();
+        copy_objects(&from, &to, first).unwrap();
+        assert!(to.find_commit(first).is_ok());
+        assert_eq!(to.find_blob(blob).unwrap().content(), b"hello\n");
+        let parent = from.find_commit(first).unwrap();
+        let second = from
+            .commit(None, &sig, &sig, "2", &tree, &[&parent])
+            .unwrap();
+        copy_objects(&from, &to, second).unwrap();
+        assert_eq!(to.find_commit(second).unwrap().parent_id(0).unwrap(), first);
+    }
+}
