@@ -2,64 +2,10 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{docker, sh, Repo};
-
-/// `git daemon` serving a directory over git:// on loopback, with push enabled.
-struct GitDaemon {
-    child: Child,
-    port: u16,
-}
-
-impl GitDaemon {
-    fn start(base: &std::path::Path) -> GitDaemon {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        GitDaemon::start_on(base, port)
-    }
-
-    /// A daemon on `port` (one that was there before comes back at the same address).
-    fn start_on(base: &std::path::Path, port: u16) -> GitDaemon {
-        // The daemon binary itself: `git daemon` would fork it and leave it behind on kill.
-        let exec_path = sh(base, "git", &["--exec-path"]);
-        let child = Command::new(std::path::Path::new(exec_path.trim()).join("git-daemon"))
-            .args([
-                "--reuseaddr",
-                "--export-all",
-                "--enable=receive-pack",
-                "--listen=127.0.0.1",
-                &format!("--port={port}"),
-                &format!("--base-path={}", base.display()),
-                &base.display().to_string(),
-            ])
-            .process_group(0)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("git daemon");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "git daemon did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        GitDaemon { child, port }
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        // The daemon forks a child per connection: end the whole group.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
+use common::{docker, sh, GitDaemon, Repo};
 
 /// Install `script` as the remote's pre-receive hook (it runs for pushes through the daemon).
 fn install_hook(repo: &Repo, script: &str) -> std::path::PathBuf {

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -603,5 +604,61 @@ impl Ledger {
             .filter(|(i, _)| i == id)
             .map(|(_, a)| a)
             .collect()
+    }
+}
+
+/// `git daemon` serving a directory over git:// on loopback, with push enabled.
+pub struct GitDaemon {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl GitDaemon {
+    pub fn start(base: &std::path::Path) -> GitDaemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        GitDaemon::start_on(base, port)
+    }
+
+    /// A daemon on `port` (one that was there before comes back at the same address).
+    pub fn start_on(base: &std::path::Path, port: u16) -> GitDaemon {
+        // The daemon binary itself: `git daemon` would fork it and leave it behind on kill.
+        let exec_path = sh(base, "git", &["--exec-path"]);
+        let child =
+            std::process::Command::new(std::path::Path::new(exec_path.trim()).join("git-daemon"))
+                .args([
+                    "--reuseaddr",
+                    "--export-all",
+                    "--enable=receive-pack",
+                    "--listen=127.0.0.1",
+                    &format!("--port={port}"),
+                    &format!("--base-path={}", base.display()),
+                    &base.display().to_string(),
+                ])
+                .process_group(0)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("git daemon");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "git daemon did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        GitDaemon { child, port }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        // The daemon forks a child per connection: end the whole group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 }
