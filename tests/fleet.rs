@@ -235,3 +235,107 @@ fn a_claim_whose_runner_died_is_taken_over_after_the_timeout() {
     assert_eq!(ledger.hits().len(), 1);
     repo.assert_no_containers();
 }
+
+/// Where a runner with state directory `state` keeps the results of the remote `origin`.
+fn results_dir(state: &std::path::Path, origin: &std::path::Path) -> std::path::PathBuf {
+    let remote = origin.to_string_lossy();
+    let hash = remote.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    let tail = remote.trim_end_matches('/').trim_end_matches(".git");
+    let tail = tail.rsplit('/').next().unwrap();
+    state.join("results").join(format!("{tail}-{hash:016x}"))
+}
+
+/// A `dispatch --once --json` by runner `name` with state directory `state` on `repo`.
+fn pass_as(repo: &Repo, name: &str, state: &std::path::Path, config: &str) -> common::Pass {
+    common::Pass::from(
+        std::process::Command::new(env!("CARGO_BIN_EXE_codex-runner"))
+            .args(["dispatch", "--once", "--json", "--repo"])
+            .arg(&repo.origin)
+            .args(["--config", config, "--runner-name", name, "--state-dir"])
+            .arg(state)
+            .env("CODEX_LOG", "info")
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn a_runner_that_fails_before_the_container_starts_frees_its_claim_at_once() {
+    docker();
+    let ledger = Ledger::start();
+    let mut repo = Repo::new("t-fleet-free");
+    repo.add_ledger_handler(&ledger);
+    repo.merge_pr(&[(
+        "requests/echo-1.yaml",
+        b"kind: ledger\nparams: {resource: e}\n",
+    )]);
+    let config = repo.host_network_config();
+    // Runner A wins the claim, then fails before the container starts: where the request's
+    // result directory goes, its state directory holds a file it cannot clear.
+    let a_state = repo.tmp.path().join("a");
+    let results = results_dir(&a_state, &repo.origin);
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::write(results.join("echo-1"), b"in the way").unwrap();
+    let a = pass_as(&repo, "t-fleet-free-a", &a_state, &config);
+    assert_eq!(
+        a.code, 1,
+        "a state directory failure: {}\n{}",
+        a.report, a.stderr
+    );
+    assert!(a.stderr.contains("echo-1"), "{}", a.stderr);
+    assert!(ledger.hits().is_empty());
+    let claim = claims_on_remote(&repo);
+    assert_eq!(claim.len(), 1, "the claim stays, released: {claim:?}");
+    let body = common::sh(
+        &repo.origin,
+        "git",
+        &["log", "-1", "--format=%B", &claim[0]],
+    );
+    assert!(body.contains("\"released\":true"), "{body}");
+
+    // B does not wait out the 10-minute claim timeout: it runs the request now, as attempt 1.
+    let b = pass_as(&repo, "t-fleet-free-b", &repo.tmp.path().join("b"), &config).ok();
+    assert_eq!(b.states()["echo-1"], "succeeded", "{}", b.stderr);
+    assert_eq!(ledger.attempts("echo-1"), vec![1]);
+    assert!(claims_on_remote(&repo).is_empty());
+}
+
+#[test]
+fn a_dead_process_of_the_same_runner_name_is_taken_over_at_once() {
+    docker();
+    let ledger = Ledger::start();
+    let mut repo = Repo::new("t-fleet-same");
+    repo.add_ledger_handler(&ledger);
+    repo.merge_pr(&[(
+        "requests/solo.yaml",
+        b"kind: ledger\nparams: {resource: s, sleep: \"3\"}\n",
+    )]);
+    let config = repo.host_network_config();
+    // A process of runner `t-fleet-same` dies while the handler runs; its host goes with its
+    // container. The claim (timeout 10m) names a process that is gone.
+    let out = repo
+        .dispatch_command(repo.origin.to_str().unwrap(), &["--config", &config])
+        .env("CODEX_RUNNER_CRASH_AT", "running")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    for c in common::containers_of(&repo.runner) {
+        common::sh(repo.tmp.path(), "docker", &["rm", "-f", &c]);
+    }
+    assert_eq!(claims_on_remote(&repo).len(), 1);
+
+    // Another process of the same name, with a state directory of its own (no journal of
+    // that attempt), takes it over at once: the dead attempt counts as interrupted.
+    let other = pass_as(&repo, &repo.runner, &repo.tmp.path().join("other"), &config).ok();
+    assert_eq!(other.states()["solo"], "succeeded", "{}", other.stderr);
+    assert_eq!(ledger.attempts("solo"), vec![2], "{:?}", ledger.hits());
+    let log = repo.log("solo");
+    assert!(
+        log.iter().any(|e| e["event"] == "interrupted"),
+        "the log says attempt 1 was interrupted: {log:?}"
+    );
+    assert!(claims_on_remote(&repo).is_empty());
+    repo.assert_no_containers();
+}

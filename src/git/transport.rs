@@ -34,8 +34,11 @@ pub(crate) fn transient(e: &git2::Error) -> bool {
         _ => {}
     }
     match e.class() {
-        // libgit2 lists a local remote's refs one by one; one deleted meanwhile is not found.
-        ErrorClass::Reference => e.code() == ErrorCode::NotFound,
+        // libgit2 lists a local remote's refs one by one; one deleted meanwhile is not found
+        // (reported with the generic code through a fetch or a push).
+        ErrorClass::Reference => {
+            e.code() == ErrorCode::NotFound || e.message().ends_with("not found")
+        }
         ErrorClass::Http => match http_status(e.message()) {
             Some(code) => code >= 500 || code == 408 || code == 429,
             None => true,
@@ -158,6 +161,14 @@ mod tests {
                     ErrorClass::Reference,
                     ErrorCode::NotFound,
                     "reference 'refs/codex/claims/main/x' not found",
+                ),
+                true,
+            ),
+            (
+                e(
+                    ErrorClass::Reference,
+                    ErrorCode::GenericError,
+                    "reference 'refs/codex/claims/main/y' not found",
                 ),
                 true,
             ),
