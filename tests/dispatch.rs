@@ -508,3 +508,104 @@ fn a_build_image_is_reused_until_its_directory_changes() {
     );
     repo.assert_no_containers();
 }
+
+/// The tree directories under every `checkouts/` of a work directory, with their inodes.
+fn checkouts_in(work: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    for remote in std::fs::read_dir(work).unwrap().flatten() {
+        let Ok(trees) = std::fs::read_dir(remote.path().join("checkouts")) else {
+            continue;
+        };
+        for t in trees.flatten() {
+            let name = t.file_name().to_string_lossy().into_owned();
+            if t.path().is_dir() {
+                out.insert(name, t.metadata().unwrap().ino());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn checkouts_leave_out_results_and_archive_and_are_shared_by_tree_across_passes() {
+    docker();
+    let mut repo = Repo::new("t-lean");
+    let look = "#!/bin/sh\necho \"sees: $(ls -a /codex/repo | tr '\\n' ' ')\"\n";
+    let entry = |extra: &str| {
+        format!("    image: codex-runner/busybox:1\n    timeout: 1m\n    resource: \"{{{{ params.lane }}}}\"\n{extra}    params:\n      type: object\n      properties:\n        lane: {{ type: string }}\n")
+    };
+    repo.add_handler("look", look, &entry(""));
+    repo.add_handler("lookall", look, &entry("    checkout: full\n"));
+    repo.merge_pr(&[
+        ("requests/a.yaml", b"kind: look\nparams: {lane: a}\n"),
+        ("requests/b.yaml", b"kind: look\nparams: {lane: b}\n"),
+        (
+            "requests/c.yaml",
+            b"kind: lookall\nruns-on: [later]\nparams: {lane: c}\n",
+        ),
+        (
+            "requests/d.yaml",
+            b"kind: look\nruns-on: [later]\nparams: {lane: d}\n",
+        ),
+    ]);
+    let work = repo.tmp.path().join("runner-work");
+    let work_arg = work.to_str().unwrap().to_string();
+    let sees = |id: &str| {
+        repo.output(id)
+            .into_iter()
+            .find(|l| l.starts_with("sees: "))
+            .unwrap_or_else(|| panic!("{id}: {:?}", repo.log(id)))
+    };
+
+    // Pass 1: a and b, of one commit, share one checkout without logs/ and processed/.
+    let first = repo.dispatch(&["--work-dir", &work_arg]).ok();
+    assert_eq!(first.states().len(), 2, "{:?}", first.report);
+    for id in ["a", "b"] {
+        let line = sees(id);
+        assert!(
+            line.contains("handlers") && line.contains("requests"),
+            "{line}"
+        );
+        assert!(
+            !line.contains("logs") && !line.contains("processed"),
+            "{id} sees the outbox or the archive: {line}"
+        );
+    }
+    let after_first = checkouts_in(&work);
+    assert_eq!(after_first.len(), 1, "one shared checkout: {after_first:?}");
+
+    // Pass 2: d (same commit, same visible tree) reuses that checkout as it is; c asks for
+    // the whole tree and gets one of its own, results and archive included.
+    let second = repo
+        .dispatch(&["--work-dir", &work_arg, "--labels", "later"])
+        .ok();
+    assert_eq!(second.states().len(), 2, "{:?}", second.report);
+    let line = sees("d");
+    assert!(
+        !line.contains("logs") && !line.contains("processed"),
+        "{line}"
+    );
+    let line = sees("c");
+    assert!(
+        line.contains("logs") && line.contains("processed"),
+        "{line}"
+    );
+    let after_second = checkouts_in(&work);
+    assert_eq!(after_second.len(), 2, "{after_second:?}");
+    let (tree, inode) = after_first.iter().next().unwrap();
+    assert_eq!(
+        after_second.get(tree),
+        Some(inode),
+        "the lean checkout was reused, not exported again"
+    );
+
+    // Pass 3: a new merge; the checkouts no request and no container uses any more go.
+    repo.merge_pr(&[("requests/e.yaml", b"kind: look\nparams: {lane: e}\n")]);
+    let third = repo.dispatch(&["--work-dir", &work_arg]).ok();
+    assert_eq!(third.states()["e"], "succeeded");
+    let after_third = checkouts_in(&work);
+    assert_eq!(after_third.len(), 1, "{after_third:?}");
+    assert!(!after_third.contains_key(tree), "{after_third:?}");
+    repo.assert_no_containers();
+}

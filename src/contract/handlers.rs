@@ -35,6 +35,7 @@ struct EntryFile {
     timeout: Option<String>,
     resource: Option<String>,
     network: Option<String>,
+    checkout: Option<String>,
     params: Option<Value>,
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -53,6 +54,17 @@ struct LimitsFile {
     tmpfs: Option<String>,
     user: Option<String>,
     read_only_root: Option<bool>,
+}
+
+/// How much of the repository a handler's checkout holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CheckoutScope {
+    /// The tree at the merge commit without the outbox and the archive (`output_path`,
+    /// `processed_path`), which grow with every finished request: the default.
+    #[default]
+    Lean,
+    /// The whole tree, past results and archived requests included.
+    Full,
 }
 
 /// Container network of a handler.
@@ -229,6 +241,8 @@ pub struct HandlerSpec {
     pub resource_text: String,
     /// Container network.
     pub network: Network,
+    /// What its checkout of the repository holds.
+    pub checkout: CheckoutScope,
     /// JSON Schema for `params`, if the entry has one.
     pub params: Option<Schema>,
     /// Fixed environment values.
@@ -463,6 +477,21 @@ fn check_entry(text: &str, kind: &str, e: EntryFile) -> Result<HandlerSpec, Vec<
             Network::None
         }
     };
+    let checkout = match e.checkout.as_deref() {
+        None | Some("lean") => CheckoutScope::Lean,
+        Some("full") => CheckoutScope::Full,
+        Some(other) => {
+            errors.push(
+                bad(
+                    "checkout",
+                    "invalid-checkout",
+                    format!("checkout `{other}` is not `lean` or `full`"),
+                )
+                .hint("`lean` (the default) leaves out the results and archived requests; `full` shows them too"),
+            );
+            CheckoutScope::Lean
+        }
+    };
     let params = match e.params {
         None => None,
         Some(doc) => match Schema::compile(doc) {
@@ -600,6 +629,7 @@ fn check_entry(text: &str, kind: &str, e: EntryFile) -> Result<HandlerSpec, Vec<
         resource,
         resource_text,
         network,
+        checkout,
         params,
         env: e.env,
         secrets,
@@ -710,13 +740,26 @@ handlers:
 
     #[test]
     fn bad_entries_are_located() {
-        let text =
-            "handlers:\n  x:\n    run: ../etc/passwd\n    image: busybox\n    network: bridge\n";
+        let text = "handlers:\n  x:\n    run: ../etc/passwd\n    image: busybox\n    network: bridge\n    checkout: everything\n";
         let err = HandlerIndex::parse(text.as_bytes()).unwrap_err();
         let rules: Vec<_> = err.0.iter().map(|v| (v.rule, v.line)).collect();
         assert_eq!(
             rules,
-            vec![("invalid-run", Some(3)), ("invalid-network", Some(5))]
+            vec![
+                ("invalid-run", Some(3)),
+                ("invalid-network", Some(5)),
+                ("invalid-checkout", Some(6))
+            ]
+        );
+        let full = HandlerIndex::parse(
+            b"handlers:\n  x:\n    run: handlers/x.sh\n    image: a\n    checkout: full\n",
+        )
+        .unwrap();
+        assert_eq!(full.handlers["x"].checkout, CheckoutScope::Full);
+        assert_eq!(
+            HandlerIndex::parse(INDEX.as_bytes()).unwrap().handlers["echo"].checkout,
+            CheckoutScope::Lean,
+            "lean unless asked"
         );
         let err = HandlerIndex::parse(
             b"handlers:\n  x:\n    run: handlers/x.sh\n    image: a\n    env: {A: b}\n    secrets:\n      A: env\n      b: env\n      C: disk\n",

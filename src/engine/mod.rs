@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, OnceCell, Semaphore};
 use tracing::Instrument;
 
 use crate::config::HostLimits;
-use crate::contract::handlers::{HandlerIndex, INDEX_PATH};
+use crate::contract::handlers::{CheckoutScope, HandlerIndex, INDEX_PATH};
 use crate::contract::repo_config::{RepoConfig, CONFIG_PATH};
 use crate::contract::request::request_stem;
 use crate::contract::yaml::MAX_FILE_BYTES;
@@ -186,13 +186,37 @@ impl PassContext {
         }
     }
 
-    async fn checkout(&self, commit: Oid) -> anyhow::Result<PathBuf> {
+    /// The checkout a handler of `scope` mounts for a request of `commit`.
+    async fn checkout(&self, commit: Oid, scope: CheckoutScope) -> anyhow::Result<PathBuf> {
+        let hidden = match scope {
+            CheckoutScope::Lean => vec![
+                self.config.output_path.as_str(),
+                self.config.processed_path.as_str(),
+            ],
+            CheckoutScope::Full => Vec::new(),
+        };
         let mut checkouts = self.checkouts.lock().await;
         let mirror = self
             .mirror
             .lock()
             .map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
-        checkouts.get(&mirror, commit)
+        checkouts.get(&mirror, commit, &hidden)
+    }
+
+    /// Remove the checkouts this pass did not use and no container mounts. Only after a
+    /// pass that ran containers: the engine is asked which directories are mounted.
+    async fn sweep_checkouts(&self) {
+        let Ok(docker) = self.executor() else { return };
+        match docker.mount_sources().await {
+            Ok(mounted) => {
+                let mut checkouts = self.checkouts.lock().await;
+                let removed = checkouts.sweep(&mounted);
+                tracing::debug!(removed, kept = checkouts.in_use(), "swept checkouts");
+            }
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "checkouts kept: the engine did not list its mounts")
+            }
+        }
     }
 
     async fn object_id(&self, commit: Oid, path: &str) -> anyhow::Result<String> {
@@ -748,6 +772,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     }
     let infra = run_queues(&cx, queues, &locks, opts.concurrency, record).await;
 
+    cx.sweep_checkouts().await;
     let (published, publish_errors) = committer.await.context("failed to join the committer")?;
     let deferred = cx.deferred.lock().map(|d| d.clone()).unwrap_or_default();
     let look_again = (!deferred.is_empty())

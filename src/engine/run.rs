@@ -300,7 +300,7 @@ async fn execute_in(
         Err(msg) => return reject(&mut log, msg),
     };
     let commit = crate::git::parse_oid(&item.commit)?;
-    let repo_dir = cx.checkout(commit).await?;
+    let repo_dir = cx.checkout(commit, handler.checkout).await?;
     let image = match &follow {
         Some(rec) => Ok(rec.image.clone()),
         None => resolve_image(cx, commit, handler, &repo_dir).await,

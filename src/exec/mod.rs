@@ -654,6 +654,17 @@ impl DockerExecutor {
             .await
             .context("failed to list containers")
     }
+
+    /// The host directories mounted into containers of any codex-runner on this engine.
+    pub async fn mount_sources(&self) -> anyhow::Result<Vec<PathBuf>> {
+        Ok(self
+            .ours(None)
+            .await?
+            .into_iter()
+            .flat_map(|c| c.mounts.unwrap_or_default())
+            .filter_map(|m| m.source.map(PathBuf::from))
+            .collect())
+    }
 }
 
 fn body(spec: &ContainerSpec) -> ContainerCreateBody {

@@ -19,9 +19,12 @@ use std::os::unix::ffi::OsStrExt;
 use crate::contract::handlers::PathKind;
 use crate::plan::EntryContent;
 
+mod checkouts;
 pub mod claims;
 pub mod seed;
 mod transport;
+
+pub use checkouts::Checkouts;
 
 /// A commit id; the engine names commits with this type and never touches git2 itself.
 pub use git2::Oid;
@@ -402,16 +405,23 @@ impl Mirror {
     /// submodule becomes an empty directory, and `.`, `..`, `.git` or names with `/` or NUL
     /// are skipped.
     pub fn export(&self, commit: Oid, dest: &Path) -> anyhow::Result<()> {
+        let tree = self.repo.find_commit(commit)?.tree_id();
+        self.export_tree(tree, dest)
+    }
+
+    /// Write the tree `tree` to `dest`, as [`Mirror::export`] does for a commit's.
+    pub fn export_tree(&self, tree: Oid, dest: &Path) -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt;
+        let root = tree;
         std::fs::create_dir_all(dest)
             .with_context(|| format!("failed to create {}", dest.display()))?;
-        let tree = self.repo.find_commit(commit)?.tree()?;
+        let tree = self.repo.find_tree(tree)?;
         let mut pending = vec![(tree, dest.to_path_buf())];
         while let Some((tree, dir)) = pending.pop() {
             for entry in tree.iter() {
                 let name = entry.name_bytes();
                 if !safe_entry_name(name) {
-                    tracing::warn!(commit = %commit, name = ?String::from_utf8_lossy(name), "skipped a tree entry whose name is unsafe to write");
+                    tracing::warn!(tree = %root, name = ?String::from_utf8_lossy(name), "skipped a tree entry whose name is unsafe to write");
                     continue;
                 }
                 let path = dir.join(std::ffi::OsStr::from_bytes(name));
@@ -450,7 +460,7 @@ impl Mirror {
                 };
                 write().with_context(|| {
                     format!(
-                        "failed to export {commit} to {}: {}",
+                        "failed to export {root} to {}: {}",
                         dest.display(),
                         path.display()
                     )
@@ -458,6 +468,27 @@ impl Mirror {
             }
         }
         Ok(())
+    }
+
+    /// The tree of `commit` without the directories in `hidden` (e.g. `logs/`): what a
+    /// handler's checkout shows. Commits that differ only there give the same id.
+    pub fn visible_tree(&self, commit: Oid, hidden: &[&str]) -> anyhow::Result<Oid> {
+        let tree = self.repo.find_commit(commit)?.tree()?;
+        let mut update = TreeUpdateBuilder::new();
+        let mut changed = false;
+        for dir in hidden {
+            let dir = dir.trim_matches('/');
+            if !dir.is_empty() && tree.get_path(Path::new(dir)).is_ok() {
+                update.remove(dir);
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(tree.id());
+        }
+        update
+            .create_updated(&self.repo, &tree)
+            .with_context(|| format!("failed to make the visible tree of {commit}"))
     }
 
     /// Commit `changes` on top of the remote `branch` and push, replaying on a moved tip.
@@ -700,62 +731,6 @@ pub fn remote_tip(url: &str, branch: &str, token: Option<&str>) -> anyhow::Resul
         .find(|h| h.name() == wanted)
         .map(|h| h.oid());
     Ok(tip)
-}
-
-/// A directory for exported checkouts that is removed when dropped.
-pub struct Checkouts {
-    root: PathBuf,
-    made: HashMap<Oid, PathBuf>,
-}
-
-impl Checkouts {
-    /// This process's checkouts under `work` (`checkouts-<pid>`); those of dead processes go,
-    /// but for `keep`: processes whose containers this pass follows have them mounted.
-    pub fn new(work: &Path, keep: &[u32]) -> anyhow::Result<Self> {
-        if let Ok(entries) = std::fs::read_dir(work) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let pid = name
-                    .strip_prefix("checkouts-")
-                    .and_then(|p| p.parse::<u32>().ok());
-                let dead = pid.is_some_and(|p| {
-                    !keep.contains(&p) && !Path::new(&format!("/proc/{p}")).exists()
-                });
-                if dead {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-        let root = work.join(format!("checkouts-{}", std::process::id()));
-        if root.exists() {
-            std::fs::remove_dir_all(&root)
-                .with_context(|| format!("failed to clear {}", root.display()))?;
-        }
-        crate::exec::ensure_world_readable_dir(&root)
-            .with_context(|| format!("failed to create {}", root.display()))?;
-        Ok(Checkouts {
-            root,
-            made: HashMap::new(),
-        })
-    }
-
-    /// The checkout of `commit`, exported on first use.
-    pub fn get(&mut self, mirror: &Mirror, commit: Oid) -> anyhow::Result<PathBuf> {
-        if let Some(p) = self.made.get(&commit) {
-            return Ok(p.clone());
-        }
-        let dest = self.root.join(commit.to_string());
-        mirror.export(commit, &dest)?;
-        crate::exec::ensure_world_readable_dir(&dest)?;
-        self.made.insert(commit, dest.clone());
-        Ok(dest)
-    }
-}
-
-impl Drop for Checkouts {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
 }
 
 /// Check that `oid` text names a commit id (for values read back from state files).
@@ -1024,6 +999,41 @@ mod tests {
         for bad in [&b""[..], b".", b"..", b".GIT", b"a/b", b"a\0b"] {
             assert!(!safe_entry_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_visible_tree_leaves_out_hidden_directories_and_ignores_their_changes() {
+        let (_tmp, origin, base, mirror) = fixture(&[
+            file("handlers/x.sh", b"#!/bin/sh\n"),
+            file("logs/a.jsonl", b"{}\n"),
+            file("processed/a.yaml", b"kind: echo\n"),
+        ]);
+        let later = origin
+            .commit(
+                "refs/heads/main",
+                &[base],
+                &[file("logs/b.jsonl", b"{}\n")],
+                "a result",
+            )
+            .unwrap();
+        mirror.fetch("main").unwrap();
+        let hidden = ["logs/", "processed/"];
+        let lean = mirror.visible_tree(base, &hidden).unwrap();
+        assert_eq!(lean, mirror.visible_tree(later, &hidden).unwrap());
+        assert_ne!(
+            mirror.visible_tree(base, &[]).unwrap(),
+            mirror.visible_tree(later, &[]).unwrap()
+        );
+        let tree = mirror.repo.find_tree(lean).unwrap();
+        let names: Vec<_> = tree
+            .iter()
+            .filter_map(|e| e.name().ok().map(str::to_string))
+            .collect();
+        assert_eq!(names, ["handlers"]);
+        assert_eq!(
+            mirror.visible_tree(base, &["nothing-here/"]).unwrap(),
+            mirror.repo.find_commit(base).unwrap().tree_id()
+        );
     }
 
     #[test]
