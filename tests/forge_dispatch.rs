@@ -272,3 +272,43 @@ async fn check_runs_end_right_with_no_duplicate_while_a_third_of_forge_calls_fai
     );
     repo.assert_no_containers();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_server_failing_every_fifth_request_still_gets_every_result_once() {
+    docker();
+    let (sim, mut repo) = common::on_forge("t-git-503", vec![Token::full(TOKEN)]).await;
+    let url = sim.git_url("acme", "ops", Some(TOKEN));
+    repo.merge_pr(&[
+        ("requests/one.yaml", b"kind: echo\nparams: {message: one}\n"),
+        ("requests/two.yaml", b"kind: echo\nparams: {message: two}\n"),
+        (
+            "requests/three.yaml",
+            b"kind: echo\nparams: {message: three}\n",
+        ),
+    ]);
+    // Fetches, claims, their releases and the results' pushes all meet the 503s: each is
+    // tried again with back-off, and the pass neither stops nor strands a claim.
+    sim.set_git_faults(5);
+    let pass = tokio::task::block_in_place(|| repo.dispatch_url(&url, &[])).ok();
+    sim.set_git_faults(0);
+    let (seen, failed) = sim.git_stats();
+    assert!(failed >= 3, "{failed} of {seen} git requests failed");
+    assert!(pass.stderr.contains("trying again"), "{}", pass.stderr);
+    for id in ["one", "two", "three"] {
+        assert_eq!(pass.states()[id], "succeeded", "{}", pass.stderr);
+        assert_eq!(repo.status(id)["attempt"], 1);
+        let started = repo
+            .log(id)
+            .iter()
+            .filter(|e| e["event"] == "started")
+            .count();
+        assert_eq!(started, 1, "{id} started once");
+    }
+    let claims = common::sh(
+        &repo.origin,
+        "git",
+        &["for-each-ref", "--format=%(refname)", "refs/codex/"],
+    );
+    assert!(claims.trim().is_empty(), "claims left: {claims}");
+    eprintln!("{failed} of {seen} git requests answered 503; every result landed once");
+}

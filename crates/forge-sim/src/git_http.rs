@@ -61,10 +61,18 @@ async fn serve(
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     };
     let key = format!("{owner}/{name}");
-    let (root, exists) = {
-        let st = lock(&state);
-        (st.root.clone(), st.repos.contains_key(&key))
+    let (root, exists, fault) = {
+        let mut st = lock(&state);
+        st.git_requests += 1;
+        let fault = st.git_faults > 0 && st.git_requests.is_multiple_of(st.git_faults);
+        if fault {
+            st.git_faulted += 1;
+        }
+        (st.root.clone(), st.repos.contains_key(&key), fault)
     };
+    if fault {
+        return (StatusCode::SERVICE_UNAVAILABLE, "try again later\n").into_response();
+    }
     let Some(token) = token_of(&state, &headers) else {
         return unauthorized();
     };

@@ -178,6 +178,10 @@ pub(crate) struct State {
     pub faults: Faults,
     pub api_calls: u64,
     pub faulted: u64,
+    /// Answer every n-th git request with 503 before git sees it (0: never).
+    pub git_faults: u64,
+    pub git_requests: u64,
+    pub git_faulted: u64,
     pub base_url: String,
     pub tokens: Vec<Token>,
     pub apps: Vec<App>,
@@ -230,6 +234,9 @@ impl ForgeSim {
             root: root.to_path_buf(),
             faults: Faults::default(),
             api_calls: 0,
+            git_faults: 0,
+            git_requests: 0,
+            git_faulted: 0,
             faulted: 0,
             base_url: format!("http://{addr}"),
             tokens,
@@ -282,6 +289,18 @@ impl ForgeSim {
     /// Start failing API calls as `faults` says.
     pub fn set_faults(&self, faults: Faults) {
         lock(&self.state).faults = faults;
+    }
+
+    /// Answer every `every`-th git smart-HTTP request with `503 Service Unavailable`, before
+    /// `git http-backend` sees it (0: never), as an overloaded git server does.
+    pub fn set_git_faults(&self, every: u64) {
+        lock(&self.state).git_faults = every;
+    }
+
+    /// `(git requests seen, requests answered with a 503)`.
+    pub fn git_stats(&self) -> (u64, u64) {
+        let st = lock(&self.state);
+        (st.git_requests, st.git_faulted)
     }
 
     /// `(API calls seen, calls answered with a fault)`.

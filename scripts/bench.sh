@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The project's benchmark: codex-runner (release build) side by side with its baselines, in one
+# run on this machine, reported as ratios.
+#
+#   scripts/bench.sh                   everything
+#   BENCH_HISTORY="0 1000" scripts/bench.sh   smaller history scenarios
+#
+# Baselines: bench/shell-dispatcher.sh (bash + python yaml + docker CLI + git CLI, one request
+# at a time, flock per resource), `docker run` of the same no-op container (40 in a row, and 4
+# at a time), and `git clone --mirror` for the cold start. Repositories with N finished requests
+# (bench/history.py, one runner commit each) are cached under target/bench-cache/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+requests=${BENCH_REQUESTS:-40}
+resources=8
+history=${BENCH_HISTORY:-"0 1000 10000"}
+image=codex-runner/busybox:1
+
+bash scripts/docker-up.sh >/dev/null
+bash containers/build-images.sh >/dev/null
+cargo build --release --quiet
+bin=$root/target/release/codex-runner
+cache=$root/target/bench-cache
+mkdir -p "$cache"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# Wall seconds of a command (its output discarded; a failure stops the benchmark).
+timed() {
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$@" >"$tmp/out" 2>"$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+  t1=$(date +%s.%N)
+  awk "BEGIN { printf \"%.3f\", $t1 - $t0 }"
+}
+ratio() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
+# Peak RSS (KiB) of a pass (repo, state-and-work dir).
+rss() {
+  /usr/bin/time -f %M "$bin" dispatch --once --repo "$1" --state-dir "$2/state" \
+    --work-dir "$2/work" --runner-name bench 2>&1 >/dev/null | tail -1
+}
+
+# A bare repository holding the template plus a no-op handler, with N finished requests.
+template() {
+  local n=$1 dest=$2
+  if [ ! -d "$cache/history-$n.git" ]; then
+    local seed=$tmp/seed-$n
+    git init -q -b main "$seed"
+    cp -a codex.repo.yaml README.codex.md handlers containers "$seed/"
+    mkdir -p "$seed/requests" "$seed/processed" "$seed/logs"
+    touch "$seed/requests/.gitkeep" "$seed/processed/.gitkeep" "$seed/logs/.gitkeep"
+    printf '#!/bin/sh\nexit 0\n' >"$seed/handlers/noop.sh"
+    chmod +x "$seed/handlers/noop.sh"
+    cat >>"$seed/handlers/index.yml" <<EOF
+
+  noop:
+    description: Do nothing (the benchmark's request).
+    run: handlers/noop.sh
+    image: $image
+    timeout: 1m
+    resource: "{{ params.resource }}"
+    params:
+      type: object
+      properties:
+        resource: { type: string }
+EOF
+    git -C "$seed" add -A
+    git -C "$seed" -c user.name=bench -c user.email=bench@localhost commit -q -m template
+    if [ "$n" -gt 0 ]; then
+      echo "bench: writing a history of $n finished requests (once; cached)" >&2
+      python3 bench/history.py "$n" | git -C "$seed" fast-import --quiet
+      git -C "$seed" reset -q --hard main
+    fi
+    git clone -q --bare "$seed" "$cache/history-$n.git"
+  fi
+  git clone -q --bare "$cache/history-$n.git" "$dest"
+}
+
+# Merge a pull request adding requests new-<tag>-<i> (i < count) on `count % resources`
+# resources into the bare repository `repo`.
+merge_requests() {
+  local repo=$1 tag=$2 count=$3
+  local clone=$tmp/clone-$tag
+  git clone -q "$repo" "$clone"
+  git -C "$clone" checkout -q -b "pr-$tag"
+  for i in $(seq 0 $((count - 1))); do
+    printf 'kind: noop\nparams: {resource: r%d}\n' $((i % resources)) >"$clone/requests/new-$tag-$i.yaml"
+  done
+  git -C "$clone" add -A
+  git -C "$clone" -c user.name=agent -c user.email=agent@localhost commit -q -m "add $count requests"
+  git -C "$clone" checkout -q main
+  git -C "$clone" -c user.name=agent -c user.email=agent@localhost merge -q --no-ff "pr-$tag" -m "Merge pr-$tag"
+  git -C "$clone" push -q origin main
+  rm -rf "$clone"
+}
+
+pass() { # repo state-and-work-dir [extra args]
+  local repo=$1 dir=$2
+  shift 2
+  "$bin" dispatch --once --json --repo "$repo" --state-dir "$dir/state" --work-dir "$dir/work" \
+    --runner-name bench "$@"
+}
+
+echo "codex-runner benchmark on $(nproc) cores, $(date -u +%Y-%m-%d), $("$bin" --version)"
+echo
+
+# 1. Throughput: N no-op requests over 8 resources, merged at once.
+template 0 "$tmp/tp-shell.git"
+template 0 "$tmp/tp-codex.git"
+merge_requests "$tmp/tp-shell.git" tp "$requests"
+merge_requests "$tmp/tp-codex.git" tp "$requests"
+shell=$(timed bash bench/shell-dispatcher.sh "$tmp/tp-shell.git" "$tmp/shell-work")
+codex=$(timed pass "$tmp/tp-codex.git" "$tmp/tp-codex" --concurrency 4)
+commits=$(jq '.commits | length' "$tmp/out")
+seq_floor=$(timed bash -c "for i in \$(seq $requests); do docker run --rm --network none $image true; done")
+par_floor=$(timed bash -c "seq $requests | xargs -P4 -I{} docker run --rm --network none $image true")
+echo "$requests no-op requests over $resources resources, merged at once:"
+printf '  %-44s %8ss\n' "shell dispatcher (one at a time)" "$shell"
+printf '  %-44s %8ss  %sx faster than the shell\n' "codex-runner dispatch --once --concurrency 4" "$codex" "$(ratio "$shell" "$codex")"
+printf '  %-44s %8ss\n' "docker run, $requests in a row" "$seq_floor"
+printf '  %-44s %8ss  codex-runner at %sx this floor\n' "docker run, 4 at a time" "$par_floor" "$(ratio "$codex" "$par_floor")"
+printf '  %-44s %8s\n' "result commits pushed" "$commits"
+echo
+
+# 2. History: one new request on a repository with H finished requests.
+echo "one new no-op request on a repository with H finished requests (warm mirror):"
+base=""
+for h in $history; do
+  template "$h" "$tmp/h$h.git"
+  merge_requests "$tmp/h$h.git" "w$h" 1
+  cold=$(timed pass "$tmp/h$h.git" "$tmp/h$h")
+  merge_requests "$tmp/h$h.git" "t$h" 1
+  warm=$(timed pass "$tmp/h$h.git" "$tmp/h$h")
+  idle=$(timed pass "$tmp/h$h.git" "$tmp/h$h")
+  clone=$(timed git clone -q --mirror "$tmp/h$h.git" "$tmp/mirror-$h.git")
+  peak=$(rss "$tmp/h$h.git" "$tmp/h$h")
+  base=${base:-$warm}
+  printf '  H=%-6s pass %6ss (%sx H=0)  idle %6ss  first pass %6ss (git clone --mirror %ss)  idle pass peak RSS %s KiB\n' \
+    "$h" "$warm" "$(ratio "$warm" "$base")" "$idle" "$cold" "$clone" "$peak"
+done
