@@ -189,8 +189,10 @@ async fn execute_in(
 ) -> Result<Finished, RunFailure> {
     let request = &runnable.request;
     let kind = request.kind.as_str();
-    // Where the dead process's log stops: the engine replays a followed container from there.
+    // Whether an earlier process began the log, and where the container's output in it
+    // stops: the engine replays a followed container from there.
     let logged_until = RunLog::last_ts_ms(&out.log()).unwrap_or(0);
+    let output_until = RunLog::last_output_ts_ms(&out.log()).unwrap_or(0);
     let mut log = match recovery {
         None => RunLog::create(&out.log(), &item.log_id)?,
         Some(_) => RunLog::append(&out.log(), &item.log_id)?,
@@ -457,7 +459,7 @@ async fn execute_in(
             let cap = spec.output_cap.saturating_sub(logged);
             let resume = crate::exec::Resume {
                 name: container.clone(),
-                after_ms: logged_until,
+                after_ms: output_until,
                 remaining,
                 grace: spec.grace,
                 cap,

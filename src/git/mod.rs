@@ -562,6 +562,7 @@ impl Mirror {
         };
         let remote = Repository::open_bare(&path)
             .with_context(|| format!("failed to open the remote {}", path.display()))?;
+        let mut kept = Vec::new();
         for r in refnames {
             let current = match remote.find_reference(r) {
                 Ok(found) => found.target(),
@@ -569,10 +570,14 @@ impl Mirror {
                 Err(e) => return Err(e).with_context(|| format!("failed to read {r}")),
             };
             if let Err(reason) = transport::swap_ref(&remote, r, None, current)? {
-                return Ok(Err(reason));
+                kept.push(reason);
             }
         }
-        Ok(Ok(()))
+        Ok(if kept.is_empty() {
+            Ok(())
+        } else {
+            Err(kept.join("; "))
+        })
     }
 
     /// Push `specs` (never forced unless a spec says `+`). `Ok(Err(reason))` when the remote

@@ -152,10 +152,25 @@ impl RunLog {
 
     /// When the last complete line of the log at `path` was written, in Unix milliseconds.
     pub fn last_ts_ms(path: &Path) -> Option<u64> {
+        Self::last_matching_ts_ms(path, |_| true)
+    }
+
+    /// When the last line of the container's output in the log at `path` was written, in
+    /// Unix milliseconds: where a follower's replay of the engine's log starts. The runner's
+    /// own events do not count: one written after the container printed a line the log never
+    /// got (a follower's `reattached`) would hide that line from the next follower.
+    pub fn last_output_ts_ms(path: &Path) -> Option<u64> {
+        Self::last_matching_ts_ms(path, |v| {
+            v.get("event").and_then(Value::as_str) == Some("output")
+        })
+    }
+
+    fn last_matching_ts_ms(path: &Path, keep: impl Fn(&Value) -> bool) -> Option<u64> {
         let text = std::fs::read_to_string(path).ok()?;
         text.lines()
             .rev()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| keep(v))
             .find_map(|v| v.get("ts")?.as_str().and_then(ts_ms))
     }
 
@@ -255,6 +270,35 @@ mod tests {
         assert_eq!(lines[0]["line"], "hi \"x\"");
         assert!(text.lines().next().unwrap().starts_with("{\"ts\":"));
         assert_eq!(lines[1]["event"], "finished");
+    }
+
+    #[test]
+    fn a_follower_replays_from_the_last_output_line_not_from_its_own_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.jsonl");
+        std::fs::write(
+            &p,
+            concat!(
+                "{\"ts\":\"2026-12-01T10:00:00.000Z\",\"id\":\"a\",\"event\":\"started\"}\n",
+                "{\"ts\":\"2026-12-01T10:00:01.000Z\",\"id\":\"a\",\"event\":\"output\",\"line\":\"attempt 1\"}\n",
+                "{\"ts\":\"2026-12-01T10:00:05.000Z\",\"id\":\"a\",\"event\":\"reattached\"}\n",
+            ),
+        )
+        .unwrap();
+        let output = RunLog::last_output_ts_ms(&p).unwrap();
+        let any = RunLog::last_ts_ms(&p).unwrap();
+        assert_eq!(any - output, 4000, "the follower's own event is 4 s later");
+        let none = dir.path().join("b.jsonl");
+        std::fs::write(
+            &none,
+            "{\"ts\":\"2026-12-01T10:00:00.000Z\",\"id\":\"b\",\"event\":\"started\"}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            RunLog::last_output_ts_ms(&none),
+            None,
+            "no output: replay it all"
+        );
     }
 
     #[test]
