@@ -150,20 +150,12 @@ fn a_claim_whose_runner_died_is_taken_over_after_the_timeout() {
     let config = repo.host_network_config();
 
     // Runner A claims `delta` and dies while it runs; its host goes with its container.
-    let out = repo
-        .dispatch_command(repo.origin.to_str().unwrap(), &["--config", &config])
-        .env("CODEX_RUNNER_CRASH_AT", "running")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    die_while_running(&repo, &config);
     assert_eq!(
         claims_on_remote(&repo).len(),
         1,
         "A's claim is on the remote"
     );
-    for c in common::containers_of(&repo.runner) {
-        common::sh(repo.tmp.path(), "docker", &["rm", "-f", &c]);
-    }
 
     // Runner B, at once: the claim is fresh, so B leaves the request to A.
     let b_state = repo.tmp.path().join("b-state");
@@ -234,6 +226,20 @@ fn a_claim_whose_runner_died_is_taken_over_after_the_timeout() {
     assert!(back.states().is_empty(), "{:?}", back.report);
     assert_eq!(ledger.hits().len(), 1);
     repo.assert_no_containers();
+}
+
+/// A pass of the repository's runner that dies while its handler runs, and whose host goes
+/// with its container.
+fn die_while_running(repo: &Repo, config: &str) {
+    let out = repo
+        .dispatch_command(repo.origin.to_str().unwrap(), &["--config", config])
+        .env("CODEX_RUNNER_CRASH_AT", "running")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    for c in common::containers_of(&repo.runner) {
+        common::sh(repo.tmp.path(), "docker", &["rm", "-f", &c]);
+    }
 }
 
 /// Where a runner with state directory `state` keeps the results of the remote `origin`.
@@ -315,15 +321,7 @@ fn a_dead_process_of_the_same_runner_name_is_taken_over_at_once() {
     let config = repo.host_network_config();
     // A process of runner `t-fleet-same` dies while the handler runs; its host goes with its
     // container. The claim (timeout 10m) names a process that is gone.
-    let out = repo
-        .dispatch_command(repo.origin.to_str().unwrap(), &["--config", &config])
-        .env("CODEX_RUNNER_CRASH_AT", "running")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    for c in common::containers_of(&repo.runner) {
-        common::sh(repo.tmp.path(), "docker", &["rm", "-f", &c]);
-    }
+    die_while_running(&repo, &config);
     assert_eq!(claims_on_remote(&repo).len(), 1);
 
     // Another process of the same name, with a state directory of its own (no journal of
