@@ -4,6 +4,7 @@
 #
 #   scripts/bench.sh                   everything
 #   BENCH_HISTORY="0 1000" scripts/bench.sh   smaller history scenarios
+#   BENCH_BIN=/path/to/codex-runner scripts/bench.sh   another build, same baselines
 #
 # Baselines: bench/shell-dispatcher.sh (bash + python yaml + docker CLI + git CLI, one request
 # at a time, flock per resource), `docker run` of the same no-op container (40 in a row, and 4
@@ -19,8 +20,13 @@ image=codex-runner/busybox:1
 
 bash scripts/docker-up.sh >/dev/null
 bash containers/build-images.sh >/dev/null
-cargo build --release --quiet
-bin=$root/target/release/codex-runner
+# BENCH_BIN measures another build (e.g. an older release) against the same baselines.
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin=$BENCH_BIN
+else
+  cargo build --release --quiet
+  bin=$root/target/release/codex-runner
+fi
 cache=$root/target/bench-cache
 mkdir -p "$cache"
 tmp=$(mktemp -d)
