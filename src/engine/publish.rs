@@ -102,7 +102,13 @@ pub(crate) fn message(batch: &[Finished], runner: &str) -> String {
     crate::secrets::mask(&format!("{subject}\n\n{body}\n{trailers}")).into_owned()
 }
 
-/// Publish finished requests as they arrive, batching whatever queued up during a push.
+/// How long the committer waits, after a result arrives, for others to join it: results that
+/// finish close together share one commit and one push (against a forge every push is a round
+/// trip of hundreds of milliseconds).
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Publish finished requests as they arrive, batching those that finish within
+/// [`BATCH_WINDOW`] of the first and whatever queued up during a push.
 pub(crate) async fn committer(
     target: Target,
     mut rx: mpsc::UnboundedReceiver<Finished>,
@@ -111,7 +117,8 @@ pub(crate) async fn committer(
     let mut errors = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
+        let window_ends = tokio::time::Instant::now() + BATCH_WINDOW;
+        while let Ok(Some(more)) = tokio::time::timeout_at(window_ends, rx.recv()).await {
             batch.push(more);
         }
         match publish_batch(&target, &batch).await {
