@@ -885,7 +885,8 @@ async fn run_queues(
                     };
                     // A result of this request journaled as finished (by any process of this
                     // state directory) is published, never run again; its claim stays until then.
-                    if cx.results_dir.join(&item.log_id).join("status.json").exists() {
+                    let results = run::ResultDir::of(&cx.results_dir, &item.log_id);
+                    if results.status().exists() {
                         return Ok(Step::Recorded);
                     }
                     if cx.shutdown.stage() >= shutdown::Stage::Drain {
@@ -897,7 +898,7 @@ async fn run_queues(
                     let held = renewals.stop().await;
                     // Given up before its container started: the next runner need not wait
                     // out the claim. One that started keeps its claim for the journal.
-                    let started = journal::read(&cx.results_dir.join(&item.log_id)).is_some();
+                    let started = journal::read(&results.dir).is_some();
                     if let (Err(_), Some(held), false) = (&done, held, started) {
                         cx.claims.give_up(&item.log_id, held).await;
                     }

@@ -23,6 +23,13 @@ pub(crate) struct ResultDir {
 }
 
 impl ResultDir {
+    /// The result directory of `log_id` under `root`, as it is now.
+    pub fn of(root: &Path, log_id: &str) -> Self {
+        ResultDir {
+            dir: root.join(log_id),
+        }
+    }
+
     pub fn fresh(root: &Path, log_id: &str) -> anyhow::Result<Self> {
         let dir = root.join(log_id);
         if dir.exists() {
@@ -151,10 +158,10 @@ pub(crate) async fn execute(
         None => ResultDir::fresh(&cx.results_dir, &item.log_id)?,
         // Go on in the directory an earlier process left (a takeover starts one).
         Some(_) => {
-            let dir = cx.results_dir.join(&item.log_id);
-            crate::exec::ensure_world_readable_dir(&dir)
-                .with_context(|| format!("failed to create {}", dir.display()))?;
-            ResultDir { dir }
+            let out = ResultDir::of(&cx.results_dir, &item.log_id);
+            crate::exec::ensure_world_readable_dir(&out.dir)
+                .with_context(|| format!("failed to create {}", out.dir.display()))?;
+            out
         }
     };
     let result = execute_in(cx, item, runnable, &out, waited_for, recovery).await;
