@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{docker, Ledger, Repo};
+use common::{docker, log_path, Ledger, Repo};
+
 use serde_json::Value;
 
 const BUSYBOX: &str = "    image: codex-runner/busybox:1\n";
@@ -134,7 +135,7 @@ fn abusive_handlers_are_contained_and_reported_while_others_run() {
     let exit = log.iter().find(|e| e["event"] == "exit").unwrap();
     let produced = exit["output_bytes"].as_u64().unwrap();
     assert!(produced > 1 << 30, "all of it was read: {produced}");
-    let kept = repo.main_file("logs/flood.jsonl").unwrap().len();
+    let kept = repo.main_file(&log_path("flood")).unwrap().len();
     assert!(
         kept < (4 << 20) + (200 << 10),
         "the committed log holds the 4 MiB cap, not 1 GiB: {kept} bytes"

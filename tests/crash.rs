@@ -7,11 +7,11 @@
 
 mod common;
 
+use common::{archived_path, containers_of, docker, status_path, Ledger, Repo};
+
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-use common::{containers_of, docker, Ledger, Repo};
 
 /// A repository with the ledger handler and `requests` (id, resource, sleep seconds) merged.
 fn batch(runner: &str, ledger: &Ledger, requests: &[(&str, &str, u32)]) -> Repo {
@@ -64,7 +64,7 @@ fn assert_each_once(repo: &Repo, ledger: &Ledger, ids: &[&str]) {
             output.iter().any(|l| l == "recorded"),
             "{id}'s log has the handler's last line: {output:?}"
         );
-        assert!(repo.main_file(&format!("processed/{id}.yaml")).is_some());
+        assert!(repo.main_file(&archived_path(id)).is_some());
         assert!(repo.main_file(&format!("requests/{id}.yaml")).is_none());
     }
     repo.assert_no_containers();
@@ -137,7 +137,7 @@ fn killed_during_the_push() {
     let commits = common::sh(
         &repo.origin,
         "git",
-        &["log", "--format=%s", "main", "--", "logs/alpha.status.json"],
+        &["log", "--format=%s", "main", "--", &status_path("alpha")],
     );
     assert_eq!(commits.lines().count(), 1, "{commits}");
 }
@@ -210,7 +210,7 @@ fn an_interrupted_handler_is_recorded_under_record() {
     assert_eq!(status["attempt"], 1);
     let reason = status["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("vanished"), "{reason}");
-    assert!(repo.main_file("processed/gamma.yaml").is_some());
+    assert!(repo.main_file(&archived_path("gamma")).is_some());
     // Recorded means done: a later pass does not run it.
     let again = repo
         .dispatch(&["--config", &repo.host_network_config()])
@@ -281,7 +281,7 @@ fn killed_over_and_over_across_a_batch_every_effect_happens_once() {
                 if repo.main_file("requests/req-23.yaml").is_none()
                     && ids
                         .iter()
-                        .all(|id| repo.main_file(&format!("logs/{id}.status.json")).is_some())
+                        .all(|id| repo.main_file(&status_path(id)).is_some())
                 {
                     break;
                 }

@@ -3,9 +3,10 @@
 
 mod common;
 
+use common::{docker, health, log_path, status_path, wait_until, Daemon, Repo};
+
 use std::time::{Duration, Instant};
 
-use common::{docker, health, wait_until, Daemon, Repo};
 use forge_sim::{sign, ForgeSim, Token};
 use serde_json::{json, Value};
 
@@ -67,7 +68,7 @@ async fn a_merge_webhook_runs_the_request_and_completes_its_check_run() {
         )])
     });
     wait_until("the request's log on main", async || {
-        repo.main_file("logs/hello.status.json").is_some()
+        repo.main_file(&status_path("hello")).is_some()
     })
     .await;
     assert_eq!(repo.status("hello")["state"], "succeeded");
@@ -414,9 +415,9 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
 
     // Nothing from a pull request ran.
     assert!(
-        repo.main_file("logs/hello.jsonl").is_none()
-            && repo.main_file("logs/broken.jsonl").is_none()
-            && repo.main_file("logs/greet-1.jsonl").is_none()
+        repo.main_file(&log_path("hello")).is_none()
+            && repo.main_file(&log_path("broken")).is_none()
+            && repo.main_file(&log_path("greet-1")).is_none()
     );
     repo.assert_no_containers();
 }

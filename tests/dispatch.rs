@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{docker, ms, Repo};
+use common::{archived_path, docker, log_path, ms, Repo};
 
 #[test]
 fn example_handlers_run_and_results_land_on_main() {
@@ -76,17 +76,17 @@ fn example_handlers_run_and_results_land_on_main() {
     // Requests moved with history, inbox empty.
     assert!(repo.main_file("requests/hello.yaml").is_none());
     assert_eq!(
-        repo.main_file("processed/hello.yaml").as_deref(),
+        repo.main_file(&archived_path("hello")).as_deref(),
         Some("kind: echo\nparams:\n  message: hi there\n")
     );
-    assert!(repo.main_file("processed/nightly-orders.yaml").is_some());
+    assert!(repo.main_file(&archived_path("nightly-orders")).is_some());
     repo.sync();
     let follow = repo.git(&[
         "log",
         "--follow",
         "--format=%s",
         "--",
-        "processed/hello.yaml",
+        &archived_path("hello"),
     ]);
     assert!(
         follow.contains("add requests"),
@@ -208,7 +208,7 @@ fn failing_timed_out_and_oom_handlers_are_recorded_as_such() {
     // Failed requests leave the inbox too, so they never run again by accident.
     for id in ["boom", "slow", "hog"] {
         assert!(repo.main_file(&format!("requests/{id}.yaml")).is_none());
-        assert!(repo.main_file(&format!("processed/{id}.yaml")).is_some());
+        assert!(repo.main_file(&archived_path(id)).is_some());
     }
     repo.assert_no_containers();
 }
@@ -383,7 +383,7 @@ fn output_past_the_cap_is_cut_with_a_marker() {
     assert_eq!(pass.states()["loud"], "succeeded");
     let log = repo.log("loud");
     // The cap counts output as the log holds it, JSON included: at most one line over.
-    let text = repo.main_file("logs/loud.jsonl").unwrap();
+    let text = repo.main_file(&log_path("loud")).unwrap();
     let kept: usize = text
         .lines()
         .filter(|l| l.contains("\"event\":\"output\""))
@@ -465,7 +465,7 @@ fn with_docker_down_nothing_runs_nothing_is_lost_and_the_exit_code_says_so() {
     // The rejection needs no Docker and is recorded; the runnable request waits in the inbox.
     assert_eq!(repo.status("broken")["state"], "rejected");
     assert!(repo.main_file("requests/waits.yaml").is_some());
-    assert!(repo.main_file("logs/waits.jsonl").is_none());
+    assert!(repo.main_file(&log_path("waits")).is_none());
     // With the engine back, it runs.
     let pass = repo.dispatch(&[]).ok();
     assert_eq!(pass.states()["waits"], "succeeded");

@@ -5,11 +5,11 @@
 
 mod common;
 
+use common::{docker, log_path, status_path, Repo};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use common::{docker, Repo};
 
 /// A dockerd of this test's own.
 struct Engine {
@@ -186,14 +186,14 @@ fn a_docker_engine_dying_mid_handler_loses_nothing_and_the_request_runs_again() 
         first.stderr
     );
     // Nothing is marked done: no log on main, the request still in the inbox.
-    assert!(repo.main_file("logs/slow-1.jsonl").is_none());
-    assert!(repo.main_file("logs/slow-1.status.json").is_none());
+    assert!(repo.main_file(&log_path("slow-1")).is_none());
+    assert!(repo.main_file(&status_path("slow-1")).is_none());
     assert!(repo.main_file("requests/slow-1.yaml").is_some());
 
     // While the engine is down, a pass says so and changes nothing.
     let down = repo.dispatch_env(&[], &[("DOCKER_HOST", host.as_str())]);
     assert_eq!(down.code, 5, "{}", down.stderr);
-    assert!(repo.main_file("logs/slow-1.jsonl").is_none());
+    assert!(repo.main_file(&log_path("slow-1")).is_none());
 
     // The engine is back: the request runs again as attempt 2 (on_interrupt: rerun), and the
     // one log holds both attempts.

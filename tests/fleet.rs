@@ -4,10 +4,10 @@
 
 mod common;
 
+use common::{archived_path, docker, spawn_daemon, Daemon, Ledger, Repo};
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-use common::{docker, spawn_daemon, Daemon, Ledger, Repo};
 
 /// A daemon named `name` on `repo`, with its own state and work directories, polling often.
 fn runner(repo: &Repo, name: &str) -> Daemon {
@@ -31,11 +31,11 @@ fn statuses(repo: &Repo) -> BTreeMap<String, serde_json::Value> {
     let listing = common::sh(
         &repo.origin,
         "git",
-        &["ls-tree", "--name-only", "main", "logs/"],
+        &["ls-tree", "-r", "--name-only", "main", "logs/"],
     );
     listing
         .lines()
-        .filter_map(|p| p.strip_prefix("logs/")?.strip_suffix(".status.json"))
+        .filter_map(|p| p.rsplit('/').next()?.strip_suffix(".status.json"))
         .map(|id| (id.to_string(), repo.status(id)))
         .collect()
 }
@@ -94,7 +94,7 @@ fn three_runners_share_300_requests_and_each_runs_exactly_once() {
         );
         let status = &done[id];
         assert_eq!(status["state"], "succeeded", "{id}: {status}");
-        assert!(repo.main_file(&format!("processed/{id}.yaml")).is_some());
+        assert!(repo.main_file(&archived_path(id)).is_some());
         *by_runner
             .entry(status["runner"].as_str().unwrap_or_default().to_string())
             .or_default() += 1;

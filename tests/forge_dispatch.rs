@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::docker;
+use common::{docker, log_path, status_path};
+
 use forge_sim::{Faults, ForgeSim, Token};
 use serde_json::Value;
 
@@ -103,7 +104,7 @@ async fn check_runs_show_every_request_and_catch_up_after_an_outage() {
     let link = hello["details_url"].as_str().unwrap();
     assert!(
         link.starts_with(&format!("{}/acme/ops/blob/", sim.url()))
-            && link.ends_with("/logs/hello.jsonl"),
+            && link.ends_with(&format!("/{}", log_path("hello"))),
         "{link}"
     );
     assert!(
@@ -175,7 +176,7 @@ async fn a_runner_killed_between_execution_and_the_check_run_update_catches_up()
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while repo.main_file("logs/hello.status.json").is_none() {
+    while repo.main_file(&status_path("hello")).is_none() {
         assert!(
             std::time::Instant::now() < deadline,
             "the log never reached main"
@@ -222,7 +223,7 @@ async fn a_runner_killed_between_execution_and_the_check_run_update_catches_up()
         run["details_url"]
             .as_str()
             .unwrap()
-            .ends_with("/logs/hello.jsonl"),
+            .ends_with(&format!("/{}", log_path("hello"))),
         "{run}"
     );
     repo.assert_no_containers();

@@ -2,10 +2,10 @@
 
 mod common;
 
+use common::{docker, log_path, sh, status_path, GitDaemon, Repo};
+
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-use common::{docker, sh, GitDaemon, Repo};
 
 /// Install `script` as the remote's pre-receive hook (it runs for pushes through the daemon).
 fn install_hook(repo: &Repo, script: &str) -> std::path::PathBuf {
@@ -56,7 +56,7 @@ fn a_foreign_commit_during_the_push_is_kept_and_the_result_replayed() {
         "foreign commit lost"
     );
     assert!(
-        repo.main_file("logs/hello.jsonl").is_some(),
+        repo.main_file(&log_path("hello")).is_some(),
         "runner's results lost"
     );
     let parents = sh(&repo.origin, "git", &["log", "-2", "--format=%s", "main"]);
@@ -99,7 +99,7 @@ fn a_request_on_an_unmerged_branch_never_runs() {
         "{}",
         refused.stderr
     );
-    assert!(repo.main_file("logs/sneaky.jsonl").is_none());
+    assert!(repo.main_file(&log_path("sneaky")).is_none());
     let branch_log = sh(
         &repo.origin,
         "git",
@@ -147,11 +147,11 @@ fn enforcement_off_on_main_allows_running_a_branch() {
     let on_staging = sh(
         &repo.origin,
         "git",
-        &["show", "staging:logs/try.status.json"],
+        &["show", &format!("staging:{}", status_path("try"))],
     );
     assert!(on_staging.contains("\"succeeded\""));
     assert!(
-        repo.main_file("logs/try.status.json").is_none(),
+        repo.main_file(&status_path("try")).is_none(),
         "results go to the branch that ran"
     );
     repo.assert_no_containers();
@@ -277,7 +277,7 @@ fn results_wait_out_an_unreachable_remote_and_are_published_once_it_is_back() {
         "exit code 4 says git failed:\n{}",
         lost.stderr
     );
-    assert!(repo.main_file("logs/slow.jsonl").is_none());
+    assert!(repo.main_file(&log_path("slow")).is_none());
     // Still away: the next pass says so and runs nothing.
     let away = repo.dispatch_url(&url, &flags);
     assert_eq!(away.code, 4, "{}", away.stderr);
@@ -333,7 +333,7 @@ fn results_wait_out_a_refusing_remote_and_are_published_without_running_again() 
         "{}",
         refused.stderr
     );
-    assert!(repo.main_file("logs/once.jsonl").is_none());
+    assert!(repo.main_file(&log_path("once")).is_none());
 
     std::fs::remove_file(&hook).unwrap();
     let pass = run().ok();

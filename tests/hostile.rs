@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::path::Path;
+use common::{archived_path, docker, root, Repo};
 
-use common::{docker, root, Repo};
+use std::path::Path;
 
 /// `tests/corpus/requests.expected`: (file, rule, line).
 fn expected() -> Vec<(String, String, Option<u64>)> {
@@ -150,7 +150,7 @@ fn every_hostile_request_is_rejected_naming_its_file_and_the_next_one_runs() {
         let status = repo.status(id);
         assert_eq!(status["file"], file.as_str());
         assert!(
-            repo.main_file(&format!("processed/{id}.yaml")).is_some()
+            repo.main_file(&archived_path(id)).is_some()
                 || file == "requests/dir.yaml"
                 || file == "requests/submodule.yaml",
             "{file:?} moved out of the inbox as {id}"

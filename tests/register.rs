@@ -4,7 +4,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{health, Repo};
+use common::{health, log_path, Repo};
 use forge_sim::{ForgeSim, Token};
 use serde_json::Value;
 
@@ -358,7 +358,7 @@ async fn a_token_that_cannot_write_check_runs_reports_commit_statuses() {
             .target_url
             .as_deref()
             .unwrap()
-            .ends_with("/logs/hello.jsonl"),
+            .ends_with(&format!("/{}", log_path("hello"))),
         "{hello:?}"
     );
     assert!(

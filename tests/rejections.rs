@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{docker, Repo};
+use common::{archived_path, docker, Repo};
 
 fn alias_bomb() -> Vec<u8> {
     let mut s = String::from("kind: echo\nparams:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n");
@@ -140,7 +140,7 @@ fn every_bad_request_is_rejected_precisely_and_nothing_runs() {
         // Moved out of the inbox so it is never retried by accident.
         assert!(repo.main_file(file).is_none(), "{file} still in the inbox");
         assert!(
-            repo.main_file(&format!("processed/{id}.yaml")).is_some(),
+            repo.main_file(&archived_path(id)).is_some(),
             "{file} not in processed/ as {id}"
         );
     }

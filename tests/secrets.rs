@@ -4,10 +4,11 @@
 
 mod common;
 
+use common::{docker, log_path, status_path, Repo};
+
 use std::process::Command;
 
 use base64::Engine as _;
-use common::{docker, Repo};
 use forge_sim::Token;
 use sha2::Digest;
 
@@ -176,10 +177,10 @@ async fn secrets_reach_only_their_handler_and_are_masked_everywhere() {
 
     // Nothing the runner wrote shows a secret in any form.
     for id in ["leak", "peek", "wants", "pasted"] {
-        let log = repo.main_file(&format!("logs/{id}.jsonl")).unwrap();
-        assert_clean(&format!("logs/{id}.jsonl"), &log);
-        let status = repo.main_file(&format!("logs/{id}.status.json")).unwrap();
-        assert_clean(&format!("logs/{id}.status.json"), &status);
+        let log = repo.main_file(&log_path(id)).unwrap();
+        assert_clean(&log_path(id), &log);
+        let status = repo.main_file(&status_path(id)).unwrap();
+        assert_clean(&status_path(id), &status);
     }
     assert!(
         repo.output("pasted").iter().any(|l| l.contains("***")),

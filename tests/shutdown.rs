@@ -3,10 +3,10 @@
 
 mod common;
 
+use common::{archived_path, containers_of, docker, status_path, Pass, Repo};
+
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-use common::{containers_of, docker, Pass, Repo};
 
 /// Start `dispatch --once` for `repo` in the background.
 fn spawn_pass(repo: &Repo, extra: &[&str]) -> Child {
@@ -73,7 +73,7 @@ fn sigterm_lets_the_running_handler_finish_and_starts_nothing_new() {
         repo.main_file("requests/second.yaml").is_some(),
         "second waits in the inbox"
     );
-    assert!(repo.main_file("logs/second.status.json").is_none());
+    assert!(repo.main_file(&status_path("second")).is_none());
     repo.assert_no_containers();
 
     // The next pass runs what the stopping one left.
@@ -120,7 +120,7 @@ fn after_the_drain_timeout_the_running_handler_is_cancelled_and_recorded() {
         .unwrap()
         .contains("runner was stopping"));
     assert!(
-        repo.main_file("processed/long.yaml").is_some(),
+        repo.main_file(&archived_path("long")).is_some(),
         "recorded and moved"
     );
     let log = repo.log("long");

@@ -179,19 +179,20 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
     for line in origin.history(4)? {
         println!("  {line}");
     }
-    println!("\nlogs/deploy-web.jsonl on main (first lines):");
-    if let Some(log) = origin.read_main("logs/deploy-web.jsonl")? {
+    let ledger = template_ledger();
+    println!("\n{} on main (first lines):", ledger.log("deploy-web"));
+    if let Some(log) = origin.read_main(&ledger.log("deploy-web"))? {
         for line in String::from_utf8_lossy(&log).lines().take(6) {
             println!("  {line}");
         }
     }
-    println!("\nlogs/typo.status.json on main:");
-    if let Some(s) = origin.read_main("logs/typo.status.json")? {
+    println!("\n{} on main:", ledger.status("typo"));
+    if let Some(s) = origin.read_main(&ledger.status("typo"))? {
         for line in String::from_utf8_lossy(&s).lines() {
             println!("  {line}");
         }
     }
-    let never = origin.read_main("logs/not-merged.jsonl")?.is_none();
+    let never = origin.read_main(&ledger.log("not-merged"))?.is_none();
     println!(
         "\nrequests/not-merged.yaml on the unmerged branch ran: {}",
         if never { "no" } else { "YES (bug)" }
@@ -232,4 +233,12 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Where the template's `codex.repo.yaml` puts results.
+pub(crate) fn template_ledger() -> crate::record::Ledger {
+    let config =
+        crate::contract::repo_config::RepoConfig::parse(include_bytes!("../../codex.repo.yaml"))
+            .unwrap_or_default();
+    crate::record::Ledger::of(&config)
 }

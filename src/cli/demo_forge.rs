@@ -211,8 +211,9 @@ pub async fn run(root: &Path) -> anyhow::Result<i32> {
     for line in seed.history(4)? {
         println!("  {line}");
     }
-    println!("\nlogs/deploy-web.jsonl on main (output lines):");
-    if let Some(log) = seed.read_main("logs/deploy-web.jsonl")? {
+    let log_path = super::demo::template_ledger().log("deploy-web");
+    println!("\n{log_path} on main (output lines):");
+    if let Some(log) = seed.read_main(&log_path)? {
         for line in String::from_utf8_lossy(&log)
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())

@@ -186,10 +186,14 @@ pub fn from_host(
     branch: Option<String>,
     o: Overrides,
 ) -> anyhow::Result<DispatchOptions> {
-    let state_dir = o
-        .state_dir
-        .or(host.state_dir)
-        .unwrap_or_else(default_state_dir);
+    // Absolute: both are mounted into containers, and Docker takes a relative path for the
+    // name of a volume.
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    let state_dir = absolute(
+        o.state_dir
+            .or(host.state_dir)
+            .unwrap_or_else(default_state_dir),
+    );
     let mut labels = host.labels.clone();
     labels.extend(
         o.labels
@@ -211,10 +215,11 @@ pub fn from_host(
     Ok(DispatchOptions {
         remote,
         branch,
-        work_dir: o
-            .work_dir
-            .or(host.work_dir)
-            .unwrap_or_else(|| state_dir.join("work")),
+        work_dir: absolute(
+            o.work_dir
+                .or(host.work_dir)
+                .unwrap_or_else(|| state_dir.join("work")),
+        ),
         state_dir,
         runner: o.runner_name.or(host.name).unwrap_or_else(host_name),
         concurrency: o

@@ -7,6 +7,7 @@ mod demo;
 mod demo_forge;
 mod dispatch;
 mod handlers;
+mod ledger;
 mod register;
 mod run;
 mod selftest;
@@ -55,6 +56,10 @@ enum Command {
     Selftest(selftest::SelftestArgs),
     /// Run the whole loop end to end on a local repository with example requests.
     Demo(demo::DemoArgs),
+    /// Print a request's status and log from the branch, whatever the layout.
+    Logs(ledger::LogsArgs),
+    /// Move a repository's results to the sharded (or the flat) layout, in one commit.
+    MigrateLayout(ledger::MigrateArgs),
 }
 
 /// Options shared by commands that read a repository working tree.
@@ -106,6 +111,8 @@ pub fn main() -> i32 {
             Command::Unregister(a) => register::unregister(a).await,
             Command::Selftest(a) => selftest::run(a).await,
             Command::Demo(a) => demo::run(a).await,
+            Command::Logs(a) => tokio::task::block_in_place(|| ledger::logs(a)),
+            Command::MigrateLayout(a) => tokio::task::block_in_place(|| ledger::migrate(a)),
         }
     })
 }

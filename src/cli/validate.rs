@@ -10,6 +10,7 @@ use crate::contract::request::RequestId;
 use crate::contract::yaml::MAX_FILE_BYTES;
 use crate::contract::Violation;
 use crate::plan::{self, Action, Done, EntryContent, InboxEntry};
+use crate::record::{Ledger, ResultFile};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -124,11 +125,10 @@ pub fn run(a: ValidateArgs) -> i32 {
         .enumerate()
         .map(|(i, f)| read_entry(root, f, i))
         .collect();
+    let ledger = Ledger::of(&config);
     let done = |id: &RequestId| {
-        if root
-            .join(format!("{}{id}.yaml", config.processed_path))
-            .exists()
-        {
+        let archived = ledger.lookups(ResultFile::Archived, id.as_str());
+        if archived.iter().any(|p| root.join(p).exists()) {
             Done::Processed
         } else {
             Done::No

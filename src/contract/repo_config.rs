@@ -38,6 +38,7 @@ struct CodexFile {
     max_attempts: Option<u32>,
     claim_timeout: Option<String>,
     allow_handler_changes_with_requests: Option<bool>,
+    layout: Option<String>,
 }
 
 /// The only execution strategy this runner implements.
@@ -60,6 +61,36 @@ impl OnInterrupt {
         match self {
             OnInterrupt::Rerun => "rerun",
             OnInterrupt::Record => "record",
+        }
+    }
+}
+
+/// How results are laid out in the outbox and the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `logs/<id>.jsonl`, `processed/<id>.yaml`: one directory that grows with every request.
+    Flat,
+    /// `logs/<shard>/<id>.jsonl`, `processed/<shard>/<id>.yaml`, where the shard is the first
+    /// two hex digits of the SHA-256 of the id: 256 directories, so every tree a result
+    /// commit rewrites stays small however many requests the repository has run.
+    Sharded,
+}
+
+impl Layout {
+    /// The name in `codex.repo.yaml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Flat => "flat",
+            Layout::Sharded => "sharded",
+        }
+    }
+
+    /// The layout named `name` in `codex.repo.yaml`.
+    pub fn from_name(name: &str) -> Option<Layout> {
+        match name {
+            "flat" => Some(Layout::Flat),
+            "sharded" => Some(Layout::Sharded),
+            _ => None,
         }
     }
 }
@@ -93,6 +124,9 @@ pub struct RepoConfig {
     /// Run a request whose pull request also changes `handlers/` or `containers/` (by
     /// default it is rejected: handler code and the request that runs it are reviewed apart).
     pub allow_handler_changes: bool,
+    /// Where results live in the outbox and the archive. A repository without the key is
+    /// `flat` (what every repository had before the key existed); the template says `sharded`.
+    pub layout: Layout,
 }
 
 impl Default for RepoConfig {
@@ -109,6 +143,7 @@ impl Default for RepoConfig {
             max_attempts: 3,
             claim_timeout: std::time::Duration::from_secs(600),
             allow_handler_changes: false,
+            layout: Layout::Flat,
         }
     }
 }
@@ -280,10 +315,26 @@ impl RepoConfig {
                 }
             },
         };
+        let layout = match raw.codex.layout.as_deref() {
+            None => d.layout,
+            Some(name) => Layout::from_name(name).unwrap_or_else(|| {
+                errors.push(
+                    Violation::new(
+                        file,
+                        "invalid-value",
+                        format!("codex.layout `{name}` is neither `flat` nor `sharded`"),
+                    )
+                    .at(at("codex", "layout"))
+                    .hint("`sharded` keeps results in 256 subdirectories (logs/ab/<id>.jsonl); `flat` keeps them side by side; `codex-runner migrate-layout` moves a repository from one to the other"),
+                );
+                d.layout
+            }),
+        };
         if !errors.is_empty() {
             return Err(Violations(errors));
         }
         Ok(RepoConfig {
+            layout,
             allow_handler_changes: raw
                 .codex
                 .allow_handler_changes_with_requests
@@ -306,6 +357,52 @@ impl RepoConfig {
                 .unwrap_or(d.cleanup_after_success),
         })
     }
+}
+
+/// `text` (a `codex.repo.yaml`) with `codex.layout` set to `layout`, its comments and every
+/// other line kept: the key's line is rewritten where it is, or added first under `codex:`
+/// (the section is added when missing). `None` when the result would not say `layout`
+/// (e.g. a `codex:` written in flow style): the key is then for a person to set.
+pub fn set_layout(text: &str, layout: Layout) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let section = lines.iter().position(|l| l.trim_end() == "codex:");
+    let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    match section {
+        Some(start) => {
+            let body = (start + 1..lines.len()).take_while(|&i| {
+                let l = lines[i];
+                l.trim().is_empty() || l.starts_with([' ', '\t', '#'])
+            });
+            let mut indent = None;
+            let mut existing = None;
+            for i in body {
+                let l = lines[i];
+                let trimmed = l.trim_start();
+                if trimmed.is_empty() || trimmed.starts_with('#') {
+                    continue;
+                }
+                let this = &l[..l.len() - trimmed.len()];
+                indent.get_or_insert_with(|| this.to_string());
+                if Some(this) == indent.as_deref() && trimmed.starts_with("layout:") {
+                    existing = Some(i);
+                }
+            }
+            let indent = indent.unwrap_or_else(|| "  ".into());
+            let line = format!("{indent}layout: {}", layout.as_str());
+            match existing {
+                Some(i) => out[i] = line,
+                None => out.insert(start + 1, line),
+            }
+        }
+        None => {
+            out.push("codex:".into());
+            out.push(format!("  layout: {}", layout.as_str()));
+        }
+    }
+    let mut new = out.join("\n");
+    new.push('\n');
+    let parsed = RepoConfig::parse(new.as_bytes()).ok()?;
+    (parsed.layout == layout).then_some(new)
 }
 
 /// A conservative subset of git's branch-name rules.
@@ -348,6 +445,14 @@ mod tests {
         assert_eq!(c.mainline_branch, "trunk");
         assert!(!c.cleanup_after_success);
         assert!(c.enforce_merge);
+        assert_eq!(
+            c.layout,
+            Layout::Flat,
+            "no key: the layout every older repository has"
+        );
+        let sharded = format!("{START}  layout: sharded\n");
+        let c = RepoConfig::parse(sharded.as_bytes()).unwrap();
+        assert_eq!(c.layout, Layout::Sharded);
     }
 
     #[test]
@@ -417,11 +522,36 @@ mod tests {
                 "invalid-value",
                 12,
             ),
+            (format!("{START}  layout: nested\n"), "invalid-value", 13),
         ];
         for (text, rule, line) in cases {
             let err = RepoConfig::parse(text.as_bytes()).unwrap_err();
             assert_eq!((err.0[0].rule, err.0[0].line), (rule, Some(line)), "{err}");
         }
+    }
+
+    #[test]
+    fn the_layout_key_is_set_in_place_and_nothing_else_moves() {
+        let added = set_layout(START, Layout::Sharded).unwrap();
+        assert_eq!(
+            added,
+            START.replace("codex:\n", "codex:\n  layout: sharded\n")
+        );
+        let back = set_layout(&added, Layout::Flat).unwrap();
+        assert_eq!(back, START.replace("codex:\n", "codex:\n  layout: flat\n"));
+        let commented = "# top\nrepo:\n  purpose: ops\n  strategy: git-merge-execution\ncodex:\n    # four spaces here\n    max_attempts: 2\n    layout: flat # old\n";
+        let set = set_layout(commented, Layout::Sharded).unwrap();
+        assert!(set.contains("\n    layout: sharded\n"), "{set}");
+        assert!(set.contains("# four spaces here") && set.contains("max_attempts: 2"));
+        let no_section = "repo:\n  purpose: ops\n  strategy: git-merge-execution\n";
+        let set = set_layout(no_section, Layout::Sharded).unwrap();
+        assert_eq!(
+            RepoConfig::parse(set.as_bytes()).unwrap().layout,
+            Layout::Sharded
+        );
+        let flow =
+            "repo:\n  purpose: ops\n  strategy: git-merge-execution\ncodex: {max_attempts: 2}\n";
+        assert_eq!(set_layout(flow, Layout::Sharded), None);
     }
 
     #[test]

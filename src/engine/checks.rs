@@ -78,7 +78,8 @@ pub(crate) enum CheckEvent {
         status: Box<Status>,
         log: Vec<u8>,
         pushed: String,
-        output_path: String,
+        /// Where the log is on the branch (`logs/<shard>/<id>.jsonl`).
+        log_path: String,
     },
 }
 
@@ -281,18 +282,12 @@ fn update_for(event: &CheckEvent, html_url: &str) -> CheckUpdate {
             status,
             log,
             pushed,
-            output_path,
-        } => finished(status, log, pushed, output_path, html_url),
+            log_path,
+        } => finished(status, log, pushed, log_path, html_url),
     }
 }
 
-fn finished(
-    s: &Status,
-    log: &[u8],
-    pushed: &str,
-    output_path: &str,
-    html_url: &str,
-) -> CheckUpdate {
+fn finished(s: &Status, log: &[u8], pushed: &str, log_path: &str, html_url: &str) -> CheckUpdate {
     let conclusion = match s.state {
         State::Succeeded => Conclusion::Success,
         State::Failed => Conclusion::Failure,
@@ -312,7 +307,6 @@ fn finished(
         .map(|e| e["line"].as_str().unwrap_or_default().to_string())
         .collect();
     let tail = &lines[lines.len().saturating_sub(20)..];
-    let log_path = format!("{output_path}{}.jsonl", s.id);
     let link = format!("{html_url}/blob/{pushed}/{log_path}");
     let mut summary = format!(
         "**{}** in {:.1}s on runner `{}`",

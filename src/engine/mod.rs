@@ -33,7 +33,7 @@ use crate::exec::DockerExecutor;
 use crate::forge::GitHub;
 use crate::git::{Checkouts, Identity, Mirror, Oid, Published};
 use crate::plan::{self, Action, Done, InboxEntry, WorkItem};
-use crate::record::{read_status, Status};
+use crate::record::{read_status, Ledger, ResultFile, Status};
 
 use locks::ResourceLocks;
 use publish::Target;
@@ -356,13 +356,9 @@ fn pending_results(
                 continue;
             }
         };
-        let published_path = format!("{}{}.status.json", config.output_path, status.id);
-        let already = mirror
-            .read_file(tip, &published_path)?
-            .and_then(|b| serde_json::from_slice::<Status>(&b).ok())
-            .is_some_and(|s| {
-                s.commit == status.commit && s.file == status.file && s.attempt == status.attempt
-            });
+        let already = published_status(mirror, tip, config, &status.id)?.is_some_and(|s| {
+            s.commit == status.commit && s.file == status.file && s.attempt == status.attempt
+        });
         if already {
             let _ = std::fs::remove_dir_all(&dir);
             continue;
@@ -372,6 +368,22 @@ fn pending_results(
     Ok((out, leftovers))
 }
 
+/// The status file of request `id` on the branch at `tip`, in either layout (see
+/// [`Ledger::lookups`]); `None` when there is none or it does not parse.
+fn published_status(
+    mirror: &Mirror,
+    tip: Oid,
+    config: &RepoConfig,
+    id: &str,
+) -> anyhow::Result<Option<Status>> {
+    for path in Ledger::of(config).lookups(ResultFile::Status, id) {
+        if let Some(bytes) = mirror.read_file(tip, &path)? {
+            return Ok(serde_json::from_slice::<Status>(&bytes).ok());
+        }
+    }
+    Ok(None)
+}
+
 /// Whether request `id` already ran, as the branch at `tip` records it.
 fn done_at(
     mirror: &Mirror,
@@ -379,30 +391,28 @@ fn done_at(
     config: &RepoConfig,
     id: &crate::contract::request::RequestId,
 ) -> Done {
-    let processed = format!("{}{id}.yaml", config.processed_path);
-    if mirror.path_kind(tip, &processed).is_some() {
+    let ledger = Ledger::of(config);
+    let archived = ledger.lookups(ResultFile::Archived, id.as_str());
+    if archived.iter().any(|p| mirror.path_kind(tip, p).is_some()) {
         return Done::Processed;
     }
-    let status = format!("{}{id}.status.json", config.output_path);
-    match mirror
-        .read_file(tip, &status)
+    match published_status(mirror, tip, config, id.as_str())
         .ok()
         .flatten()
-        .and_then(|b| serde_json::from_slice::<Status>(&b).ok())
     {
         Some(s) => Done::InPlace(s.file),
         None => Done::No,
     }
 }
 
-/// Whether the branch at `tip` records request `id` (in `processed/`, or by a status file).
+/// Whether the branch at `tip` records request `id` (archived, or by a status file), in
+/// either layout.
 fn recorded(mirror: &Mirror, tip: Oid, config: &RepoConfig, id: &str) -> bool {
-    mirror
-        .path_kind(tip, &format!("{}{id}.yaml", config.processed_path))
-        .is_some()
-        || mirror
-            .path_kind(tip, &format!("{}{id}.status.json", config.output_path))
-            .is_some()
+    let ledger = Ledger::of(config);
+    [ResultFile::Archived, ResultFile::Status]
+        .into_iter()
+        .flat_map(|f| ledger.lookups(f, id))
+        .any(|p| mirror.path_kind(tip, &p).is_some())
 }
 
 /// What a pass found at the tip, before anything runs.
@@ -663,9 +673,10 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
             ));
             // Completed states held back until their push: released if the push happened.
             journal.release(|id| {
-                mirror
-                    .path_kind(tip, &format!("{}{id}.status.json", config.output_path))
-                    .is_some()
+                Ledger::of(&config)
+                    .lookups(ResultFile::Status, id)
+                    .iter()
+                    .any(|p| mirror.path_kind(tip, p).is_some())
             });
             let (sink, rx) = checks::CheckSink::new(journal.clone(), target.html_url.clone());
             (

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::contract::repo_config::RepoConfig;
 use crate::git::{Change, Identity, Mirror, Published};
-use crate::record::State;
+use crate::record::{Ledger, State};
 
 use super::Finished;
 
@@ -31,31 +31,50 @@ pub(crate) struct Target {
     pub claims: super::claims::Claims,
 }
 
-/// The repository changes that record `done`.
-pub(crate) fn changes(config: &RepoConfig, done: &Finished) -> anyhow::Result<Vec<Change>> {
+/// A finished request's log and status, as read from its result directory.
+pub(crate) struct ResultFiles {
+    log: Vec<u8>,
+    status: Vec<u8>,
+}
+
+impl ResultFiles {
+    /// Read `done`'s files.
+    pub(crate) fn read(done: &Finished) -> anyhow::Result<Self> {
+        Ok(ResultFiles {
+            log: std::fs::read(done.dir.join("log.jsonl"))
+                .context("failed to read a finished run log")?,
+            status: std::fs::read(done.dir.join("status.json"))
+                .context("failed to read a finished status")?,
+        })
+    }
+}
+
+/// The repository changes that record `done`, in the layout of `ledger`.
+pub(crate) fn changes(
+    config: &RepoConfig,
+    ledger: &Ledger,
+    done: &Finished,
+    files: &ResultFiles,
+) -> Vec<Change> {
     let id = &done.status.id;
-    let log =
-        std::fs::read(done.dir.join("log.jsonl")).context("failed to read a finished run log")?;
-    let status =
-        std::fs::read(done.dir.join("status.json")).context("failed to read a finished status")?;
     let mut out = vec![
         Change::Write {
-            path: format!("{}{id}.jsonl", config.output_path),
-            bytes: log,
+            path: ledger.log(id),
+            bytes: files.log.clone(),
         },
         Change::Write {
-            path: format!("{}{id}.status.json", config.output_path),
-            bytes: status,
+            path: ledger.status(id),
+            bytes: files.status.clone(),
         },
     ];
     let keep_in_inbox = done.status.state == State::Succeeded && !config.cleanup_after_success;
     if !keep_in_inbox {
         out.push(Change::Move {
             from: done.status.file.clone(),
-            to: format!("{}{id}.yaml", config.processed_path),
+            to: ledger.archived(id),
         });
     }
-    Ok(out)
+    out
 }
 
 /// The commit message: a summary line, one line per request, and trailers.
@@ -152,14 +171,30 @@ fn finished_event(target: &Target, f: &Finished, pushed: &str) -> super::checks:
         status: Box::new(f.status.clone()),
         log: std::fs::read(f.dir.join("log.jsonl")).unwrap_or_default(),
         pushed: pushed.to_string(),
-        output_path: target.config.output_path.clone(),
+        log_path: Ledger::of(&target.config).log(&f.status.id),
+    }
+}
+
+/// The ledger of the branch at `tip`: its `codex.repo.yaml` decides the layout, so results
+/// replayed over a layout migration land where the migrated tree expects them. A contract
+/// that no longer parses there keeps the pass's own.
+fn ledger_at(mirror: &Mirror, tip: crate::git::Oid, fallback: &RepoConfig) -> Ledger {
+    let at_tip = mirror
+        .read_file(tip, crate::contract::repo_config::CONFIG_PATH)
+        .ok()
+        .flatten()
+        .and_then(|bytes| RepoConfig::parse(&bytes).ok());
+    match at_tip {
+        Some(config) => Ledger::of(fallback).with_layout(config.layout),
+        None => Ledger::of(fallback),
     }
 }
 
 async fn publish_batch(target: &Target, batch: &[Finished]) -> anyhow::Result<Published> {
-    let mut all = Vec::new();
+    // Read once: the changes are made anew from each tip they are built on (a replay).
+    let mut files = Vec::new();
     for f in batch {
-        all.extend(changes(&target.config, f)?);
+        files.push((f.clone(), ResultFiles::read(f)?));
     }
     let msg = message(batch, &target.runner);
     if let Some(sink) = &target.checks {
@@ -179,7 +214,14 @@ async fn publish_batch(target: &Target, batch: &[Finished]) -> anyhow::Result<Pu
         if t.auth.is_some() {
             mirror.set_token(token);
         }
-        mirror.publish(&t.branch, &all, &msg, &t.identity, t.attempts)
+        let build = |m: &Mirror, tip| {
+            let ledger = ledger_at(m, tip, &t.config);
+            Ok(files
+                .iter()
+                .flat_map(|(f, read)| changes(&t.config, &ledger, f, read))
+                .collect())
+        };
+        mirror.publish_with(&t.branch, build, &msg, &t.identity, t.attempts)
     })
     .await
     .context("failed to join the publish task")?

@@ -96,6 +96,9 @@ pub struct Mirror {
     token: Option<String>,
     /// Tries of each fetch and push, the first one included (see [`transport::retry`]).
     attempts: usize,
+    /// A repository read where it is (`codex-runner logs` on a local path): its own branches
+    /// are the tips, nothing is fetched.
+    in_place: bool,
 }
 
 /// A failed push that may succeed on a newer tip.
@@ -134,7 +137,27 @@ impl Mirror {
             url: url.to_string(),
             token: token.map(str::to_string),
             attempts: 5,
+            in_place: false,
         })
+    }
+
+    /// Read the repository at `path` (a clone or a bare repository) where it is, for looking
+    /// only: [`Mirror::fetch`] gives its own branch's tip and fetches nothing.
+    pub fn in_place(path: &Path) -> anyhow::Result<Self> {
+        let repo = Repository::open(path)
+            .with_context(|| format!("{} is not a git repository", path.display()))?;
+        Ok(Mirror {
+            repo,
+            url: path.display().to_string(),
+            token: None,
+            attempts: 1,
+            in_place: true,
+        })
+    }
+
+    /// Whether `remote` names a repository on this host's file system (a path or `file://`).
+    pub fn is_local(remote: &str) -> bool {
+        local_path(remote).is_some()
     }
 
     /// How many times each fetch and push is tried while it fails in a way that may pass
@@ -178,6 +201,13 @@ impl Mirror {
 
     /// Fetch `branch`; its tip, or `None` when the remote has no such branch.
     pub fn fetch(&self, branch: &str) -> anyhow::Result<Option<Oid>> {
+        if self.in_place {
+            return match self.repo.refname_to_id(&format!("refs/heads/{branch}")) {
+                Ok(oid) => Ok(Some(oid)),
+                Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+                Err(e) => Err(e).with_context(|| format!("failed to read branch {branch}")),
+            };
+        }
         let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
         let mut remote = self.fetch_spec(&spec, branch)?;
         // A branch deleted upstream must not leave a stale tip behind.
@@ -350,6 +380,29 @@ impl Mirror {
         Ok(out)
     }
 
+    /// Every file (blob) under `dir` in `commit`, at any depth, as repository paths.
+    pub fn files_under(&self, commit: Oid, dir: &str) -> anyhow::Result<Vec<String>> {
+        let dir = dir.trim_end_matches('/');
+        let tree = self.repo.find_commit(commit)?.tree()?;
+        let sub = match tree.get_path(Path::new(dir)) {
+            Ok(e) if e.kind() == Some(ObjectType::Tree) => self.repo.find_tree(e.id())?,
+            Ok(_) => return Ok(Vec::new()),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("failed to read {dir}/")),
+        };
+        let mut out = Vec::new();
+        sub.walk(git2::TreeWalkMode::PreOrder, |parent, entry| {
+            if entry.kind() == Some(ObjectType::Blob) {
+                if let Ok(name) = entry.name() {
+                    out.push(format!("{dir}/{parent}{name}"));
+                }
+            }
+            git2::TreeWalkResult::Ok
+        })
+        .with_context(|| format!("failed to walk {dir}/"))?;
+        Ok(out)
+    }
+
     /// For each path, the first-parent commit that brought its current content, and that
     /// commit's distance from the tip (0 = tip).
     ///
@@ -500,12 +553,33 @@ impl Mirror {
         who: &Identity,
         max_attempts: usize,
     ) -> anyhow::Result<Published> {
+        self.publish_with(
+            branch,
+            |_, _| Ok(changes.to_vec()),
+            message,
+            who,
+            max_attempts,
+        )
+    }
+
+    /// Like [`Mirror::publish`], with the changes made anew from each tip they are built on
+    /// (`changes(mirror, tip)`): a replay over a commit that moved files (a layout migration)
+    /// writes where the new tip says, and a migration replayed over new results moves them too.
+    pub fn publish_with(
+        &self,
+        branch: &str,
+        mut changes: impl FnMut(&Mirror, Oid) -> anyhow::Result<Vec<Change>>,
+        message: &str,
+        who: &Identity,
+        max_attempts: usize,
+    ) -> anyhow::Result<Published> {
         let mut replays = 0u32;
         let attempt = || -> anyhow::Result<Published> {
             let tip = self.fetch(branch)?.with_context(|| {
                 format!("branch {branch} does not exist on {}", self.shown_url())
             })?;
-            let commit = self.build_commit(tip, changes, message, who)?;
+            let changes = changes(self, tip)?;
+            let commit = self.build_commit(tip, &changes, message, who)?;
             crate::crashpoint::hit("before-push");
             self.push(branch, commit, tip)?;
             Ok(Published {

@@ -4,6 +4,10 @@
 //! still running; the engine copies both files into the repository when it publishes.
 //! Every string in both passes through [`crate::secrets::mask`] on its way to disk.
 
+mod ledger;
+
+pub use ledger::{relayout, shard, Ledger, ResultFile};
+
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -274,7 +274,7 @@ impl Repo {
     /// The status file of `id` on main.
     pub fn status(&self, id: &str) -> Value {
         let text = self
-            .main_file(&format!("logs/{id}.status.json"))
+            .main_file(&status_path(id))
             .unwrap_or_else(|| panic!("no status for {id} on main"));
         serde_json::from_str(&text).unwrap()
     }
@@ -282,7 +282,7 @@ impl Repo {
     /// The JSONL log of `id` on main, one value per line.
     pub fn log(&self, id: &str) -> Vec<Value> {
         let text = self
-            .main_file(&format!("logs/{id}.jsonl"))
+            .main_file(&log_path(id))
             .unwrap_or_else(|| panic!("no log for {id} on main"));
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l}: {e}")))
@@ -661,4 +661,19 @@ impl Drop for GitDaemon {
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
+}
+
+/// Where the template's layout (`codex.layout: sharded`) keeps `id`'s log on main.
+pub fn log_path(id: &str) -> String {
+    format!("logs/{}/{id}.jsonl", codex_runner::record::shard(id))
+}
+
+/// Where the template's layout keeps `id`'s status file on main.
+pub fn status_path(id: &str) -> String {
+    format!("logs/{}/{id}.status.json", codex_runner::record::shard(id))
+}
+
+/// Where the template's layout archives `id`'s request on main.
+pub fn archived_path(id: &str) -> String {
+    format!("processed/{}/{id}.yaml", codex_runner::record::shard(id))
 }
