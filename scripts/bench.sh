@@ -16,6 +16,8 @@ root=$PWD
 requests=${BENCH_REQUESTS:-40}
 resources=8
 history=${BENCH_HISTORY:-"0 1000 10000"}
+# Result layouts the history scenario runs in: the template's (sharded) and the older flat one.
+layouts=${BENCH_LAYOUTS:-"sharded flat"}
 image=codex-runner/busybox:1
 
 bash scripts/docker-up.sh >/dev/null
@@ -47,13 +49,16 @@ rss() {
     --work-dir "$2/work" --runner-name bench 2>&1 >/dev/null | tail -1
 }
 
-# A bare repository holding the template plus a no-op handler, with N finished requests.
+# A bare repository holding the template plus a no-op handler, with N finished requests in
+# LAYOUT (default: the template's, sharded).
 template() {
-  local n=$1 dest=$2
-  if [ ! -d "$cache/history-$n.git" ]; then
-    local seed=$tmp/seed-$n
+  local n=$1 dest=$2 layout=${3:-sharded}
+  local cached=$cache/history-$n-$layout.git
+  if [ ! -d "$cached" ]; then
+    local seed=$tmp/seed-$n-$layout
     git init -q -b main "$seed"
     cp -a codex.repo.yaml README.codex.md handlers containers "$seed/"
+    sed -i "s/^  layout: .*/  layout: $layout/" "$seed/codex.repo.yaml"
     mkdir -p "$seed/requests" "$seed/processed" "$seed/logs"
     touch "$seed/requests/.gitkeep" "$seed/processed/.gitkeep" "$seed/logs/.gitkeep"
     printf '#!/bin/sh\nexit 0\n' >"$seed/handlers/noop.sh"
@@ -74,13 +79,13 @@ EOF
     git -C "$seed" add -A
     git -C "$seed" -c user.name=bench -c user.email=bench@localhost commit -q -m template
     if [ "$n" -gt 0 ]; then
-      echo "bench: writing a history of $n finished requests (once; cached)" >&2
-      python3 bench/history.py "$n" | git -C "$seed" fast-import --quiet
+      echo "bench: writing a history of $n finished requests, $layout (once; cached)" >&2
+      python3 bench/history.py "$n" "$layout" | git -C "$seed" fast-import --quiet
       git -C "$seed" reset -q --hard main
     fi
-    git clone -q --bare "$seed" "$cache/history-$n.git"
+    git clone -q --bare "$seed" "$cached"
   fi
-  git clone -q --bare "$cache/history-$n.git" "$dest"
+  git clone -q --bare "$cached" "$dest"
 }
 
 # Merge a pull request adding requests new-<tag>-<i> (i < count) on `count % resources`
@@ -129,19 +134,33 @@ printf '  %-44s %8ss  codex-runner at %sx this floor\n' "docker run, 4 at a time
 printf '  %-44s %8s\n' "result commits pushed" "$commits"
 echo
 
-# 2. History: one new request on a repository with H finished requests.
+# 2. History: one new request on a repository with H finished requests, in each layout.
+git_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$(git --exec-path)/git-daemon" --reuseaddr --export-all --listen=127.0.0.1 --port="$git_port" \
+  --base-path="$tmp" "$tmp" >/dev/null 2>&1 &
+git_daemon=$!
+trap 'kill $git_daemon 2>/dev/null; rm -rf "$tmp"' EXIT
+sleep 0.5
 echo "one new no-op request on a repository with H finished requests (warm mirror):"
-base=""
-for h in $history; do
-  template "$h" "$tmp/h$h.git"
-  merge_requests "$tmp/h$h.git" "w$h" 1
-  cold=$(timed pass "$tmp/h$h.git" "$tmp/h$h")
-  merge_requests "$tmp/h$h.git" "t$h" 1
-  warm=$(timed pass "$tmp/h$h.git" "$tmp/h$h")
-  idle=$(timed pass "$tmp/h$h.git" "$tmp/h$h")
-  clone=$(timed git clone -q --mirror "$tmp/h$h.git" "$tmp/mirror-$h.git")
-  peak=$(rss "$tmp/h$h.git" "$tmp/h$h")
-  base=${base:-$warm}
-  printf '  H=%-6s pass %6ss (%sx H=0)  idle %6ss  first pass %6ss (git clone --mirror %ss)  idle pass peak RSS %s KiB\n' \
-    "$h" "$warm" "$(ratio "$warm" "$base")" "$idle" "$cold" "$clone" "$peak"
+for layout in $layouts; do
+  base=""
+  for h in $history; do
+    r=$tmp/h$h-$layout
+    template "$h" "$r.git" "$layout"
+    merge_requests "$r.git" "w$h$layout" 1
+    cold=$(timed pass "$r.git" "$r")
+    merge_requests "$r.git" "t$h$layout" 1
+    warm=$(timed pass "$r.git" "$r")
+    idle=$(timed pass "$r.git" "$r")
+    clone=$(timed git clone -q --mirror "$r.git" "$r-mirror.git")
+    peak=$(rss "$r.git" "$r")
+    # A new host reaching the same remote through a git server (git://): shallow, deepened
+    # only as far as the pending request.
+    merge_requests "$r.git" "g$h$layout" 1
+    served=$(timed pass "git://127.0.0.1:$git_port/$(basename "$r").git" "$r-served")
+    served_clone=$(timed git clone -q --mirror "git://127.0.0.1:$git_port/$(basename "$r").git" "$r-served-mirror.git")
+    base=${base:-$warm}
+    printf '  %-7s H=%-6s pass %6ss (%sx H=0)  idle %6ss  first pass: path %6ss, git:// %6ss (git clone --mirror: path %ss, git:// %ss)  idle pass peak RSS %s KiB\n' \
+      "$layout" "$h" "$warm" "$(ratio "$warm" "$base")" "$idle" "$cold" "$served" "$clone" "$served_clone" "$peak"
+  done
 done

@@ -92,7 +92,10 @@ fn open(a: &RemoteArgs, read_only: bool) -> anyhow::Result<Opened> {
         Mirror::in_place(Path::new(path))?
     } else {
         let dir = a.work_dir.clone().unwrap_or_else(|| cache_dir(&a.repo));
-        Mirror::open(&dir, &a.repo, None)?
+        let mut mirror = Mirror::open(&dir, &a.repo, None)?;
+        // Both commands read the tip only.
+        mirror.set_shallow(true);
+        mirror
     };
     let shown = mirror.shown_url();
     let contract = |tip: Oid| -> anyhow::Result<RepoConfig> {

@@ -427,9 +427,46 @@ struct Survey {
     indexes: BTreeMap<String, HandlerIndex>,
 }
 
+/// The first-parent commit that brought each of `paths` to `branch` (see
+/// [`Mirror::introducing_commits`]), deepening a shallow mirror as far as the oldest takes:
+/// each step asks for four times the history walked so far.
+fn introducing_commits(
+    mirror: &mut Mirror,
+    branch: &str,
+    tip: Oid,
+    paths: &[String],
+) -> Result<std::collections::HashMap<String, (Oid, usize)>, DispatchError> {
+    let mut reached = None;
+    loop {
+        match mirror.introducing_commits(tip, paths, 100_000) {
+            Ok(found) => return Ok(found),
+            Err(e) => {
+                let Some(cut) = e.downcast_ref::<crate::git::NeedsDeeper>() else {
+                    return Err(DispatchError::Git(e));
+                };
+                if reached.is_some_and(|r| cut.depth <= r) {
+                    return Err(DispatchError::Git(anyhow::anyhow!(
+                        "the remote did not deepen the mirror's history past {} commits",
+                        cut.depth
+                    )));
+                }
+                reached = Some(cut.depth);
+                let want = (cut.depth + 1).saturating_mul(4);
+                tracing::info!(
+                    walked = cut.depth,
+                    depth = want,
+                    "deepening the mirror to find where a pending request was merged"
+                );
+                git(mirror.deepen(branch, want))?;
+            }
+        }
+    }
+}
+
 /// Read the inbox at `tip`, find each request's merge commit and index, and plan.
 fn survey(
-    mirror: &Mirror,
+    mirror: &mut Mirror,
+    branch: &str,
     tip: Oid,
     config: &RepoConfig,
     results_dir: &Path,
@@ -445,7 +482,8 @@ fn survey(
         .filter(|(p, _, _)| request_stem(p.rsplit('/').next().unwrap_or_default()).is_some())
         .map(|(p, _, _)| p.clone())
         .collect();
-    let intro = git(mirror.introducing_commits(tip, &paths, 100_000))?;
+    let intro = introducing_commits(mirror, branch, tip, &paths)?;
+    let mirror = &*mirror;
     let deepest = intro.values().map(|(_, d)| *d).max().unwrap_or(0);
     // Handler code each bringing commit changes, unless the repository allows that.
     let mut code: BTreeMap<Oid, Vec<String>> = BTreeMap::new();
@@ -638,6 +676,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     let token = git_token(opts.git_auth.as_ref()).await?;
     let mut mirror = git(Mirror::open(&work, &opts.remote, token.as_deref()))?;
     mirror.set_attempts(opts.push_attempts);
+    mirror.set_shallow(true);
     let (branch, tip, config) = resolve_branch(&mirror, opts)?;
     tracing::info!(branch = %branch, tip = %tip, "planning pass");
     let Survey {
@@ -645,7 +684,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         leftovers,
         mut planned,
         indexes,
-    } = survey(&mirror, tip, &config, &results_dir)?;
+    } = survey(&mut mirror, &branch, tip, &config, &results_dir)?;
     let recovered = recover(leftovers, &planned, &config).await?;
     reap_orphans(opts, &recovered.followed).await;
     planned

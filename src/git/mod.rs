@@ -99,6 +99,20 @@ pub struct Mirror {
     /// A repository read where it is (`codex-runner logs` on a local path): its own branches
     /// are the tips, nothing is fetched.
     in_place: bool,
+    /// Fetch shallow into an empty mirror and deepen on demand (see [`Mirror::set_shallow`]).
+    shallow: bool,
+}
+
+/// How many first-parent commits the first fetch into an empty shallow mirror brings.
+const FIRST_DEPTH: i32 = 32;
+
+/// The walk for the commits that brought the pending requests reached the mirror's shallow
+/// boundary with requests still unresolved: the mirror must be deepened past `depth`.
+#[derive(Debug, thiserror::Error)]
+#[error("the mirror's history ends {depth} commits below the tip; it must be deepened")]
+pub struct NeedsDeeper {
+    /// First-parent commits walked from the tip to the boundary.
+    pub depth: usize,
 }
 
 /// A failed push that may succeed on a newer tip.
@@ -138,6 +152,7 @@ impl Mirror {
             token: token.map(str::to_string),
             attempts: 5,
             in_place: false,
+            shallow: false,
         })
     }
 
@@ -152,6 +167,7 @@ impl Mirror {
             token: None,
             attempts: 1,
             in_place: true,
+            shallow: false,
         })
     }
 
@@ -164,6 +180,31 @@ impl Mirror {
     /// (the network, the server, a lock, a ref vanishing while listed); at least once.
     pub fn set_attempts(&mut self, attempts: usize) {
         self.attempts = attempts.max(1);
+    }
+
+    /// Fetch shallow: a branch's first fetch into this mirror brings only its last
+    /// [`FIRST_DEPTH`] commits, and [`Mirror::introducing_commits`] asks for more
+    /// ([`NeedsDeeper`]) only when a pending request is older than that, so a new host's
+    /// first pass costs what the tip holds, not what the history holds. Later fetches bring
+    /// only what is new. A remote that is a local path is read in full (libgit2's local
+    /// transport does no shallow fetches).
+    pub fn set_shallow(&mut self, shallow: bool) {
+        self.shallow = shallow && local_path(&self.url).is_none();
+    }
+
+    /// Whether this mirror holds only part of the history.
+    pub fn is_shallow(&self) -> bool {
+        self.repo.is_shallow()
+    }
+
+    /// The commits at which this mirror's history is cut (`shallow`, as git keeps it).
+    fn shallow_roots(&self) -> HashSet<Oid> {
+        let Ok(text) = std::fs::read_to_string(self.repo.path().join("shallow")) else {
+            return HashSet::new();
+        };
+        text.lines()
+            .filter_map(|l| Oid::from_str(l.trim()).ok())
+            .collect()
     }
 
     /// Authenticate later fetches and pushes with `token` (a refreshed installation token).
@@ -183,6 +224,18 @@ impl Mirror {
 
     /// Fetch one refspec; with `prune`, local refs under it that the remote no longer has go.
     fn fetch_with(&self, spec: &str, what: &str, prune: bool) -> anyhow::Result<git2::Remote<'_>> {
+        self.fetch_depth(spec, what, prune, 0)
+    }
+
+    /// Fetch one refspec, `depth` first-parent commits deep from the tips (0: everything
+    /// not yet here).
+    fn fetch_depth(
+        &self,
+        spec: &str,
+        what: &str,
+        prune: bool,
+        depth: i32,
+    ) -> anyhow::Result<git2::Remote<'_>> {
         let mut remote = self
             .repo
             .find_remote("origin")
@@ -192,6 +245,9 @@ impl Mirror {
             opts.remote_callbacks(callbacks(self.token.as_deref()));
             if prune {
                 opts.prune(git2::FetchPrune::On);
+            }
+            if depth > 0 {
+                opts.depth(depth);
             }
             remote.fetch(&[spec], Some(&mut opts), None)
         })
@@ -209,7 +265,16 @@ impl Mirror {
             };
         }
         let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
-        let mut remote = self.fetch_spec(&spec, branch)?;
+        let fresh = self
+            .repo
+            .refname_to_id(&format!("refs/remotes/origin/{branch}"))
+            .is_err();
+        let depth = if self.shallow && fresh {
+            FIRST_DEPTH
+        } else {
+            0
+        };
+        let mut remote = self.fetch_depth(&spec, branch, false, depth)?;
         // A branch deleted upstream must not leave a stale tip behind.
         let present = remote
             .list()
@@ -231,6 +296,22 @@ impl Mirror {
             Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
             Err(e) => Err(e).context("failed to read the fetched tip"),
         }
+    }
+
+    /// Bring `branch`'s history to at least `depth` first-parent commits below its tip (see
+    /// [`Mirror::set_shallow`]).
+    pub fn deepen(&mut self, branch: &str, depth: usize) -> anyhow::Result<()> {
+        let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+        let depth = i32::try_from(depth).unwrap_or(i32::MAX);
+        let mut remote = self.fetch_depth(&spec, branch, false, depth)?;
+        let _ = remote.disconnect();
+        drop(remote);
+        // libgit2 keeps the commits it parsed with the parents the old boundary gave them
+        // (none, at the cut): only a fresh handle sees the history the deepening brought.
+        let path = self.repo.path().to_path_buf();
+        self.repo = Repository::open_bare(&path)
+            .with_context(|| format!("failed to reopen mirror {}", path.display()))?;
+        Ok(())
     }
 
     /// Fetch pull request `number`'s head (`refs/pull/<n>/head`, as GitHub keeps it).
@@ -408,7 +489,9 @@ impl Mirror {
     ///
     /// The walk stops as soon as every path is resolved, so its cost follows the age of the
     /// oldest pending request, not the length of history; `max_walk` bounds it, after which
-    /// unresolved paths are credited to the last commit walked.
+    /// unresolved paths are credited to the last commit walked. In a shallow mirror, a walk
+    /// that reaches the boundary with paths unresolved fails with [`NeedsDeeper`]: a commit
+    /// there only looks like the first, and crediting it would be wrong.
     pub fn introducing_commits(
         &self,
         tip: Oid,
@@ -419,7 +502,11 @@ impl Mirror {
         let mut pending: HashSet<&String> = paths.iter().collect();
         let mut commit = self.repo.find_commit(tip)?;
         let mut depth = 0usize;
+        let cut = self.shallow_roots();
         while !pending.is_empty() {
+            if cut.contains(&commit.id()) && depth < max_walk {
+                return Err(NeedsDeeper { depth }.into());
+            }
             let tree = commit.tree()?;
             let parent = commit.parent(0).ok();
             let parent_tree = parent.as_ref().map(|p| p.tree()).transpose()?;
