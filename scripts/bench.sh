@@ -136,7 +136,7 @@ echo
 
 # 2. History: one new request on a repository with H finished requests, in each layout.
 git_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$(git --exec-path)/git-daemon" --reuseaddr --export-all --listen=127.0.0.1 --port="$git_port" \
+"$(git --exec-path)/git-daemon" --reuseaddr --export-all --enable=receive-pack --listen=127.0.0.1 --port="$git_port" \
   --base-path="$tmp" "$tmp" >/dev/null 2>&1 &
 git_daemon=$!
 trap 'kill $git_daemon 2>/dev/null; rm -rf "$tmp"' EXIT

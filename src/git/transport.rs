@@ -43,6 +43,9 @@ pub(crate) fn transient(e: &git2::Error) -> bool {
             Some(code) => code >= 500 || code == 408 || code == 429,
             None => true,
         },
+        // A git daemon's refusal (`remote error: access denied or repository not
+        // exported`) comes as a network error, and will say the same next time.
+        ErrorClass::Net if e.message().starts_with("remote error:") => false,
         ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssl | ErrorClass::Zlib => true,
         ErrorClass::Ssh => !e.message().contains("authentication"),
         _ => false,
@@ -175,6 +178,14 @@ mod tests {
             (
                 e(ErrorClass::Net, ErrorCode::GenericError, "early EOF"),
                 true,
+            ),
+            (
+                e(
+                    ErrorClass::Net,
+                    ErrorCode::GenericError,
+                    "remote error: access denied or repository not exported: /ops.git",
+                ),
+                false,
             ),
             (
                 e(
