@@ -160,3 +160,44 @@ fn a_new_host_with_nothing_old_pending_fetches_only_the_tip() {
     // The first fetch's depth, the result commit and what fetching it brought.
     assert!(held <= 40, "{held} commits of {}", repo.main_commits());
 }
+
+#[test]
+fn a_new_host_on_a_path_links_the_remotes_objects_instead_of_fetching_them() {
+    use std::os::unix::fs::MetadataExt;
+    docker();
+    let mut repo = Repo::new("t-path-seed");
+    busy(&repo, 50, "history");
+    // Packed, as a served repository usually is: one pack file to compare.
+    sh(&repo.origin, "git", &["repack", "-adq"]);
+    repo.merge_pr(&[("requests/here.yaml", b"kind: echo\nparams: {message: hi}\n")]);
+    let dir = repo.tmp.path().join("path-host");
+    let pass = fresh_pass(&repo, repo.origin.to_str().unwrap(), &dir).ok();
+    assert_eq!(
+        pass.states().get("here").map(String::as_str),
+        Some("succeeded")
+    );
+    let packs = |objects: &Path| -> Vec<u64> {
+        std::fs::read_dir(objects.join("pack"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+            .map(|e| e.metadata().unwrap().ino())
+            .collect()
+    };
+    let remote = packs(&repo.origin.join("objects"));
+    let work = dir.join("work");
+    let mirror = std::fs::read_dir(&work)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("mirror.git"))
+        .find(|p| p.is_dir())
+        .expect("a mirror");
+    let linked = packs(&mirror.join("objects"));
+    assert!(
+        remote.iter().any(|ino| linked.contains(ino)),
+        "the remote's pack is hard-linked into the mirror: {remote:?} {linked:?}"
+    );
+    let (held, shallow) = mirror_of(&dir);
+    assert!(!shallow, "a path remote's mirror is whole");
+    assert!(held >= 50, "{held}");
+}
