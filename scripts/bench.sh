@@ -124,6 +124,8 @@ merge_requests "$tmp/tp-codex.git" tp "$requests"
 shell=$(timed bash bench/shell-dispatcher.sh "$tmp/tp-shell.git" "$tmp/shell-work")
 codex=$(timed pass "$tmp/tp-codex.git" "$tmp/tp-codex" --concurrency 4)
 commits=$(jq '.commits | length' "$tmp/out")
+pushes=$(jq '.round_trips.pushes' "$tmp/out")
+fetches=$(jq '.round_trips.fetches' "$tmp/out")
 seq_floor=$(timed bash -c "for i in \$(seq $requests); do docker run --rm --network none $image true; done")
 par_floor=$(timed bash -c "seq $requests | xargs -P4 -I{} docker run --rm --network none $image true")
 echo "$requests no-op requests over $resources resources, merged at once:"
@@ -132,6 +134,8 @@ printf '  %-44s %8ss  %sx faster than the shell\n' "codex-runner dispatch --once
 printf '  %-44s %8ss\n' "docker run, $requests in a row" "$seq_floor"
 printf '  %-44s %8ss  codex-runner at %sx this floor\n' "docker run, 4 at a time" "$par_floor" "$(ratio "$codex" "$par_floor")"
 printf '  %-44s %8s\n' "result commits pushed" "$commits"
+printf '  %-44s %8s  %s per request (claims, their release, results)\n' "pushes" "$pushes" "$(ratio "$pushes" "$requests")"
+printf '  %-44s %8s  %s per request\n' "fetches" "$fetches" "$(ratio "$fetches" "$requests")"
 echo
 
 # 2. History: one new request on a repository with H finished requests, in each layout.
@@ -164,3 +168,9 @@ for layout in $layouts; do
       "$layout" "$h" "$warm" "$(ratio "$warm" "$base")" "$idle" "$cold" "$served" "$clone" "$served_clone" "$peak"
   done
 done
+
+# 3. The daemon: webhook latency and memory (BENCH_DAEMON=0 leaves it out).
+if [ "${BENCH_DAEMON:-1}" = 1 ]; then
+  # shellcheck source=bench/daemon.sh
+  . bench/daemon.sh
+fi

@@ -339,6 +339,7 @@ pub fn report_json(r: &PassReport) -> serde_json::Value {
         "ignored": r.ignored.iter().map(|(p, why)| serde_json::json!({"path": p, "why": why})).collect::<Vec<_>>(),
         "deferred": r.deferred.iter().map(|(id, holder)| serde_json::json!({"id": id, "holder": holder})).collect::<Vec<_>>(),
         "commits": r.published.iter().map(|p| serde_json::json!({"commit": p.commit, "replays": p.replays})).collect::<Vec<_>>(),
+        "round_trips": r.round_trips,
     })
 }
 

@@ -130,6 +130,8 @@ pub struct PassReport {
     /// When to look again, because another runner holds claims this pass could not take
     /// (they are taken over once their holder stops renewing them).
     pub look_again: Option<std::time::Duration>,
+    /// Fetches and pushes asked of the remote during the pass.
+    pub round_trips: crate::git::RoundTrips,
 }
 
 /// A request that reached a final state and waits to be published: its status (which names
@@ -664,6 +666,7 @@ async fn recover(
 
 /// Run one full pass against the remote.
 pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, DispatchError> {
+    let before = crate::git::round_trips();
     // Results wait per remote: runners of several repositories may share one state dir.
     let key = remote_key(&opts.remote);
     let results_dir = opts.state_dir.join("results").join(&key);
@@ -847,6 +850,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         published,
         deferred,
         look_again,
+        round_trips: crate::git::round_trips() - before,
     })
 }
 

@@ -26,6 +26,41 @@ mod transport;
 
 pub use checkouts::Checkouts;
 
+/// Fetches and pushes this process has asked of remotes (see [`round_trips`]).
+static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static PUSHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many fetches and pushes (ref updates: results, claims, claim deletions) this process
+/// has asked of remotes so far, each counted once however often it was retried. Against a
+/// forge each is a round trip of hundreds of milliseconds, so the benchmark reports them per
+/// request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RoundTrips {
+    /// Fetches (branches, claims, pull requests, deepenings).
+    pub fetches: u64,
+    /// Pushes.
+    pub pushes: u64,
+}
+
+/// The round trips so far; subtract an earlier reading for those of one pass.
+pub fn round_trips() -> RoundTrips {
+    use std::sync::atomic::Ordering::Relaxed;
+    RoundTrips {
+        fetches: FETCHES.load(Relaxed),
+        pushes: PUSHES.load(Relaxed),
+    }
+}
+
+impl std::ops::Sub for RoundTrips {
+    type Output = RoundTrips;
+    fn sub(self, earlier: RoundTrips) -> RoundTrips {
+        RoundTrips {
+            fetches: self.fetches.saturating_sub(earlier.fetches),
+            pushes: self.pushes.saturating_sub(earlier.pushes),
+        }
+    }
+}
+
 /// A commit id; the engine names commits with this type and never touches git2 itself.
 pub use git2::Oid;
 
@@ -241,6 +276,7 @@ impl Mirror {
         prune: bool,
         depth: i32,
     ) -> anyhow::Result<git2::Remote<'_>> {
+        FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut remote = self
             .repo
             .find_remote("origin")
@@ -704,6 +740,7 @@ impl Mirror {
         expected: Option<Oid>,
         crash: bool,
     ) -> anyhow::Result<Result<(), String>> {
+        PUSHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(path) = local_path(&self.url) else {
             // No `+`: a push that is not a fast-forward must fail, never overwrite.
             return self.push_specs(&[format!("{new}:{refname}")], crash);
@@ -722,6 +759,7 @@ impl Mirror {
 
     /// Delete `refnames` on the remote, whatever they point at.
     fn delete_refs(&self, refnames: &[String]) -> anyhow::Result<Result<(), String>> {
+        PUSHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(path) = local_path(&self.url) else {
             let specs: Vec<String> = refnames.iter().map(|r| format!(":{r}")).collect();
             return self.push_specs(&specs, false);
