@@ -567,16 +567,32 @@ impl DockerExecutor {
         if let Some(s) = stopper {
             let _ = s.await;
         }
-        let state = self
-            .docker
-            .inspect_container(w.name, None)
-            .await
-            .with_context(|| format!("failed to inspect container {}", w.name))?
-            .state
-            .unwrap_or_default();
+        let mut state = self.state_of(w.name).await?;
+        // SIGKILLed by nobody we know of: the kernel's OOM killer, most likely. The engine
+        // learns of the OOM from its own event, which may land just after the exit: look
+        // again for a moment before calling it a plain failure.
+        let stopped_by_us = outcome.timed_out || outcome.cancelled;
+        for _ in 0..10 {
+            if stopped_by_us || state.exit_code != Some(137) || state.oom_killed == Some(true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            state = self.state_of(w.name).await?;
+        }
         outcome.exit_code = state.exit_code;
         outcome.oom_killed = state.oom_killed.unwrap_or(false);
         Ok(outcome)
+    }
+
+    /// What the engine says of container `name` now.
+    async fn state_of(&self, name: &str) -> anyhow::Result<bollard::models::ContainerState> {
+        Ok(self
+            .docker
+            .inspect_container(name, None)
+            .await
+            .with_context(|| format!("failed to inspect container {name}"))?
+            .state
+            .unwrap_or_default())
     }
 
     /// Stop container `name` in the background: SIGTERM, its grace period, then SIGKILL.
