@@ -1,7 +1,7 @@
 //! `codex-runner logs ID` and `codex-runner migrate-layout`: reading a request's results from
 //! the branch, and moving a repository's results from one layout to the other.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use serde_json::Value;
@@ -87,9 +87,13 @@ fn cache_dir(remote: &str) -> PathBuf {
 
 /// Open `a.repo`: in place when only reading a local path, else a mirror in the work dir.
 fn open(a: &RemoteArgs, read_only: bool) -> anyhow::Result<Opened> {
-    let mirror = if read_only && Mirror::is_local(&a.repo) {
-        let path = a.repo.strip_prefix("file://").unwrap_or(&a.repo);
-        Mirror::in_place(Path::new(path))?
+    let here = if read_only {
+        Mirror::in_place(&a.repo)?
+    } else {
+        None
+    };
+    let mirror = if let Some(here) = here {
+        here
     } else {
         let dir = a.work_dir.clone().unwrap_or_else(|| cache_dir(&a.repo));
         let mut mirror = Mirror::open(&dir, &a.repo, None)?;

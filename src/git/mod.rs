@@ -196,24 +196,23 @@ impl Mirror {
         })
     }
 
-    /// Read the repository at `path` (a clone or a bare repository) where it is, for looking
-    /// only: [`Mirror::fetch`] gives its own branch's tip and fetches nothing.
-    pub fn in_place(path: &Path) -> anyhow::Result<Self> {
-        let repo = Repository::open(path)
+    /// Read `remote` where it is when it is a repository on this host's file system (a
+    /// clone or a bare repository, by path or `file://`), for looking only: [`Mirror::fetch`]
+    /// gives its own branch's tip and fetches nothing. `None` for a served remote.
+    pub fn in_place(remote: &str) -> anyhow::Result<Option<Self>> {
+        let Some(path) = local_path(remote) else {
+            return Ok(None);
+        };
+        let repo = Repository::open(&path)
             .with_context(|| format!("{} is not a git repository", path.display()))?;
-        Ok(Mirror {
+        Ok(Some(Mirror {
             repo,
             url: path.display().to_string(),
             token: None,
             attempts: 1,
             in_place: true,
             shallow: false,
-        })
-    }
-
-    /// Whether `remote` names a repository on this host's file system (a path or `file://`).
-    pub fn is_local(remote: &str) -> bool {
-        local_path(remote).is_some()
+        }))
     }
 
     /// How many times each fetch and push is tried while it fails in a way that may pass
@@ -226,15 +225,11 @@ impl Mirror {
     /// [`FIRST_DEPTH`] commits, and [`Mirror::introducing_commits`] asks for more
     /// ([`NeedsDeeper`]) only when a pending request is older than that, so a new host's
     /// first pass costs what the tip holds, not what the history holds. Later fetches bring
-    /// only what is new. A remote that is a local path is read in full (libgit2's local
-    /// transport does no shallow fetches).
+    /// only what is new. A remote that is a local path stays whole (libgit2's local
+    /// transport does no shallow fetches): its mirror starts with the remote's object files
+    /// hard-linked instead (see [`Mirror::open`]).
     pub fn set_shallow(&mut self, shallow: bool) {
         self.shallow = shallow && local_path(&self.url).is_none();
-    }
-
-    /// Whether this mirror holds only part of the history.
-    pub fn is_shallow(&self) -> bool {
-        self.repo.is_shallow()
     }
 
     /// The commits at which this mirror's history is cut (`shallow`, as git keeps it).
