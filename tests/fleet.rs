@@ -337,3 +337,106 @@ fn a_dead_process_of_the_same_runner_name_is_taken_over_at_once() {
     assert!(claims_on_remote(&repo).is_empty());
     repo.assert_no_containers();
 }
+
+/// Put a live claim of another runner on request `id` of `repo`'s main.
+fn claim_as_another_runner(repo: &Repo, id: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let body = format!(
+        r#"{{"runner":"elsewhere","host":"another-host","attempt":1,"renewed_ms":{now},"nonce":"n"}}"#
+    );
+    let empty_tree = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+    let commit = common::sh(
+        &repo.origin,
+        "git",
+        &[
+            "-c",
+            "user.name=elsewhere",
+            "-c",
+            "user.email=elsewhere@example.invalid",
+            "commit-tree",
+            empty_tree,
+            "-m",
+            &body,
+        ],
+    );
+    common::sh(
+        &repo.origin,
+        "git",
+        &[
+            "update-ref",
+            &format!("refs/codex/claims/main/{id}"),
+            commit.trim(),
+        ],
+    );
+}
+
+#[test]
+fn a_queue_held_in_the_middle_runs_up_to_there_and_gives_the_rest_back_at_once() {
+    docker();
+    let ledger = Ledger::start();
+    let mut repo = Repo::new("t-fleet-queue");
+    repo.add_ledger_handler(&ledger);
+    repo.merge_ledger_requests(&[
+        ("q-1".into(), "{resource: q}".into()),
+        ("q-2".into(), "{resource: q}".into()),
+        ("q-3".into(), "{resource: q}".into()),
+    ]);
+    claim_as_another_runner(&repo, "q-2");
+    let config = repo.host_network_config();
+
+    // The queue's three claims go in one push: q-1 and q-3 are won, q-2 is held. q-1 runs;
+    // q-3 must wait for q-2, so its claim is given back, marked released, not left to time out.
+    let a = pass_as(
+        &repo,
+        "t-fleet-queue-a",
+        &repo.tmp.path().join("a"),
+        &config,
+    )
+    .ok();
+    assert_eq!(a.states()["q-1"], "succeeded", "{}", a.stderr);
+    assert_eq!(ledger.attempts("q-1"), vec![1]);
+    assert!(ledger.attempts("q-2").is_empty() && ledger.attempts("q-3").is_empty());
+    let deferred: Vec<&str> = a.report["deferred"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(deferred, ["q-2"], "{}", a.report);
+    let mut left = claims_on_remote(&repo);
+    left.sort();
+    assert_eq!(
+        left,
+        ["refs/codex/claims/main/q-2", "refs/codex/claims/main/q-3"],
+        "q-1's claim went with its result"
+    );
+    let q3 = common::sh(
+        &repo.origin,
+        "git",
+        &["log", "-1", "--format=%B", "refs/codex/claims/main/q-3"],
+    );
+    assert!(q3.contains("\"released\":true"), "{q3}");
+
+    // The other runner finishes q-2 elsewhere (here: its claim goes). The next runner takes
+    // q-2 and q-3 at once, in order, without waiting out a claim timeout.
+    common::sh(
+        &repo.origin,
+        "git",
+        &["update-ref", "-d", "refs/codex/claims/main/q-2"],
+    );
+    let b = pass_as(
+        &repo,
+        "t-fleet-queue-b",
+        &repo.tmp.path().join("b"),
+        &config,
+    )
+    .ok();
+    assert_eq!(b.states()["q-2"], "succeeded", "{}", b.stderr);
+    assert_eq!(b.states()["q-3"], "succeeded", "{}", b.stderr);
+    let order: Vec<String> = ledger.hits().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(order, ["q-1", "q-2", "q-3"]);
+    assert!(claims_on_remote(&repo).is_empty());
+}

@@ -454,3 +454,100 @@ fn a_runner_leaves_alone_requests_whose_labels_it_does_not_carry() {
     assert_eq!(pass.states()["gpu"], "succeeded");
     repo.assert_no_containers();
 }
+
+/// A queue's claims go in one push, and one refused (someone holds it) does not stop the
+/// others; a results push carries the deletion of claims whose results are recorded. Over a
+/// path and over a git server, each counted as one push.
+#[test]
+fn several_ref_updates_share_one_push_and_each_lands_or_is_refused_alone() {
+    use codex_runner::git::claims::{claim_ref, ClaimAsk, ClaimBody};
+    use codex_runner::git::{round_trips, Change, Identity, Mirror};
+
+    let repo = Repo::new("t-one-push");
+    let daemon = GitDaemon::start(repo.tmp.path());
+    let who = Identity {
+        name: "codex-runner".into(),
+        email: "runner@example.invalid".into(),
+    };
+    let urls = [
+        ("path", repo.origin.display().to_string()),
+        ("git", format!("git://127.0.0.1:{}/origin.git", daemon.port)),
+    ];
+    for (scheme, url) in urls {
+        let work = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(work.path(), &url, None).unwrap();
+        mirror.fetch("main").unwrap();
+        let r = |id: &str| claim_ref("main", &format!("{scheme}-{id}"));
+        let body = |nonce: &str| ClaimBody {
+            runner: "r".into(),
+            nonce: nonce.into(),
+            ..Default::default()
+        };
+        let held = mirror
+            .push_claim(&r("b"), None, &body("another runner"), &who)
+            .unwrap()
+            .expect("the first claim on b");
+        let ask = |id: &str| ClaimAsk {
+            refname: r(id),
+            seen: None,
+            body: body("ours"),
+        };
+        let before = round_trips();
+        let out = mirror
+            .push_claims(&[ask("a"), ask("b"), ask("c")], &who)
+            .unwrap();
+        let spent = round_trips() - before;
+        assert_eq!((spent.pushes, spent.fetches), (1, 0), "{scheme}");
+        assert!(out[0].is_ok() && out[2].is_ok(), "{scheme}: {out:?}");
+        assert!(out[1].is_err(), "{scheme}: b is held: {out:?}");
+        let on_remote = |id: &str| {
+            sh(
+                &repo.origin,
+                "git",
+                &["for-each-ref", "--format=%(objectname)", &r(id)],
+            )
+            .trim()
+            .to_string()
+        };
+        assert_eq!(on_remote("a"), out[0].clone().unwrap().to_string());
+        assert_eq!(
+            on_remote("b"),
+            held.to_string(),
+            "{scheme}: b kept its holder"
+        );
+        assert_eq!(on_remote("c"), out[2].clone().unwrap().to_string());
+
+        let before = round_trips();
+        let change = Change::Write {
+            path: format!("{scheme}.txt"),
+            bytes: b"recorded\n".to_vec(),
+        };
+        mirror
+            .publish_with(
+                "main",
+                |_, _| Ok(vec![change.clone()]),
+                "codex: results",
+                &who,
+                3,
+                &[r("a"), r("c")],
+            )
+            .unwrap();
+        let spent = round_trips() - before;
+        assert_eq!((spent.pushes, spent.fetches), (1, 1), "{scheme}");
+        assert_eq!(
+            repo.main_file(&format!("{scheme}.txt")).as_deref(),
+            Some("recorded\n")
+        );
+        assert_eq!(
+            on_remote("a"),
+            "",
+            "{scheme}: a's claim rode in the results push"
+        );
+        assert_eq!(
+            on_remote("c"),
+            "",
+            "{scheme}: c's claim rode in the results push"
+        );
+        assert_eq!(on_remote("b"), held.to_string(), "{scheme}");
+    }
+}

@@ -425,6 +425,7 @@ fn run_migration(a: &MigrateArgs) -> anyhow::Result<()> {
         &message,
         &who,
         usize::from(a.push_attempts),
+        &[],
     )?;
     println!(
         "moved {moved} file(s) to the {} layout on `{}` in {} ({} replay(s))",

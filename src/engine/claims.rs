@@ -9,7 +9,9 @@ use anyhow::Context;
 
 use crate::contract::repo_config::RepoConfig;
 use crate::forge::GitHub;
-use crate::git::claims::{claim_ref, ClaimBody};
+use std::collections::BTreeMap;
+
+use crate::git::claims::{claim_ref, ClaimAsk, ClaimBody};
 use crate::git::{Identity, Mirror, Oid};
 use crate::record::unix_ms;
 
@@ -107,21 +109,6 @@ pub(crate) struct Claims {
     pub auth: Option<GitHub>,
 }
 
-/// A claim being renewed while its request runs; [`Renewals::stop`] ends that and says which
-/// claim commit is the last one pushed.
-pub(crate) struct Renewals {
-    stop: Arc<tokio::sync::Notify>,
-    task: tokio::task::JoinHandle<Oid>,
-}
-
-impl Renewals {
-    /// Stop renewing (a renewal under way finishes first); the claim commit now held.
-    pub async fn stop(self) -> Option<Oid> {
-        self.stop.notify_one();
-        self.task.await.ok()
-    }
-}
-
 impl Claims {
     fn body(&self, attempt: u32) -> ClaimBody {
         ClaimBody {
@@ -166,67 +153,117 @@ impl Claims {
         .context("failed to join a git task")?
     }
 
-    /// Claim request `id`, whose attempt would be `attempt`. `done` says whether the branch
-    /// tip records it: asked after every claim won, on a tip fetched after the win, since the
-    /// claim of a runner that has just published may already be gone. A claim won but not
-    /// kept (the request is done, or the look at the tip failed) is given up again.
-    pub async fn acquire(
+    /// Claim a resource's queue, `asks` in order, in one push, then look at a tip fetched
+    /// after every win for those already recorded (the claim of a runner that has just
+    /// published may already be gone): their claims are dropped again. What became of each
+    /// ask, in order, and the claims now held, renewed until each request is done with them.
+    ///
+    /// A first claim refused (someone holds it) is judged as its holder's claim says; once
+    /// one is lost to a live holder, the queue stops there, so the claims after it are not
+    /// looked at (their requests wait for that holder) and those won are given up again when
+    /// the queue closes. A failure gives up what was won.
+    pub async fn take_queue(
         &self,
-        id: &str,
-        attempt: u32,
-        done: impl Fn(&Mirror, Oid) -> bool + Send + Clone + 'static,
-    ) -> anyhow::Result<Claimed> {
-        let refname = claim_ref(&self.branch, id);
-        let timeout = self.config.claim_timeout;
-        let claimed = {
-            let (this, refname, id) = (self.clone(), refname.clone(), id.to_string());
-            self.with_mirror(move |m| this.try_claim(m, &refname, &id, attempt, timeout))
-                .await?
-        };
-        let oid = match &claimed {
-            Claimed::Won(oid) | Claimed::TakenOver { oid, .. } => *oid,
-            Claimed::Lost(_) | Claimed::Done => return Ok(claimed),
-        };
-        let branch = self.branch.clone();
-        let finished = self
+        asks: Vec<Ask>,
+        done: impl Fn(&Mirror, Oid, &str) -> bool + Send + 'static,
+    ) -> anyhow::Result<(QueueClaims, Vec<Claimed>)> {
+        let this = self.clone();
+        let taken = self
             .with_mirror(move |m| {
-                let tip = m.fetch(&branch)?;
-                Ok(tip.is_some_and(|t| done(m, t)))
+                let firsts: Vec<ClaimAsk> = asks
+                    .iter()
+                    .map(|a| ClaimAsk {
+                        refname: claim_ref(&this.branch, &a.id),
+                        seen: None,
+                        body: this.body(a.attempt),
+                    })
+                    .collect();
+                let pushed = m.push_claims(&firsts, &this.identity)?;
+                let mut claimed = Vec::with_capacity(asks.len());
+                let mut stopped = false;
+                let mut settled = Ok(());
+                for ((ask, first), outcome) in asks.iter().zip(&firsts).zip(pushed) {
+                    let verdict = match outcome {
+                        Ok(oid) => Claimed::Won(oid),
+                        Err(_) if stopped || settled.is_err() => {
+                            Claimed::Lost("the runner holding an earlier request of its resource".into())
+                        }
+                        Err(reason) => match this.settle(m, &first.refname, ask, reason) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                settled = Err(e);
+                                Claimed::Lost(String::new())
+                            }
+                        },
+                    };
+                    stopped |= matches!(verdict, Claimed::Lost(_));
+                    claimed.push(verdict);
+                }
+                let won: Vec<(String, Oid, u32)> = asks
+                    .iter()
+                    .zip(&claimed)
+                    .filter_map(|(a, c)| c.won().map(|oid| (a.id.clone(), oid, a.attempt)))
+                    .collect();
+                let tip = settled.and_then(|()| m.fetch(&this.branch));
+                let tip = match tip {
+                    Ok(tip) => tip,
+                    Err(e) => {
+                        this.give_up_in(m, won.iter().map(|(id, oid, _)| (id.clone(), *oid)));
+                        return Err(e);
+                    }
+                };
+                let recorded: Vec<String> = won
+                    .iter()
+                    .filter(|(id, _, _)| tip.is_some_and(|t| done(m, t, id)))
+                    .map(|(id, _, _)| id.clone())
+                    .collect();
+                if !recorded.is_empty() {
+                    let refs: Vec<String> =
+                        recorded.iter().map(|id| claim_ref(&this.branch, id)).collect();
+                    if let Err(e) = m.drop_claims(&refs) {
+                        tracing::warn!(error = %format!("{e:#}"), "failed to drop claims; a later pass drops them");
+                    }
+                }
+                let mut held = BTreeMap::new();
+                for (ask, verdict) in asks.iter().zip(claimed.iter_mut()) {
+                    let Some(oid) = verdict.won() else { continue };
+                    if recorded.contains(&ask.id) {
+                        *verdict = Claimed::Done;
+                    } else {
+                        held.insert(
+                            ask.id.clone(),
+                            Held {
+                                oid,
+                                attempt: ask.attempt,
+                                running: false,
+                                lost: false,
+                            },
+                        );
+                    }
+                }
+                Ok((held, claimed))
             })
-            .await;
-        match finished {
-            Ok(true) => {
-                self.release(vec![id.to_string()]).await;
-                Ok(Claimed::Done)
-            }
-            Ok(false) => {
-                tracing::debug!(id, claim = %oid, "claimed");
-                Ok(claimed)
-            }
-            Err(e) => {
-                self.give_up(id, oid).await;
-                Err(e)
-            }
-        }
+            .await?;
+        let (held, claimed) = taken;
+        Ok((QueueClaims::renewed(self.clone(), held), claimed))
     }
 
-    fn try_claim(
+    /// What a refused first claim on `ask` means: its holder's claim, judged. A claim may
+    /// vanish between a refused push and the look at it (its request was just recorded):
+    /// look again, a few times.
+    fn settle(
         &self,
         m: &Mirror,
         refname: &str,
-        id: &str,
-        attempt: u32,
-        timeout: Duration,
+        ask: &Ask,
+        mut refused: String,
     ) -> anyhow::Result<Claimed> {
-        // A claim may vanish between a refused push and the look at it (its request was
-        // just recorded): look again, a few times.
-        let mut refused = String::new();
         for _ in 0..3 {
-            match m.push_claim(refname, None, &self.body(attempt), &self.identity)? {
-                Ok(oid) => return Ok(Claimed::Won(oid)),
-                Err(reason) => refused = reason,
-            }
-            let Some(claim) = m.fetch_claim(&self.branch, id)? else {
+            let Some(claim) = m.fetch_claim(&self.branch, &ask.id)? else {
+                match m.push_claim(refname, None, &self.body(ask.attempt), &self.identity)? {
+                    Ok(oid) => return Ok(Claimed::Won(oid)),
+                    Err(reason) => refused = reason,
+                }
                 continue;
             };
             let Some(held) = claim.body else {
@@ -240,13 +277,13 @@ impl Claims {
                 &held,
                 &self.me,
                 age,
-                timeout,
+                self.config.claim_timeout,
                 crate::exec::is_runner_process,
             );
             let body = match verdict {
                 Verdict::Held(holder) => return Ok(Claimed::Lost(holder)),
                 Verdict::Stale => self.body(held.attempt),
-                Verdict::Free | Verdict::Ours => self.body(attempt),
+                Verdict::Free | Verdict::Ours => self.body(ask.attempt),
             };
             return Ok(
                 match m.push_claim(refname, Some(claim.oid), &body, &self.identity)? {
@@ -264,62 +301,61 @@ impl Claims {
         anyhow::bail!("the remote refused the claim {refname}: {refused}")
     }
 
-    /// Renew the claim on `id` every third of the claim timeout until stopped.
-    pub fn keep_alive(&self, id: &str, mut oid: Oid, attempt: u32) -> Renewals {
+    /// [`Claims::give_up_in`], off the async threads.
+    async fn give_up(&self, claims: Vec<(String, Oid)>) {
+        if claims.is_empty() {
+            return;
+        }
         let this = self.clone();
-        let id = id.to_string();
-        let every = self.config.claim_timeout / 3;
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let stopped = stop.clone();
-        let task = tokio::spawn(async move {
-            let refname = claim_ref(&this.branch, &id);
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stopped.notified() => return oid,
-                }
-                let (t, r) = (this.clone(), refname.clone());
-                let body = this.body(attempt);
-                let renewed = this
-                    .with_mirror(move |m| m.push_claim(&r, Some(oid), &body, &t.identity))
-                    .await;
-                match renewed {
-                    Ok(Ok(next)) => oid = next,
-                    Ok(Err(_)) => {
-                        tracing::error!(id = %id, "the claim was taken over while the handler ran: another runner treats this attempt as interrupted");
-                        stopped.notified().await;
-                        return oid;
-                    }
-                    Err(e) => {
-                        tracing::warn!(id = %id, error = %format!("{e:#}"), "failed to renew the claim; trying again")
-                    }
-                }
-            }
-        });
-        Renewals { stop, task }
+        let given = self
+            .with_mirror(move |m| {
+                this.give_up_in(m, claims);
+                Ok(())
+            })
+            .await;
+        if let Err(e) = given {
+            tracing::warn!(error = %format!("{e:#}"), "failed to give up claims; they time out instead");
+        }
     }
 
-    /// Give up the claim on `id` (claim commit `oid`) before its container started: marked
-    /// released, so the next runner takes it at once instead of waiting out the claim
-    /// timeout. Only a fast-forward of `oid`: a claim taken over meanwhile stays its new
-    /// holder's. Best effort; a failure leaves the claim to time out.
-    pub async fn give_up(&self, id: &str, oid: Oid) {
-        let refname = claim_ref(&self.branch, id);
-        let body = ClaimBody {
-            released: true,
-            ..self.body(0)
-        };
-        let who = self.identity.clone();
-        let given = self
-            .with_mirror(move |m| m.push_claim(&refname, Some(oid), &body, &who))
-            .await;
-        match given {
-            Ok(Ok(_)) => {
-                tracing::info!(id, "gave up the claim: another runner may take it at once")
+    /// Give up `claims` (request id, claim commit) before their containers started, in one
+    /// push: marked released, so the next runner takes them at once instead of waiting out
+    /// the claim timeout. Only a fast-forward of the commit held: a claim taken over
+    /// meanwhile stays its new holder's. Best effort; a failure leaves them to time out.
+    fn give_up_in(&self, m: &Mirror, claims: impl IntoIterator<Item = (String, Oid)>) {
+        let (ids, asks): (Vec<String>, Vec<ClaimAsk>) = claims
+            .into_iter()
+            .map(|(id, oid)| {
+                let ask = ClaimAsk {
+                    refname: claim_ref(&self.branch, &id),
+                    seen: Some(oid),
+                    body: ClaimBody {
+                        released: true,
+                        ..self.body(0)
+                    },
+                };
+                (id, ask)
+            })
+            .unzip();
+        if asks.is_empty() {
+            return;
+        }
+        match m.push_claims(&asks, &self.identity) {
+            Ok(outcomes) => {
+                for (id, outcome) in ids.iter().zip(outcomes) {
+                    match outcome {
+                        Ok(_) => tracing::info!(
+                            id,
+                            "gave up the claim: another runner may take it at once"
+                        ),
+                        Err(reason) => {
+                            tracing::debug!(id, reason = %reason, "the claim had moved on")
+                        }
+                    }
+                }
             }
-            Ok(Err(reason)) => tracing::debug!(id, reason = %reason, "the claim had moved on"),
             Err(e) => {
-                tracing::warn!(id, error = %format!("{e:#}"), "failed to give up the claim; it times out instead")
+                tracing::warn!(error = %format!("{e:#}"), "failed to give up claims; they time out instead")
             }
         }
     }
@@ -354,6 +390,150 @@ impl Claims {
             Ok(n) => tracing::info!(claims = n, "dropped the claims of recorded requests"),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "failed to sweep claims"),
         }
+    }
+}
+
+/// One request of a queue to claim: its id and the attempt it would run.
+#[derive(Debug, Clone)]
+pub(crate) struct Ask {
+    pub id: String,
+    pub attempt: u32,
+}
+
+impl Claimed {
+    /// The claim commit, when the claim is ours.
+    fn won(&self) -> Option<Oid> {
+        match self {
+            Claimed::Won(oid) | Claimed::TakenOver { oid, .. } => Some(*oid),
+            Claimed::Lost(_) | Claimed::Done => None,
+        }
+    }
+}
+
+/// A claim of a queue this runner holds.
+#[derive(Debug, Clone)]
+struct Held {
+    /// The claim commit last pushed.
+    oid: Oid,
+    attempt: u32,
+    /// Its request's handler runs.
+    running: bool,
+    /// A renewal was refused: another runner took it over.
+    lost: bool,
+}
+
+/// The claims of one resource's queue held by this runner: renewed together, every third
+/// of the claim timeout, while any is held (a request waiting for its turn keeps its claim
+/// as one that runs does), and given up together when the queue closes before running them.
+pub(crate) struct QueueClaims {
+    claims: Claims,
+    held: Arc<tokio::sync::Mutex<BTreeMap<String, Held>>>,
+    stop: Arc<tokio::sync::Notify>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl QueueClaims {
+    fn renewed(claims: Claims, held: BTreeMap<String, Held>) -> Self {
+        let held = Arc::new(tokio::sync::Mutex::new(held));
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let every = claims.config.claim_timeout / 3;
+        let (this, map, stopped) = (claims.clone(), held.clone(), stop.clone());
+        let renewer = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopped.notified() => return,
+                }
+                let mut held = map.lock().await;
+                let live: Vec<(String, Held)> = held
+                    .iter()
+                    .filter(|(_, h)| !h.lost)
+                    .map(|(id, h)| (id.clone(), h.clone()))
+                    .collect();
+                if live.is_empty() {
+                    continue;
+                }
+                let asks: Vec<ClaimAsk> = live
+                    .iter()
+                    .map(|(id, h)| ClaimAsk {
+                        refname: claim_ref(&this.branch, id),
+                        seen: Some(h.oid),
+                        body: this.body(h.attempt),
+                    })
+                    .collect();
+                let who = this.identity.clone();
+                let renewed = this.with_mirror(move |m| m.push_claims(&asks, &who)).await;
+                let outcomes = match renewed {
+                    Ok(outcomes) => outcomes,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "failed to renew claims; trying again");
+                        continue;
+                    }
+                };
+                for ((id, _), outcome) in live.iter().zip(outcomes) {
+                    let Some(h) = held.get_mut(id) else { continue };
+                    match outcome {
+                        Ok(oid) => h.oid = oid,
+                        Err(_) if h.running => {
+                            h.lost = true;
+                            tracing::error!(id = %id, "the claim was taken over while the handler ran: another runner treats this attempt as interrupted");
+                        }
+                        Err(_) => {
+                            h.lost = true;
+                            tracing::warn!(id = %id, "the claim was taken over while the request waited for its turn: it is left to that runner");
+                        }
+                    }
+                }
+            }
+        });
+        QueueClaims {
+            claims,
+            held,
+            stop,
+            renewer: Some(renewer),
+        }
+    }
+
+    /// `id`'s turn has come: its claim commit, or `None` when another runner took the claim
+    /// over while it waited.
+    pub async fn start(&self, id: &str) -> Option<Oid> {
+        let mut held = self.held.lock().await;
+        let h = held.get_mut(id)?;
+        if h.lost {
+            held.remove(id);
+            return None;
+        }
+        h.running = true;
+        Some(h.oid)
+    }
+
+    /// `id` is done with its claim: no longer renewed, and given up when `give_up` (its
+    /// request stopped before its container started). Otherwise the claim stays, for its
+    /// result's push (which drops it) or for the journal of an attempt that started.
+    pub async fn leave(&self, id: &str, give_up: bool) {
+        let mut held = self.held.lock().await;
+        let Some(h) = held.remove(id) else { return };
+        if give_up && !h.lost {
+            self.claims.give_up(vec![(id.to_string(), h.oid)]).await;
+        }
+    }
+
+    /// The queue is over: renewals stop, and the claims of requests it did not reach are
+    /// given up, in one push.
+    pub async fn close(mut self) {
+        self.stop.notify_one();
+        if let Some(task) = self.renewer.take() {
+            let _ = task.await;
+        }
+        let left: Vec<(String, Oid)> = {
+            let mut held = self.held.lock().await;
+            std::mem::take(&mut *held)
+                .into_iter()
+                .filter(|(_, h)| !h.lost)
+                .map(|(id, h)| (id, h.oid))
+                .collect()
+        };
+        self.claims.give_up(left).await;
     }
 }
 

@@ -134,13 +134,16 @@ pub(crate) async fn committer(
 ) -> (Vec<Published>, Vec<anyhow::Error>) {
     let mut published = Vec::new();
     let mut errors = Vec::new();
+    // Claims whose results are on the branch: their deletion rides in the next results push,
+    // or, once the pass has nothing more to publish, goes in a push of its own.
+    let mut unreleased: Vec<String> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let window_ends = tokio::time::Instant::now() + BATCH_WINDOW;
         while let Ok(Some(more)) = tokio::time::timeout_at(window_ends, rx.recv()).await {
             batch.push(more);
         }
-        match publish_batch(&target, &batch).await {
+        match publish_batch(&target, &batch, &unreleased).await {
             Ok(p) => {
                 crate::crashpoint::hit("before-check");
                 tracing::info!(commit = %p.commit, requests = batch.len(), replays = p.replays, "published results");
@@ -150,10 +153,7 @@ pub(crate) async fn committer(
                     }
                     let _ = std::fs::remove_dir_all(&f.dir);
                 }
-                target
-                    .claims
-                    .release(batch.iter().map(|f| f.status.id.clone()).collect())
-                    .await;
+                unreleased = batch.iter().map(|f| f.status.id.clone()).collect();
                 published.push(p);
             }
             Err(e) => {
@@ -162,6 +162,7 @@ pub(crate) async fn committer(
             }
         }
     }
+    target.claims.release(unreleased).await;
     (published, errors)
 }
 
@@ -190,7 +191,17 @@ fn ledger_at(mirror: &Mirror, tip: crate::git::Oid, fallback: &RepoConfig) -> Le
     }
 }
 
-async fn publish_batch(target: &Target, batch: &[Finished]) -> anyhow::Result<Published> {
+/// Publish `batch` in one commit; the push also deletes the claims of `recorded` (requests
+/// an earlier push of this pass recorded).
+async fn publish_batch(
+    target: &Target,
+    batch: &[Finished],
+    recorded: &[String],
+) -> anyhow::Result<Published> {
+    let riders: Vec<String> = recorded
+        .iter()
+        .map(|id| crate::git::claims::claim_ref(&target.branch, id))
+        .collect();
     // Read once: the changes are made anew from each tip they are built on (a replay).
     let mut files = Vec::new();
     for f in batch {
@@ -221,7 +232,7 @@ async fn publish_batch(target: &Target, batch: &[Finished]) -> anyhow::Result<Pu
                 .flat_map(|(f, read)| changes(&t.config, &ledger, f, read))
                 .collect())
         };
-        mirror.publish_with(&t.branch, build, &msg, &t.identity, t.attempts)
+        mirror.publish_with(&t.branch, build, &msg, &t.identity, t.attempts, &riders)
     })
     .await
     .context("failed to join the publish task")?

@@ -12,7 +12,7 @@ use anyhow::Context;
 use git2::{Oid, Signature};
 use serde::{Deserialize, Serialize};
 
-use super::{Identity, Mirror};
+use super::{Identity, Mirror, RefUpdate};
 
 /// Who holds a claim, as its commit message says.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +39,18 @@ pub struct ClaimBody {
     /// The holder gave the request up before its container started: free for anyone.
     #[serde(default)]
     pub released: bool,
+}
+
+/// One claim to push: `refname` set to a new claim commit saying `body`, over `seen` (the
+/// claim commit the pusher saw; `None` for a first claim).
+#[derive(Debug, Clone)]
+pub struct ClaimAsk {
+    /// The claim's ref.
+    pub refname: String,
+    /// The claim commit it replaces.
+    pub seen: Option<Oid>,
+    /// Who holds it now.
+    pub body: ClaimBody,
 }
 
 /// A claim as the remote has it.
@@ -115,43 +127,81 @@ impl Mirror {
         body: &ClaimBody,
         who: &Identity,
     ) -> anyhow::Result<Result<Oid, String>> {
-        let message = serde_json::to_string(body)?;
+        let ask = ClaimAsk {
+            refname: refname.to_string(),
+            seen,
+            body: body.clone(),
+        };
+        let mut out = self.push_claims(&[ask], who)?;
+        out.pop().context("a push of one claim said nothing of it")
+    }
+
+    /// Push several claims in one round trip, each on its own terms (see
+    /// [`Mirror::push_claim`]); what became of each, in order.
+    pub fn push_claims(
+        &self,
+        asks: &[ClaimAsk],
+        who: &Identity,
+    ) -> anyhow::Result<Vec<Result<Oid, String>>> {
         let tree = self.repo.treebuilder(None)?.write()?;
         let tree = self.repo.find_tree(tree)?;
         let sig =
             Signature::now(&who.name, &who.email).context("failed to make the claim signature")?;
-        let parent = seen.map(|p| self.repo.find_commit(p)).transpose()?;
-        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-        let commit = self
-            .repo
-            .commit(None, &sig, &sig, &message, &tree, &parents)?;
-        match self.push_cas(refname, commit, seen, false)? {
-            Ok(()) => {
-                self.repo
-                    .reference(refname, commit, true, "codex-runner claim")
-                    .context("failed to record the claim")?;
-                Ok(Ok(commit))
-            }
-            Err(reason) => {
-                tracing::debug!(claim = refname, reason = %reason, "claim refused");
-                Ok(Err(reason))
+        let mut commits = Vec::with_capacity(asks.len());
+        let mut updates = Vec::with_capacity(asks.len());
+        for ask in asks {
+            let message = serde_json::to_string(&ask.body)?;
+            let parent = ask.seen.map(|p| self.repo.find_commit(p)).transpose()?;
+            let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+            let commit = self
+                .repo
+                .commit(None, &sig, &sig, &message, &tree, &parents)?;
+            commits.push(commit);
+            updates.push(RefUpdate::swap(&ask.refname, commit, ask.seen));
+        }
+        let outcomes = self.push_refs(&updates, false)?;
+        let mut out = Vec::with_capacity(asks.len());
+        for ((ask, commit), outcome) in asks.iter().zip(commits).zip(outcomes) {
+            match outcome {
+                Ok(()) => {
+                    self.repo
+                        .reference(&ask.refname, commit, true, "codex-runner claim")
+                        .context("failed to record the claim")?;
+                    out.push(Ok(commit));
+                }
+                Err(reason) => {
+                    tracing::debug!(claim = %ask.refname, reason = %reason, "claim refused");
+                    out.push(Err(reason));
+                }
             }
         }
+        Ok(out)
     }
 
-    /// Delete claims on the remote (their requests are recorded on the branch).
+    /// Delete claims on the remote (their requests are recorded on the branch), in one push.
     pub fn drop_claims(&self, refnames: &[String]) -> anyhow::Result<()> {
-        if refnames.is_empty() {
-            return Ok(());
-        }
-        if let Err(reason) = self.delete_refs(refnames)? {
-            tracing::warn!(reason = %reason, "the remote kept some claims");
-        }
-        for r in refnames {
-            if let Ok(mut local) = self.repo.find_reference(r) {
-                let _ = local.delete();
+        let updates: Vec<RefUpdate> = refnames.iter().map(|r| RefUpdate::delete(r)).collect();
+        let outcomes = self.push_refs(&updates, false)?;
+        self.settle_deletions(refnames, outcomes);
+        Ok(())
+    }
+
+    /// After a push deleted `refnames` (`outcomes`, in order): forget those gone here too;
+    /// a refusal only leaves a claim behind, which a later sweep drops.
+    pub(super) fn settle_deletions(
+        &self,
+        refnames: &[String],
+        outcomes: impl IntoIterator<Item = Result<(), String>>,
+    ) {
+        for (r, outcome) in refnames.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => {
+                    if let Ok(mut local) = self.repo.find_reference(r) {
+                        let _ = local.delete();
+                    }
+                }
+                Err(reason) => tracing::warn!(reason = %reason, "the remote kept a claim"),
             }
         }
-        Ok(())
     }
 }

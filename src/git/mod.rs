@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use backon::BlockingRetryable;
 use git2::build::TreeUpdateBuilder;
-use git2::{FetchOptions, ObjectType, PushOptions, RemoteCallbacks, Repository, Signature};
+use git2::{FetchOptions, ObjectType, RemoteCallbacks, Repository, Signature};
 
 use std::os::unix::ffi::OsStrExt;
 
@@ -21,8 +21,11 @@ use crate::plan::EntryContent;
 
 mod checkouts;
 pub mod claims;
+mod push;
 pub mod seed;
 mod transport;
+
+pub use push::{Expect, Outcomes, RefUpdate};
 
 pub use checkouts::Checkouts;
 
@@ -682,12 +685,14 @@ impl Mirror {
             message,
             who,
             max_attempts,
+            &[],
         )
     }
 
     /// Like [`Mirror::publish`], with the changes made anew from each tip they are built on
     /// (`changes(mirror, tip)`): a replay over a commit that moved files (a layout migration)
     /// writes where the new tip says, and a migration replayed over new results moves them too.
+    /// `riders` are refs deleted in the same push (see [`Mirror::push`]).
     pub fn publish_with(
         &self,
         branch: &str,
@@ -695,6 +700,7 @@ impl Mirror {
         message: &str,
         who: &Identity,
         max_attempts: usize,
+        riders: &[String],
     ) -> anyhow::Result<Published> {
         let mut replays = 0u32;
         let attempt = || -> anyhow::Result<Published> {
@@ -704,7 +710,7 @@ impl Mirror {
             let changes = changes(self, tip)?;
             let commit = self.build_commit(tip, &changes, message, who)?;
             crate::crashpoint::hit("before-push");
-            self.push(branch, commit, tip)?;
+            self.push(branch, commit, tip, riders)?;
             Ok(Published {
                 commit: commit.to_string(),
                 replays: 0,
@@ -720,98 +726,6 @@ impl Mirror {
             })
             .call();
         result.map(|p| Published { replays, ..p })
-    }
-
-    /// Set `refname` on the remote to `new` if, and only if, it is still `expected` (`None`:
-    /// it does not exist). `Ok(Err(reason))` when it is not; `crash` arms `in-push`.
-    ///
-    /// A git server checks the old value under its ref lock (receive-pack). A remote that is
-    /// a local path gets the objects copied into its store and the compare-and-swap done in
-    /// a ref transaction there (see [`transport`]).
-    fn push_cas(
-        &self,
-        refname: &str,
-        new: Oid,
-        expected: Option<Oid>,
-        crash: bool,
-    ) -> anyhow::Result<Result<(), String>> {
-        PUSHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(path) = local_path(&self.url) else {
-            // No `+`: a push that is not a fast-forward must fail, never overwrite.
-            return self.push_specs(&[format!("{new}:{refname}")], crash);
-        };
-        let remote = Repository::open_bare(&path)
-            .with_context(|| format!("failed to open the remote {}", path.display()))?;
-        transport::copy_objects(&self.repo, &remote, new)
-            .with_context(|| format!("failed to copy objects to {}", path.display()))?;
-        let updated = transport::swap_ref(&remote, refname, Some(new), expected)
-            .with_context(|| format!("failed to update {refname} on {}", path.display()))?;
-        if updated.is_ok() && crash {
-            crate::crashpoint::hit("in-push");
-        }
-        Ok(updated)
-    }
-
-    /// Delete `refnames` on the remote, whatever they point at.
-    fn delete_refs(&self, refnames: &[String]) -> anyhow::Result<Result<(), String>> {
-        PUSHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(path) = local_path(&self.url) else {
-            let specs: Vec<String> = refnames.iter().map(|r| format!(":{r}")).collect();
-            return self.push_specs(&specs, false);
-        };
-        let remote = Repository::open_bare(&path)
-            .with_context(|| format!("failed to open the remote {}", path.display()))?;
-        let mut kept = Vec::new();
-        for r in refnames {
-            let current = match remote.find_reference(r) {
-                Ok(found) => found.target(),
-                Err(e) if e.code() == git2::ErrorCode::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("failed to read {r}")),
-            };
-            if let Err(reason) = transport::swap_ref(&remote, r, None, current)? {
-                kept.push(reason);
-            }
-        }
-        Ok(if kept.is_empty() {
-            Ok(())
-        } else {
-            Err(kept.join("; "))
-        })
-    }
-
-    /// Push `specs` (never forced unless a spec says `+`). `Ok(Err(reason))` when the remote
-    /// refused an update (not a fast-forward, or a hook said no); `Err` when it could not be
-    /// reached. `crash` arms the `in-push` crash point (results, not claims).
-    fn push_specs(&self, specs: &[String], crash: bool) -> anyhow::Result<Result<(), String>> {
-        let mut remote = self.repo.find_remote("origin")?;
-        transport::retry(self.attempts, "a push", || {
-            let mut rejected: Option<String> = None;
-            let mut cbs = callbacks(self.token.as_deref());
-            cbs.push_update_reference(|name, status| {
-                if crash {
-                    crate::crashpoint::hit("in-push");
-                }
-                if let Some(msg) = status {
-                    rejected = Some(format!("{name}: {msg}"));
-                }
-                Ok(())
-            });
-            let mut opts = PushOptions::new();
-            opts.remote_callbacks(cbs);
-            if let Err(e) = remote.push(specs, Some(&mut opts)) {
-                let text = e.message().to_string();
-                if text.contains("fast-forward")
-                    || text.contains("fastforward")
-                    || e.code() == git2::ErrorCode::NotFastForward
-                {
-                    return Ok(Err(text));
-                }
-                return Err(e);
-            }
-            drop(opts);
-            Ok(rejected.map_or(Ok(()), Err))
-        })
-        .with_context(|| format!("failed to push to {}", self.shown_url()))
     }
 
     fn build_commit(
@@ -854,10 +768,17 @@ impl Mirror {
             .commit(None, &sig, &sig, message, &tree, &[&parent])?)
     }
 
-    fn push(&self, branch: &str, commit: Oid, tip: Oid) -> anyhow::Result<()> {
+    /// Push `commit` over `tip`, deleting `riders` in the same push (claims whose results an
+    /// earlier push recorded: safe to drop whether or not this one lands).
+    fn push(&self, branch: &str, commit: Oid, tip: Oid, riders: &[String]) -> anyhow::Result<()> {
         let refname = format!("refs/heads/{branch}");
         // Only over the tip the commit was built on: a moved branch is replayed, never lost.
-        if let Err(reason) = self.push_cas(&refname, commit, Some(tip), true)? {
+        let mut updates = vec![push::RefUpdate::swap(&refname, commit, Some(tip))];
+        updates.extend(riders.iter().map(|r| push::RefUpdate::delete(r)));
+        let mut outcomes = self.push_refs(&updates, true)?.into_iter();
+        let landed = outcomes.next().unwrap_or(Ok(()));
+        self.settle_deletions(riders, outcomes);
+        if let Err(reason) = landed {
             return Err(PushRejected {
                 branch: branch.into(),
                 reason,
@@ -1059,7 +980,7 @@ mod tests {
                 "foreign",
             )
             .unwrap();
-        let err = mirror.push("main", stale, base).unwrap_err();
+        let err = mirror.push("main", stale, base, &[]).unwrap_err();
         assert!(err.downcast_ref::<PushRejected>().is_some(), "{err:#}");
 
         let changes = [
@@ -1104,9 +1025,12 @@ mod tests {
             .unwrap();
         // Pushed as if the branch were still at `base`: refused, the foreign commit stays.
         let refused = mirror
-            .push_cas("refs/heads/main", ours, Some(base), false)
+            .push_refs(
+                &[RefUpdate::swap("refs/heads/main", ours, Some(base))],
+                false,
+            )
             .unwrap();
-        assert!(refused.is_err(), "{refused:?}");
+        assert!(refused[0].is_err(), "{refused:?}");
         assert_eq!(origin.read_main("b").unwrap().as_deref(), Some(&b"2"[..]));
         assert_eq!(mirror.fetch("main").unwrap(), Some(foreign));
         // Claims: the first creation wins, a second one loses; a renewal needs the seen value.
