@@ -157,6 +157,10 @@ pub(crate) struct PassContext {
     executor: OnceCell<Result<DockerExecutor, String>>,
     /// One image build at a time: concurrent requests of one `build:` handler build once.
     builds: tokio::sync::Mutex<()>,
+    /// Images this pass found or made present: the engine is asked once per image and pass,
+    /// not once per request (one removed meanwhile fails its container's creation, which a
+    /// later pass tries again).
+    images: Mutex<std::collections::HashSet<String>>,
     /// Check-run events, when a forge is configured.
     checks: Option<checks::CheckSink>,
     /// Whether to start new requests, and when to stop running ones.
@@ -763,6 +767,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         checkouts: tokio::sync::Mutex::new(Checkouts::new(&work, &recovered.mounted)?),
         executor: OnceCell::new(),
         builds: tokio::sync::Mutex::new(()),
+        images: Mutex::new(Default::default()),
         checks: checks_tx.clone(),
         shutdown: opts.shutdown.clone(),
         recoveries: Mutex::new(recovered.plans),

@@ -563,17 +563,31 @@ async fn resolve_image(
     handler: &crate::contract::handlers::HandlerSpec,
     repo_dir: &Path,
 ) -> Result<String, ExecError> {
+    let known = |name: &str| cx.images.lock().is_ok_and(|seen| seen.contains(name));
+    let remember = |name: &str| {
+        if let Ok(mut seen) = cx.images.lock() {
+            seen.insert(name.to_string());
+        }
+    };
     match &handler.image {
-        ImageSource::Reference(r) => cx.executor()?.ensure_image(r).await.map(|()| r.clone()),
+        ImageSource::Reference(r) => {
+            if !known(r) {
+                cx.executor()?.ensure_image(r).await?;
+                remember(r);
+            }
+            Ok(r.clone())
+        }
         ImageSource::Build(dir) => {
             let tree = cx.object_id(commit, &format!("containers/{dir}")).await?;
             let tag = format!("codex-runner-build/{dir}:{}", &tree[..12.min(tree.len())]);
+            if known(&tag) {
+                return Ok(tag);
+            }
             let context = repo_dir.join("containers").join(dir);
             let _one_build = cx.builds.lock().await;
-            cx.executor()?
-                .ensure_built(&tag, &context)
-                .await
-                .map(|()| tag)
+            cx.executor()?.ensure_built(&tag, &context).await?;
+            remember(&tag);
+            Ok(tag)
         }
     }
 }
