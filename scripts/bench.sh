@@ -126,6 +126,7 @@ codex=$(timed pass "$tmp/tp-codex.git" "$tmp/tp-codex" --concurrency 4)
 commits=$(jq '.commits | length' "$tmp/out")
 pushes=$(jq '.round_trips.pushes' "$tmp/out")
 fetches=$(jq '.round_trips.fetches' "$tmp/out")
+cp "$tmp/out" "$tmp/throughput.json"
 seq_floor=$(timed bash -c "for i in \$(seq $requests); do docker run --rm --network none $image true; done")
 par_floor=$(timed bash -c "seq $requests | xargs -P4 -I{} docker run --rm --network none $image true")
 echo "$requests no-op requests over $resources resources, merged at once:"
@@ -134,8 +135,13 @@ printf '  %-44s %8ss  %sx faster than the shell\n' "codex-runner dispatch --once
 printf '  %-44s %8ss\n' "docker run, $requests in a row" "$seq_floor"
 printf '  %-44s %8ss  codex-runner at %sx this floor\n' "docker run, 4 at a time" "$par_floor" "$(ratio "$codex" "$par_floor")"
 printf '  %-44s %8s\n' "result commits pushed" "$commits"
-printf '  %-44s %8s  %s per request (claims, their release, results)\n' "pushes" "$pushes" "$(ratio "$pushes" "$requests")"
+printf '  %-44s %8s  %s per request (queue claims, results, releases)\n' "pushes" "$pushes" "$(ratio "$pushes" "$requests")"
 printf '  %-44s %8s  %s per request\n' "fetches" "$fetches" "$(ratio "$fetches" "$requests")"
+lc() { jq -r ".lifecycle.$1 * 10 | round / 10" "$tmp/throughput.json"; }
+per_run=$(python3 -c "print(round($seq_floor * 1000 / $requests))")
+echo "  one container through the engine API, median ms (4 at a time): create $(lc create_ms)," \
+  "attach $(lc attach_ms), start $(lc start_ms), run $(lc run_ms), wait $(lc wait_ms)," \
+  "remove $(lc remove_ms); one \`docker run --rm\` in a row: $per_run ms"
 echo
 
 # 2. History: one new request on a repository with H finished requests, in each layout.

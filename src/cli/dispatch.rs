@@ -340,6 +340,7 @@ pub fn report_json(r: &PassReport) -> serde_json::Value {
         "deferred": r.deferred.iter().map(|(id, holder)| serde_json::json!({"id": id, "holder": holder})).collect::<Vec<_>>(),
         "commits": r.published.iter().map(|p| serde_json::json!({"commit": p.commit, "replays": p.replays})).collect::<Vec<_>>(),
         "round_trips": r.round_trips,
+        "lifecycle": r.lifecycle,
     })
 }
 

@@ -132,6 +132,41 @@ pub struct PassReport {
     pub look_again: Option<std::time::Duration>,
     /// Fetches and pushes asked of the remote during the pass.
     pub round_trips: crate::git::RoundTrips,
+    /// The engine's time for each step of the containers this pass started.
+    pub lifecycle: Lifecycle,
+}
+
+/// The engine's time for each step of a pass's containers: the median over them, in
+/// milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Lifecycle {
+    /// Containers started.
+    pub containers: usize,
+    pub create_ms: f64,
+    pub attach_ms: f64,
+    pub start_ms: f64,
+    pub run_ms: f64,
+    pub wait_ms: f64,
+    pub remove_ms: f64,
+}
+
+impl Lifecycle {
+    fn of(all: &[crate::exec::Phases]) -> Self {
+        let median = |f: fn(&crate::exec::Phases) -> u64| {
+            let mut v: Vec<u64> = all.iter().map(f).collect();
+            v.sort_unstable();
+            v.get(v.len() / 2).map_or(0.0, |us| *us as f64 / 1000.0)
+        };
+        Lifecycle {
+            containers: all.len(),
+            create_ms: median(|p| p.create),
+            attach_ms: median(|p| p.attach),
+            start_ms: median(|p| p.start),
+            run_ms: median(|p| p.run),
+            wait_ms: median(|p| p.wait),
+            remove_ms: median(|p| p.remove),
+        }
+    }
 }
 
 /// A request that reached a final state and waits to be published: its status (which names
@@ -161,6 +196,10 @@ pub(crate) struct PassContext {
     /// not once per request (one removed meanwhile fails its container's creation, which a
     /// later pass tries again).
     images: Mutex<std::collections::HashSet<String>>,
+    /// How long the engine took for each container this pass started.
+    lifecycle: Arc<Mutex<Vec<crate::exec::Phases>>>,
+    /// Containers being removed, their results recorded.
+    removals: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Check-run events, when a forge is configured.
     checks: Option<checks::CheckSink>,
     /// Whether to start new requests, and when to stop running ones.
@@ -768,6 +807,8 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         executor: OnceCell::new(),
         builds: tokio::sync::Mutex::new(()),
         images: Mutex::new(Default::default()),
+        lifecycle: Default::default(),
+        removals: Mutex::new(Vec::new()),
         checks: checks_tx.clone(),
         shutdown: opts.shutdown.clone(),
         recoveries: Mutex::new(recovered.plans),
@@ -830,9 +871,22 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     }
     let infra = run_queues(&cx, queues, &locks, opts.concurrency, record).await;
 
+    let removals = cx
+        .removals
+        .lock()
+        .map(|mut r| std::mem::take(&mut *r))
+        .unwrap_or_default();
+    for removal in removals {
+        let _ = removal.await;
+    }
     cx.sweep_checkouts().await;
     let (published, publish_errors) = committer.await.context("failed to join the committer")?;
     let deferred = cx.deferred.lock().map(|d| d.clone()).unwrap_or_default();
+    let lifecycle = cx
+        .lifecycle
+        .lock()
+        .map(|all| Lifecycle::of(&all))
+        .unwrap_or_default();
     let look_again = (!deferred.is_empty())
         .then(|| (cx.config.claim_timeout / 3).max(std::time::Duration::from_secs(1)));
     // Every sender is gone once the pass context is: the reporter sends what is left and ends.
@@ -856,6 +910,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         deferred,
         look_again,
         round_trips: crate::git::round_trips() - before,
+        lifecycle,
     })
 }
 

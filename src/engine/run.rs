@@ -546,9 +546,30 @@ async fn execute_in(
         resource: Some(runnable.resource.clone()),
     };
     write_status(&out.status(), &status)?;
-    // Recorded: the container has told all it can.
-    docker.remove(&container).await;
-    crate::secrets::unstage(cx.secrets.dir(), &container);
+    // Recorded: the container has told all it can. Removed while the next request of the
+    // queue starts; the pass waits for every removal before it ends.
+    let (docker, lifecycle, secrets) = (
+        docker.clone(),
+        cx.lifecycle.clone(),
+        cx.secrets.dir().to_path_buf(),
+    );
+    let phases = outcome.phases;
+    let removal = tokio::spawn(async move {
+        let removing = std::time::Instant::now();
+        docker.remove(&container).await;
+        crate::secrets::unstage(&secrets, &container);
+        if phases.create > 0 {
+            if let Ok(mut all) = lifecycle.lock() {
+                all.push(crate::exec::Phases {
+                    remove: crate::exec::us_since(removing),
+                    ..phases
+                });
+            }
+        }
+    });
+    if let Ok(mut removals) = cx.removals.lock() {
+        removals.push(removal);
+    }
     Ok(Finished {
         status,
         dir: out.dir.clone(),

@@ -110,6 +110,27 @@ pub struct RunOutcome {
     pub output_bytes: u64,
     /// Output passed the cap.
     pub truncated: bool,
+    /// How long each call to the engine took.
+    pub phases: Phases,
+}
+
+/// How long the engine took for each step of one container's life, in microseconds (the
+/// benchmark sets them beside `docker run`). `run` is from the start to the end of output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases {
+    pub create: u64,
+    pub attach: u64,
+    pub start: u64,
+    pub run: u64,
+    /// From the end of output to the exit code (the wait, and an inspect when needed).
+    pub wait: u64,
+    /// Removing it, once its result is recorded (set by the caller).
+    pub remove: u64,
+}
+
+/// Microseconds since `t`.
+pub fn us_since(t: std::time::Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// What became of a container, seen by a runner that did not start it.
@@ -347,8 +368,6 @@ impl DockerExecutor {
         on_output: impl FnMut(OutputEvent) + Send,
         cancel: impl std::future::Future<Output = ()> + Send,
     ) -> Result<RunOutcome, ExecError> {
-        // A container of the same name is a leftover of ours from a dead run: remove it.
-        self.remove(&spec.name).await;
         let mut started = false;
         let on_started = || {
             started = true;
@@ -385,13 +404,30 @@ impl DockerExecutor {
         on_output: impl FnMut(OutputEvent) + Send,
         cancel: impl std::future::Future<Output = ()> + Send,
     ) -> Result<RunOutcome, ExecError> {
+        let mut phases = Phases::default();
+        let t = std::time::Instant::now();
         let create = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
-        self.docker
-            .create_container(Some(create), body(spec))
-            .await
-            .with_context(|| format!("failed to create container {}", spec.name))?;
+        let created = self
+            .docker
+            .create_container(Some(create.clone()), body(spec))
+            .await;
+        if let Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) = created
+        {
+            // A container of the same name is a leftover of ours from a dead run.
+            self.remove(&spec.name).await;
+            self.docker
+                .create_container(Some(create), body(spec))
+                .await
+                .with_context(|| format!("failed to create container {}", spec.name))?;
+        } else {
+            created.with_context(|| format!("failed to create container {}", spec.name))?;
+        }
+        phases.create = us_since(t);
+        let t = std::time::Instant::now();
         let attach = AttachContainerOptionsBuilder::default()
             .stream(true)
             .stdout(true)
@@ -404,10 +440,13 @@ impl DockerExecutor {
             .await
             .with_context(|| format!("failed to attach to container {}", spec.name))?
             .output;
+        phases.attach = us_since(t);
+        let t = std::time::Instant::now();
         self.docker
             .start_container(&spec.name, None)
             .await
             .with_context(|| format!("failed to start container {}", spec.name))?;
+        phases.start = us_since(t);
         on_started();
         let ends_at = tokio::time::Instant::now() + spec.timeout;
         let watch = Watch {
@@ -416,14 +455,20 @@ impl DockerExecutor {
             grace: spec.grace,
             cap: spec.output_cap,
         };
-        Ok(self
+        let mut outcome = self
             .watch(
                 &watch,
                 output.map(|c| c.map(|c| (c, None))),
                 on_output,
                 cancel,
             )
-            .await?)
+            .await?;
+        outcome.phases = Phases {
+            run: outcome.phases.run,
+            wait: outcome.phases.wait,
+            ..phases
+        };
+        Ok(outcome)
     }
 
     /// Follow a container a dead runner process started, from where that runner's log
@@ -509,6 +554,7 @@ impl DockerExecutor {
         tokio::pin!(output);
         let mut lines = LineSplitter::new(w.cap);
         let mut outcome = RunOutcome::default();
+        let running = std::time::Instant::now();
         let deadline = tokio::time::sleep_until(w.ends_at);
         tokio::pin!(deadline);
         let mut stopper: Option<tokio::task::JoinHandle<()>> = None;
@@ -544,12 +590,21 @@ impl DockerExecutor {
         lines.finish(&mut on_output);
         outcome.output_bytes = lines.seen;
         outcome.truncated = lines.truncated;
+        outcome.phases.run = us_since(running);
+        let waiting = std::time::Instant::now();
 
         // Output closed: the process is gone or closed its streams; wait for the exit within
         // what is left of the timeout, then stop it the hard way.
+        let mut exited: Option<i64> = None;
         let wait = async {
             let mut wait = self.docker.wait_container(w.name, None);
-            let _ = wait.next().await;
+            exited = match wait.next().await {
+                Some(Ok(r)) => Some(r.status_code),
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                    Some(code)
+                }
+                _ => None,
+            };
         };
         let remaining = if outcome.timed_out || outcome.cancelled {
             w.grace + Duration::from_secs(5)
@@ -567,12 +622,20 @@ impl DockerExecutor {
         if let Some(s) = stopper {
             let _ = s.await;
         }
+        let stopped_by_us = outcome.timed_out || outcome.cancelled;
+        // A clean exit, as the wait says, needs no more; any other end gets the engine's
+        // full account (was it the OOM killer?).
+        if exited == Some(0) && !stopped_by_us {
+            outcome.exit_code = Some(0);
+            outcome.phases.wait = us_since(waiting);
+            return Ok(outcome);
+        }
         let mut state = self.state_of(w.name).await?;
         // SIGKILLed by nobody we know of: the kernel's OOM killer, most likely. The engine
         // learns of the OOM from its own event, which may land just after the exit: look
-        // again for a moment before calling it a plain failure.
-        let stopped_by_us = outcome.timed_out || outcome.cancelled;
-        for _ in 0..10 {
+        // again for a moment before calling it a plain failure (up to 3 s: on a busy host
+        // the event was seen to land over a second late).
+        for _ in 0..30 {
             if stopped_by_us || state.exit_code != Some(137) || state.oom_killed == Some(true) {
                 break;
             }
@@ -581,6 +644,7 @@ impl DockerExecutor {
         }
         outcome.exit_code = state.exit_code;
         outcome.oom_killed = state.oom_killed.unwrap_or(false);
+        outcome.phases.wait = us_since(waiting);
         Ok(outcome)
     }
 
