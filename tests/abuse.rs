@@ -28,6 +28,12 @@ fn abusive_handlers_are_contained_and_reported_while_others_run() {
         &format!("{BUSYBOX}    limits: {{memory: 32MiB}}\n"),
     );
     repo.add_handler(
+        "selfkill",
+        // SIGKILLed, but not by the OOM killer: the engine reports no OOM, flag nor event.
+        "#!/bin/sh\necho bye\nkill -9 $$\n",
+        BUSYBOX,
+    );
+    repo.add_handler(
         "flood",
         "#!/bin/sh\nset -e\nyes 0123456789012345678901234567890123456789012345678901234567890123456789 | head -c 1073741824\necho\necho flooded >&2\n",
         BUSYBOX,
@@ -63,6 +69,7 @@ fn abusive_handlers_are_contained_and_reported_while_others_run() {
     let kinds = [
         "forkbomb",
         "memhog",
+        "selfkill",
         "flood",
         "sleeper",
         "rootwriter",
@@ -88,7 +95,7 @@ fn abusive_handlers_are_contained_and_reported_while_others_run() {
     std::fs::write(&config, "[limits]\ngrace = \"1s\"\noutput_cap = \"4MiB\"\n").unwrap();
     let started = std::time::Instant::now();
     let pass = repo
-        .dispatch(&["--config", config.to_str().unwrap(), "--concurrency", "9"])
+        .dispatch(&["--config", config.to_str().unwrap(), "--concurrency", "10"])
         .ok();
     let took = started.elapsed();
     let states = pass.states();
@@ -119,6 +126,12 @@ fn abusive_handlers_are_contained_and_reported_while_others_run() {
         ("failed".into(), "oom".into()),
         "{}",
         out("memhog")
+    );
+    assert_eq!(
+        status("selfkill"),
+        ("failed".into(), "exit code 137".into()),
+        "{}",
+        out("selfkill")
     );
     assert_eq!(
         status("sleeper"),

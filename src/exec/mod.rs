@@ -14,8 +14,8 @@ use anyhow::Context;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, BuildImageOptionsBuilder, CreateContainerOptionsBuilder,
-    CreateImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -231,6 +231,9 @@ pub enum ExecError {
 
 /// Longest an image build may take.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How long an unexplained SIGKILL waits for the engine's OOM event.
+const OOM_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Longest line kept in one piece.
 const MAX_LINE: usize = 64 * 1024;
@@ -630,22 +633,48 @@ impl DockerExecutor {
             outcome.phases.wait = us_since(waiting);
             return Ok(outcome);
         }
-        let mut state = self.state_of(w.name).await?;
-        // SIGKILLed by nobody we know of: the kernel's OOM killer, most likely. The engine
-        // learns of the OOM from its own event, which may land just after the exit: look
-        // again for a moment before calling it a plain failure (up to 3 s: on a busy host
-        // the event was seen to land over a second late).
-        for _ in 0..30 {
-            if stopped_by_us || state.exit_code != Some(137) || state.oom_killed == Some(true) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            state = self.state_of(w.name).await?;
-        }
+        let state = self.state_of(w.name).await?;
         outcome.exit_code = state.exit_code;
         outcome.oom_killed = state.oom_killed.unwrap_or(false);
+        // SIGKILLed by nobody we know of: the kernel's OOM killer, most likely. The engine
+        // sets its OOM flag only when its OOM event comes before the exit; one that comes
+        // after (seen on a busy host) is reported as an `oom` event alone. Look for it.
+        if !stopped_by_us && state.exit_code == Some(137) && !outcome.oom_killed {
+            outcome.oom_killed = self
+                .oom_reported(w.name, state.started_at.as_deref(), OOM_PATIENCE)
+                .await;
+        }
         outcome.phases.wait = us_since(waiting);
         Ok(outcome)
+    }
+
+    /// Whether the engine reported an OOM kill in container `name` since it started
+    /// (`started_at`, as the engine wrote it), waiting up to `patience` for the event.
+    async fn oom_reported(&self, name: &str, started_at: Option<&str>, patience: Duration) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        // The engine takes Unix seconds here (not RFC 3339).
+        let since = started_at
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .map_or(now.saturating_sub(3600), |t| {
+                u64::try_from(t.unix_timestamp()).unwrap_or(0)
+            })
+            .to_string();
+        let until = (now + patience.as_secs() + 1).to_string();
+        let filters = HashMap::from([("container", vec![name]), ("event", vec!["oom"])]);
+        let opts = EventsOptionsBuilder::default()
+            .since(&since)
+            .until(&until)
+            .filters(&filters)
+            .build();
+        let mut events = self.docker.events(Some(opts));
+        matches!(
+            tokio::time::timeout(patience, events.next()).await,
+            Ok(Some(Ok(_)))
+        )
     }
 
     /// What the engine says of container `name` now.
