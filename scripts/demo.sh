@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/docker-up.sh
 bash containers/build-images.sh
-cargo run --quiet --release -- demo "$@"
+cargo run --quiet --release --features demo -- demo "$@"

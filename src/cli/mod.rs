@@ -3,7 +3,9 @@
 //! Exit codes: 0 done; 1 some input invalid (`validate`, `selftest`) or an unexpected error;
 //! 2 usage or a refused run; 3 repository contract broken; 4 git remote failed; 5 Docker failed.
 
+#[cfg(feature = "demo")]
 mod demo;
+#[cfg(feature = "demo")]
 mod demo_forge;
 mod dispatch;
 mod handlers;
@@ -55,6 +57,7 @@ enum Command {
     /// Check Docker, git, the state directory and the config.
     Selftest(selftest::SelftestArgs),
     /// Run the whole loop end to end on a local repository with example requests.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// Print a request's status and log from the branch, whatever the layout.
     Logs(ledger::LogsArgs),
@@ -119,6 +122,7 @@ pub fn main() -> i32 {
             Command::Register(a) => register::register(*a).await,
             Command::Unregister(a) => register::unregister(a).await,
             Command::Selftest(a) => selftest::run(a).await,
+            #[cfg(feature = "demo")]
             Command::Demo(a) => demo::run(a).await,
             Command::Logs(a) => tokio::task::block_in_place(|| ledger::logs(a)),
             Command::MigrateLayout(a) => tokio::task::block_in_place(|| ledger::migrate(a)),

@@ -1,6 +1,7 @@
 //! The operations-repository template, embedded so `demo` (and `init`, later) need no checkout.
 
 /// `(path, bytes, executable)` of every template file.
+#[cfg(feature = "demo")]
 pub const FILES: &[(&str, &[u8], bool)] = &[
     (
         "codex.repo.yaml",
@@ -56,6 +57,7 @@ pub const FILES: &[(&str, &[u8], bool)] = &[
 pub const BASE_IMAGES: &[&str] = &["codex-runner/busybox:1", "codex-runner/python:3"];
 
 /// The template as files to commit.
+#[cfg(feature = "demo")]
 pub fn seed_files() -> Vec<crate::git::seed::SeedFile<'static>> {
     FILES
         .iter()
