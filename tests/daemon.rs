@@ -421,3 +421,86 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
     );
     repo.assert_no_containers();
 }
+
+/// A pull request forked long before the mainline's last 32 commits: the validator's shallow
+/// mirror deepens until the two histories meet, and judges the pull request by what it
+/// changed since its fork (here: a handler and a request for it, flagged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_fork_is_validated_from_a_shallow_mirror_deepened_to_its_fork_point() {
+    docker();
+    let (sim, repo) = forge_and_repo("t-pr-old").await;
+    let echo = std::fs::read_to_string(repo.work.join("handlers/echo.sh")).unwrap();
+    let old = tokio::task::block_in_place(|| {
+        repo.git(&["checkout", "-q", "-B", "agent/old", "origin/main"]);
+        repo.write("handlers/echo.sh", format!("{echo}echo extra\n").as_bytes());
+        repo.write(
+            "requests/old.yaml",
+            b"kind: echo\nparams: {message: from long ago}\n",
+        );
+        repo.git(&["add", "-A"]);
+        repo.git(&["commit", "-q", "-m", "an old branch"]);
+        repo.git(&["push", "-q", "origin", "agent/old"]);
+        let head = repo.git(&["rev-parse", "HEAD"]).trim().to_string();
+        // Sixty commits land on main after the fork, in one push.
+        repo.git(&["checkout", "-q", "main"]);
+        for i in 0..60 {
+            repo.write("docs/notes.md", format!("note {i}\n").as_bytes());
+            repo.git(&["add", "-A"]);
+            repo.git(&["commit", "-q", "-m", &format!("note {i}")]);
+        }
+        repo.git(&["push", "-q", "origin", "main"]);
+        head
+    });
+    let daemon = start_daemon(&repo, &sim);
+    wait_until("the start-up pass", async || {
+        health(&daemon).await["passes"].as_u64() >= Some(1)
+    })
+    .await;
+    hook_daemon(&sim, &daemon).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/repos/acme/ops/pulls", sim.url()))
+        .bearer_auth(TOKEN)
+        .json(&json!({"title": "old", "head": "agent/old", "base": "main"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let run_of = |head: String| {
+        let api = sim.url();
+        async move {
+            common::forge_get(
+                &api,
+                TOKEN,
+                &format!(
+                    "/repos/acme/ops/commits/{head}/check-runs?check_name=codex-runner/validate"
+                ),
+            )["check_runs"]
+                .as_array()
+                .and_then(|a| a.first().cloned())
+        }
+    };
+    wait_until("the validation of the old fork", async || {
+        run_of(old.clone()).await.is_some()
+    })
+    .await;
+    let run = run_of(old.clone()).await.unwrap();
+    assert_eq!(run["conclusion"], "failure", "{run}");
+    let annotations = common::forge_get(
+        &sim.url(),
+        TOKEN,
+        &format!("/repos/acme/ops/check-runs/{}/annotations", run["id"]),
+    );
+    assert_eq!(
+        (
+            annotations[0]["path"].as_str(),
+            annotations[0]["title"].as_str()
+        ),
+        (Some("requests/old.yaml"), Some("handler-change")),
+        "only what the branch changed since its fork counts: {annotations}"
+    );
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains("deepening the mirror to find where the pull request forked"),
+        "the first fetch was shallow, then deepened: {log}"
+    );
+}

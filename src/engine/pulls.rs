@@ -57,8 +57,11 @@ fn validate_blocking(
 ) -> Result<PullVerdict, DispatchError> {
     // A mirror of its own: validation runs beside passes and must not race their fetches.
     let work = opts.work_dir.join(remote_key(&opts.remote)).join("pulls");
-    let mirror = git(Mirror::open(&work, &opts.remote, token))?;
-    let (_, base_tip, config) = resolve_branch(
+    let mut mirror = git(Mirror::open(&work, &opts.remote, token))?;
+    // Shallow, as a pass's mirror: validating a pull request costs what its fork point is
+    // from the tips, not what the history holds.
+    mirror.set_shallow(true);
+    let (branch, base_tip, config) = resolve_branch(
         &mirror,
         &DispatchOptions {
             branch: None,
@@ -69,6 +72,7 @@ fn validate_blocking(
     if head.to_string() != job.head_sha {
         tracing::info!(pull = job.number, named = %job.head_sha, fetched = %head, "the pull request moved since the webhook; validating its current head");
     }
+    fork_point(&mut mirror, &branch, job.number, base_tip, head)?;
     let mut verdict = PullVerdict {
         head: head.to_string(),
         ..Default::default()
@@ -139,4 +143,39 @@ fn validate_blocking(
         }
     }
     Ok(verdict)
+}
+
+/// Where pull request `number` (at `head`) left `branch` (at `base`), deepening a shallow
+/// mirror on both sides, four times the history walked each step, until their histories meet.
+fn fork_point(
+    mirror: &mut Mirror,
+    branch: &str,
+    number: u64,
+    base: crate::git::Oid,
+    head: crate::git::Oid,
+) -> Result<crate::git::Oid, DispatchError> {
+    let mut reached = None;
+    loop {
+        let cut = match mirror.fork_point(base, head) {
+            Ok(fork) => return Ok(fork),
+            Err(e) => match e.downcast_ref::<crate::git::NeedsDeeper>() {
+                Some(cut) => cut.depth,
+                None => return Err(DispatchError::Git(e)),
+            },
+        };
+        if reached.is_some_and(|r| cut <= r) {
+            return Err(DispatchError::Git(anyhow::anyhow!(
+                "the remote did not deepen the mirror's history past {cut} commits"
+            )));
+        }
+        reached = Some(cut);
+        let want = (cut + 1).saturating_mul(4);
+        tracing::info!(
+            pull = number,
+            depth = want,
+            "deepening the mirror to find where the pull request forked"
+        );
+        git(mirror.deepen(branch, want))?;
+        git(mirror.deepen_pull(number, want))?;
+    }
 }

@@ -341,8 +341,18 @@ impl Mirror {
     /// [`Mirror::set_shallow`]).
     pub fn deepen(&mut self, branch: &str, depth: usize) -> anyhow::Result<()> {
         let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+        self.deepen_spec(&spec, branch, depth)
+    }
+
+    /// Bring pull request `number`'s history to at least `depth` commits below its head.
+    pub fn deepen_pull(&mut self, number: u64, depth: usize) -> anyhow::Result<()> {
+        let spec = format!("+refs/pull/{number}/head:refs/remotes/origin/pull/{number}");
+        self.deepen_spec(&spec, &format!("pull request #{number}"), depth)
+    }
+
+    fn deepen_spec(&mut self, spec: &str, what: &str, depth: usize) -> anyhow::Result<()> {
         let depth = i32::try_from(depth).unwrap_or(i32::MAX);
-        let mut remote = self.fetch_depth(&spec, branch, false, depth)?;
+        let mut remote = self.fetch_depth(spec, what, false, depth)?;
         let _ = remote.disconnect();
         drop(remote);
         // libgit2 keeps the commits it parsed with the parents the old boundary gave them
@@ -353,16 +363,51 @@ impl Mirror {
         Ok(())
     }
 
-    /// Fetch pull request `number`'s head (`refs/pull/<n>/head`, as GitHub keeps it).
+    /// Fetch pull request `number`'s head (`refs/pull/<n>/head`, as GitHub keeps it). In a
+    /// shallow mirror its first fetch brings [`FIRST_DEPTH`] commits, not every commit below
+    /// an old fork point; [`Mirror::fork_point`] asks for more when that is not enough.
     pub fn fetch_pull(&self, number: u64) -> anyhow::Result<Oid> {
         let local = format!("refs/remotes/origin/pull/{number}");
-        self.fetch_spec(
+        let fresh = self.repo.refname_to_id(&local).is_err();
+        let depth = if self.shallow && fresh {
+            FIRST_DEPTH
+        } else {
+            0
+        };
+        let mut remote = self.fetch_depth(
             &format!("+refs/pull/{number}/head:{local}"),
             &format!("pull request #{number}"),
+            false,
+            depth,
         )?;
+        let _ = remote.disconnect();
         self.repo
             .refname_to_id(&local)
             .with_context(|| format!("pull request #{number} has no head on {}", self.shown_url()))
+    }
+
+    /// Where `head` left `base` (their merge base). In a shallow mirror whose history does
+    /// not reach it yet, fails with [`NeedsDeeper`] (`depth`: the first-parent commits this
+    /// mirror holds below the deeper of the two). Found within a shallow history, it is where the two meet
+    /// through the commits fetched, which for branches that did not merge each other is
+    /// where they forked.
+    pub fn fork_point(&self, base: Oid, head: Oid) -> anyhow::Result<Oid> {
+        match self.repo.merge_base(base, head) {
+            Ok(fork) => Ok(fork),
+            Err(e) if e.code() == git2::ErrorCode::NotFound && !self.shallow_roots().is_empty() => {
+                let walked = |from: Oid| -> anyhow::Result<usize> {
+                    let mut walk = self.repo.revwalk()?;
+                    walk.push(from)?;
+                    walk.simplify_first_parent()?;
+                    Ok(walk.count())
+                };
+                Err(NeedsDeeper {
+                    depth: walked(base)?.max(walked(head)?),
+                }
+                .into())
+            }
+            Err(e) => Err(e).context("failed to find where the pull request forked"),
+        }
     }
 
     /// Paths added, modified or removed on `head` since it left `base` (their merge base).
