@@ -504,3 +504,107 @@ async fn an_old_fork_is_validated_from_a_shallow_mirror_deepened_to_its_fork_poi
         "the first fetch was shallow, then deepened: {log}"
     );
 }
+
+/// Every push the remote takes, one line each: its ref updates (a branch update with its
+/// commit's subject), sorted.
+const PUSH_LOG_HOOK: &str = r#"#!/bin/sh
+zero=0000000000000000000000000000000000000000
+line=""
+while read old new ref; do
+  case "$ref" in
+    refs/heads/*) what="update $ref $(git log -1 --format=%s "$new")" ;;
+    *) if [ "$old" = "$zero" ]; then what="create $ref"
+       elif [ "$new" = "$zero" ]; then what="delete $ref"
+       else what="update $ref"; fi ;;
+  esac
+  line="$line$what
+"
+done
+printf '%s' "$line" | sort | paste -sd'|' >> "$GIT_DIR/pushes.log"
+"#;
+
+/// A daemon leaves a pass's claims for its next pass, whose first push (the next request's
+/// claim) carries their deletion: a lone request costs two pushes, its claim and its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemons_next_pass_drops_the_last_ones_claims_in_its_first_push() {
+    docker();
+    let mut repo = Repo::new("t-ride");
+    let hook = repo.origin.join("hooks/pre-receive");
+    std::fs::write(&hook, PUSH_LOG_HOOK).unwrap();
+    common::sh(&repo.origin, "chmod", &["+x", hook.to_str().unwrap()]);
+    let git = common::GitDaemon::start(repo.tmp.path());
+    let dir = repo.tmp.path();
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    let config = dir.join("runner.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runner]\nname = \"t-ride\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"git://127.0.0.1:{}/origin.git\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nwebhook_secret_file = \"{}\"\npoll_interval = \"1h\"\n",
+            repo.state.display(),
+            git.port,
+            dir.join("secret").display()
+        ),
+    )
+    .unwrap();
+    let daemon = common::spawn_daemon(&config);
+    wait_until("the start-up pass", async || {
+        health(&daemon).await["passes"].as_u64() >= Some(1)
+    })
+    .await;
+    let push = serde_json::to_vec(&json!({"ref": "refs/heads/main"})).unwrap();
+    let nudge = |delivery: &'static str| {
+        let (url, push) = (daemon.url.clone(), push.clone());
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/webhook"))
+                .header("x-github-event", "push")
+                .header("x-github-delivery", delivery)
+                .header("x-hub-signature-256", sign(SECRET, &push))
+                .body(push)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    };
+    for (id, delivery) in [("ride-1", "d-1"), ("ride-2", "d-2")] {
+        tokio::task::block_in_place(|| {
+            repo.merge_pr(&[(
+                &format!("requests/{id}.yaml"),
+                b"kind: echo\nparams: {message: alone}\n",
+            )])
+        });
+        nudge(delivery).await;
+        wait_until("the request's result on main", async || {
+            repo.main_file(&status_path(id)).is_some()
+        })
+        .await;
+    }
+    // A pass with nothing to run drops the last claim in a push of its own.
+    nudge("d-3").await;
+    let claims = || {
+        common::sh(
+            &repo.origin,
+            "git",
+            &["for-each-ref", "--format=%(refname)", "refs/codex/"],
+        )
+    };
+    wait_until("no claim left", async || claims().trim().is_empty()).await;
+    let log = std::fs::read_to_string(repo.origin.join("pushes.log")).unwrap();
+    let runners: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refs/codex/") || l.contains("codex: "))
+        .collect();
+    let claim = |id: &str| format!("refs/codex/claims/main/{id}");
+    assert_eq!(
+        runners,
+        [
+            format!("create {}", claim("ride-1")),
+            "update refs/heads/main codex: ride-1 succeeded".to_string(),
+            format!("create {}|delete {}", claim("ride-2"), claim("ride-1")),
+            "update refs/heads/main codex: ride-2 succeeded".to_string(),
+            format!("delete {}", claim("ride-2")),
+        ],
+        "{log}"
+    );
+}

@@ -456,8 +456,8 @@ fn a_runner_leaves_alone_requests_whose_labels_it_does_not_carry() {
 }
 
 /// A queue's claims go in one push, and one refused (someone holds it) does not stop the
-/// others; a results push carries the deletion of claims whose results are recorded. Over a
-/// path and over a git server, each counted as one push.
+/// others; a claims push and a results push carry the deletion of claims whose results are
+/// recorded. Over a path and over a git server, each counted as one push.
 #[test]
 fn several_ref_updates_share_one_push_and_each_lands_or_is_refused_alone() {
     use codex_runner::git::claims::{claim_ref, ClaimAsk, ClaimBody};
@@ -487,6 +487,11 @@ fn several_ref_updates_share_one_push_and_each_lands_or_is_refused_alone() {
             .push_claim(&r("b"), None, &body("another runner"), &who)
             .unwrap()
             .expect("the first claim on b");
+        // A claim whose request is recorded: its deletion rides on the next claims push.
+        mirror
+            .push_claim(&r("done"), None, &body("an earlier pass"), &who)
+            .unwrap()
+            .expect("the claim on done");
         let ask = |id: &str| ClaimAsk {
             refname: r(id),
             seen: None,
@@ -494,7 +499,7 @@ fn several_ref_updates_share_one_push_and_each_lands_or_is_refused_alone() {
         };
         let before = round_trips();
         let out = mirror
-            .push_claims(&[ask("a"), ask("b"), ask("c")], &who)
+            .push_claims(&[ask("a"), ask("b"), ask("c")], &who, &[r("done")])
             .unwrap();
         let spent = round_trips() - before;
         assert_eq!((spent.pushes, spent.fetches), (1, 0), "{scheme}");
@@ -516,6 +521,11 @@ fn several_ref_updates_share_one_push_and_each_lands_or_is_refused_alone() {
             "{scheme}: b kept its holder"
         );
         assert_eq!(on_remote("c"), out[2].clone().unwrap().to_string());
+        assert_eq!(
+            on_remote("done"),
+            "",
+            "{scheme}: done's claim rode in the claims push"
+        );
 
         let before = round_trips();
         let change = Change::Write {

@@ -107,6 +107,9 @@ pub(crate) struct Claims {
     pub identity: Identity,
     pub config: RepoConfig,
     pub auth: Option<GitHub>,
+    /// Claims the sweep found whose requests the branch records: their deletion rides on the
+    /// pass's next push.
+    pub stale: Arc<Mutex<Vec<String>>>,
 }
 
 impl Claims {
@@ -178,7 +181,7 @@ impl Claims {
                         body: this.body(a.attempt),
                     })
                     .collect();
-                let pushed = m.push_claims(&firsts, &this.identity)?;
+                let pushed = m.push_claims(&firsts, &this.identity, &this.take_stale())?;
                 let mut claimed = Vec::with_capacity(asks.len());
                 let mut stopped = false;
                 let mut settled = Ok(());
@@ -340,7 +343,7 @@ impl Claims {
         if asks.is_empty() {
             return;
         }
-        match m.push_claims(&asks, &self.identity) {
+        match m.push_claims(&asks, &self.identity, &[]) {
             Ok(outcomes) => {
                 for (id, outcome) in ids.iter().zip(outcomes) {
                     match outcome {
@@ -360,36 +363,50 @@ impl Claims {
         }
     }
 
-    /// Drop the claims on `ids`: their results are on the branch. Failures only leave
-    /// claims behind, which the next pass drops.
-    pub async fn release(&self, ids: Vec<String>) {
-        let refs: Vec<String> = ids.iter().map(|id| claim_ref(&self.branch, id)).collect();
+    /// Drop the claims `refs` (their requests are recorded on the branch), in one push.
+    /// Failures only leave claims behind, which a later pass's sweep finds.
+    pub async fn drop_refs(&self, refs: Vec<String>) {
+        if refs.is_empty() {
+            return;
+        }
         if let Err(e) = self.with_mirror(move |m| m.drop_claims(&refs)).await {
             tracing::warn!(error = %format!("{e:#}"), "failed to drop claims; the next pass drops them");
         }
     }
 
-    /// Drop every claim whose request the tip records (left by a runner that died after
-    /// publishing).
+    /// Find every claim whose request the tip records (an earlier pass's, left for this one,
+    /// or a runner's that died after publishing): their deletion rides on this pass's next
+    /// push ([`Claims::take_stale`]).
     pub async fn sweep(&self, done: impl Fn(&Mirror, &str) -> bool + Send + 'static) {
         let branch = self.branch.clone();
         let swept = self
             .with_mirror(move |m| {
-                let stale: Vec<String> = m
-                    .fetch_claims(&branch)?
+                Ok(m.fetch_claims(&branch)?
                     .into_keys()
                     .filter(|id| done(m, id))
                     .map(|id| claim_ref(&branch, &id))
-                    .collect();
-                m.drop_claims(&stale)?;
-                Ok(stale.len())
+                    .collect::<Vec<String>>())
             })
             .await;
         match swept {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(claims = n, "dropped the claims of recorded requests"),
+            Ok(stale) => {
+                if !stale.is_empty() {
+                    tracing::debug!(claims = stale.len(), "claims of recorded requests to drop");
+                }
+                if let Ok(mut s) = self.stale.lock() {
+                    s.extend(stale);
+                }
+            }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "failed to sweep claims"),
         }
+    }
+
+    /// The claims the sweep found that no push has carried yet (the caller's push does).
+    pub fn take_stale(&self) -> Vec<String> {
+        self.stale
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
     }
 }
 
@@ -462,7 +479,9 @@ impl QueueClaims {
                     })
                     .collect();
                 let who = this.identity.clone();
-                let renewed = this.with_mirror(move |m| m.push_claims(&asks, &who)).await;
+                let renewed = this
+                    .with_mirror(move |m| m.push_claims(&asks, &who, &[]))
+                    .await;
                 let outcomes = match renewed {
                     Ok(outcomes) => outcomes,
                     Err(e) => {

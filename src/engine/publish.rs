@@ -29,6 +29,8 @@ pub(crate) struct Target {
     pub auth: Option<crate::forge::GitHub>,
     /// The claims to drop once their results are on the branch.
     pub claims: super::claims::Claims,
+    /// Leave the claims of this pass's results for the next pass to drop.
+    pub keep_recorded_claims: bool,
 }
 
 /// A finished request's log and status, as read from its result directory.
@@ -134,8 +136,10 @@ pub(crate) async fn committer(
 ) -> (Vec<Published>, Vec<anyhow::Error>) {
     let mut published = Vec::new();
     let mut errors = Vec::new();
-    // Claims whose results are on the branch: their deletion rides in the next results push,
-    // or, once the pass has nothing more to publish, goes in a push of its own.
+    // Claims whose results are on the branch (the sweep's, then this pass's own): their
+    // deletion rides in the next results push, or, once the pass has nothing more to
+    // publish, goes in a push of its own (this pass's own are left to the next pass when
+    // `keep_recorded_claims`).
     let mut unreleased: Vec<String> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -143,6 +147,7 @@ pub(crate) async fn committer(
         while let Ok(Some(more)) = tokio::time::timeout_at(window_ends, rx.recv()).await {
             batch.push(more);
         }
+        unreleased.extend(target.claims.take_stale());
         match publish_batch(&target, &batch, &unreleased).await {
             Ok(p) => {
                 crate::crashpoint::hit("before-check");
@@ -153,7 +158,10 @@ pub(crate) async fn committer(
                     }
                     let _ = std::fs::remove_dir_all(&f.dir);
                 }
-                unreleased = batch.iter().map(|f| f.status.id.clone()).collect();
+                unreleased = batch
+                    .iter()
+                    .map(|f| crate::git::claims::claim_ref(&target.branch, &f.status.id))
+                    .collect();
                 published.push(p);
             }
             Err(e) => {
@@ -162,7 +170,11 @@ pub(crate) async fn committer(
             }
         }
     }
-    target.claims.release(unreleased).await;
+    let mut left = target.claims.take_stale();
+    if !target.keep_recorded_claims {
+        left.extend(unreleased);
+    }
+    target.claims.drop_refs(left).await;
     (published, errors)
 }
 
@@ -191,17 +203,14 @@ fn ledger_at(mirror: &Mirror, tip: crate::git::Oid, fallback: &RepoConfig) -> Le
     }
 }
 
-/// Publish `batch` in one commit; the push also deletes the claims of `recorded` (requests
-/// an earlier push of this pass recorded).
+/// Publish `batch` in one commit; the push also deletes `recorded`, claims whose requests
+/// the branch records already.
 async fn publish_batch(
     target: &Target,
     batch: &[Finished],
     recorded: &[String],
 ) -> anyhow::Result<Published> {
-    let riders: Vec<String> = recorded
-        .iter()
-        .map(|id| crate::git::claims::claim_ref(&target.branch, id))
-        .collect();
+    let riders = recorded.to_vec();
     // Read once: the changes are made anew from each tip they are built on (a replay).
     let mut files = Vec::new();
     for f in batch {

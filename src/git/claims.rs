@@ -132,16 +132,18 @@ impl Mirror {
             seen,
             body: body.clone(),
         };
-        let mut out = self.push_claims(&[ask], who)?;
+        let mut out = self.push_claims(&[ask], who, &[])?;
         out.pop().context("a push of one claim said nothing of it")
     }
 
     /// Push several claims in one round trip, each on its own terms (see
-    /// [`Mirror::push_claim`]); what became of each, in order.
+    /// [`Mirror::push_claim`]), deleting `riders` (claims whose requests the branch records)
+    /// in the same push; what became of each claim, in order.
     pub fn push_claims(
         &self,
         asks: &[ClaimAsk],
         who: &Identity,
+        riders: &[String],
     ) -> anyhow::Result<Vec<Result<Oid, String>>> {
         let tree = self.repo.treebuilder(None)?.write()?;
         let tree = self.repo.find_tree(tree)?;
@@ -159,7 +161,10 @@ impl Mirror {
             commits.push(commit);
             updates.push(RefUpdate::swap(&ask.refname, commit, ask.seen));
         }
-        let outcomes = self.push_refs(&updates, false)?;
+        updates.extend(riders.iter().map(|r| RefUpdate::delete(r)));
+        let mut outcomes = self.push_refs(&updates, false)?;
+        let dropped = outcomes.split_off(asks.len().min(outcomes.len()));
+        self.settle_deletions(riders, dropped);
         let mut out = Vec::with_capacity(asks.len());
         for ((ask, commit), outcome) in asks.iter().zip(commits).zip(outcomes) {
             match outcome {
