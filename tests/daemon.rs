@@ -523,10 +523,11 @@ done
 printf '%s' "$line" | sort | paste -sd'|' >> "$GIT_DIR/pushes.log"
 "#;
 
-/// A daemon leaves a pass's claims for its next pass, whose first push (the next request's
-/// claim) carries their deletion: a lone request costs two pushes, its claim and its result.
+/// A lone request costs three pushes: its claim, its result, its claim's deletion. A claim
+/// left behind for a recorded request (its runner died after publishing) costs none: the next
+/// pass's sweep finds it and its deletion rides on that pass's first push.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemons_next_pass_drops_the_last_ones_claims_in_its_first_push() {
+async fn claims_left_behind_ride_on_the_next_passes_first_push() {
     docker();
     let mut repo = Repo::new("t-ride");
     let hook = repo.origin.join("hooks/pre-receive");
@@ -567,6 +568,15 @@ async fn a_daemons_next_pass_drops_the_last_ones_claims_in_its_first_push() {
             assert!(r.status().is_success(), "{}", r.status());
         }
     };
+    let origin = repo.origin.clone();
+    let claims = || {
+        common::sh(
+            &origin,
+            "git",
+            &["for-each-ref", "--format=%(refname)", "refs/codex/"],
+        )
+    };
+    let claim = |id: &str| format!("refs/codex/claims/main/{id}");
     for (id, delivery) in [("ride-1", "d-1"), ("ride-2", "d-2")] {
         tokio::task::block_in_place(|| {
             repo.merge_pr(&[(
@@ -575,32 +585,45 @@ async fn a_daemons_next_pass_drops_the_last_ones_claims_in_its_first_push() {
             )])
         });
         nudge(delivery).await;
-        wait_until("the request's result on main", async || {
-            repo.main_file(&status_path(id)).is_some()
+        wait_until("the request's result on main, its claim gone", async || {
+            repo.main_file(&status_path(id)).is_some() && claims().trim().is_empty()
         })
         .await;
+        if id == "ride-1" {
+            // A runner that died after publishing ride-1 left its claim (pushed past the hook).
+            let tree = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+            let commit = common::sh(
+                &repo.origin,
+                "git",
+                &[
+                    "-c",
+                    "user.name=x",
+                    "-c",
+                    "user.email=x@example.invalid",
+                    "commit-tree",
+                    tree,
+                    "-m",
+                    "{}",
+                ],
+            );
+            common::sh(
+                &repo.origin,
+                "git",
+                &["update-ref", &claim("ride-1"), commit.trim()],
+            );
+        }
     }
-    // A pass with nothing to run drops the last claim in a push of its own.
-    nudge("d-3").await;
-    let claims = || {
-        common::sh(
-            &repo.origin,
-            "git",
-            &["for-each-ref", "--format=%(refname)", "refs/codex/"],
-        )
-    };
-    wait_until("no claim left", async || claims().trim().is_empty()).await;
     let log = std::fs::read_to_string(repo.origin.join("pushes.log")).unwrap();
     let runners: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("refs/codex/") || l.contains("codex: "))
         .collect();
-    let claim = |id: &str| format!("refs/codex/claims/main/{id}");
     assert_eq!(
         runners,
         [
             format!("create {}", claim("ride-1")),
             "update refs/heads/main codex: ride-1 succeeded".to_string(),
+            format!("delete {}", claim("ride-1")),
             format!("create {}|delete {}", claim("ride-2"), claim("ride-1")),
             "update refs/heads/main codex: ride-2 succeeded".to_string(),
             format!("delete {}", claim("ride-2")),

@@ -48,15 +48,12 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
         .clone()
         .context("the host config has no [repository] section")?;
     let server_cfg = host.server.clone();
-    let mut opts = from_host(
+    let opts = from_host(
         host,
         repo.url.clone(),
         repo.branch.clone(),
         Overrides::default(),
     )?;
-    // A daemon has a next pass: the claims a pass recorded are dropped by it, riding on its
-    // first push (or in one of their own, if it has nothing to push).
-    opts.keep_recorded_claims = true;
     let secret = match &server_cfg.webhook_secret_file {
         Some(p) => {
             let text = std::fs::read_to_string(p)

@@ -72,10 +72,6 @@ pub struct DispatchOptions {
     pub shutdown: shutdown::Shutdown,
     /// After the first SIGTERM, how long running handlers may go on.
     pub drain_timeout: std::time::Duration,
-    /// Leave the claims of the requests a pass recorded for the next pass to drop (a daemon,
-    /// which has a next pass): that pass's sweep finds them, and their deletion rides on its
-    /// first push instead of costing one of its own. A one-shot pass drops them itself.
-    pub keep_recorded_claims: bool,
 }
 
 /// Why a pass could not complete; each maps to a documented exit code.
@@ -831,7 +827,6 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         checks: checks_tx,
         auth: opts.git_auth.clone(),
         claims,
-        keep_recorded_claims: opts.keep_recorded_claims,
     };
     let (tx, rx) = mpsc::unbounded_channel::<Finished>();
     let committer = tokio::spawn(publish::committer(target, rx));

@@ -29,8 +29,6 @@ pub(crate) struct Target {
     pub auth: Option<crate::forge::GitHub>,
     /// The claims to drop once their results are on the branch.
     pub claims: super::claims::Claims,
-    /// Leave the claims of this pass's results for the next pass to drop.
-    pub keep_recorded_claims: bool,
 }
 
 /// A finished request's log and status, as read from its result directory.
@@ -138,8 +136,7 @@ pub(crate) async fn committer(
     let mut errors = Vec::new();
     // Claims whose results are on the branch (the sweep's, then this pass's own): their
     // deletion rides in the next results push, or, once the pass has nothing more to
-    // publish, goes in a push of its own (this pass's own are left to the next pass when
-    // `keep_recorded_claims`).
+    // publish, goes in a push of its own.
     let mut unreleased: Vec<String> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -171,9 +168,7 @@ pub(crate) async fn committer(
         }
     }
     let mut left = target.claims.take_stale();
-    if !target.keep_recorded_claims {
-        left.extend(unreleased);
-    }
+    left.extend(unreleased);
     target.claims.drop_refs(left).await;
     (published, errors)
 }
