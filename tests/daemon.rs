@@ -631,3 +631,45 @@ async fn claims_left_behind_ride_on_the_next_passes_first_push() {
         "{log}"
     );
 }
+
+/// Polling asks for a pass when the branch moves, but not when it moved by the runner's own
+/// results on top of what its pass planned from: that pass would find nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_does_not_answer_the_runners_own_push_with_a_pass() {
+    docker();
+    let mut repo = Repo::new("t-poll-own");
+    let config = repo.tmp.path().join("runner.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runner]\nname = \"t-poll-own\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"1s\"\n",
+            repo.state.display(),
+            repo.origin.display()
+        ),
+    )
+    .unwrap();
+    let daemon = common::spawn_daemon(&config);
+    // The start-up pass, then the one polling asks for at its first look.
+    wait_until("the first two passes", async || {
+        health(&daemon).await["passes"].as_u64() >= Some(2)
+    })
+    .await;
+    tokio::task::block_in_place(|| {
+        repo.merge_pr(&[(
+            "requests/polled.yaml",
+            b"kind: echo\nparams: {message: polled}\n",
+        )])
+    });
+    wait_until("the request's result on main", async || {
+        repo.main_file(&status_path("polled")).is_some()
+    })
+    .await;
+    // Three more looks at the branch, which the runner's own push moved.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let h = health(&daemon).await;
+    assert_eq!(
+        h["passes"], 3,
+        "one pass for the merge, none for the results: {h}"
+    );
+    assert_eq!(repo.status("polled")["state"], "succeeded");
+}

@@ -131,6 +131,9 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
                 if let Ok(mut b) = health.branch.lock() {
                     b.clone_from(&report.branch);
                 }
+                if let Ok(mut own) = health.own_tip.lock() {
+                    *own = own_tip(&report);
+                }
                 if let Ok(mut e) = health.last_error.lock() {
                     *e = None;
                 }
@@ -211,6 +214,12 @@ async fn poll(
         match tokio::task::spawn_blocking(move || crate::git::remote_tip(&u, &branch, t.as_deref()))
             .await
         {
+            Ok(Ok(tip)) if tip != last && is_own(&health, tip) => {
+                // The runner's own results, on top of what its pass planned from: a pass
+                // now would find nothing new (webhooks skip these pushes too).
+                tracing::debug!("the branch moved by the runner's own push: no pass");
+                last = tip;
+            }
             Ok(Ok(tip)) if tip != last => {
                 // The first look counts too: a push between start-up and now may have had
                 // no webhook. An extra pass with nothing new is cheap.
@@ -223,4 +232,24 @@ async fn poll(
             Err(e) => tracing::warn!(error = %e, "polling task failed"),
         }
     }
+}
+
+/// The tip `report`'s pass left the branch at, when it is the runner's own: the pass
+/// published, and each commit it pushed sits on the one before, the first on the tip the pass
+/// planned from (a foreign commit in between may bring requests no pass has seen).
+fn own_tip(report: &crate::engine::PassReport) -> Option<String> {
+    let mut below = report.tip.clone()?;
+    for p in &report.published {
+        if p.parent != below {
+            return None;
+        }
+        below.clone_from(&p.commit);
+    }
+    (!report.published.is_empty()).then_some(below)
+}
+
+/// Whether `tip` is where the runner's own last pass left the branch.
+fn is_own(health: &Health, tip: Option<crate::git::Oid>) -> bool {
+    let own = health.own_tip.lock().ok().and_then(|o| o.clone());
+    matches!((tip, own), (Some(t), Some(o)) if t.to_string() == o)
 }

@@ -125,6 +125,8 @@ pub struct Published {
     pub commit: String,
     /// How many times the push was rejected and the changes replayed.
     pub replays: u32,
+    /// The tip it was built on.
+    pub parent: String,
 }
 
 /// A bare mirror of the remote.
@@ -759,6 +761,7 @@ impl Mirror {
             Ok(Published {
                 commit: commit.to_string(),
                 replays: 0,
+                parent: tip.to_string(),
             })
         };
         let result = attempt

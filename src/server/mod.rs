@@ -63,6 +63,10 @@ pub struct Health {
     pub branch: Mutex<String>,
     /// The last pass's error, if it failed.
     pub last_error: Mutex<Option<String>>,
+    /// The tip the runner's last pass left the branch at, when every commit between the tip
+    /// that pass planned from and it is the runner's own: polling finding the branch there
+    /// has nothing new to ask a pass for.
+    pub own_tip: Mutex<Option<String>>,
 }
 
 /// Everything the handlers share.
