@@ -591,26 +591,7 @@ async fn claims_left_behind_ride_on_the_next_passes_first_push() {
         .await;
         if id == "ride-1" {
             // A runner that died after publishing ride-1 left its claim (pushed past the hook).
-            let tree = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
-            let commit = common::sh(
-                &repo.origin,
-                "git",
-                &[
-                    "-c",
-                    "user.name=x",
-                    "-c",
-                    "user.email=x@example.invalid",
-                    "commit-tree",
-                    tree,
-                    "-m",
-                    "{}",
-                ],
-            );
-            common::sh(
-                &repo.origin,
-                "git",
-                &["update-ref", &claim("ride-1"), commit.trim()],
-            );
+            common::put_claim(&repo.origin, "ride-1", "{}");
         }
     }
     let log = std::fs::read_to_string(repo.origin.join("pushes.log")).unwrap();

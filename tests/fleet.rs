@@ -344,32 +344,12 @@ fn claim_as_another_runner(repo: &Repo, id: &str) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis();
-    let body = format!(
-        r#"{{"runner":"elsewhere","host":"another-host","attempt":1,"renewed_ms":{now},"nonce":"n"}}"#
-    );
-    let empty_tree = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
-    let commit = common::sh(
+    common::put_claim(
         &repo.origin,
-        "git",
-        &[
-            "-c",
-            "user.name=elsewhere",
-            "-c",
-            "user.email=elsewhere@example.invalid",
-            "commit-tree",
-            empty_tree,
-            "-m",
-            &body,
-        ],
-    );
-    common::sh(
-        &repo.origin,
-        "git",
-        &[
-            "update-ref",
-            &format!("refs/codex/claims/main/{id}"),
-            commit.trim(),
-        ],
+        id,
+        &format!(
+            r#"{{"runner":"elsewhere","host":"another-host","attempt":1,"renewed_ms":{now},"nonce":"n"}}"#
+        ),
     );
 }
 

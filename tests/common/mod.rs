@@ -677,3 +677,32 @@ pub fn status_path(id: &str) -> String {
 pub fn archived_path(id: &str) -> String {
     format!("processed/{}/{id}.yaml", codex_runner::record::shard(id))
 }
+
+/// Put a claim saying `body` on request `id` of main in the bare repository `origin`, directly
+/// (no push, no hook): a claim another runner holds, or left behind.
+pub fn put_claim(origin: &Path, id: &str, body: &str) {
+    let empty_tree = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+    let commit = sh(
+        origin,
+        "git",
+        &[
+            "-c",
+            "user.name=elsewhere",
+            "-c",
+            "user.email=elsewhere@example.invalid",
+            "commit-tree",
+            empty_tree,
+            "-m",
+            body,
+        ],
+    );
+    sh(
+        origin,
+        "git",
+        &[
+            "update-ref",
+            &format!("refs/codex/claims/main/{id}"),
+            commit.trim(),
+        ],
+    );
+}
