@@ -202,23 +202,23 @@ impl Claims {
                     stopped |= matches!(verdict, Claimed::Lost(_));
                     claimed.push(verdict);
                 }
-                let won: Vec<(String, Oid, u32)> = asks
+                let won: Vec<(String, Oid)> = asks
                     .iter()
                     .zip(&claimed)
-                    .filter_map(|(a, c)| c.won().map(|oid| (a.id.clone(), oid, a.attempt)))
+                    .filter_map(|(a, c)| c.won().map(|oid| (a.id.clone(), oid)))
                     .collect();
                 let tip = settled.and_then(|()| m.fetch(&this.branch));
                 let tip = match tip {
                     Ok(tip) => tip,
                     Err(e) => {
-                        this.give_up_in(m, won.iter().map(|(id, oid, _)| (id.clone(), *oid)));
+                        this.give_up_in(m, won);
                         return Err(e);
                     }
                 };
                 let recorded: Vec<String> = won
                     .iter()
-                    .filter(|(id, _, _)| tip.is_some_and(|t| done(m, t, id)))
-                    .map(|(id, _, _)| id.clone())
+                    .filter(|(id, _)| tip.is_some_and(|t| done(m, t, id)))
+                    .map(|(id, _)| id.clone())
                     .collect();
                 if !recorded.is_empty() {
                     let refs: Vec<String> =
@@ -374,9 +374,9 @@ impl Claims {
         }
     }
 
-    /// Find every claim whose request the tip records (an earlier pass's, left for this one,
-    /// or a runner's that died after publishing): their deletion rides on this pass's next
-    /// push ([`Claims::take_stale`]).
+    /// Find every claim whose request the tip records (left by a runner that died after
+    /// publishing, or by a push that failed to drop it): their deletion rides on this pass's
+    /// next push ([`Claims::take_stale`]).
     pub async fn sweep(&self, done: impl Fn(&Mirror, &str) -> bool + Send + 'static) {
         let branch = self.branch.clone();
         let swept = self
@@ -513,17 +513,19 @@ impl QueueClaims {
         }
     }
 
-    /// `id`'s turn has come: its claim commit, or `None` when another runner took the claim
-    /// over while it waited.
-    pub async fn start(&self, id: &str) -> Option<Oid> {
+    /// `id`'s turn has come: whether its claim is still this runner's (`false` when another
+    /// runner took it over while it waited).
+    pub async fn start(&self, id: &str) -> bool {
         let mut held = self.held.lock().await;
-        let h = held.get_mut(id)?;
+        let Some(h) = held.get_mut(id) else {
+            return false;
+        };
         if h.lost {
             held.remove(id);
-            return None;
+            return false;
         }
         h.running = true;
-        Some(h.oid)
+        true
     }
 
     /// `id` is done with its claim: no longer renewed, and given up when `give_up` (its
@@ -553,6 +555,16 @@ impl QueueClaims {
                 .collect()
         };
         self.claims.give_up(left).await;
+    }
+}
+
+impl Drop for QueueClaims {
+    /// A queue that ended without [`QueueClaims::close`] (its task panicked) stops renewing:
+    /// its claims time out instead of being held forever.
+    fn drop(&mut self) {
+        if let Some(task) = self.renewer.take() {
+            task.abort();
+        }
     }
 }
 

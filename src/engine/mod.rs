@@ -1061,7 +1061,7 @@ async fn run_queue(
                     return Ok(Step::Lost(holder));
                 }
             }
-            if q.start(&item.log_id).await.is_none() {
+            if !q.start(&item.log_id).await {
                 run::abandon(cx, &item.log_id).await;
                 return Ok(Step::Lost(
                     "another runner, which took its claim over while it waited".into(),
