@@ -523,11 +523,12 @@ done
 printf '%s' "$line" | sort | paste -sd'|' >> "$GIT_DIR/pushes.log"
 "#;
 
-/// A lone request costs three pushes: its claim, its result, its claim's deletion. A claim
-/// left behind for a recorded request (its runner died after publishing) costs none: the next
-/// pass's sweep finds it and its deletion rides on that pass's first push.
+/// A daemon's lone request costs two pushes: its claim and its result. The claim's deletion
+/// rides on the next pass's first push (that pass's sweep finds every claim of a recorded
+/// request, a dead runner's too), and what is still kept when the daemon stops goes in one
+/// last push.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claims_left_behind_ride_on_the_next_passes_first_push() {
+async fn a_daemons_claims_ride_on_the_next_passes_first_push_and_go_when_it_stops() {
     docker();
     let mut repo = Repo::new("t-ride");
     let hook = repo.origin.join("hooks/pre-receive");
@@ -547,7 +548,7 @@ async fn claims_left_behind_ride_on_the_next_passes_first_push() {
         ),
     )
     .unwrap();
-    let daemon = common::spawn_daemon(&config);
+    let mut daemon = common::spawn_daemon(&config);
     wait_until("the start-up pass", async || {
         health(&daemon).await["passes"].as_u64() >= Some(1)
     })
@@ -585,15 +586,28 @@ async fn claims_left_behind_ride_on_the_next_passes_first_push() {
             )])
         });
         nudge(delivery).await;
-        wait_until("the request's result on main, its claim gone", async || {
-            repo.main_file(&status_path(id)).is_some() && claims().trim().is_empty()
+        wait_until("the request's result on main", async || {
+            repo.main_file(&status_path(id)).is_some()
         })
         .await;
+        assert_eq!(claims().trim(), claim(id), "kept for the next pass");
         if id == "ride-1" {
-            // A runner that died after publishing ride-1 left its claim (pushed past the hook).
+            // As if a runner that died after publishing ride-1 had left its claim (put past
+            // the hook): the sweep drops it all the same.
             common::put_claim(&repo.origin, "ride-1", "{}");
         }
     }
+    tokio::task::block_in_place(|| {
+        let pid = i32::try_from(daemon.child.id()).unwrap();
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let exit = daemon.child.wait().unwrap();
+        assert!(exit.success(), "{exit:?}");
+    });
+    assert_eq!(
+        claims().trim(),
+        "",
+        "the daemon dropped its claims as it stopped"
+    );
     let log = std::fs::read_to_string(repo.origin.join("pushes.log")).unwrap();
     let runners: Vec<&str> = log
         .lines()
@@ -604,7 +618,6 @@ async fn claims_left_behind_ride_on_the_next_passes_first_push() {
         [
             format!("create {}", claim("ride-1")),
             "update refs/heads/main codex: ride-1 succeeded".to_string(),
-            format!("delete {}", claim("ride-1")),
             format!("create {}|delete {}", claim("ride-2"), claim("ride-1")),
             "update refs/heads/main codex: ride-2 succeeded".to_string(),
             format!("delete {}", claim("ride-2")),
@@ -614,7 +627,9 @@ async fn claims_left_behind_ride_on_the_next_passes_first_push() {
 }
 
 /// Polling asks for a pass when the branch moves, but not when it moved by the runner's own
-/// results on top of what its pass planned from: that pass would find nothing new.
+/// results on top of what its pass planned from: that pass would find nothing new. With no
+/// pass to carry it, the request's claim is dropped after a quiet spell (at most the poll
+/// interval), without a pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_does_not_answer_the_runners_own_push_with_a_pass() {
     docker();
@@ -650,7 +665,13 @@ async fn polling_does_not_answer_the_runners_own_push_with_a_pass() {
     let h = health(&daemon).await;
     assert_eq!(
         h["passes"], 3,
-        "one pass for the merge, none for the results: {h}"
+        "one pass for the merge, none for the results or the claim: {h}"
     );
     assert_eq!(repo.status("polled")["state"], "succeeded");
+    let claims = common::sh(
+        &repo.origin,
+        "git",
+        &["for-each-ref", "--format=%(refname)", "refs/codex/"],
+    );
+    assert_eq!(claims.trim(), "", "the claim outlived the quiet spell");
 }

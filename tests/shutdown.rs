@@ -187,6 +187,16 @@ fn the_daemon_drains_on_sigterm_and_exits_with_the_result_pushed() {
         "succeeded",
         "finished, then pushed"
     );
+    let claims = common::sh(
+        &repo.origin,
+        "git",
+        &["for-each-ref", "--format=%(refname)", "refs/codex/"],
+    );
+    assert_eq!(
+        claims.trim(),
+        "",
+        "the daemon dropped its claims as it stopped"
+    );
     repo.assert_no_containers();
 }
 

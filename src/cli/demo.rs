@@ -130,6 +130,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         shutdown: Default::default(),
         drain_timeout: super::dispatch::DEFAULT_DRAIN_TIMEOUT,
         labels: Vec::new(),
+        keep_recorded_claims: false,
     };
     step("codex-runner dispatch --once: fetch main, plan, run in Docker, push".into());
     let report = match dispatch_once(&opts).await {

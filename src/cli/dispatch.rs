@@ -247,6 +247,7 @@ pub fn from_host(
             .drain_timeout
             .or(host.drain_timeout)
             .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+        keep_recorded_claims: false,
     })
 }
 

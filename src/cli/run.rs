@@ -15,7 +15,9 @@ use tracing::Instrument;
 
 use crate::config::HostConfig;
 use crate::engine::shutdown::Stage;
-use crate::engine::{dispatch_once, validate_pull, validation_update, DispatchOptions, PullJob};
+use crate::engine::{
+    dispatch_once, release_claims, validate_pull, validation_update, DispatchOptions, PullJob,
+};
 use crate::server::{router, Health, Server, Trigger};
 
 use super::dispatch::{from_host, Overrides};
@@ -48,12 +50,15 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
         .clone()
         .context("the host config has no [repository] section")?;
     let server_cfg = host.server.clone();
-    let opts = from_host(
+    let mut opts = from_host(
         host,
         repo.url.clone(),
         repo.branch.clone(),
         Overrides::default(),
     )?;
+    // A daemon has a next pass: the claims a pass recorded ride on its first push.
+    opts.keep_recorded_claims = true;
+    let linger = server_cfg.poll_interval.min(CLAIM_LINGER);
     let secret = match &server_cfg.webhook_secret_file {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -112,9 +117,21 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
         .on_signals(opts.drain_timeout)
         .context("failed to watch SIGTERM and SIGINT")?;
     trigger.ask();
+    // Claims of recorded requests the last pass left on the remote.
+    let mut kept: Vec<String> = Vec::new();
     loop {
+        let quiet = async {
+            if kept.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(linger).await;
+        };
         tokio::select! {
             _ = trigger.wait() => {}
+            _ = quiet => {
+                release_claims(&opts, std::mem::take(&mut kept)).await;
+                continue;
+            }
             _ = opts.shutdown.reached(Stage::Drain) => break,
         }
         let span = tracing::info_span!("pass", runner = %opts.runner);
@@ -134,6 +151,8 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
                 if let Ok(mut own) = health.own_tip.lock() {
                     *own = own_tip(&report);
                 }
+                // The pass swept and dropped the earlier ones.
+                kept.clone_from(&report.kept_claims);
                 if let Ok(mut e) = health.last_error.lock() {
                     *e = None;
                 }
@@ -156,9 +175,15 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
             break;
         }
     }
+    release_claims(&opts, kept).await;
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a daemon leaves the claims of recorded requests on the remote for a next pass to
+/// carry their deletion, before it drops them in a push of their own (at most the poll
+/// interval).
+const CLAIM_LINGER: Duration = Duration::from_secs(30);
 
 /// Validate pull requests one at a time and publish `codex-runner/validate` on their heads.
 async fn validate_pulls(

@@ -36,7 +36,7 @@ use crate::plan::{self, Action, Done, InboxEntry, WorkItem};
 use crate::record::{read_status, Ledger, ResultFile, Status};
 
 use locks::ResourceLocks;
-use publish::Target;
+use publish::{Committed, Target};
 
 /// How to run a pass.
 #[derive(Debug, Clone)]
@@ -72,6 +72,12 @@ pub struct DispatchOptions {
     pub shutdown: shutdown::Shutdown,
     /// After the first SIGTERM, how long running handlers may go on.
     pub drain_timeout: std::time::Duration,
+    /// Leave the claims of the requests a pass recorded on the remote
+    /// ([`PassReport::kept_claims`]) instead of dropping them in a push of their own at the
+    /// end of the pass: a daemon's next pass sweeps them and their deletion rides on its first
+    /// push, and the daemon drops what is still kept after a quiet spell or when it stops
+    /// ([`release_claims`]). A one-shot pass drops them itself.
+    pub keep_recorded_claims: bool,
 }
 
 /// Why a pass could not complete; each maps to a documented exit code.
@@ -134,6 +140,9 @@ pub struct PassReport {
     pub round_trips: crate::git::RoundTrips,
     /// The engine's time for each step of the containers this pass started.
     pub lifecycle: Lifecycle,
+    /// Claims of requests this pass recorded, left on the remote for the next pass (with
+    /// [`DispatchOptions::keep_recorded_claims`]).
+    pub kept_claims: Vec<String>,
 }
 
 /// The engine's time for each step of a pass's containers: the median over them, in
@@ -707,6 +716,32 @@ async fn recover(
     Ok(out)
 }
 
+/// Drop `refs`, claims a daemon's passes kept ([`PassReport::kept_claims`]), in one push: after
+/// a quiet spell with no pass to carry them, or when the daemon stops. A failure only leaves
+/// them for a later pass's sweep.
+pub async fn release_claims(opts: &DispatchOptions, refs: Vec<String>) {
+    if refs.is_empty() {
+        return;
+    }
+    let work = opts.work_dir.join(remote_key(&opts.remote));
+    let remote = opts.remote.clone();
+    let attempts = opts.push_attempts;
+    let dropped = match git_token(opts.git_auth.as_ref()).await {
+        Ok(token) => tokio::task::spawn_blocking(move || {
+            let mut mirror = Mirror::open(&work, &remote, token.as_deref())?;
+            mirror.set_attempts(attempts);
+            mirror.drop_claims(&refs)
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = dropped {
+        tracing::warn!(error = %format!("{e:#}"), "failed to drop claims; a later pass drops them");
+    }
+}
+
 /// Run one full pass against the remote.
 pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, DispatchError> {
     let before = crate::git::round_trips();
@@ -826,8 +861,10 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         attempts: opts.push_attempts,
         checks: checks_tx,
         auth: opts.git_auth.clone(),
-        claims,
+        claims: claims.clone(),
+        keep_recorded_claims: opts.keep_recorded_claims,
     };
+    let release = claims;
     let (tx, rx) = mpsc::unbounded_channel::<Finished>();
     let committer = tokio::spawn(publish::committer(target, rx));
     let recorded = Arc::new(Mutex::new(Vec::<Status>::new()));
@@ -881,7 +918,11 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         let _ = removal.await;
     }
     cx.sweep_checkouts().await;
-    let (published, publish_errors) = committer.await.context("failed to join the committer")?;
+    let Committed {
+        published,
+        errors: publish_errors,
+        kept: kept_claims,
+    } = committer.await.context("failed to join the committer")?;
     let deferred = cx.deferred.lock().map(|d| d.clone()).unwrap_or_default();
     let lifecycle = cx
         .lifecycle
@@ -896,10 +937,13 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         checks::drain(task).await;
     }
     let items = recorded.lock().map(|r| r.clone()).unwrap_or_default();
-    if let Some(e) = publish_errors.into_iter().next() {
-        return Err(DispatchError::Git(e));
-    }
-    if let Some(e) = infra {
+    let failed = match publish_errors.into_iter().next() {
+        Some(e) => Some(DispatchError::Git(e)),
+        None => infra,
+    };
+    if let Some(e) = failed {
+        // A failed pass reports nothing for the daemon to drop later.
+        release.drop_refs(kept_claims).await;
         return Err(e);
     }
     Ok(PassReport {
@@ -912,6 +956,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         look_again,
         round_trips: crate::git::round_trips() - before,
         lifecycle,
+        kept_claims,
     })
 }
 

@@ -29,6 +29,9 @@ pub(crate) struct Target {
     pub auth: Option<crate::forge::GitHub>,
     /// The claims to drop once their results are on the branch.
     pub claims: super::claims::Claims,
+    /// Leave the claims of this pass's results on the remote for the next pass
+    /// ([`super::DispatchOptions::keep_recorded_claims`]).
+    pub keep_recorded_claims: bool,
 }
 
 /// A finished request's log and status, as read from its result directory.
@@ -126,12 +129,23 @@ pub(crate) fn message(batch: &[Finished], runner: &str) -> String {
 /// trip of hundreds of milliseconds).
 const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// What the committer did in a pass.
+pub(crate) struct Committed {
+    /// The commits it pushed.
+    pub published: Vec<Published>,
+    /// Pushes that failed (their results stay in the state dir).
+    pub errors: Vec<anyhow::Error>,
+    /// Claims of recorded requests it left on the remote
+    /// ([`Target::keep_recorded_claims`]).
+    pub kept: Vec<String>,
+}
+
 /// Publish finished requests as they arrive, batching those that finish within
 /// [`BATCH_WINDOW`] of the first and whatever queued up during a push.
 pub(crate) async fn committer(
     target: Target,
     mut rx: mpsc::UnboundedReceiver<Finished>,
-) -> (Vec<Published>, Vec<anyhow::Error>) {
+) -> Committed {
     let mut published = Vec::new();
     let mut errors = Vec::new();
     // Claims whose results are on the branch (the sweep's, then this pass's own): their
@@ -167,10 +181,21 @@ pub(crate) async fn committer(
             }
         }
     }
+    // What the sweep found and no push carried goes now; this pass's own may wait for the
+    // next pass's first push.
     let mut left = target.claims.take_stale();
-    left.extend(unreleased);
+    let kept = if target.keep_recorded_claims {
+        unreleased
+    } else {
+        left.extend(unreleased);
+        Vec::new()
+    };
     target.claims.drop_refs(left).await;
-    (published, errors)
+    Committed {
+        published,
+        errors,
+        kept,
+    }
 }
 
 /// The check event of `f`, pushed (or about to be) at `pushed` (a commit or the branch).
