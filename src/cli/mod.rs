@@ -82,15 +82,6 @@ pub fn main() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    let remote = match &cli.command {
-        Command::Dispatch(a) => Some(a.repo.as_str()),
-        Command::Logs(a) => Some(a.remote.repo.as_str()),
-        Command::MigrateLayout(a) => Some(a.remote.repo.as_str()),
-        _ => None,
-    };
-    if let Some(remote) = remote {
-        skip_ca_bundle_unless_tls(remote);
-    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -128,19 +119,6 @@ pub fn main() -> i32 {
             Command::MigrateLayout(a) => tokio::task::block_in_place(|| ledger::migrate(a)),
         }
     })
-}
-
-/// libgit2 starts OpenSSL eagerly, and OpenSSL then parses the system's whole CA bundle:
-/// about 30 ms, half of a pass that finds nothing new. A command whose remote is not reached
-/// over http(s) makes no TLS connection through libgit2 (the forge API goes through rustls
-/// with its own roots, and handlers get no environment of the runner's), so it tells OpenSSL
-/// there is no bundle to load, whatever `SSL_CERT_FILE` said. Called before any thread
-/// starts.
-fn skip_ca_bundle_unless_tls(remote: &str) {
-    let tls = remote.starts_with("https://") || remote.starts_with("http://");
-    if !tls {
-        std::env::set_var("SSL_CERT_FILE", "/dev/null");
-    }
 }
 
 /// Print an error chain the way every command does.

@@ -21,8 +21,10 @@ use crate::plan::EntryContent;
 
 mod checkouts;
 pub mod claims;
+mod https;
 mod push;
 pub mod seed;
+mod ssh;
 mod transport;
 
 pub use push::{Expect, Outcomes, RefUpdate};
@@ -281,6 +283,7 @@ impl Mirror {
             .repo
             .find_remote("origin")
             .context("failed to find the mirror's remote")?;
+        let _auth = https::Auth::scope(self.token.as_deref());
         transport::retry(self.attempts, "a fetch", || {
             let mut opts = FetchOptions::new();
             opts.remote_callbacks(callbacks(self.token.as_deref()));
@@ -892,18 +895,27 @@ fn local_path(url: &str) -> Option<PathBuf> {
     }
 }
 
-/// Credentials: ssh-agent for ssh; for http(s), the forge token as `x-access-token` when the
-/// runner has one, else git's credential helper. Each is offered once, so wrong credentials
-/// fail instead of looping.
+/// The transports libgit2 does not bring without OpenSSL: https ([`https`], rustls) and ssh
+/// ([`ssh`], the system's client). Registered once, before the first remote is reached.
+fn transports() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = https::register().and_then(|()| ssh::register()) {
+            tracing::error!(error = %e.message(), "failed to register the https and ssh transports");
+        }
+    });
+}
+
+/// Credentials for the remotes libgit2 reaches itself (`http://`, `git://`): the forge token
+/// as `x-access-token` when the runner has one, else git's credential helper, each offered
+/// once, so wrong credentials fail instead of looping. https gets the same token through
+/// [`https::Auth`]; ssh uses the system client's keys and agent. Registers the transports.
 fn callbacks(token: Option<&str>) -> RemoteCallbacks<'static> {
+    transports();
     let mut cbs = RemoteCallbacks::new();
     let token = token.map(str::to_string);
-    let (mut tried_agent, mut tried_pass) = (false, false);
+    let mut tried_pass = false;
     cbs.credentials(move |url, username, allowed| {
-        if allowed.contains(git2::CredentialType::SSH_KEY) && !tried_agent {
-            tried_agent = true;
-            return git2::Cred::ssh_key_from_agent(username.unwrap_or("git"));
-        }
         if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) && !tried_pass {
             tried_pass = true;
             if let Some(t) = &token {
@@ -925,6 +937,7 @@ fn callbacks(token: Option<&str>) -> RemoteCallbacks<'static> {
 pub fn remote_tip(url: &str, branch: &str, token: Option<&str>) -> anyhow::Result<Option<Oid>> {
     let mut remote =
         git2::Remote::create_detached(url).context("failed to parse the remote URL")?;
+    let _auth = https::Auth::scope(token);
     let connection = remote
         .connect_auth(git2::Direction::Fetch, Some(callbacks(token)), None)
         .context("failed to reach the remote")?;

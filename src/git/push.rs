@@ -138,6 +138,7 @@ impl Mirror {
     fn push_served(&self, updates: &[RefUpdate], crash: bool) -> anyhow::Result<Outcomes> {
         let mut remote = self.repo.find_remote("origin")?;
         let token = self.token.as_deref();
+        let _auth = super::https::Auth::scope(token);
         transport::retry(self.attempts, "a push", || {
             let mut conn =
                 remote.connect_auth(git2::Direction::Push, Some(callbacks(token)), None)?;

@@ -127,6 +127,7 @@ impl SeedRepo {
     /// Push `refs` to `url` (no force), authenticating with `token` over http(s).
     pub fn push(&self, url: &str, refs: &[&str], token: Option<&str>) -> anyhow::Result<()> {
         let mut remote = self.repo.remote_anonymous(url)?;
+        let _auth = super::https::Auth::scope(token);
         let mut opts = git2::PushOptions::new();
         opts.remote_callbacks(super::callbacks(token));
         let specs: Vec<String> = refs.iter().map(|r| format!("{r}:{r}")).collect();
@@ -138,6 +139,7 @@ impl SeedRepo {
     /// Fetch `main` from `url` into this repository.
     pub fn fetch_main(&self, url: &str, token: Option<&str>) -> anyhow::Result<()> {
         let mut remote = self.repo.remote_anonymous(url)?;
+        let _auth = super::https::Auth::scope(token);
         let mut opts = git2::FetchOptions::new();
         opts.remote_callbacks(super::callbacks(token));
         remote

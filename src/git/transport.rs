@@ -46,8 +46,15 @@ pub(crate) fn transient(e: &git2::Error) -> bool {
         // A git daemon's refusal (`remote error: access denied or repository not
         // exported`) comes as a network error, and will say the same next time.
         ErrorClass::Net if e.message().starts_with("remote error:") => false,
-        ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssl | ErrorClass::Zlib => true,
-        ErrorClass::Ssh => !e.message().contains("authentication"),
+        // The https and ssh transports' failures while libgit2 reads an answer.
+        ErrorClass::Net if super::ssh::is_final(e.message()) => false,
+        ErrorClass::Net => match http_status(e.message()) {
+            Some(code) => code >= 500 || code == 408 || code == 429,
+            None => true,
+        },
+        ErrorClass::Os | ErrorClass::Ssl | ErrorClass::Zlib => true,
+        // The ssh client could not start, or the URL is not one.
+        ErrorClass::Ssh => false,
         _ => false,
     }
 }
@@ -177,6 +184,39 @@ mod tests {
             ),
             (
                 e(ErrorClass::Net, ErrorCode::GenericError, "early EOF"),
+                true,
+            ),
+            // What the https and ssh transports report while libgit2 reads an answer.
+            (
+                e(
+                    ErrorClass::Net,
+                    ErrorCode::GenericError,
+                    "unexpected http status code: 502 from https://forge.example/ops.git",
+                ),
+                true,
+            ),
+            (
+                e(
+                    ErrorClass::Net,
+                    ErrorCode::GenericError,
+                    "unexpected http status code: 403 from https://forge.example/ops.git",
+                ),
+                false,
+            ),
+            (
+                e(
+                    ErrorClass::Net,
+                    ErrorCode::GenericError,
+                    "ssh: git@forge.example ended the connection (exit 255): Permission denied (publickey).",
+                ),
+                false,
+            ),
+            (
+                e(
+                    ErrorClass::Net,
+                    ErrorCode::GenericError,
+                    "ssh: git@forge.example ended the connection (exit 255): Connection reset by peer",
+                ),
                 true,
             ),
             (
