@@ -90,13 +90,8 @@ impl Mirror {
     /// other claims coming and going meanwhile do not matter).
     pub fn fetch_claim(&self, branch: &str, id: &str) -> anyhow::Result<Option<Claim>> {
         let refname = claim_ref(branch, id);
-        let mut remote = self.fetch_spec(&format!("+{refname}:{refname}"), "a claim")?;
-        let present = remote
-            .list()
-            .map(|heads| heads.iter().any(|h| h.name() == refname))
-            .unwrap_or(true);
-        let _ = remote.disconnect();
-        if !present {
+        let fetched = self.fetch_spec(&format!("+{refname}:{refname}"), "a claim")?;
+        if !fetched.has(&refname) {
             if let Ok(mut local) = self.repo.find_reference(&refname) {
                 let _ = local.delete();
             }

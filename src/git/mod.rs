@@ -5,7 +5,7 @@
 //! commit on the remote tip and pushing it without force; a rejected push fetches, rebuilds the
 //! same changes on the new tip and tries again with back-off, so a foreign commit is never lost.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -157,6 +157,22 @@ pub struct NeedsDeeper {
     pub depth: usize,
 }
 
+/// What a fetch found on the remote.
+pub(crate) struct Fetched {
+    /// The refs the remote had (all it advertised, or those the refspec matched); `None`
+    /// when that is not known.
+    refs: Option<Vec<String>>,
+}
+
+impl Fetched {
+    /// Whether the remote had `refname` (`true` when that is not known).
+    pub(crate) fn has(&self, refname: &str) -> bool {
+        self.refs
+            .as_ref()
+            .is_none_or(|refs| refs.iter().any(|r| r == refname))
+    }
+}
+
 /// A failed push that may succeed on a newer tip.
 #[derive(Debug, thiserror::Error)]
 #[error("push to {branch} was rejected: {reason}")]
@@ -259,26 +275,32 @@ impl Mirror {
         redact(&self.url)
     }
 
-    /// Fetch one refspec from the remote; the remote, still connected, for a look at its refs.
-    fn fetch_spec(&self, spec: &str, what: &str) -> anyhow::Result<git2::Remote<'_>> {
+    /// Fetch one refspec from the remote; the refs it had.
+    fn fetch_spec(&self, spec: &str, what: &str) -> anyhow::Result<Fetched> {
         self.fetch_with(spec, what, false)
     }
 
     /// Fetch one refspec; with `prune`, local refs under it that the remote no longer has go.
-    fn fetch_with(&self, spec: &str, what: &str, prune: bool) -> anyhow::Result<git2::Remote<'_>> {
+    fn fetch_with(&self, spec: &str, what: &str, prune: bool) -> anyhow::Result<Fetched> {
         self.fetch_depth(spec, what, prune, 0)
     }
 
-    /// Fetch one refspec, `depth` first-parent commits deep from the tips (0: everything
-    /// not yet here).
+    /// Fetch one refspec (`+src:dst`, each side a ref or a prefix ending in `*`), `depth`
+    /// first-parent commits deep from the tips (0: everything not yet here; a path remote
+    /// always gives everything).
     fn fetch_depth(
         &self,
         spec: &str,
         what: &str,
         prune: bool,
         depth: i32,
-    ) -> anyhow::Result<git2::Remote<'_>> {
+    ) -> anyhow::Result<Fetched> {
         FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(path) = local_path(&self.url) {
+            return self
+                .fetch_from_path(&path, spec, prune)
+                .with_context(|| format!("failed to fetch {what} from {}", self.shown_url()));
+        }
         let mut remote = self
             .repo
             .find_remote("origin")
@@ -296,7 +318,74 @@ impl Mirror {
             remote.fetch(&[spec], Some(&mut opts), None)
         })
         .with_context(|| format!("failed to fetch {what} from {}", self.shown_url()))?;
-        Ok(remote)
+        let fetched = Fetched {
+            // Unknown (`None`) if the list is gone: callers then keep what they have.
+            refs: remote
+                .list()
+                .ok()
+                .map(|heads| heads.iter().map(|h| h.name().to_string()).collect()),
+        };
+        let _ = remote.disconnect();
+        Ok(fetched)
+    }
+
+    /// A fetch from a remote that is a local path: the objects the mirror lacks are copied
+    /// from the remote's store, the walk stopping at what the mirror has, so the cost follows
+    /// what is new. (libgit2's local fetch first marks every tree of the mirror's tips as
+    /// known: at 10,000 finished requests, the whole outbox at every fetch.)
+    fn fetch_from_path(&self, path: &Path, spec: &str, prune: bool) -> anyhow::Result<Fetched> {
+        let remote = Repository::open_bare(path)
+            .with_context(|| format!("failed to open the remote {}", path.display()))?;
+        let (src, dst) = spec
+            .trim_start_matches('+')
+            .split_once(':')
+            .with_context(|| format!("not a refspec: {spec}"))?;
+        let mapped = |name: &str, from: &str, to: &str| -> Option<String> {
+            match (from.strip_suffix('*'), to.strip_suffix('*')) {
+                (Some(f), Some(t)) => name.strip_prefix(f).map(|rest| format!("{t}{rest}")),
+                (None, None) => (name == from).then(|| to.to_string()),
+                _ => None,
+            }
+        };
+        let mut seen = Vec::new();
+        let listed: Vec<String> = match src.strip_suffix('*') {
+            Some(prefix) => remote
+                .references_glob(&format!("{prefix}*"))?
+                .filter_map(|r| r.ok().and_then(|r| r.name().ok().map(str::to_string)))
+                .collect(),
+            None => vec![src.to_string()],
+        };
+        for name in listed {
+            // Gone since it was listed (another runner dropping a claim): as if never there.
+            let Ok(tip) = remote.refname_to_id(&name) else {
+                continue;
+            };
+            let Some(local) = mapped(&name, src, dst) else {
+                continue;
+            };
+            transport::copy_objects(&remote, &self.repo, tip)?;
+            self.repo
+                .reference(&local, tip, true, "fetch")
+                .with_context(|| format!("failed to set {local}"))?;
+            seen.push(name);
+        }
+        if prune {
+            let pattern = dst
+                .strip_suffix('*')
+                .map_or(dst.to_string(), |p| format!("{p}*"));
+            for r in self.repo.references_glob(&pattern)? {
+                let mut r = r?;
+                let gone = r
+                    .name()
+                    .ok()
+                    .and_then(|n| mapped(n, dst, src))
+                    .is_some_and(|theirs| !seen.contains(&theirs));
+                if gone {
+                    r.delete()?;
+                }
+            }
+        }
+        Ok(Fetched { refs: Some(seen) })
     }
 
     /// Fetch `branch`; its tip, or `None` when the remote has no such branch.
@@ -318,18 +407,9 @@ impl Mirror {
         } else {
             0
         };
-        let mut remote = self.fetch_depth(&spec, branch, false, depth)?;
+        let fetched = self.fetch_depth(&spec, branch, false, depth)?;
         // A branch deleted upstream must not leave a stale tip behind.
-        let present = remote
-            .list()
-            .map(|heads| {
-                heads
-                    .iter()
-                    .any(|h| h.name() == format!("refs/heads/{branch}"))
-            })
-            .unwrap_or(true);
-        let _ = remote.disconnect();
-        if !present {
+        if !fetched.has(&format!("refs/heads/{branch}")) {
             return Ok(None);
         }
         match self
@@ -357,9 +437,7 @@ impl Mirror {
 
     fn deepen_spec(&mut self, spec: &str, what: &str, depth: usize) -> anyhow::Result<()> {
         let depth = i32::try_from(depth).unwrap_or(i32::MAX);
-        let mut remote = self.fetch_depth(spec, what, false, depth)?;
-        let _ = remote.disconnect();
-        drop(remote);
+        self.fetch_depth(spec, what, false, depth)?;
         // libgit2 keeps the commits it parsed with the parents the old boundary gave them
         // (none, at the cut): only a fresh handle sees the history the deepening brought.
         let path = self.repo.path().to_path_buf();
@@ -379,13 +457,12 @@ impl Mirror {
         } else {
             0
         };
-        let mut remote = self.fetch_depth(
+        self.fetch_depth(
             &format!("+refs/pull/{number}/head:{local}"),
             &format!("pull request #{number}"),
             false,
             depth,
         )?;
-        let _ = remote.disconnect();
         self.repo
             .refname_to_id(&local)
             .with_context(|| format!("pull request #{number} has no head on {}", self.shown_url()))
@@ -436,22 +513,60 @@ impl Mirror {
         self.diff_paths(Some(&parent.tree()?), &c.tree()?)
     }
 
-    /// Paths that differ between two trees: each path a change touches, old and new names.
+    /// Paths of the files that differ between two trees (added, removed, changed in content
+    /// or mode), sorted. Subtrees with the same id on both sides are not opened, so the cost
+    /// follows the change, not the tree (libgit2's tree diff reads every subtree of both: at
+    /// 10,000 finished requests, the whole outbox twice).
     fn diff_paths(
         &self,
         old: Option<&git2::Tree>,
         new: &git2::Tree,
     ) -> anyhow::Result<Vec<String>> {
-        let diff = self.repo.diff_tree_to_tree(old, Some(new), None)?;
-        let mut out = std::collections::BTreeSet::new();
-        for d in diff.deltas() {
-            for file in [d.old_file(), d.new_file()] {
-                if let Some(p) = file.path().and_then(|p| p.to_str()) {
-                    out.insert(p.to_string());
+        let mut out = BTreeSet::new();
+        self.diff_into(old, Some(new), "", &mut out)?;
+        Ok(out.into_iter().collect())
+    }
+
+    fn diff_into(
+        &self,
+        old: Option<&git2::Tree>,
+        new: Option<&git2::Tree>,
+        prefix: &str,
+        out: &mut BTreeSet<String>,
+    ) -> anyhow::Result<()> {
+        let entries = |t: Option<&git2::Tree>| -> BTreeMap<Vec<u8>, (Oid, i32)> {
+            t.map(|t| {
+                t.iter()
+                    .map(|e| (e.name_bytes().to_vec(), (e.id(), e.filemode())))
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let (before, after) = (entries(old), entries(new));
+        let names: BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
+        for name in names {
+            let (was, is) = (before.get(name), after.get(name));
+            if was == is {
+                continue;
+            }
+            let path = format!("{prefix}{}", String::from_utf8_lossy(name));
+            let subtree = |side: Option<&(Oid, i32)>| -> anyhow::Result<Option<git2::Tree<'_>>> {
+                match side {
+                    Some((id, 0o040000)) => Ok(Some(self.repo.find_tree(*id)?)),
+                    _ => Ok(None),
                 }
+            };
+            let (old_dir, new_dir) = (subtree(was)?, subtree(is)?);
+            if old_dir.is_some() || new_dir.is_some() {
+                self.diff_into(old_dir.as_ref(), new_dir.as_ref(), &format!("{path}/"), out)?;
+            }
+            // A file on either side (beside a directory of the same name, when one replaced
+            // the other).
+            if was.is_some_and(|(_, m)| *m != 0o040000) || is.is_some_and(|(_, m)| *m != 0o040000) {
+                out.insert(path);
             }
         }
-        Ok(out.into_iter().collect())
+        Ok(())
     }
 
     /// The bytes of the regular file at `path` in `commit`, if there is one.
@@ -1002,6 +1117,96 @@ mod tests {
         }
     }
 
+    /// The changed paths libgit2's own tree diff finds (old and new names).
+    fn libgit2_diff(m: &Mirror, old: &git2::Tree, new: &git2::Tree) -> Vec<String> {
+        let diff = m
+            .repo
+            .diff_tree_to_tree(Some(old), Some(new), None)
+            .unwrap();
+        let mut out = BTreeSet::new();
+        for d in diff.deltas() {
+            for f in [d.old_file(), d.new_file()] {
+                if let Some(p) = f.path().and_then(|p| p.to_str()) {
+                    out.insert(p.to_string());
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// A tree of `files` ((path, bytes, mode)) in `m`.
+    fn tree_of<'r>(m: &'r Mirror, files: &[(&str, &[u8], i32)]) -> git2::Tree<'r> {
+        let base = m
+            .repo
+            .find_tree(m.repo.treebuilder(None).unwrap().write().unwrap())
+            .unwrap();
+        let mut b = git2::build::TreeUpdateBuilder::new();
+        for (path, bytes, mode) in files {
+            let blob = m.repo.blob(bytes).unwrap();
+            let mode = if *mode == 0o100755 {
+                git2::FileMode::BlobExecutable
+            } else {
+                git2::FileMode::Blob
+            };
+            b.upsert(*path, blob, mode);
+        }
+        let id = b.create_updated(&m.repo, &base).unwrap();
+        m.repo.find_tree(id).unwrap()
+    }
+
+    #[test]
+    fn the_tree_diff_finds_what_libgit2_finds_without_opening_equal_subtrees() {
+        let (_tmp, _origin, _base, m) = fixture(&[file("README.md", b"x")]);
+        let logs: Vec<(String, Vec<u8>)> = (0..300)
+            .map(|i| {
+                (
+                    format!("logs/{:02x}/r{i}.jsonl", i % 256),
+                    vec![b'l'; i % 7],
+                )
+            })
+            .collect();
+        let mut before: Vec<(&str, &[u8], i32)> = logs
+            .iter()
+            .map(|(p, b)| (p.as_str(), b.as_slice(), 0o100644))
+            .collect();
+        before.extend([
+            ("requests/old.yaml", b"kind: a\n".as_slice(), 0o100644),
+            ("handlers/run.sh", b"#!/bin/sh\n", 0o100644),
+            ("docs", b"a file, later a directory", 0o100644),
+            ("gone/deep/x.txt", b"x", 0o100644),
+        ]);
+        let mut after: Vec<(&str, &[u8], i32)> = logs
+            .iter()
+            .map(|(p, b)| (p.as_str(), b.as_slice(), 0o100644))
+            .collect();
+        after.extend([
+            ("requests/old.yaml", b"kind: b\n".as_slice(), 0o100644),
+            ("requests/new.yaml", b"kind: c\n", 0o100644),
+            ("handlers/run.sh", b"#!/bin/sh\n", 0o100755),
+            ("docs/index.md", b"now a directory", 0o100644),
+            ("logs/07/added.jsonl", b"{}", 0o100644),
+        ]);
+        let (old, new) = (tree_of(&m, &before), tree_of(&m, &after));
+        let ours = m.diff_paths(Some(&old), &new).unwrap();
+        assert_eq!(ours, libgit2_diff(&m, &old, &new));
+        assert_eq!(
+            ours,
+            [
+                "docs",
+                "docs/index.md",
+                "gone/deep/x.txt",
+                "handlers/run.sh",
+                "logs/07/added.jsonl",
+                "requests/new.yaml",
+                "requests/old.yaml"
+            ]
+        );
+        assert_eq!(
+            m.diff_paths(Some(&new), &new).unwrap(),
+            Vec::<String>::new()
+        );
+    }
+
     #[test]
     fn credentials_never_show() {
         assert_eq!(
@@ -1130,6 +1335,55 @@ mod tests {
         assert_eq!(seen["x"].body.as_ref().map(|b| b.nonce.as_str()), Some("2"));
         mirror.drop_claims(&[r.to_string()]).unwrap();
         assert!(mirror.fetch_claims("main").unwrap().is_empty());
+    }
+
+    /// A path remote is fetched by copying what the mirror lacks: new commits arrive, refs
+    /// gone upstream go here too (pruned claims, a deleted branch).
+    #[test]
+    fn a_fetch_from_a_path_copies_what_is_new_and_prunes_what_is_gone() {
+        let (tmp, origin, base, mirror) = fixture(&[file("a", b"1")]);
+        assert_eq!(mirror.fetch("main").unwrap(), Some(base));
+        let next = origin
+            .commit("refs/heads/main", &[base], &[file("b", b"2")], "next")
+            .unwrap();
+        assert_eq!(mirror.fetch("main").unwrap(), Some(next));
+        assert_eq!(
+            mirror.read_file(next, "b").unwrap().as_deref(),
+            Some(&b"2"[..])
+        );
+        let remote = Repository::open_bare(tmp.path().join("origin.git")).unwrap();
+        for id in ["x", "y"] {
+            remote
+                .reference(&format!("refs/codex/claims/main/{id}"), next, true, "claim")
+                .unwrap();
+        }
+        let seen = mirror.fetch_claims("main").unwrap();
+        assert_eq!(seen.keys().collect::<Vec<_>>(), ["x", "y"]);
+        remote
+            .find_reference("refs/codex/claims/main/y")
+            .unwrap()
+            .delete()
+            .unwrap();
+        let seen = mirror.fetch_claims("main").unwrap();
+        assert_eq!(seen.keys().collect::<Vec<_>>(), ["x"]);
+        assert!(mirror
+            .repo
+            .find_reference("refs/codex/claims/main/y")
+            .is_err());
+        assert_eq!(
+            mirror.fetch_claim("main", "y").unwrap().map(|c| c.oid),
+            None
+        );
+        assert_eq!(
+            mirror.fetch_claim("main", "x").unwrap().map(|c| c.oid),
+            Some(next)
+        );
+        remote
+            .find_reference("refs/heads/main")
+            .unwrap()
+            .delete()
+            .unwrap();
+        assert_eq!(mirror.fetch("main").unwrap(), None);
     }
 
     #[test]
