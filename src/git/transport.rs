@@ -116,6 +116,9 @@ pub(crate) fn copy_objects(from: &Repository, to: &Repository, root: Oid) -> any
     Ok(())
 }
 
+/// How long [`swap_ref`] waits for another writer's lock on a ref.
+const REF_LOCK_PATIENCE: Duration = Duration::from_secs(1);
+
 /// Set `refname` in `repo` to `new` (`None`: delete it) if, and only if, it is `expected`
 /// now (`None`: it does not exist), compared under the ref's lock. `Ok(Err(reason))` when it
 /// is not, or another writer holds the lock.
@@ -125,14 +128,25 @@ pub(crate) fn swap_ref(
     new: Option<Oid>,
     expected: Option<Oid>,
 ) -> anyhow::Result<Result<(), String>> {
-    let mut tx = repo.transaction()?;
-    match tx.lock_ref(refname) {
-        Ok(()) => {}
-        Err(e) if e.code() == ErrorCode::Locked => {
-            return Ok(Err(format!("{refname}: another update holds its lock")))
+    // Another writer holds the lock for the moment of its own swap: wait for it a little, as
+    // git does (`core.filesRefLockTimeout`), instead of refusing at once.
+    let mut wait = Duration::from_millis(1);
+    let mut waited = Duration::ZERO;
+    let mut tx = loop {
+        let mut tx = repo.transaction()?;
+        match tx.lock_ref(refname) {
+            Ok(()) => break tx,
+            Err(e) if e.code() == ErrorCode::Locked && waited < REF_LOCK_PATIENCE => {
+                std::thread::sleep(wait);
+                waited += wait;
+                wait = (wait * 2).min(Duration::from_millis(100));
+            }
+            Err(e) if e.code() == ErrorCode::Locked => {
+                return Ok(Err(format!("{refname}: another update holds its lock")))
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
-    }
+    };
     let current = match repo.find_reference(refname) {
         Ok(r) => r.target(),
         Err(e) if e.code() == ErrorCode::NotFound => None,
@@ -308,6 +322,23 @@ mod tests {
         assert!(swap_ref(&repo, r, None, Some(a)).unwrap().is_err());
         assert!(swap_ref(&repo, r, None, Some(b)).unwrap().is_ok());
         assert!(repo.find_reference(r).is_err());
+        // Another writer's lock is waited out for a moment, not taken for a refusal.
+        let lock = tmp.path().join(format!("{r}.lock"));
+        std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+        std::fs::write(&lock, "").unwrap();
+        let releaser = {
+            let lock = lock.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(150));
+                std::fs::remove_file(lock).unwrap();
+            })
+        };
+        assert!(swap_ref(&repo, r, Some(a), None).unwrap().is_ok());
+        releaser.join().unwrap();
+        // One held for longer than that is a refusal, with its reason.
+        std::fs::write(&lock, "").unwrap();
+        let held = swap_ref(&repo, r, Some(b), Some(a)).unwrap();
+        assert!(held.unwrap_err().contains("holds its lock"));
     }
 
     #[test]
