@@ -482,38 +482,52 @@ struct Survey {
 }
 
 /// The first-parent commit that brought each of `paths` to `branch` (see
-/// [`Mirror::introducing_commits`]), deepening a shallow mirror as far as the oldest takes:
-/// each step asks for four times the history walked so far.
+/// [`Mirror::introducing_commits`]), deepening a shallow mirror as far as the oldest takes.
 fn introducing_commits(
     mirror: &mut Mirror,
     branch: &str,
     tip: Oid,
     paths: &[String],
 ) -> Result<std::collections::HashMap<String, (Oid, usize)>, DispatchError> {
+    deepen_until(
+        mirror,
+        "where a pending request was merged",
+        |m| m.introducing_commits(tip, paths, 100_000),
+        |m, depth| m.deepen(branch, depth),
+    )
+}
+
+/// `find`'s answer, deepening a shallow mirror (`deepen`) each time it reaches the mirror's
+/// history's end ([`crate::git::NeedsDeeper`]): each step asks for four times the history
+/// walked so far, and a remote that does not deepen it ends the search.
+pub(crate) fn deepen_until<T>(
+    mirror: &mut Mirror,
+    what: &str,
+    mut find: impl FnMut(&Mirror) -> anyhow::Result<T>,
+    mut deepen: impl FnMut(&mut Mirror, usize) -> anyhow::Result<()>,
+) -> Result<T, DispatchError> {
     let mut reached = None;
     loop {
-        match mirror.introducing_commits(tip, paths, 100_000) {
+        let cut = match find(mirror) {
             Ok(found) => return Ok(found),
-            Err(e) => {
-                let Some(cut) = e.downcast_ref::<crate::git::NeedsDeeper>() else {
-                    return Err(DispatchError::Git(e));
-                };
-                if reached.is_some_and(|r| cut.depth <= r) {
-                    return Err(DispatchError::Git(anyhow::anyhow!(
-                        "the remote did not deepen the mirror's history past {} commits",
-                        cut.depth
-                    )));
-                }
-                reached = Some(cut.depth);
-                let want = (cut.depth + 1).saturating_mul(4);
-                tracing::info!(
-                    walked = cut.depth,
-                    depth = want,
-                    "deepening the mirror to find where a pending request was merged"
-                );
-                git(mirror.deepen(branch, want))?;
-            }
+            Err(e) => match e.downcast_ref::<crate::git::NeedsDeeper>() {
+                Some(cut) => cut.depth,
+                None => return Err(DispatchError::Git(e)),
+            },
+        };
+        if reached.is_some_and(|r| cut <= r) {
+            return Err(DispatchError::Git(anyhow::anyhow!(
+                "the remote did not deepen the mirror's history past {cut} commits"
+            )));
         }
+        reached = Some(cut);
+        let want = (cut + 1).saturating_mul(4);
+        tracing::info!(
+            walked = cut,
+            depth = want,
+            "deepening the mirror to find {what}"
+        );
+        git(deepen(mirror, want))?;
     }
 }
 

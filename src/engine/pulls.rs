@@ -146,7 +146,7 @@ fn validate_blocking(
 }
 
 /// Where pull request `number` (at `head`) left `branch` (at `base`), deepening a shallow
-/// mirror on both sides, four times the history walked each step, until their histories meet.
+/// mirror on both sides until their histories meet.
 fn fork_point(
     mirror: &mut Mirror,
     branch: &str,
@@ -154,28 +154,14 @@ fn fork_point(
     base: crate::git::Oid,
     head: crate::git::Oid,
 ) -> Result<crate::git::Oid, DispatchError> {
-    let mut reached = None;
-    loop {
-        let cut = match mirror.fork_point(base, head) {
-            Ok(fork) => return Ok(fork),
-            Err(e) => match e.downcast_ref::<crate::git::NeedsDeeper>() {
-                Some(cut) => cut.depth,
-                None => return Err(DispatchError::Git(e)),
-            },
-        };
-        if reached.is_some_and(|r| cut <= r) {
-            return Err(DispatchError::Git(anyhow::anyhow!(
-                "the remote did not deepen the mirror's history past {cut} commits"
-            )));
-        }
-        reached = Some(cut);
-        let want = (cut + 1).saturating_mul(4);
-        tracing::info!(
-            pull = number,
-            depth = want,
-            "deepening the mirror to find where the pull request forked"
-        );
-        git(mirror.deepen(branch, want))?;
-        git(mirror.deepen_pull(number, want))?;
-    }
+    super::deepen_until(
+        mirror,
+        // Logged inside the pull request's span, which names it.
+        "where the pull request forked",
+        |m| m.fork_point(base, head),
+        |m, depth| {
+            m.deepen(branch, depth)?;
+            m.deepen_pull(number, depth)
+        },
+    )
 }

@@ -388,6 +388,17 @@ impl Mirror {
         Ok(Fetched { refs: Some(seen) })
     }
 
+    /// How deep to fetch into the local ref `local`: [`FIRST_DEPTH`] commits the first time
+    /// in a shallow mirror, else everything not yet here (0).
+    fn first_depth(&self, local: &str) -> i32 {
+        let fresh = self.repo.refname_to_id(local).is_err();
+        if self.shallow && fresh {
+            FIRST_DEPTH
+        } else {
+            0
+        }
+    }
+
     /// Fetch `branch`; its tip, or `None` when the remote has no such branch.
     pub fn fetch(&self, branch: &str) -> anyhow::Result<Option<Oid>> {
         if self.in_place {
@@ -398,15 +409,7 @@ impl Mirror {
             };
         }
         let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
-        let fresh = self
-            .repo
-            .refname_to_id(&format!("refs/remotes/origin/{branch}"))
-            .is_err();
-        let depth = if self.shallow && fresh {
-            FIRST_DEPTH
-        } else {
-            0
-        };
+        let depth = self.first_depth(&format!("refs/remotes/origin/{branch}"));
         let fetched = self.fetch_depth(&spec, branch, false, depth)?;
         // A branch deleted upstream must not leave a stale tip behind.
         if !fetched.has(&format!("refs/heads/{branch}")) {
@@ -451,12 +454,7 @@ impl Mirror {
     /// an old fork point; [`Mirror::fork_point`] asks for more when that is not enough.
     pub fn fetch_pull(&self, number: u64) -> anyhow::Result<Oid> {
         let local = format!("refs/remotes/origin/pull/{number}");
-        let fresh = self.repo.refname_to_id(&local).is_err();
-        let depth = if self.shallow && fresh {
-            FIRST_DEPTH
-        } else {
-            0
-        };
+        let depth = self.first_depth(&local);
         self.fetch_depth(
             &format!("+refs/pull/{number}/head:{local}"),
             &format!("pull request #{number}"),
@@ -550,9 +548,10 @@ impl Mirror {
                 continue;
             }
             let path = format!("{prefix}{}", String::from_utf8_lossy(name));
+            let dir = i32::from(git2::FileMode::Tree);
             let subtree = |side: Option<&(Oid, i32)>| -> anyhow::Result<Option<git2::Tree<'_>>> {
                 match side {
-                    Some((id, 0o040000)) => Ok(Some(self.repo.find_tree(*id)?)),
+                    Some((id, mode)) if *mode == dir => Ok(Some(self.repo.find_tree(*id)?)),
                     _ => Ok(None),
                 }
             };
@@ -562,7 +561,7 @@ impl Mirror {
             }
             // A file on either side (beside a directory of the same name, when one replaced
             // the other).
-            if was.is_some_and(|(_, m)| *m != 0o040000) || is.is_some_and(|(_, m)| *m != 0o040000) {
+            if was.is_some_and(|(_, m)| *m != dir) || is.is_some_and(|(_, m)| *m != dir) {
                 out.insert(path);
             }
         }
@@ -1165,20 +1164,18 @@ mod tests {
                 )
             })
             .collect();
-        let mut before: Vec<(&str, &[u8], i32)> = logs
+        let outbox: Vec<(&str, &[u8], i32)> = logs
             .iter()
             .map(|(p, b)| (p.as_str(), b.as_slice(), 0o100644))
             .collect();
+        let mut before = outbox.clone();
         before.extend([
             ("requests/old.yaml", b"kind: a\n".as_slice(), 0o100644),
             ("handlers/run.sh", b"#!/bin/sh\n", 0o100644),
             ("docs", b"a file, later a directory", 0o100644),
             ("gone/deep/x.txt", b"x", 0o100644),
         ]);
-        let mut after: Vec<(&str, &[u8], i32)> = logs
-            .iter()
-            .map(|(p, b)| (p.as_str(), b.as_slice(), 0o100644))
-            .collect();
+        let mut after = outbox;
         after.extend([
             ("requests/old.yaml", b"kind: b\n".as_slice(), 0o100644),
             ("requests/new.yaml", b"kind: c\n", 0o100644),
