@@ -9,5 +9,5 @@ cd "$(dirname "$0")/.."
 rounds="${1:-20}"
 bash scripts/docker-up.sh
 bash containers/build-images.sh >/dev/null
-CODEX_STRESS_ROUNDS="$rounds" cargo test --test fleet_stress -- --nocapture 2>&1 |
+CODEX_STRESS_ROUNDS="$rounds" cargo test --all-features --test it fleet_stress:: -- --nocapture 2>&1 |
   grep -E 'remote: Tally|^test |panicked|round [0-9]+:|test result'

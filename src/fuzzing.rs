@@ -1,5 +1,5 @@
 //! Entry points of the fuzz targets in `fuzz/` (run by `scripts/fuzz.sh`), kept in the
-//! library so `tests/fuzz_seeds.rs` runs every seed through them on the stable toolchain.
+//! library so `tests/it/fuzz_seeds.rs` runs every seed through them on the stable toolchain.
 //!
 //! Each takes arbitrary bytes, must never panic, and checks what must hold whatever the input.
 

@@ -2,9 +2,7 @@
 //! share nothing but its git remote. Each request runs exactly once, counted by a ledger the
 //! handlers call; a claim whose runner died is taken over after `claim_timeout`.
 
-mod common;
-
-use common::{archived_path, docker, spawn_daemon, Daemon, Ledger, Repo};
+use crate::common::{archived_path, docker, spawn_daemon, Daemon, Ledger, Repo};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -28,7 +26,7 @@ fn runner(repo: &Repo, name: &str) -> Daemon {
 
 /// The status files on main, by request id.
 fn statuses(repo: &Repo) -> BTreeMap<String, serde_json::Value> {
-    let listing = common::sh(
+    let listing = crate::common::sh(
         &repo.origin,
         "git",
         &["ls-tree", "-r", "--name-only", "main", "logs/"],
@@ -42,7 +40,7 @@ fn statuses(repo: &Repo) -> BTreeMap<String, serde_json::Value> {
 
 /// Claim refs left on the remote.
 fn claims_on_remote(repo: &Repo) -> Vec<String> {
-    common::sh(
+    crate::common::sh(
         &repo.origin,
         "git",
         &["for-each-ref", "--format=%(refname)", "refs/codex/"],
@@ -169,7 +167,7 @@ fn a_claim_whose_runner_died_is_taken_over_after_the_timeout() {
             "t-fleet-b",
         ];
         args.extend_from_slice(extra);
-        common::Pass::from(
+        crate::common::Pass::from(
             std::process::Command::new(env!("CARGO_BIN_EXE_codex-runner"))
                 .args(["dispatch", "--once", "--json", "--repo"])
                 .arg(&repo.origin)
@@ -237,8 +235,8 @@ fn die_while_running(repo: &Repo, config: &str) {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    for c in common::containers_of(&repo.runner) {
-        common::sh(repo.tmp.path(), "docker", &["rm", "-f", &c]);
+    for c in crate::common::containers_of(&repo.runner) {
+        crate::common::sh(repo.tmp.path(), "docker", &["rm", "-f", &c]);
     }
 }
 
@@ -254,8 +252,8 @@ fn results_dir(state: &std::path::Path, origin: &std::path::Path) -> std::path::
 }
 
 /// A `dispatch --once --json` by runner `name` with state directory `state` on `repo`.
-fn pass_as(repo: &Repo, name: &str, state: &std::path::Path, config: &str) -> common::Pass {
-    common::Pass::from(
+fn pass_as(repo: &Repo, name: &str, state: &std::path::Path, config: &str) -> crate::common::Pass {
+    crate::common::Pass::from(
         std::process::Command::new(env!("CARGO_BIN_EXE_codex-runner"))
             .args(["dispatch", "--once", "--json", "--repo"])
             .arg(&repo.origin)
@@ -294,7 +292,7 @@ fn a_runner_that_fails_before_the_container_starts_frees_its_claim_at_once() {
     assert!(ledger.hits().is_empty());
     let claim = claims_on_remote(&repo);
     assert_eq!(claim.len(), 1, "the claim stays, released: {claim:?}");
-    let body = common::sh(
+    let body = crate::common::sh(
         &repo.origin,
         "git",
         &["log", "-1", "--format=%B", &claim[0]],
@@ -344,7 +342,7 @@ fn claim_as_another_runner(repo: &Repo, id: &str) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis();
-    common::put_claim(
+    crate::common::put_claim(
         &repo.origin,
         id,
         &format!(
@@ -393,7 +391,7 @@ fn a_queue_held_in_the_middle_runs_up_to_there_and_gives_the_rest_back_at_once()
         ["refs/codex/claims/main/q-2", "refs/codex/claims/main/q-3"],
         "q-1's claim went with its result"
     );
-    let q3 = common::sh(
+    let q3 = crate::common::sh(
         &repo.origin,
         "git",
         &["log", "-1", "--format=%B", "refs/codex/claims/main/q-3"],
@@ -402,7 +400,7 @@ fn a_queue_held_in_the_middle_runs_up_to_there_and_gives_the_rest_back_at_once()
 
     // The other runner finishes q-2 elsewhere (here: its claim goes). The next runner takes
     // q-2 and q-3 at once, in order, without waiting out a claim timeout.
-    common::sh(
+    crate::common::sh(
         &repo.origin,
         "git",
         &["update-ref", "-d", "refs/codex/claims/main/q-2"],

@@ -1,9 +1,7 @@
 //! `codex-runner run`: webhooks from the local forge trigger passes; bad and replayed
 //! deliveries run nothing; the endpoint answers under load.
 
-mod common;
-
-use common::{docker, health, log_path, status_path, wait_until, Daemon, Repo};
+use crate::common::{docker, health, log_path, status_path, wait_until, Daemon, Repo};
 
 use std::time::{Duration, Instant};
 
@@ -28,7 +26,7 @@ fn start_daemon(repo: &Repo, sim: &ForgeSim) -> Daemon {
     );
     let path = dir.join("runner.toml");
     std::fs::write(&path, config).unwrap();
-    common::spawn_daemon(&path)
+    crate::common::spawn_daemon(&path)
 }
 
 /// Point a webhook of acme/ops at the daemon; the answer's status.
@@ -47,7 +45,7 @@ async fn hook_daemon(sim: &ForgeSim, daemon: &Daemon) -> u16 {
 }
 
 async fn forge_and_repo(runner: &str) -> (ForgeSim, Repo) {
-    common::on_forge(runner, vec![Token::full(TOKEN)]).await
+    crate::common::on_forge(runner, vec![Token::full(TOKEN)]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,7 +231,7 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
     let validate_run = |head: String| {
         let api = sim.url();
         async move {
-            let list = common::forge_get(
+            let list = crate::common::forge_get(
                 &api,
                 TOKEN,
                 &format!(
@@ -254,7 +252,7 @@ async fn pull_requests_are_validated_with_annotations_and_never_run() {
         }
     };
     let annotations_of = |run: &Value| {
-        common::forge_get(
+        crate::common::forge_get(
             &sim.url(),
             TOKEN,
             &format!("/repos/acme/ops/check-runs/{}/annotations", run["id"]),
@@ -468,7 +466,7 @@ async fn an_old_fork_is_validated_from_a_shallow_mirror_deepened_to_its_fork_poi
     let run_of = |head: String| {
         let api = sim.url();
         async move {
-            common::forge_get(
+            crate::common::forge_get(
                 &api,
                 TOKEN,
                 &format!(
@@ -485,7 +483,7 @@ async fn an_old_fork_is_validated_from_a_shallow_mirror_deepened_to_its_fork_poi
     .await;
     let run = run_of(old.clone()).await.unwrap();
     assert_eq!(run["conclusion"], "failure", "{run}");
-    let annotations = common::forge_get(
+    let annotations = crate::common::forge_get(
         &sim.url(),
         TOKEN,
         &format!("/repos/acme/ops/check-runs/{}/annotations", run["id"]),
@@ -533,8 +531,8 @@ async fn a_daemons_claims_ride_on_the_next_passes_first_push_and_go_when_it_stop
     let mut repo = Repo::new("t-ride");
     let hook = repo.origin.join("hooks/pre-receive");
     std::fs::write(&hook, PUSH_LOG_HOOK).unwrap();
-    common::sh(&repo.origin, "chmod", &["+x", hook.to_str().unwrap()]);
-    let git = common::GitDaemon::start(repo.tmp.path());
+    crate::common::sh(&repo.origin, "chmod", &["+x", hook.to_str().unwrap()]);
+    let git = crate::common::GitDaemon::start(repo.tmp.path());
     let dir = repo.tmp.path();
     std::fs::write(dir.join("secret"), SECRET).unwrap();
     let config = dir.join("runner.toml");
@@ -548,7 +546,7 @@ async fn a_daemons_claims_ride_on_the_next_passes_first_push_and_go_when_it_stop
         ),
     )
     .unwrap();
-    let mut daemon = common::spawn_daemon(&config);
+    let mut daemon = crate::common::spawn_daemon(&config);
     wait_until("the start-up pass", async || {
         health(&daemon).await["passes"].as_u64() >= Some(1)
     })
@@ -571,7 +569,7 @@ async fn a_daemons_claims_ride_on_the_next_passes_first_push_and_go_when_it_stop
     };
     let origin = repo.origin.clone();
     let claims = || {
-        common::sh(
+        crate::common::sh(
             &origin,
             "git",
             &["for-each-ref", "--format=%(refname)", "refs/codex/"],
@@ -594,7 +592,7 @@ async fn a_daemons_claims_ride_on_the_next_passes_first_push_and_go_when_it_stop
         if id == "ride-1" {
             // As if a runner that died after publishing ride-1 had left its claim (put past
             // the hook): the sweep drops it all the same.
-            common::put_claim(&repo.origin, "ride-1", "{}");
+            crate::common::put_claim(&repo.origin, "ride-1", "{}");
         }
     }
     tokio::task::block_in_place(|| {
@@ -644,7 +642,7 @@ async fn polling_does_not_answer_the_runners_own_push_with_a_pass() {
         ),
     )
     .unwrap();
-    let daemon = common::spawn_daemon(&config);
+    let daemon = crate::common::spawn_daemon(&config);
     // The start-up pass, then the one polling asks for at its first look.
     wait_until("the first two passes", async || {
         health(&daemon).await["passes"].as_u64() >= Some(2)
@@ -668,7 +666,7 @@ async fn polling_does_not_answer_the_runners_own_push_with_a_pass() {
         "one pass for the merge, none for the results or the claim: {h}"
     );
     assert_eq!(repo.status("polled")["state"], "succeeded");
-    let claims = common::sh(
+    let claims = crate::common::sh(
         &repo.origin,
         "git",
         &["for-each-ref", "--format=%(refname)", "refs/codex/"],

@@ -6,15 +6,13 @@
 //!
 //! `CODEX_STRESS_ROUNDS` sets the rounds per remote (default 2); `scripts/soak.sh` runs many.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use common::{docker, sh, GitDaemon, Pass, Repo};
+use crate::common::{docker, sh, GitDaemon, Pass, Repo};
 
 /// Requests per round, each on a resource of its own.
 const REQUESTS: usize = 30;
@@ -203,7 +201,7 @@ fn race(repo: &mut Repo, url: &str, prefix: &str) -> Tally {
                 )
             })
             .collect();
-        repo.merge_pr(&common::borrowed(&files));
+        repo.merge_pr(&crate::common::borrowed(&files));
 
         let load = Load::start();
         let children: Vec<Child> = runners
@@ -293,7 +291,8 @@ fn a_fleet_over_git_daemon_starts_each_request_once() {
 async fn a_fleet_over_smart_http_starts_each_request_once() {
     docker();
     let token = "ghp_stress";
-    let (sim, mut repo) = common::on_forge("st-http", vec![forge_sim::Token::full(token)]).await;
+    let (sim, mut repo) =
+        crate::common::on_forge("st-http", vec![forge_sim::Token::full(token)]).await;
     let url = sim.git_url("acme", "ops", Some(token));
     let tally = tokio::task::block_in_place(|| race(&mut repo, &url, "st-http"));
     eprintln!("smart HTTP remote: {tally:?}");

@@ -3,8 +3,6 @@
 //! over ssh through the system's ssh client. A failure that will not change (an untrusted
 //! certificate, a refused token or key) ends the pass at once instead of being retried.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -12,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{docker, Repo};
+use crate::common::{docker, Repo};
 use forge_sim::Token;
 
 const TOKEN: &str = "ghp_runner";
@@ -21,7 +19,7 @@ const REQUEST: &[u8] = b"kind: echo\nparams: {message: over the wire}\n";
 
 /// Claim refs left on the remote.
 fn claims(repo: &Repo) -> String {
-    common::sh(
+    crate::common::sh(
         &repo.origin,
         "git",
         &["for-each-ref", "--format=%(refname)", "refs/codex/"],
@@ -89,7 +87,7 @@ async fn tls_front(backend: SocketAddr, dir: &Path) -> TlsFront {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_over_https_fetches_claims_and_pushes_through_rustls() {
     docker();
-    let (sim, mut repo) = common::on_forge("t-https", vec![Token::full(TOKEN)]).await;
+    let (sim, mut repo) = crate::common::on_forge("t-https", vec![Token::full(TOKEN)]).await;
     let backend: SocketAddr = sim.url().trim_start_matches("http://").parse().unwrap();
     let front = tls_front(backend, repo.tmp.path()).await;
     repo.merge_pr(&[("requests/secure.yaml", REQUEST)]);
@@ -109,7 +107,7 @@ async fn a_pass_over_https_fetches_claims_and_pushes_through_rustls() {
     let dispatch = |env: &[(&str, &str)], url: &str| {
         tokio::task::block_in_place(|| {
             let started = Instant::now();
-            let pass = common::Pass::from(
+            let pass = crate::common::Pass::from(
                 repo.dispatch_command(url, &forge)
                     .envs(env.iter().copied())
                     .output()
@@ -134,7 +132,7 @@ async fn a_pass_over_https_fetches_claims_and_pushes_through_rustls() {
         front.port
     );
     let pass = tokio::task::block_in_place(|| {
-        common::Pass::from(
+        crate::common::Pass::from(
             repo.dispatch_command(&wrong, &[])
                 .envs(trusted)
                 .output()
@@ -273,7 +271,7 @@ fn a_pass_over_ssh_fetches_claims_and_pushes_through_the_system_client() {
     let stranger = repo.tmp.path().join("stranger");
     keygen(&stranger);
     let started = Instant::now();
-    let pass = common::Pass::from(
+    let pass = crate::common::Pass::from(
         repo.dispatch_command(&url, &[])
             .env("GIT_SSH_COMMAND", server.command(&stranger))
             .output()
@@ -283,7 +281,7 @@ fn a_pass_over_ssh_fetches_claims_and_pushes_through_the_system_client() {
     assert!(pass.stderr.contains("Permission denied"), "{}", pass.stderr);
     assert!(started.elapsed() < Duration::from_secs(10), "retried");
 
-    let pass = common::Pass::from(
+    let pass = crate::common::Pass::from(
         repo.dispatch_command(&url, &[])
             .env(
                 "GIT_SSH_COMMAND",

@@ -2,9 +2,7 @@
 //! masked in everything the runner writes (a real Docker engine, a real git remote, the local
 //! forge for check runs).
 
-mod common;
-
-use common::{docker, log_path, status_path, Repo};
+use crate::common::{docker, log_path, status_path, Repo};
 
 use std::process::Command;
 
@@ -81,7 +79,7 @@ ls /run/secrets 2>/dev/null || echo "no /run/secrets"
 async fn secrets_reach_only_their_handler_and_are_masked_everywhere() {
     docker();
     let (sim, mut repo): (_, Repo) =
-        common::on_forge("t-secrets", vec![Token::full(FORGE_TOKEN)]).await;
+        crate::common::on_forge("t-secrets", vec![Token::full(FORGE_TOKEN)]).await;
     let tmp = repo.tmp.path().to_path_buf();
     let key_file = tmp.join("key.pem");
     std::fs::write(&key_file, KEY).unwrap();
@@ -133,7 +131,7 @@ async fn secrets_reach_only_their_handler_and_are_masked_everywhere() {
             .output()
             .unwrap()
     });
-    let pass = common::Pass::from(out).ok();
+    let pass = crate::common::Pass::from(out).ok();
     let states = pass.states();
     assert_eq!(states["leak"], "failed", "{:?}", pass.stderr);
     assert_eq!(states["peek"], "succeeded");
@@ -202,7 +200,7 @@ async fn secrets_reach_only_their_handler_and_are_masked_everywhere() {
         "the file name is masked, not dropped: {}",
         pass.stderr
     );
-    let runs = common::forge_get(
+    let runs = crate::common::forge_get(
         &sim.url(),
         FORGE_TOKEN,
         &format!("/repos/acme/ops/commits/{merge}/check-runs"),

@@ -1,8 +1,6 @@
 //! The dispatch loop end to end: real git remote, real binary, real Docker.
 
-mod common;
-
-use common::{archived_path, docker, log_path, ms, Repo};
+use crate::common::{archived_path, docker, log_path, ms, Repo};
 
 #[test]
 fn example_handlers_run_and_results_land_on_main() {
@@ -434,7 +432,7 @@ fn an_unpullable_image_or_a_handler_beyond_host_limits_rejects_the_request() {
 }
 
 fn sh_chmod(repo: &Repo, path: &str) {
-    common::sh(&repo.work, "chmod", &["+x", path]);
+    crate::common::sh(&repo.work, "chmod", &["+x", path]);
 }
 
 /// Add entries to handlers/index.yml in the working clone (committed with the next PR).
@@ -492,7 +490,7 @@ fn a_build_image_is_reused_until_its_directory_changes() {
     assert_eq!(ia, ib, "same directory, same image");
     // Change the image's directory: the tag follows its git tree, so it is rebuilt.
     let rollout =
-        std::fs::read_to_string(common::root().join("containers/deploy/rollout")).unwrap();
+        std::fs::read_to_string(crate::common::root().join("containers/deploy/rollout")).unwrap();
     let changed = rollout.replace("rollout plan:", "rollout plan (v2):");
     repo.merge_pr(&[("containers/deploy/rollout", changed.as_bytes())]);
     repo.merge_pr(&[("requests/c.yaml", c.as_bytes())]);

@@ -1,7 +1,5 @@
 //! The forge client (octocrab) against the local GitHub-compatible forge.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
@@ -200,5 +198,5 @@ async fn refusals_are_not_retried_and_outages_give_up_with_a_clear_error() {
 }
 
 async fn api_get(sim: &ForgeSim, path: &str) -> serde_json::Value {
-    common::forge_get(&sim.url(), TOKEN, path)
+    crate::common::forge_get(&sim.url(), TOKEN, path)
 }

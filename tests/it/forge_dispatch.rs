@@ -1,8 +1,6 @@
 //! dispatch with check runs, against the local GitHub-compatible forge.
 
-mod common;
-
-use common::{docker, log_path, status_path};
+use crate::common::{docker, log_path, status_path};
 
 use forge_sim::{Faults, ForgeSim, Token};
 use serde_json::Value;
@@ -10,7 +8,7 @@ use serde_json::Value;
 const TOKEN: &str = "ghp_runner";
 
 fn api_get(sim: &ForgeSim, path: &str) -> Value {
-    common::forge_get(&sim.url(), TOKEN, path)
+    crate::common::forge_get(&sim.url(), TOKEN, path)
 }
 
 fn runs(sim: &ForgeSim, sha: &str) -> Vec<Value> {
@@ -45,7 +43,7 @@ fn run_named<'a>(runs: &'a [Value], name: &str) -> &'a Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_runs_show_every_request_and_catch_up_after_an_outage() {
     docker();
-    let (sim, mut repo) = common::on_forge("t-checks", vec![Token::full(TOKEN)]).await;
+    let (sim, mut repo) = crate::common::on_forge("t-checks", vec![Token::full(TOKEN)]).await;
     let url = sim.git_url("acme", "ops", Some(TOKEN));
     let tmp = repo.tmp.path().to_path_buf();
     let merge = repo.merge_pr(&[
@@ -152,7 +150,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_killed_between_execution_and_the_check_run_update_catches_up() {
     docker();
-    let (sim, mut repo) = common::on_forge("t-killed", vec![Token::full(TOKEN)]).await;
+    let (sim, mut repo) = crate::common::on_forge("t-killed", vec![Token::full(TOKEN)]).await;
     let url = sim.git_url("acme", "ops", Some(TOKEN));
     let tmp = repo.tmp.path().to_path_buf();
     let merge = repo.merge_pr(&[(
@@ -232,7 +230,7 @@ async fn a_runner_killed_between_execution_and_the_check_run_update_catches_up()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_runs_end_right_with_no_duplicate_while_a_third_of_forge_calls_fail() {
     docker();
-    let (sim, mut repo) = common::on_forge("t-flaky-forge", vec![Token::full(TOKEN)]).await;
+    let (sim, mut repo) = crate::common::on_forge("t-flaky-forge", vec![Token::full(TOKEN)]).await;
     let url = sim.git_url("acme", "ops", Some(TOKEN));
     let tmp = repo.tmp.path().to_path_buf();
     let requests: Vec<(String, Vec<u8>)> = (0..12)
@@ -244,7 +242,7 @@ async fn check_runs_end_right_with_no_duplicate_while_a_third_of_forge_calls_fai
             )
         })
         .collect();
-    let merge = repo.merge_pr(&common::borrowed(&requests));
+    let merge = repo.merge_pr(&crate::common::borrowed(&requests));
     let flags = forge_flags(&sim, &tmp);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     // One API call in three fails: 500, 502 or 429 with Retry-After.
@@ -277,7 +275,7 @@ async fn check_runs_end_right_with_no_duplicate_while_a_third_of_forge_calls_fai
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_git_server_failing_every_fifth_request_still_gets_every_result_once() {
     docker();
-    let (sim, mut repo) = common::on_forge("t-git-503", vec![Token::full(TOKEN)]).await;
+    let (sim, mut repo) = crate::common::on_forge("t-git-503", vec![Token::full(TOKEN)]).await;
     let url = sim.git_url("acme", "ops", Some(TOKEN));
     repo.merge_pr(&[
         ("requests/one.yaml", b"kind: echo\nparams: {message: one}\n"),
@@ -305,7 +303,7 @@ async fn a_git_server_failing_every_fifth_request_still_gets_every_result_once()
             .count();
         assert_eq!(started, 1, "{id} started once");
     }
-    let claims = common::sh(
+    let claims = crate::common::sh(
         &repo.origin,
         "git",
         &["for-each-ref", "--format=%(refname)", "refs/codex/"],

@@ -3,9 +3,7 @@
 //! stopped: the runner reports a clear error, nothing is marked done, and once the engine is
 //! back the request is run again under the interruption policy with nothing lost.
 
-mod common;
-
-use common::{docker, log_path, status_path, Repo};
+use crate::common::{docker, log_path, status_path, Repo};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -174,7 +172,7 @@ fn a_docker_engine_dying_mid_handler_loses_nothing_and_the_request_runs_again() 
     }
     std::thread::sleep(Duration::from_millis(500));
     engine.kill();
-    let first = common::Pass::from(pass.wait_with_output().unwrap());
+    let first = crate::common::Pass::from(pass.wait_with_output().unwrap());
     assert_eq!(
         first.code, 5,
         "exit code 5 says Docker failed:\n{}",

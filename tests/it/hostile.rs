@@ -1,10 +1,8 @@
 //! Hostile input: a corpus of bad requests and broken repository states. Each is rejected
 //! with a message that names its file, nothing is executed, and the runner goes on with the
-//! next request. (Handlers that abuse their container are in `tests/abuse.rs`.)
+//! next request. (Handlers that abuse their container are in `tests/it/abuse.rs`.)
 
-mod common;
-
-use common::{archived_path, docker, root, Repo};
+use crate::common::{archived_path, docker, root, Repo};
 
 use std::path::Path;
 
@@ -71,7 +69,7 @@ fn every_hostile_request_is_rejected_naming_its_file_and_the_next_one_runs() {
     ));
     // Links in the inbox: to the handler index, out of the repository, nowhere; and a hard
     // link, which git stores as a copy of what it points at.
-    let merge = repo.merge_pr_with(&common::borrowed(&files), |r| {
+    let merge = repo.merge_pr_with(&crate::common::borrowed(&files), |r| {
         let inbox = r.work.join("requests");
         for (name, target) in [
             ("link-index.yaml", "../handlers/index.yml"),

@@ -2,9 +2,7 @@
 //! set, and recorded with the right state and reason, while the runner and a well-behaved
 //! request beside them are unaffected.
 
-mod common;
-
-use common::{docker, log_path, Ledger, Repo};
+use crate::common::{docker, log_path, Ledger, Repo};
 
 use serde_json::Value;
 
@@ -92,7 +90,7 @@ fn abusive_handlers_are_contained_and_reported_while_others_run() {
         "requests/bystander.yaml".into(),
         b"kind: echo\nparams: {message: unaffected}\n".to_vec(),
     ));
-    repo.merge_pr(&common::borrowed(&files));
+    repo.merge_pr(&crate::common::borrowed(&files));
     let config = repo.tmp.path().join("abuse.toml");
     std::fs::write(&config, "[limits]\ngrace = \"1s\"\noutput_cap = \"4MiB\"\n").unwrap();
     let started = std::time::Instant::now();

@@ -4,8 +4,6 @@
 //! Tests that need Docker call [`docker`]; it panics when the engine does not answer, so a
 //! missing engine fails the test instead of skipping it.
 
-#![allow(dead_code)]
-
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

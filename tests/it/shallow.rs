@@ -1,11 +1,9 @@
 //! A new host's first pass over a served remote fetches shallow and deepens only as far as
 //! the oldest pending request, and the rules that look at history stay exact.
 
-mod common;
-
 use std::path::Path;
 
-use common::{codex, docker, sh, GitDaemon, Pass, Repo};
+use crate::common::{codex, docker, sh, GitDaemon, Pass, Repo};
 
 /// `count` commits straight on main (a busy repository's unrelated work).
 fn busy(repo: &Repo, count: usize, tag: &str) {

@@ -5,9 +5,7 @@
 //! The effects are counted by a [`Ledger`] the handlers call over loopback, so "exactly
 //! once" is measured outside the runner.
 
-mod common;
-
-use common::{archived_path, containers_of, docker, status_path, Ledger, Repo};
+use crate::common::{archived_path, containers_of, docker, status_path, Ledger, Repo};
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
@@ -134,7 +132,7 @@ fn killed_between_commit_and_push() {
 fn killed_during_the_push() {
     let repo = killed_at("in-push");
     // The push landed before the kill: the results are on main once, not twice.
-    let commits = common::sh(
+    let commits = crate::common::sh(
         &repo.origin,
         "git",
         &["log", "--format=%s", "main", "--", &status_path("alpha")],
@@ -167,7 +165,7 @@ fn interrupted(runner: &str, policy: &str) -> (Repo, Ledger) {
     crash_at(&repo, &config, "running");
     let left = containers_of(&repo.runner);
     assert_eq!(left.len(), 1, "the container outlived its runner: {left:?}");
-    common::sh(repo.tmp.path(), "docker", &["rm", "-f", &left[0]]);
+    crate::common::sh(repo.tmp.path(), "docker", &["rm", "-f", &left[0]]);
     repo.dispatch(&["--config", &config]).ok();
     repo.assert_no_containers();
     (repo, ledger)

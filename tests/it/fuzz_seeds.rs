@@ -2,9 +2,7 @@
 //! the seed corpus is a regression suite even where cargo-fuzz is not installed
 //! (`scripts/fuzz.sh` runs the targets themselves).
 
-mod common;
-
-use common::root;
+use crate::common::root;
 
 fn seeds(dirs: &[&str]) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();

@@ -1,10 +1,8 @@
 //! `codex-runner register` / `unregister` against the local forge.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::{health, log_path, Repo};
+use crate::common::{health, log_path, Repo};
 use forge_sim::{ForgeSim, Token};
 use serde_json::Value;
 
@@ -12,7 +10,7 @@ const TOKEN: &str = "ghp_admin";
 const READER: &str = "ghp_reader";
 
 fn hooks(sim: &ForgeSim) -> Vec<Value> {
-    common::forge_get(&sim.url(), TOKEN, "/repos/acme/ops/hooks")
+    crate::common::forge_get(&sim.url(), TOKEN, "/repos/acme/ops/hooks")
         .as_array()
         .cloned()
         .unwrap()
@@ -20,7 +18,7 @@ fn hooks(sim: &ForgeSim) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_twice_leaves_one_hook_and_unregister_removes_it() {
-    let (sim, repo) = common::on_forge(
+    let (sim, repo) = crate::common::on_forge(
         "t-register",
         vec![Token::full(TOKEN), Token::read_only(READER)],
     )
@@ -33,7 +31,7 @@ async fn register_twice_leaves_one_hook_and_unregister_removes_it() {
     let register = |token: &str| {
         let token_file = dir.join(token);
         let out = tokio::task::block_in_place(|| {
-            common::codex(&[
+            crate::common::codex(&[
                 "register",
                 "--url",
                 &web,
@@ -112,7 +110,7 @@ async fn register_twice_leaves_one_hook_and_unregister_removes_it() {
     );
 
     let out = tokio::task::block_in_place(|| {
-        common::codex(&["unregister", "--config", config.to_str().unwrap()])
+        crate::common::codex(&["unregister", "--config", config.to_str().unwrap()])
     });
     assert!(
         out.status.success(),
@@ -127,7 +125,7 @@ async fn register_twice_leaves_one_hook_and_unregister_removes_it() {
 /// only way to write them), with acme/ops holding the template.
 async fn github_like(runner: &str) -> (ForgeSim, Repo) {
     let (sim, repo) =
-        common::on_forge(runner, vec![Token::full(TOKEN), Token::read_only(READER)]).await;
+        crate::common::on_forge(runner, vec![Token::full(TOKEN), Token::read_only(READER)]).await;
     sim.checks_need_app(true);
     (sim, repo)
 }
@@ -150,7 +148,7 @@ fn register_with(sim: &ForgeSim, config: &std::path::Path, args: &[&str]) -> (i3
         config.to_str().unwrap(),
     ];
     all.extend_from_slice(args);
-    let out = tokio::task::block_in_place(|| common::codex(&all));
+    let out = tokio::task::block_in_place(|| crate::common::codex(&all));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -168,7 +166,7 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_github_app_registers_runs_and_refreshes_its_installation_token() {
-    common::docker();
+    crate::common::docker();
     let (sim, mut repo) = github_like("t-app").await;
     let dir = repo.tmp.path().to_path_buf();
     let (key, public) = forge_sim::app_keypair(&dir.join("app")).unwrap();
@@ -249,9 +247,9 @@ async fn a_github_app_registers_runs_and_refreshes_its_installation_token() {
         "the config names the key file only: {text}"
     );
 
-    let daemon = common::spawn_daemon(&config);
-    common::wait_until("the start-up pass", async || {
-        common::health(&daemon).await["passes"].as_u64() >= Some(1)
+    let daemon = crate::common::spawn_daemon(&config);
+    crate::common::wait_until("the start-up pass", async || {
+        crate::common::health(&daemon).await["passes"].as_u64() >= Some(1)
     })
     .await;
     let mut merges = Vec::new();
@@ -264,8 +262,8 @@ async fn a_github_app_registers_runs_and_refreshes_its_installation_token() {
         let merge = tokio::task::block_in_place(|| {
             repo.merge_pr(&[(&format!("requests/{id}.yaml"), request.as_bytes())])
         });
-        common::wait_until("the completed check run", async || {
-            let list = common::forge_get(
+        crate::common::wait_until("the completed check run", async || {
+            let list = crate::common::forge_get(
                 &sim.url(),
                 TOKEN,
                 &format!("/repos/acme/ops/commits/{merge}/check-runs"),
@@ -276,7 +274,7 @@ async fn a_github_app_registers_runs_and_refreshes_its_installation_token() {
         assert_eq!(repo.status(id)["state"], "succeeded");
         merges.push(merge);
     }
-    let runs = common::forge_get(
+    let runs = crate::common::forge_get(
         &sim.url(),
         TOKEN,
         &format!("/repos/acme/ops/commits/{}/check-runs", merges[1]),
@@ -295,7 +293,7 @@ async fn a_github_app_registers_runs_and_refreshes_its_installation_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_cannot_write_check_runs_reports_commit_statuses() {
-    common::docker();
+    crate::common::docker();
     let (sim, mut repo) = github_like("t-statuses").await;
     let dir = repo.tmp.path().to_path_buf();
     std::fs::write(dir.join("token"), TOKEN).unwrap();
@@ -381,7 +379,7 @@ async fn a_token_that_cannot_write_check_runs_reports_commit_statuses() {
         "the description points at the line: {broken:?}"
     );
     assert!(
-        common::forge_get(
+        crate::common::forge_get(
             &sim.url(),
             TOKEN,
             &format!("/repos/acme/ops/commits/{merge}/check-runs")

@@ -1,15 +1,13 @@
 //! Result layouts: a flat repository moves to the sharded layout and back through
 //! `migrate-layout`, nothing runs twice, and `logs ID` reads a request's results in either.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{archived_path, codex, docker, log_path, status_path, Repo};
+use crate::common::{archived_path, codex, docker, log_path, status_path, Repo};
 
 /// Every result file on main (under logs/ and processed/), by id and kind, with its blob.
 fn results(repo: &Repo) -> BTreeMap<(String, String), String> {
-    let listing = common::sh(
+    let listing = crate::common::sh(
         &repo.origin,
         "git",
         &["ls-tree", "-r", "main", "logs/", "processed/"],
@@ -30,7 +28,7 @@ fn results(repo: &Repo) -> BTreeMap<(String, String), String> {
 }
 
 fn paths(repo: &Repo) -> Vec<String> {
-    common::sh(
+    crate::common::sh(
         &repo.origin,
         "git",
         &[

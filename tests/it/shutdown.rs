@@ -1,9 +1,7 @@
 //! SIGTERM and SIGINT: a runner drains (nothing new starts, running handlers finish), cancels
 //! what still runs after the drain timeout or a second signal, and pushes every result.
 
-mod common;
-
-use common::{archived_path, containers_of, docker, status_path, Pass, Repo};
+use crate::common::{archived_path, containers_of, docker, status_path, Pass, Repo};
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -173,7 +171,7 @@ fn the_daemon_drains_on_sigterm_and_exits_with_the_result_pushed() {
         ),
     )
     .unwrap();
-    let mut daemon = common::spawn_daemon(&config);
+    let mut daemon = crate::common::spawn_daemon(&config);
     let deadline = Instant::now() + Duration::from_secs(60);
     while containers_of(&repo.runner).is_empty() {
         assert!(Instant::now() < deadline, "no container started");
@@ -187,7 +185,7 @@ fn the_daemon_drains_on_sigterm_and_exits_with_the_result_pushed() {
         "succeeded",
         "finished, then pushed"
     );
-    let claims = common::sh(
+    let claims = crate::common::sh(
         &repo.origin,
         "git",
         &["for-each-ref", "--format=%(refname)", "refs/codex/"],
@@ -225,9 +223,9 @@ fn containers_left_by_a_dead_runner_are_removed_at_the_next_pass() {
         ),
     )
     .unwrap();
-    let live = common::spawn_daemon(&config);
+    let live = crate::common::spawn_daemon(&config);
     let start = |name: &str, runner: &str, owner: String| {
-        common::sh(
+        crate::common::sh(
             repo.tmp.path(),
             "docker",
             &[
@@ -281,5 +279,5 @@ fn containers_left_by_a_dead_runner_are_removed_at_the_next_pass() {
     );
     repo.dispatch(&["--config", &grace]).ok();
     assert!(containers_of("t-orphans").is_empty());
-    common::sh(repo.tmp.path(), "docker", &["rm", "-f", &other]);
+    crate::common::sh(repo.tmp.path(), "docker", &["rm", "-f", &other]);
 }

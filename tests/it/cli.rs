@@ -1,8 +1,6 @@
 //! The command line as an operator or an agent uses it.
 
-mod common;
-
-use common::{codex, docker, root};
+use crate::common::{codex, docker, root};
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -52,7 +50,7 @@ fn validate_reports_each_file_and_exits_by_validity() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path();
     for item in ["codex.repo.yaml", "handlers", "containers"] {
-        common::sh(
+        crate::common::sh(
             repo,
             "cp",
             &[
@@ -110,7 +108,7 @@ fn validate_reports_each_file_and_exits_by_validity() {
     assert!(v["files"][0]["violations"].as_array().unwrap().len() >= 2);
 
     // A handler script without the executable bit breaks the contract, named as such.
-    common::sh(repo, "chmod", &["-x", "handlers/echo.sh"]);
+    crate::common::sh(repo, "chmod", &["-x", "handlers/echo.sh"]);
     let broken = codex(&[
         "validate",
         "--repo",
@@ -217,7 +215,7 @@ fn demo_tells_the_whole_story_on_the_local_forge() {
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
-    assert!(common::containers_of("demo-runner").is_empty());
+    assert!(crate::common::containers_of("demo-runner").is_empty());
 }
 
 #[test]
@@ -238,5 +236,5 @@ fn git_only_demo_runs_the_loop_without_a_forge() {
         "{text}"
     );
     assert!(text.contains("did you mean `deploy`?"), "{text}");
-    assert!(common::containers_of("demo-git-runner").is_empty());
+    assert!(crate::common::containers_of("demo-git-runner").is_empty());
 }

@@ -1,8 +1,6 @@
 //! What reaches main and what never runs: foreign commits, unmerged branches, the contract keys.
 
-mod common;
-
-use common::{docker, log_path, sh, status_path, GitDaemon, Repo};
+use crate::common::{docker, log_path, sh, status_path, GitDaemon, Repo};
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -78,7 +76,7 @@ fn a_request_on_an_unmerged_branch_never_runs() {
         b"kind: echo\nparams: {message: not reviewed}\n",
     );
     // The branch also tries to lift enforcement for itself.
-    let relaxed = std::fs::read_to_string(common::root().join("codex.repo.yaml"))
+    let relaxed = std::fs::read_to_string(crate::common::root().join("codex.repo.yaml"))
         .unwrap()
         .replace(
             "enforce_merge_before_execution: true",
@@ -124,7 +122,7 @@ fn a_request_on_an_unmerged_branch_never_runs() {
 fn enforcement_off_on_main_allows_running_a_branch() {
     docker();
     let repo = Repo::new("t-branch");
-    let relaxed = std::fs::read_to_string(common::root().join("codex.repo.yaml"))
+    let relaxed = std::fs::read_to_string(crate::common::root().join("codex.repo.yaml"))
         .unwrap()
         .replace(
             "enforce_merge_before_execution: true",
@@ -266,12 +264,12 @@ fn results_wait_out_an_unreachable_remote_and_are_published_once_it_is_back() {
         .unwrap();
     // The remote goes away while the handler runs.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while common::containers_of("t-unreachable").is_empty() {
+    while crate::common::containers_of("t-unreachable").is_empty() {
         assert!(Instant::now() < deadline, "the handler never started");
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(daemon);
-    let lost = common::Pass::from(child.wait_with_output().unwrap());
+    let lost = crate::common::Pass::from(child.wait_with_output().unwrap());
     assert_eq!(
         lost.code, 4,
         "exit code 4 says git failed:\n{}",
@@ -403,7 +401,7 @@ fn a_request_runs_the_handler_it_was_merged_with() {
         b"kind: echo\nparams: {message: early}\n",
     )]);
     // The handler changes on main before the runner gets to the request.
-    let echo = std::fs::read_to_string(common::root().join("handlers/echo.sh")).unwrap();
+    let echo = std::fs::read_to_string(crate::common::root().join("handlers/echo.sh")).unwrap();
     let v2 = echo.replace("echo \"done\"", "echo \"done (v2)\"");
     assert_ne!(echo, v2);
     repo.merge_pr(&[("handlers/echo.sh", v2.as_bytes())]);

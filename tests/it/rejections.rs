@@ -1,8 +1,6 @@
 //! Bad requests are rejected with file, position, rule and hint; nothing runs; the pass goes on.
 
-mod common;
-
-use common::{archived_path, docker, Repo};
+use crate::common::{archived_path, docker, Repo};
 
 fn alias_bomb() -> Vec<u8> {
     let mut s = String::from("kind: echo\nparams:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n");
@@ -238,7 +236,7 @@ fn a_broken_handler_index_stops_the_pass_and_moves_nothing() {
 
     // Fixing the index lets the waiting request run with the handlers it was merged with; the
     // one merged together with the broken index is rejected, naming the index's fault.
-    let index = std::fs::read(common::root().join("handlers/index.yml")).unwrap();
+    let index = std::fs::read(crate::common::root().join("handlers/index.yml")).unwrap();
     repo.merge_pr(&[("handlers/index.yml", &index)]);
     let pass = repo.dispatch(&[]).ok();
     assert_eq!(pass.states()["waiting"], "succeeded");
