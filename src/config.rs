@@ -83,6 +83,17 @@ pub struct HostConfig {
     pub forge: Option<ForgeConfig>,
     /// Secrets handlers may name, and where file secrets are staged.
     pub secrets: HostSecrets,
+    /// Where handlers run.
+    pub executor: ExecutorKind,
+}
+
+/// `[executor] kind`: the container runtime handlers run on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// The local Docker engine (`DOCKER_HOST` or `/var/run/docker.sock`).
+    #[default]
+    Docker,
 }
 
 /// `[repository]`: what `codex-runner run` watches.
@@ -211,6 +222,15 @@ struct File {
     limits: LimitsFile,
     #[serde(default)]
     secrets: std::collections::BTreeMap<String, SourceFile>,
+    #[serde(default)]
+    executor: ExecutorFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecutorFile {
+    /// `docker` (the default).
+    kind: Option<ExecutorKind>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -336,6 +356,7 @@ impl HostConfig {
                 .transpose()
                 .context("runner.drain_timeout")?,
             secrets,
+            executor: f.executor.kind.unwrap_or_default(),
             author_name: f.git.author_name,
             author_email: f.git.author_email,
             limits: HostLimits {

@@ -131,6 +131,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         drain_timeout: super::dispatch::DEFAULT_DRAIN_TIMEOUT,
         labels: Vec::new(),
         keep_recorded_claims: false,
+        executor: Default::default(),
     };
     step("codex-runner dispatch --once: fetch main, plan, run in Docker, push".into());
     let report = match dispatch_once(&opts).await {

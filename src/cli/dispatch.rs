@@ -248,6 +248,7 @@ pub fn from_host(
             .or(host.drain_timeout)
             .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
         keep_recorded_claims: false,
+        executor: host.executor.into(),
     })
 }
 

@@ -29,7 +29,7 @@ use crate::contract::repo_config::{RepoConfig, CONFIG_PATH};
 use crate::contract::request::request_stem;
 use crate::contract::yaml::MAX_FILE_BYTES;
 use crate::contract::{Violation, Violations};
-use crate::exec::DockerExecutor;
+use crate::exec::{Executor, ExecutorChoice};
 use crate::forge::GitHub;
 use crate::git::{Checkouts, Identity, Mirror, Oid, Published};
 use crate::plan::{self, Action, Done, InboxEntry, WorkItem};
@@ -78,6 +78,39 @@ pub struct DispatchOptions {
     /// push, and the daemon drops what is still kept after a quiet spell or when it stops
     /// ([`release_claims`]). A one-shot pass drops them itself.
     pub keep_recorded_claims: bool,
+    /// Where handlers run (the host config's choice; Docker by default).
+    pub executor: ExecutorChoice,
+}
+
+/// A pass's executor, connected at its first need: a pass with nothing to run and nothing
+/// left over does not need the runtime to answer.
+struct Connection {
+    choice: ExecutorChoice,
+    connected: OnceCell<Arc<dyn Executor>>,
+}
+
+impl Connection {
+    fn new(choice: ExecutorChoice) -> Self {
+        Connection {
+            choice,
+            connected: OnceCell::new(),
+        }
+    }
+
+    /// The executor, connecting if this pass has not yet; a failure is tried again at the
+    /// next need.
+    async fn get(&self) -> anyhow::Result<&Arc<dyn Executor>> {
+        self.connected
+            .get_or_try_init(|| self.choice.connect())
+            .await
+    }
+
+    /// The executor, if this pass connected it.
+    fn connected(&self) -> anyhow::Result<&Arc<dyn Executor>> {
+        self.connected
+            .get()
+            .ok_or_else(|| anyhow::anyhow!("the executor was not connected"))
+    }
 }
 
 /// Why a pass could not complete; each maps to a documented exit code.
@@ -198,7 +231,7 @@ pub(crate) struct PassContext {
     secrets: crate::secrets::HostSecrets,
     mirror: Arc<Mutex<Mirror>>,
     checkouts: tokio::sync::Mutex<Checkouts>,
-    executor: OnceCell<Result<DockerExecutor, String>>,
+    executor: Connection,
     /// One image build at a time: concurrent requests of one `build:` handler build once.
     builds: tokio::sync::Mutex<()>,
     /// Images this pass found or made present: the engine is asked once per image and pass,
@@ -232,12 +265,8 @@ impl PassContext {
 }
 
 impl PassContext {
-    fn executor(&self) -> anyhow::Result<&DockerExecutor> {
-        match self.executor.get() {
-            Some(Ok(e)) => Ok(e),
-            Some(Err(msg)) => Err(anyhow::anyhow!("{msg}")),
-            None => Err(anyhow::anyhow!("the docker engine was not connected")),
-        }
+    fn executor(&self) -> anyhow::Result<&Arc<dyn Executor>> {
+        self.executor.connected()
     }
 
     /// The checkout a handler of `scope` mounts for a request of `commit`.
@@ -624,9 +653,9 @@ pub(crate) async fn git_token(auth: Option<&GitHub>) -> Result<Option<String>, D
 
 /// Stop and remove the containers a dead process of this runner left on this host. Docker
 /// being away is not this pass's problem unless it has requests to run.
-async fn reap_orphans(opts: &DispatchOptions, keep: &[String]) {
+async fn reap_orphans(opts: &DispatchOptions, executor: &Connection, keep: &[String]) {
     let reaped = async {
-        let docker = DockerExecutor::connect().await?;
+        let docker = executor.get().await?;
         let reaped = docker
             .reap_orphans(&opts.runner, opts.limits.grace, keep)
             .await?;
@@ -670,12 +699,13 @@ async fn recover(
     leftovers: Vec<Leftover>,
     planned: &plan::Plan,
     config: &RepoConfig,
+    executor: &Connection,
 ) -> Result<Recovered, DispatchError> {
     let mut out = Recovered::default();
     if leftovers.is_empty() {
         return Ok(out);
     }
-    let docker = DockerExecutor::connect().await.map_err(|e| {
+    let docker = executor.get().await.map_err(|e| {
         DispatchError::Docker(e.context(format!(
             "{} request(s) have an unfinished attempt whose container must be looked at first",
             leftovers.len()
@@ -780,8 +810,9 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         mut planned,
         indexes,
     } = survey(&mut mirror, &branch, tip, &config, &results_dir)?;
-    let recovered = recover(leftovers, &planned, &config).await?;
-    reap_orphans(opts, &recovered.followed).await;
+    let executor = Connection::new(opts.executor.clone());
+    let recovered = recover(leftovers, &planned, &config, &executor).await?;
+    reap_orphans(opts, &executor, &recovered.followed).await;
     planned
         .items
         .retain(|item| !recovered.busy.contains(&item.log_id));
@@ -854,7 +885,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         secrets: opts.secrets.clone(),
         mirror: mirror.clone(),
         checkouts: tokio::sync::Mutex::new(Checkouts::new(&work, &recovered.mounted)?),
-        executor: OnceCell::new(),
+        executor,
         builds: tokio::sync::Mutex::new(()),
         images: Mutex::new(Default::default()),
         lifecycle: Default::default(),
@@ -987,11 +1018,7 @@ async fn run_queues(
     if queues.is_empty() {
         return None;
     }
-    let connected = DockerExecutor::connect()
-        .await
-        .map_err(|e| format!("{e:#}"));
-    let _ = cx.executor.set(connected);
-    if let Err(e) = cx.executor() {
+    if let Err(e) = cx.executor.get().await {
         return Some(DispatchError::Docker(e));
     }
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));

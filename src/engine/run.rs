@@ -471,15 +471,19 @@ async fn execute_in(
                 grace: spec.grace,
                 cap,
             };
-            docker.resume(&resume, &mut on_output, cancel).await
+            docker
+                .resume(&resume, &mut on_output, Box::pin(cancel))
+                .await
         }
         Some(rec) => {
             let mut journaled = Ok(());
-            let on_started = || {
+            let mut on_started = || {
                 journaled = journal::write(&out.dir, &rec);
                 crate::crashpoint::hit("running");
             };
-            let outcome = docker.run(&spec, on_started, &mut on_output, cancel).await;
+            let outcome = docker
+                .run(&spec, &mut on_started, &mut on_output, Box::pin(cancel))
+                .await;
             journaled?;
             outcome
         }
