@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::contract::handlers::HandlerIndex;
+use crate::contract::handlers::{HandlerIndex, HandlerSpec};
 use crate::contract::request::{
     parse_request, request_stem, schema_violations, Request, RequestId,
 };
@@ -67,6 +67,8 @@ pub enum Done {
 pub struct Runnable {
     /// The parsed request.
     pub request: Request,
+    /// The handler it runs, from the index of the commit that brought it.
+    pub handler: std::sync::Arc<HandlerSpec>,
     /// The lock key.
     pub resource: String,
     /// The effective timeout (the handler's, or the request's if shorter).
@@ -269,15 +271,10 @@ fn check_against_handler(
         let steps: Vec<String> = path.iter().map(|s| s.to_string()).collect();
         locate(&request.source, &steps, false)
     };
-    let handler = index.route(&request.kind).map_err(|msg| {
-        let hint = msg.split("; ").nth(1).unwrap_or_default().to_string();
-        vec![Violation::new(
-            file,
-            "unknown-kind",
-            msg.split("; ").next().unwrap_or_default(),
-        )
-        .at(at(&["kind"]))
-        .hint(hint)]
+    let handler = index.route(&request.kind).map_err(|unknown| {
+        vec![Violation::new(file, "unknown-kind", unknown.to_string())
+            .at(at(&["kind"]))
+            .hint(unknown.hint())]
     })?;
     let mut errors = Vec::new();
     if let Some(schema) = &handler.params {
@@ -335,6 +332,7 @@ fn check_against_handler(
     if errors.is_empty() {
         Ok(Runnable {
             request: request.clone(),
+            handler: handler.clone(),
             resource,
             timeout,
         })
@@ -385,9 +383,9 @@ mod tests {
         assert!(matches!(p.items[1].action, Action::Run(_)));
     }
 
-    fn rules(item: &WorkItem) -> Vec<&'static str> {
+    fn rules(item: &WorkItem) -> Vec<&str> {
         match &item.action {
-            Action::Reject(v) => v.iter().map(|v| v.rule).collect(),
+            Action::Reject(v) => v.iter().map(|v| &*v.rule).collect(),
             Action::Run(_) => vec![],
         }
     }
@@ -518,7 +516,7 @@ mod tests {
         match &p.items[0].action {
             Action::Reject(v) => {
                 assert_eq!(
-                    (v[0].rule, v[0].file.as_str()),
+                    (&*v[0].rule, v[0].file.as_str()),
                     ("handler-change", "requests/a.yaml")
                 );
                 assert!(

@@ -4,6 +4,7 @@
 //! is checked when the index is loaded, so a broken entry is reported before anything runs.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -270,7 +271,30 @@ pub enum PathKind {
 #[derive(Debug)]
 pub struct HandlerIndex {
     /// Entries by kind.
-    pub handlers: BTreeMap<String, HandlerSpec>,
+    pub handlers: BTreeMap<String, Arc<HandlerSpec>>,
+}
+
+/// A kind the index has no entry for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown kind `{kind}`")]
+pub struct UnknownKind {
+    /// The kind asked for.
+    pub kind: String,
+    /// Every kind the index serves, in order.
+    pub known: Vec<String>,
+    /// The known kind closest to the one asked for, if one is close.
+    pub closest: Option<String>,
+}
+
+impl UnknownKind {
+    /// What a writer can do about it: the kinds there are, and the one probably meant.
+    pub fn hint(&self) -> String {
+        let mut hint = format!("known kinds: {}", self.known.join(", "));
+        if let Some(c) = &self.closest {
+            hint.push_str(&format!(" (did you mean `{c}`?)"));
+        }
+        hint
+    }
 }
 
 impl HandlerIndex {
@@ -284,7 +308,7 @@ impl HandlerIndex {
         for (kind, entry) in raw.handlers {
             match check_entry(text, &kind, entry) {
                 Ok(spec) => {
-                    handlers.insert(kind, spec);
+                    handlers.insert(kind, Arc::new(spec));
                 }
                 Err(mut v) => errors.append(&mut v),
             }
@@ -296,15 +320,15 @@ impl HandlerIndex {
         }
     }
 
-    /// The handler for `kind`, or a violation listing the known kinds.
-    pub fn route(&self, kind: &str) -> Result<&HandlerSpec, String> {
+    /// The handler for `kind`.
+    pub fn route(&self, kind: &str) -> Result<&Arc<HandlerSpec>, UnknownKind> {
         self.handlers.get(kind).ok_or_else(|| {
             let known: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
-            let mut msg = format!("unknown kind `{kind}`; known kinds: {}", known.join(", "));
-            if let Some(c) = closest(kind, known.iter().copied()) {
-                msg.push_str(&format!(" (did you mean `{c}`?)"));
+            UnknownKind {
+                kind: kind.to_string(),
+                closest: closest(kind, known.iter().copied()).map(str::to_string),
+                known: known.into_iter().map(str::to_string).collect(),
             }
-            msg
         })
     }
 
@@ -731,10 +755,11 @@ handlers:
     #[test]
     fn unknown_kind_suggests() {
         let idx = HandlerIndex::parse(INDEX.as_bytes()).unwrap();
-        let msg = idx.route("deplyo").unwrap_err();
+        let err = idx.route("deplyo").unwrap_err();
+        assert_eq!(err.to_string(), "unknown kind `deplyo`");
         assert_eq!(
-            msg,
-            "unknown kind `deplyo`; known kinds: deploy, echo (did you mean `deploy`?)"
+            err.hint(),
+            "known kinds: deploy, echo (did you mean `deploy`?)"
         );
     }
 
@@ -742,7 +767,7 @@ handlers:
     fn bad_entries_are_located() {
         let text = "handlers:\n  x:\n    run: ../etc/passwd\n    image: busybox\n    network: bridge\n    checkout: everything\n";
         let err = HandlerIndex::parse(text.as_bytes()).unwrap_err();
-        let rules: Vec<_> = err.0.iter().map(|v| (v.rule, v.line)).collect();
+        let rules: Vec<_> = err.0.iter().map(|v| (&*v.rule, v.line)).collect();
         assert_eq!(
             rules,
             vec![
@@ -768,7 +793,7 @@ handlers:
         let msgs: Vec<_> = err
             .0
             .iter()
-            .map(|v| (v.rule, v.line, v.message.clone()))
+            .map(|v| (&*v.rule, v.line, v.message.clone()))
             .collect();
         let lines: Vec<_> = msgs.iter().map(|(r, l, _)| (*r, *l)).collect();
         assert_eq!(
@@ -820,7 +845,7 @@ handlers:
                 _ => None,
             })
             .unwrap_err();
-        let rules: Vec<_> = err.0.iter().map(|v| v.rule).collect();
+        let rules: Vec<_> = err.0.iter().map(|v| &*v.rule).collect();
         assert_eq!(rules, vec!["missing-dockerfile", "not-executable"]);
     }
 }

@@ -9,30 +9,32 @@ pub mod request;
 pub mod units;
 pub mod yaml;
 
+use std::borrow::Cow;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Longest violation message kept, in characters.
 pub const MAX_MESSAGE: usize = 500;
 
 /// One broken rule in one file, precise enough for a person or an agent to fix it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Violation {
     /// The path of the file in the repository (e.g. `requests/deploy-1.yaml`).
     pub file: String,
     /// 1-based line, when it can be known.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
     /// 1-based column, when it can be known.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column: Option<usize>,
-    /// A stable, kebab-case name of the rule (e.g. `unknown-kind`).
-    pub rule: &'static str,
+    /// A stable, kebab-case name of the rule (e.g. `unknown-kind`); owned only when read
+    /// back from a run log.
+    pub rule: Cow<'static, str>,
     /// What is wrong, as a lowercase fragment.
     pub message: String,
     /// How to fix it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
 }
 
@@ -50,7 +52,7 @@ impl Violation {
             file: file.into(),
             line: None,
             column: None,
-            rule,
+            rule: Cow::Borrowed(rule),
             message,
             hint: None,
         }

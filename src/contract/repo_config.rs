@@ -526,7 +526,11 @@ mod tests {
         ];
         for (text, rule, line) in cases {
             let err = RepoConfig::parse(text.as_bytes()).unwrap_err();
-            assert_eq!((err.0[0].rule, err.0[0].line), (rule, Some(line)), "{err}");
+            assert_eq!(
+                (&*err.0[0].rule, err.0[0].line),
+                (rule, Some(line)),
+                "{err}"
+            );
         }
     }
 

@@ -287,7 +287,7 @@ mod tests {
     fn rejects_bom_non_utf8_and_size() {
         assert_eq!(text("f", b"\xEF\xBB\xBFkind: x").unwrap_err().rule, "bom");
         let v = text("f", b"kind: x\nparams: \xff\n").unwrap_err();
-        assert_eq!((v.rule, v.line, v.column), ("not-utf8", Some(2), Some(9)));
+        assert_eq!((&*v.rule, v.line, v.column), ("not-utf8", Some(2), Some(9)));
         let big = vec![b'a'; MAX_FILE_BYTES + 1];
         assert_eq!(text("f", &big).unwrap_err().rule, "too-large");
     }
@@ -348,7 +348,7 @@ mod tests {
             ("a: !custom [1]\n", "!custom", 1),
         ] {
             let err = parse::<serde_json::Value>("f", doc).unwrap_err();
-            assert_eq!((err.rule, err.line), ("yaml-tag", Some(line)), "{err}");
+            assert_eq!((&*err.rule, err.line), ("yaml-tag", Some(line)), "{err}");
             assert!(err.message.contains(tag), "{err}");
         }
         assert!(parse::<serde_json::Value>("f", "a: '!!binary'\n").is_ok());

@@ -10,11 +10,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::contract::Violation;
 use crate::forge::{Annotation, CheckState, CheckUpdate, Conclusion, ForgeError, GitHub, Report};
-use crate::record::{State, Status};
+use crate::record::{LogEvent, State, Status};
 
 /// Where check runs go.
 #[derive(Clone)]
@@ -297,14 +297,17 @@ fn finished(s: &Status, log: &[u8], pushed: &str, log_path: &str, html_url: &str
         // Someone has to look at what the interrupted handler did.
         State::Interrupted => Conclusion::ActionRequired,
     };
-    let events: Vec<Value> = String::from_utf8_lossy(log)
+    let events: Vec<LogEvent> = String::from_utf8_lossy(log)
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter_map(LogEvent::parse)
+        .map(|(_, e)| e)
         .collect();
-    let lines: Vec<String> = events
+    let lines: Vec<&str> = events
         .iter()
-        .filter(|e| e["event"] == "output")
-        .map(|e| e["line"].as_str().unwrap_or_default().to_string())
+        .filter_map(|e| match e {
+            LogEvent::Output { line, .. } => Some(line.as_str()),
+            _ => None,
+        })
         .collect();
     let tail = &lines[lines.len().saturating_sub(20)..];
     let link = format!("{html_url}/blob/{pushed}/{log_path}");
@@ -321,26 +324,16 @@ fn finished(s: &Status, log: &[u8], pushed: &str, log_path: &str, html_url: &str
         summary.push_str(&format!("\n\n```\n{reason}\n```"));
     }
     summary.push_str(&format!("\n\nLog: [{log_path}]({link})"));
+    // The rules a refused request breaks, read back from its log: a result published by a
+    // later process has nothing else to go by.
     let annotations = events
         .iter()
-        .filter(|e| e["event"] == "rejected")
-        .flat_map(|e| e["violations"].as_array().cloned().unwrap_or_default())
-        .filter(|v| v["file"] == s.file.as_str())
-        .map(|v| {
-            let line = v["line"].as_u64().unwrap_or(1) as usize;
-            let hint = v["hint"]
-                .as_str()
-                .map(|h| format!("\nhint: {h}"))
-                .unwrap_or_default();
-            Annotation {
-                path: s.file.clone(),
-                start_line: line,
-                end_line: line,
-                annotation_level: "failure".into(),
-                message: format!("{}{hint}", v["message"].as_str().unwrap_or_default()),
-                title: v["rule"].as_str().map(str::to_string),
-            }
+        .flat_map(|e| match e {
+            LogEvent::Rejected { violations, .. } => violations.as_slice(),
+            _ => &[],
         })
+        .filter(|v| v.file == s.file)
+        .map(annotation)
         .collect();
     CheckUpdate {
         name: name(&s.id),
@@ -362,6 +355,22 @@ fn finished(s: &Status, log: &[u8], pushed: &str, log_path: &str, html_url: &str
         }),
         details_url: Some(link),
         annotations,
+    }
+}
+
+/// The annotation that shows `v` on its file's line (the first line when it has none).
+pub(crate) fn annotation(v: &Violation) -> Annotation {
+    let line = v.line.unwrap_or(1);
+    Annotation {
+        path: v.file.clone(),
+        start_line: line,
+        end_line: line,
+        annotation_level: "failure".into(),
+        message: match &v.hint {
+            Some(h) => format!("{}\nhint: {h}", v.message),
+            None => v.message.clone(),
+        },
+        title: Some(v.rule.to_string()),
     }
 }
 
@@ -430,21 +439,7 @@ pub fn validation_update(job: &super::PullJob, v: &super::PullVerdict) -> CheckU
     if summary.is_empty() {
         summary.push_str("This pull request adds or changes no request files.\n");
     }
-    let annotations = v
-        .violations
-        .iter()
-        .map(|x| Annotation {
-            path: x.file.clone(),
-            start_line: x.line.unwrap_or(1),
-            end_line: x.line.unwrap_or(1),
-            annotation_level: "failure".into(),
-            message: match &x.hint {
-                Some(h) => format!("{}\nhint: {h}", x.message),
-                None => x.message.clone(),
-            },
-            title: Some(x.rule.to_string()),
-        })
-        .collect();
+    let annotations = v.violations.iter().map(annotation).collect();
     CheckUpdate {
         name: "codex-runner/validate".into(),
         head_sha: v.head.clone(),

@@ -6,6 +6,7 @@
 mod checks;
 mod claims;
 mod journal;
+mod lifecycle;
 pub mod locks;
 mod publish;
 mod pulls;
@@ -172,7 +173,7 @@ pub struct PassReport {
     /// Fetches and pushes asked of the remote during the pass.
     pub round_trips: crate::git::RoundTrips,
     /// The engine's time for each step of the containers this pass started.
-    pub lifecycle: Lifecycle,
+    pub lifecycle: EngineTimes,
     /// Claims of requests this pass recorded, left on the remote for the next pass (with
     /// [`DispatchOptions::keep_recorded_claims`]).
     pub kept_claims: Vec<String>,
@@ -181,7 +182,7 @@ pub struct PassReport {
 /// The engine's time for each step of a pass's containers: the median over them, in
 /// milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct Lifecycle {
+pub struct EngineTimes {
     /// Containers started.
     pub containers: usize,
     pub create_ms: f64,
@@ -192,14 +193,14 @@ pub struct Lifecycle {
     pub remove_ms: f64,
 }
 
-impl Lifecycle {
+impl EngineTimes {
     fn of(all: &[crate::exec::Phases]) -> Self {
         let median = |f: fn(&crate::exec::Phases) -> u64| {
             let mut v: Vec<u64> = all.iter().map(f).collect();
             v.sort_unstable();
             v.get(v.len() / 2).map_or(0.0, |us| *us as f64 / 1000.0)
         };
-        Lifecycle {
+        EngineTimes {
             containers: all.len(),
             create_ms: median(|p| p.create),
             attach_ms: median(|p| p.attach),
@@ -225,8 +226,6 @@ pub(crate) struct PassContext {
     /// Short key of the repository, for container names.
     scope: String,
     results_dir: PathBuf,
-    /// Handler indexes by the commit that brought the requests routed through them.
-    indexes: BTreeMap<String, HandlerIndex>,
     limits: HostLimits,
     secrets: crate::secrets::HostSecrets,
     mirror: Arc<Mutex<Mirror>>,
@@ -239,7 +238,7 @@ pub(crate) struct PassContext {
     /// later pass tries again).
     images: Mutex<std::collections::HashSet<String>>,
     /// How long the engine took for each container this pass started.
-    lifecycle: Arc<Mutex<Vec<crate::exec::Phases>>>,
+    phases: Arc<Mutex<Vec<crate::exec::Phases>>>,
     /// Containers being removed, their results recorded.
     removals: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Check-run events, when a forge is configured.
@@ -504,10 +503,8 @@ struct Survey {
     pending: Vec<Finished>,
     /// Attempts an earlier process started but did not finish.
     leftovers: Vec<Leftover>,
-    /// Work in merge order.
+    /// Work in merge order, each request with the handler of the commit that brought it.
     planned: plan::Plan,
-    /// Valid handler indexes by the commit that brought requests.
-    indexes: BTreeMap<String, HandlerIndex>,
 }
 
 /// The first-parent commit that brought each of `paths` to `branch` (see
@@ -627,15 +624,10 @@ fn survey(
     for (path, why) in &planned.ignored {
         tracing::warn!(path = %path, "ignored: {why}");
     }
-    let indexes = indexes
-        .into_iter()
-        .filter_map(|(c, i)| i.ok().map(|i| (c, i)))
-        .collect();
     Ok(Survey {
         pending,
         leftovers,
         planned,
-        indexes,
     })
 }
 
@@ -808,7 +800,6 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         pending,
         leftovers,
         mut planned,
-        indexes,
     } = survey(&mut mirror, &branch, tip, &config, &results_dir)?;
     let executor = Connection::new(opts.executor.clone());
     let recovered = recover(leftovers, &planned, &config, &executor).await?;
@@ -880,7 +871,6 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
             format!("{name}-{}", &hash[..8.min(hash.len())])
         }),
         results_dir,
-        indexes,
         limits: opts.limits.clone(),
         secrets: opts.secrets.clone(),
         mirror: mirror.clone(),
@@ -888,7 +878,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         executor,
         builds: tokio::sync::Mutex::new(()),
         images: Mutex::new(Default::default()),
-        lifecycle: Default::default(),
+        phases: Default::default(),
         removals: Mutex::new(Vec::new()),
         checks: checks_tx.clone(),
         shutdown: opts.shutdown.clone(),
@@ -938,12 +928,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         match &item.action {
             Action::Reject(v) => record(run::record_rejection(&cx, &item, v)?),
             Action::Run(r) => {
-                cx.check(checks::CheckEvent::Queued {
-                    id: item.log_id.clone(),
-                    commit: item.commit.clone(),
-                    file: item.file.clone(),
-                    kind: r.request.kind.clone(),
-                });
+                run::queued(&cx, &item, r);
                 let resource = r.resource.clone();
                 match queues.iter_mut().find(|(res, _)| *res == resource) {
                     Some((_, q)) => q.push(item),
@@ -970,9 +955,9 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     } = committer.await.context("failed to join the committer")?;
     let deferred = cx.deferred.lock().map(|d| d.clone()).unwrap_or_default();
     let lifecycle = cx
-        .lifecycle
+        .phases
         .lock()
-        .map(|all| Lifecycle::of(&all))
+        .map(|all| EngineTimes::of(&all))
         .unwrap_or_default();
     let look_again = (!deferred.is_empty())
         .then(|| (cx.config.claim_timeout / 3).max(std::time::Duration::from_secs(1)));
@@ -1099,7 +1084,7 @@ async fn run_queue(
                             .recoveries
                             .lock()
                             .ok()
-                            .map_or(1, |r| attempt_of(r.get(&i.log_id))),
+                            .map_or(1, |r| lifecycle::attempt_of(r.get(&i.log_id))),
                     })
                     .collect();
                 let config = cx.config.clone();
@@ -1200,19 +1185,6 @@ async fn run_queue(
         }
     }
     Ok(())
-}
-
-/// The attempt a request runs as, given what recovery decided for it.
-fn attempt_of(recovery: Option<&journal::Recovery>) -> u32 {
-    match recovery {
-        Some(
-            journal::Recovery::Start { attempt }
-            | journal::Recovery::Rerun { attempt, .. }
-            | journal::Recovery::Record { attempt, .. },
-        ) => *attempt,
-        Some(journal::Recovery::Follow(rec)) => rec.attempt,
-        _ => 1,
-    }
 }
 
 /// How one queued request went.

@@ -1,20 +1,23 @@
-//! One request from claim to recorded result: image, checkout, container, log, status.
+//! The driver of one request: prepare, start or follow, stream, conclude. It reports each
+//! step to the [`lifecycle`](super::lifecycle) and does the effects it asks for; it decides
+//! no state itself.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
 
-use crate::contract::handlers::ImageSource;
-use crate::contract::handlers::SecretDelivery;
+use crate::contract::handlers::{ImageSource, SecretDelivery};
 use crate::contract::Violation;
-use crate::exec::spec::{container_name, container_spec, RunContext};
-use crate::exec::{ExecError, OutputEvent};
+use crate::exec::spec::{container_name, container_spec, ContainerSpec, RunContext};
+use crate::exec::{ExecError, OutputEvent, RunOutcome};
 use crate::plan::{Runnable, WorkItem};
-use crate::record::{now, unix_ms, write_status, RunLog, State, Status};
+use crate::record::{now, unix_ms, write_status, LogEvent, RunLog, Status};
 
 use super::journal::{self, AttemptRecord, Phase, Recovery};
+use super::lifecycle::{self, CheckStage, Effect, Ending, Transition};
 use super::{Finished, PassContext};
 
 /// Files of one request's result in the state directory, before they are published.
@@ -48,82 +51,15 @@ impl ResultDir {
     }
 }
 
-/// A status for a request that never started a container.
-fn unstarted(
-    cx: &PassContext,
-    item: &WorkItem,
-    kind: &str,
-    state: State,
-    reason: String,
-    resource: Option<String>,
-) -> Status {
-    Status {
-        id: item.log_id.clone(),
-        kind: kind.to_string(),
-        state,
-        exit_code: None,
-        reason: Some(reason),
-        attempt: 1,
-        started_at: None,
-        finished_at: now(),
-        duration_ms: 0,
-        runner: cx.runner.clone(),
-        commit: item.commit.clone(),
-        image: None,
-        file: item.file.clone(),
-        resource,
-    }
-}
-
-/// Record a request rejected by the planner.
-pub(crate) fn record_rejection(
-    cx: &PassContext,
-    item: &WorkItem,
-    violations: &[Violation],
-) -> anyhow::Result<Finished> {
-    let out = ResultDir::fresh(&cx.results_dir, &item.log_id)?;
-    let mut log = RunLog::create(&out.log(), &item.log_id)?;
-    log.event(
-        "received",
-        json!({"file": item.file, "commit": item.commit}),
-    )?;
-    let reason = violations
-        .iter()
-        .map(|v| v.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
-    log.event("rejected", json!({"violations": violations}))?;
-    log.event("finished", json!({"state": "rejected", "reason": reason}))?;
-    let status = unstarted(cx, item, "", State::Rejected, reason, None);
-    write_status(&out.status(), &status)?;
-    Ok(Finished {
-        status,
-        dir: out.dir,
-    })
-}
-
 /// Why a request could not reach a final state; it runs again in a later pass.
 #[derive(Debug)]
 pub(crate) enum RunFailure {
-    /// The Docker engine failed.
+    /// The executor failed.
     Docker(anyhow::Error),
     /// The git remote failed (a claim).
     Git(anyhow::Error),
     /// Anything else: the state directory, the checkout, the lock.
     Other(anyhow::Error),
-}
-
-/// Forget this runner's unfinished attempt at `id` (another runner has the request): its
-/// container, if one is left, and its journal.
-pub(crate) async fn abandon(cx: &PassContext, id: &str) {
-    let dir = cx.results_dir.join(id);
-    if let Some(rec) = journal::read(&dir) {
-        tracing::warn!(id, container = %rec.container, "another runner has this request: dropping this runner's unfinished attempt");
-        if let Ok(docker) = cx.executor() {
-            docker.remove(&rec.container).await;
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }
 
 impl From<anyhow::Error> for RunFailure {
@@ -141,6 +77,168 @@ impl From<std::io::Error> for RunFailure {
 impl From<serde_json::Error> for RunFailure {
     fn from(e: serde_json::Error) -> Self {
         RunFailure::Other(e.into())
+    }
+}
+
+/// One attempt being driven: where its result goes, its log, and its journal record once it
+/// has one. Shared by the output and start callbacks, hence the locks (never contended).
+struct Attempt<'a> {
+    cx: &'a PassContext,
+    item: &'a WorkItem,
+    out: &'a ResultDir,
+    log: Mutex<RunLog>,
+    /// The attempt number.
+    number: u32,
+    /// Kind and resource, once the request was routed.
+    routed: Option<&'a Runnable>,
+    record: Mutex<Option<AttemptRecord>>,
+    /// When its container started (this process's or an earlier one's).
+    started: Option<(String, u64)>,
+    image: Option<String>,
+}
+
+/// What the end of an attempt adds to its status.
+#[derive(Default)]
+struct Ran {
+    exit_code: Option<i64>,
+    duration_ms: Option<u64>,
+}
+
+impl<'a> Attempt<'a> {
+    /// Do what `transition` asks for.
+    fn go(&self, transition: Transition<'_>) -> anyhow::Result<()> {
+        for effect in lifecycle::effects(&transition) {
+            match effect {
+                Effect::Log(event) => self
+                    .log
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("run log lock poisoned"))?
+                    .write(&event)?,
+                Effect::Journal(phase) => {
+                    let mut record = self
+                        .record
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("journal lock poisoned"))?;
+                    let Some(record) = record.as_mut() else {
+                        anyhow::bail!("no attempt to journal at {phase:?}");
+                    };
+                    record.phase = phase;
+                    journal::write(&self.out.dir, record)?;
+                }
+                Effect::Check(stage) => self.cx.check(match stage {
+                    CheckStage::Queued => super::checks::CheckEvent::Queued {
+                        id: self.item.log_id.clone(),
+                        commit: self.item.commit.clone(),
+                        file: self.item.file.clone(),
+                        kind: self.kind().to_string(),
+                    },
+                    CheckStage::InProgress => super::checks::CheckEvent::Started {
+                        id: self.item.log_id.clone(),
+                        commit: self.item.commit.clone(),
+                        started_at: self
+                            .started
+                            .as_ref()
+                            .map(|s| s.0.clone())
+                            .unwrap_or_else(now),
+                    },
+                }),
+                // The driver writes it in `end`, which alone holds what it says.
+                Effect::Status => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn kind(&self) -> &str {
+        self.routed.map_or("", |r| r.request.kind.as_str())
+    }
+
+    /// End the attempt: conclude, close the log, write the status.
+    fn end(self, ending: Ending<'_>, ran: Ran) -> Result<Finished, RunFailure> {
+        let verdict = lifecycle::conclude(&ending);
+        self.go(Transition::Ended {
+            ending,
+            verdict: &verdict,
+            duration_ms: ran.duration_ms,
+        })?;
+        let status = Status {
+            id: self.item.log_id.clone(),
+            kind: self.kind().to_string(),
+            state: verdict.state,
+            exit_code: ran.exit_code,
+            reason: verdict.reason,
+            attempt: self.number,
+            started_at: self.started.map(|s| s.0),
+            finished_at: now(),
+            duration_ms: ran.duration_ms.unwrap_or(0),
+            runner: self.cx.runner.clone(),
+            commit: self.item.commit.clone(),
+            image: self.image,
+            file: self.item.file.clone(),
+            resource: self.routed.map(|r| r.resource.clone()),
+        };
+        write_status(&self.out.status(), &status)?;
+        Ok(Finished {
+            status,
+            dir: self.out.dir.clone(),
+        })
+    }
+}
+
+/// Record a request the planner refused.
+pub(crate) fn record_rejection(
+    cx: &PassContext,
+    item: &WorkItem,
+    violations: &[Violation],
+) -> anyhow::Result<Finished> {
+    let out = ResultDir::fresh(&cx.results_dir, &item.log_id)?;
+    let attempt = Attempt {
+        cx,
+        item,
+        out: &out,
+        log: Mutex::new(RunLog::create(&out.log(), &item.log_id)?),
+        number: 1,
+        routed: None,
+        record: Mutex::new(None),
+        started: None,
+        image: None,
+    };
+    attempt.go(Transition::Admitted {
+        file: &item.file,
+        commit: &item.commit,
+        routed: None,
+    })?;
+    attempt
+        .end(Ending::Refused(violations), Ran::default())
+        .map_err(|e| match e {
+            RunFailure::Docker(e) | RunFailure::Git(e) | RunFailure::Other(e) => e,
+        })
+}
+
+/// The queued request's check run, before it has a log.
+pub(crate) fn queued(cx: &PassContext, item: &WorkItem, runnable: &Runnable) {
+    for effect in lifecycle::effects(&Transition::Queued) {
+        if let Effect::Check(CheckStage::Queued) = effect {
+            cx.check(super::checks::CheckEvent::Queued {
+                id: item.log_id.clone(),
+                commit: item.commit.clone(),
+                file: item.file.clone(),
+                kind: runnable.request.kind.clone(),
+            });
+        }
+    }
+}
+
+/// Forget this runner's unfinished attempt at `id` (another runner has the request): its
+/// container, if one is left, and its journal.
+pub(crate) async fn abandon(cx: &PassContext, id: &str) {
+    let dir = cx.results_dir.join(id);
+    if let Some(rec) = journal::read(&dir) {
+        tracing::warn!(id, container = %rec.container, "another runner has this request: dropping this runner's unfinished attempt");
+        if let Ok(executor) = cx.executor() {
+            executor.remove(&rec.container).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -164,14 +262,18 @@ pub(crate) async fn execute(
             out
         }
     };
-    let result = execute_in(cx, item, runnable, &out, waited_for, recovery).await;
+    let result = drive(cx, item, runnable, &out, waited_for, recovery).await;
     if let Err(e) = &result {
         match journal::read(&out.dir) {
             // The container ran: the journal stays so the next pass can read its outcome.
             Some(mut rec) if rec.phase != Phase::Starting => {
                 if matches!(e, RunFailure::Docker(_)) {
-                    rec.phase = Phase::EngineLost;
-                    let _ = journal::write(&out.dir, &rec);
+                    for effect in lifecycle::effects(&Transition::EngineLost) {
+                        if let Effect::Journal(phase) = effect {
+                            rec.phase = phase;
+                            let _ = journal::write(&out.dir, &rec);
+                        }
+                    }
                 }
             }
             Some(rec) => {
@@ -186,7 +288,18 @@ pub(crate) async fn execute(
     result
 }
 
-async fn execute_in(
+/// What starting a container needs, prepared; or why it cannot start.
+enum Prepared {
+    Ready {
+        spec: Box<ContainerSpec>,
+        /// File secrets to stage for it.
+        secret_files: Vec<(String, String)>,
+    },
+    Unstartable(String),
+}
+
+/// prepare → start or follow → stream → conclude.
+async fn drive(
     cx: &PassContext,
     item: &WorkItem,
     runnable: &Runnable,
@@ -194,120 +307,62 @@ async fn execute_in(
     waited_for: Option<String>,
     recovery: Option<Recovery>,
 ) -> Result<Finished, RunFailure> {
-    let request = &runnable.request;
-    let kind = request.kind.as_str();
     // Whether an earlier process began the log, and where the container's output in it
     // stops: the engine replays a followed container from there.
     let logged_until = RunLog::last_ts_ms(&out.log()).unwrap_or(0);
     let output_until = RunLog::last_output_ts_ms(&out.log()).unwrap_or(0);
-    let mut log = match recovery {
+    let log = match recovery {
         None => RunLog::create(&out.log(), &item.log_id)?,
         Some(_) => RunLog::append(&out.log(), &item.log_id)?,
     };
-    let mut attempt = 1;
-    let mut follow = None;
+    let follow = match &recovery {
+        Some(Recovery::Follow(rec)) => Some(rec.clone()),
+        _ => None,
+    };
+    let mut attempt = Attempt {
+        cx,
+        item,
+        out,
+        log: Mutex::new(log),
+        number: lifecycle::attempt_of(recovery.as_ref()),
+        routed: Some(runnable),
+        record: Mutex::new(None),
+        started: None,
+        image: None,
+    };
     // A log begins with the request, whichever process begins it.
     if logged_until == 0 {
-        log.event(
-            "received",
-            json!({"file": item.file, "commit": item.commit}),
-        )?;
-        log.event(
-            "validated",
-            json!({"kind": kind, "resource": runnable.resource, "timeout_ms": runnable.timeout.as_millis() as u64}),
-        )?;
+        attempt.go(Transition::Admitted {
+            file: &item.file,
+            commit: &item.commit,
+            routed: Some((&runnable.request.kind, &runnable.resource, runnable.timeout)),
+        })?;
     }
-    match recovery {
-        None => {}
-        Some(Recovery::Start { attempt: a }) => {
-            attempt = a;
-            log.event(
-                "restarted",
-                json!({"attempt": a, "note": "the runner stopped before the container started; starting it now"}),
-            )?;
-        }
-        Some(Recovery::Rerun { attempt: a, why }) => {
-            attempt = a;
-            log.event(
-                "interrupted",
-                json!({"attempt": a - 1, "reason": why, "policy": "rerun", "next_attempt": a}),
-            )?;
-        }
-        Some(Recovery::Record { attempt: a, why }) => {
-            log.event(
-                "interrupted",
-                json!({"attempt": a, "reason": why, "policy": "record"}),
-            )?;
-            let reason = format!("interrupted: {why}");
-            log.event(
-                "finished",
-                json!({"state": "interrupted", "reason": reason}),
-            )?;
-            let mut status = unstarted(
-                cx,
-                item,
-                kind,
-                State::Interrupted,
-                reason,
-                Some(runnable.resource.clone()),
-            );
-            status.attempt = a;
-            if let Some(rec) = journal::read(&out.dir) {
-                status.started_at = rec.started_at;
-                status.image = Some(rec.image);
-                if let Ok(docker) = cx.executor() {
-                    docker.remove(&rec.container).await;
+    if let Some(recovery) = &recovery {
+        attempt.go(Transition::Resumed(recovery))?;
+        match recovery {
+            Recovery::Record { why, .. } => {
+                if let Some(rec) = journal::read(&out.dir) {
+                    attempt.started = rec.started_at.map(|at| (at, rec.started_ms));
+                    attempt.image = Some(rec.image);
+                    if let Ok(executor) = cx.executor() {
+                        executor.remove(&rec.container).await;
+                    }
                 }
+                return attempt.end(Ending::Interrupted(why), Ran::default());
             }
-            write_status(&out.status(), &status)?;
-            return Ok(Finished {
-                status,
-                dir: out.dir.clone(),
-            });
-        }
-        Some(Recovery::Follow(rec)) => {
-            attempt = rec.attempt;
-            log.event(
-                "reattached",
-                json!({"attempt": rec.attempt, "container": rec.container, "note": "the runner restarted while the handler ran; its output since the last line above comes from the engine's log"}),
-            )?;
-            follow = Some(rec);
-        }
-        Some(Recovery::Busy) => {
-            return Err(RunFailure::Other(anyhow::anyhow!(
-                "a live runner process owns this request's container"
-            )))
+            Recovery::Busy => {
+                return Err(RunFailure::Other(anyhow::anyhow!(
+                    "a live runner process owns this request's container"
+                )))
+            }
+            Recovery::Start { .. } | Recovery::Rerun { .. } | Recovery::Follow(_) => {}
         }
     }
-    if let Some(holder) = waited_for {
-        log.event("waited_for_lock", json!({"resource": holder}))?;
+    if let Some(resource) = &waited_for {
+        attempt.go(Transition::WaitedForLock(resource))?;
     }
-    let reject = |log: &mut RunLog, reason: String| -> Result<Finished, RunFailure> {
-        log.event("rejected", json!({"reason": reason}))?;
-        log.event("finished", json!({"state": "rejected", "reason": reason}))?;
-        let mut status = unstarted(
-            cx,
-            item,
-            kind,
-            State::Rejected,
-            reason,
-            Some(runnable.resource.clone()),
-        );
-        status.attempt = attempt;
-        write_status(&out.status(), &status)?;
-        Ok(Finished {
-            status,
-            dir: out.dir.clone(),
-        })
-    };
-    let routed = match cx.indexes.get(&item.commit) {
-        Some(index) => index.route(kind),
-        None => Err(format!("no handler index was loaded for {}", item.commit)),
-    };
-    let handler = match routed {
-        Ok(h) => h,
-        Err(msg) => return reject(&mut log, msg),
-    };
+    let handler = &runnable.handler;
     let commit = crate::git::parse_oid(&item.commit)?;
     let repo_dir = cx.checkout(commit, handler.checkout).await?;
     let image = match &follow {
@@ -316,12 +371,158 @@ async fn execute_in(
     };
     let image = match image {
         Ok(i) => i,
-        Err(ExecError::ImageUnavailable(reason)) => return reject(&mut log, reason),
+        Err(ExecError::ImageUnavailable(reason)) => {
+            return attempt.end(Ending::Unstartable(&reason), Ran::default())
+        }
         Err(ExecError::Engine(e)) => return Err(RunFailure::Docker(e)),
     };
+    let prepared = prepare(
+        cx,
+        item,
+        runnable,
+        out,
+        &image,
+        repo_dir,
+        attempt.number,
+        follow.is_some(),
+    )?;
+    let (spec, secret_files) = match prepared {
+        Prepared::Ready { spec, secret_files } => (spec, secret_files),
+        Prepared::Unstartable(reason) => {
+            return attempt.end(Ending::Unstartable(&reason), Ran::default())
+        }
+    };
+    let executor = cx.executor().map_err(RunFailure::Docker)?;
+    if !secret_files.is_empty() {
+        let staged = crate::secrets::stage(
+            cx.secrets.dir(),
+            &spec.name,
+            &secret_files,
+            &handler.limits.user,
+        );
+        if let Err(e) = staged {
+            return attempt.end(Ending::Unstartable(&format!("{e:#}")), Ran::default());
+        }
+    }
+    let container = match &follow {
+        Some(rec) => {
+            let started_ms = if rec.started_ms == 0 {
+                unix_ms()
+            } else {
+                rec.started_ms
+            };
+            attempt.started = Some((rec.started_at.clone().unwrap_or_else(now), started_ms));
+            attempt.go(Transition::Followed)?;
+            rec.container.clone()
+        }
+        None => {
+            *attempt
+                .record
+                .lock()
+                .map_err(|_| anyhow::anyhow!("journal lock poisoned"))? = Some(AttemptRecord {
+                attempt: attempt.number,
+                container: spec.name.clone(),
+                phase: Phase::Starting,
+                started_at: None,
+                started_ms: 0,
+                image: image.clone(),
+            });
+            if let Err(e) = attempt.go(Transition::Starting) {
+                crate::secrets::unstage(cx.secrets.dir(), &spec.name);
+                return Err(e.into());
+            }
+            crate::crashpoint::hit("before-start");
+            let started_at = now();
+            attempt.started = Some((started_at.clone(), unix_ms()));
+            if let Ok(mut record) = attempt.record.lock() {
+                if let Some(record) = record.as_mut() {
+                    record.started_at = Some(started_at);
+                    record.started_ms = attempt.started.as_ref().map_or(0, |s| s.1);
+                }
+            }
+            attempt.go(Transition::Launched {
+                container: &spec.name,
+                image: &image,
+                attempt: attempt.number,
+                user: &spec.user,
+                network: &spec.network,
+            })?;
+            spec.name.clone()
+        }
+    };
+    attempt.image = Some(image);
+    let outcome = stream(
+        &attempt,
+        executor.as_ref(),
+        &spec,
+        follow.is_some(),
+        output_until,
+    )
+    .await?;
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(reason) => return attempt.end(Ending::Unstartable(&reason), Ran::default()),
+    };
+    crate::crashpoint::hit("after-exit");
+    let started_ms = attempt.started.as_ref().map_or(0, |s| s.1);
+    let ran = Ran {
+        exit_code: outcome.exit_code,
+        duration_ms: Some(unix_ms().saturating_sub(started_ms)),
+    };
+    let finished = attempt.end(
+        Ending::Ran {
+            outcome: &outcome,
+            timeout: runnable.timeout,
+        },
+        ran,
+    )?;
+    // Recorded: the container has told all it can. Removed while the next request of the
+    // queue starts; the pass waits for every removal before it ends.
+    let (executor, phases_of_pass, secrets) = (
+        executor.clone(),
+        cx.phases.clone(),
+        cx.secrets.dir().to_path_buf(),
+    );
+    let phases = outcome.phases;
+    let removal = tokio::spawn(async move {
+        let removing = std::time::Instant::now();
+        executor.remove(&container).await;
+        crate::secrets::unstage(&secrets, &container);
+        if phases.create > 0 {
+            if let Ok(mut all) = phases_of_pass.lock() {
+                all.push(crate::exec::Phases {
+                    remove: crate::exec::us_since(removing),
+                    ..phases
+                });
+            }
+        }
+    });
+    if let Ok(mut removals) = cx.removals.lock() {
+        removals.push(removal);
+    }
+    Ok(finished)
+}
+
+/// Everything a container needs before it is created: the request file it reads, its
+/// secrets, its spec within the host's ceilings. A followed container has all of it already
+/// (its request file is not rewritten under its feet).
+#[allow(clippy::too_many_arguments)]
+fn prepare(
+    cx: &PassContext,
+    item: &WorkItem,
+    runnable: &Runnable,
+    out: &ResultDir,
+    image: &str,
+    repo_dir: PathBuf,
+    attempt: u32,
+    followed: bool,
+) -> Result<Prepared, RunFailure> {
+    let request = &runnable.request;
+    let handler = &runnable.handler;
     let request_json = out.dir.join("request.json");
-    // A followed container has the request mounted: it is not rewritten under its feet.
-    if follow.is_none() {
+    let mut secret_env = Vec::new();
+    let mut secret_files = Vec::new();
+    if !followed {
         let mut doc = request.document.clone();
         if let Some(obj) = doc.as_object_mut() {
             obj.insert("id".into(), json!(request.id.as_str()));
@@ -331,15 +532,15 @@ async fn execute_in(
         }
         std::fs::write(&request_json, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("failed to write {}", request_json.display()))?;
-    }
-    // The handler's secrets, for a container about to be created (a followed one has them).
-    let mut secret_env = Vec::new();
-    let mut secret_files = Vec::new();
-    if follow.is_none() {
         for (name, how) in &handler.secrets {
             let value = match cx.secrets.value(name) {
                 Ok(v) => v,
-                Err(msg) => return reject(&mut log, format!("handler `{kind}` needs {msg}")),
+                Err(msg) => {
+                    return Ok(Prepared::Unstartable(format!(
+                        "handler `{}` needs {msg}",
+                        request.kind
+                    )))
+                }
             };
             match how {
                 SecretDelivery::Env => {
@@ -360,7 +561,7 @@ async fn execute_in(
         scope: cx.scope.clone(),
         attempt,
         commit: item.commit.clone(),
-        image: image.clone(),
+        image: image.to_string(),
         repo_dir,
         request_json,
         timeout: runnable.timeout,
@@ -368,216 +569,96 @@ async fn execute_in(
         secret_env,
         secret_files: staged,
     };
-    let spec = match container_spec(handler, &ctx, &cx.limits) {
-        Ok(s) => s,
-        Err(reason) => return reject(&mut log, reason),
-    };
-    let docker = cx.executor().map_err(RunFailure::Docker)?;
-    if !secret_files.is_empty() {
-        let staged = crate::secrets::stage(
-            cx.secrets.dir(),
-            &spec.name,
-            &secret_files,
-            &handler.limits.user,
-        );
-        if let Err(e) = staged {
-            return reject(&mut log, format!("{e:#}"));
-        }
-    }
-    // Journal the attempt before its container exists, so a process that dies from here on
-    // leaves a record of what it was about to run.
-    let (container, started_at, started_ms, fresh) = match &follow {
-        Some(rec) => {
-            let started_ms = if rec.started_ms == 0 {
-                unix_ms()
-            } else {
-                rec.started_ms
-            };
-            let started_at = rec.started_at.clone().unwrap_or_else(now);
-            (rec.container.clone(), started_at, started_ms, None)
-        }
-        None => {
-            let rec = AttemptRecord {
-                attempt,
-                container: spec.name.clone(),
-                phase: Phase::Starting,
-                started_at: None,
-                started_ms: 0,
-                image: image.clone(),
-            };
-            if let Err(e) = journal::write(&out.dir, &rec) {
-                crate::secrets::unstage(cx.secrets.dir(), &spec.name);
-                return Err(e.into());
-            }
-            crate::crashpoint::hit("before-start");
-            let started_at = now();
-            log.event(
-                "started",
-                json!({"container": spec.name, "image": image, "attempt": attempt, "user": spec.user, "network": spec.network}),
-            )?;
-            let rec = AttemptRecord {
-                phase: Phase::Started,
-                started_at: Some(started_at.clone()),
-                started_ms: unix_ms(),
-                ..rec
-            };
-            (spec.name.clone(), started_at, rec.started_ms, Some(rec))
-        }
-    };
-    cx.check(super::checks::CheckEvent::Started {
-        id: item.log_id.clone(),
-        commit: item.commit.clone(),
-        started_at: started_at.clone(),
-    });
+    Ok(match container_spec(handler, &ctx, &cx.limits) {
+        Ok(spec) => Prepared::Ready {
+            spec: Box::new(spec),
+            secret_files,
+        },
+        Err(reason) => Prepared::Unstartable(reason),
+    })
+}
+
+/// Start the container (or follow the one an earlier process started) and stream its output
+/// into the log, within the output cap. `Ok(Err(reason))`: the executor could not run it.
+async fn stream(
+    attempt: &Attempt<'_>,
+    executor: &dyn crate::exec::Executor,
+    spec: &ContainerSpec,
+    followed: bool,
+    output_until: u64,
+) -> Result<Result<RunOutcome, String>, RunFailure> {
     let mut write_error: Option<anyhow::Error> = None;
     // The cap holds for output as committed in the log (JSON around each line included),
     // not only for the handler's raw bytes, which the executor caps too. A followed
     // container's log counts whole.
     let cap = spec.output_cap;
     let mut capped = false;
-    let mut logged = if fresh.is_some() { 0 } else { log.len() };
+    let log_len = || attempt.log.lock().map_or(0, |l| l.len());
+    let mut logged = if followed { log_len() } else { 0 };
     let mut on_output = |event| {
-        let r = match event {
-            OutputEvent::Line(..) | OutputEvent::Truncated { .. } if capped => Ok(()),
-            OutputEvent::Line(stream, line) if logged < cap => {
+        let line = match event {
+            OutputEvent::Line(..) | OutputEvent::Truncated { .. } if capped => return,
+            OutputEvent::Line(stream, line) if logged < cap => Some(LogEvent::Output {
+                stream: stream.as_str().to_string(),
+                line,
+            }),
+            OutputEvent::Line(..) | OutputEvent::Truncated { .. } => {
+                capped = true;
+                None
+            }
+        };
+        let r = match attempt.log.lock() {
+            Ok(mut log) => {
                 let before = log.len();
-                let r = log.event("output", json!({"stream": stream.as_str(), "line": line}));
+                let r = log.write(&line.unwrap_or(LogEvent::OutputTruncated {
+                    cap_bytes: cap,
+                    note: "output past the cap was dropped".into(),
+                }));
                 logged += log.len() - before;
                 r
             }
-            OutputEvent::Line(..) | OutputEvent::Truncated { .. } => {
-                capped = true;
-                log.event(
-                    "output_truncated",
-                    json!({"cap_bytes": cap, "note": "output past the cap was dropped"}),
-                )
-            }
+            Err(_) => Err(anyhow::anyhow!("run log lock poisoned")),
         };
         if let (Err(e), None) = (r, &write_error) {
             write_error = Some(e);
         }
     };
-    let cancel = cx.shutdown.reached(super::shutdown::Stage::Cancel);
-    let outcome = match fresh {
-        None => {
-            let ends_ms = started_ms.saturating_add(spec.timeout.as_millis() as u64);
-            let remaining = Duration::from_millis(ends_ms.saturating_sub(unix_ms()));
-            let logged = std::fs::metadata(out.log()).map_or(0, |m| m.len());
-            let cap = spec.output_cap.saturating_sub(logged);
-            let resume = crate::exec::Resume {
-                name: container.clone(),
-                after_ms: output_until,
-                remaining,
-                grace: spec.grace,
-                cap,
-            };
-            docker
-                .resume(&resume, &mut on_output, Box::pin(cancel))
-                .await
-        }
-        Some(rec) => {
-            let mut journaled = Ok(());
-            let mut on_started = || {
-                journaled = journal::write(&out.dir, &rec);
-                crate::crashpoint::hit("running");
-            };
-            let outcome = docker
-                .run(&spec, &mut on_started, &mut on_output, Box::pin(cancel))
-                .await;
-            journaled?;
-            outcome
-        }
+    let cancel = Box::pin(attempt.cx.shutdown.reached(super::shutdown::Stage::Cancel));
+    let outcome = if followed {
+        let started_ms = attempt.started.as_ref().map_or(0, |s| s.1);
+        let ends_ms = started_ms.saturating_add(spec.timeout.as_millis() as u64);
+        let logged = std::fs::metadata(attempt.out.log()).map_or(0, |m| m.len());
+        let resume = crate::exec::Resume {
+            name: spec.name.clone(),
+            after_ms: output_until,
+            remaining: Duration::from_millis(ends_ms.saturating_sub(unix_ms())),
+            grace: spec.grace,
+            cap: spec.output_cap.saturating_sub(logged),
+        };
+        executor.resume(&resume, &mut on_output, cancel).await
+    } else {
+        let mut journaled = Ok(());
+        let mut on_started = || {
+            journaled = attempt.go(Transition::Running);
+            crate::crashpoint::hit("running");
+        };
+        let outcome = executor
+            .run(spec, &mut on_started, &mut on_output, cancel)
+            .await;
+        journaled?;
+        outcome
     };
     let outcome = match outcome {
         Ok(o) => o,
-        Err(ExecError::ImageUnavailable(reason)) => return reject(&mut log, reason),
+        Err(ExecError::ImageUnavailable(reason)) => return Ok(Err(reason)),
         Err(ExecError::Engine(e)) => return Err(RunFailure::Docker(e)),
     };
-    crate::crashpoint::hit("after-exit");
     if let Some(e) = write_error {
         return Err(RunFailure::Other(
             e.context("failed to stream output to the run log"),
         ));
     }
-    let duration_ms = unix_ms().saturating_sub(started_ms);
-    log.event("exit", json!({"exit_code": outcome.exit_code, "oom_killed": outcome.oom_killed, "output_bytes": outcome.output_bytes}))?;
-    let (state, reason) = if outcome.cancelled {
-        (
-            State::Cancelled,
-            Some("cancelled: the runner was stopping".to_string()),
-        )
-    } else if outcome.timed_out {
-        (
-            State::TimedOut,
-            Some(format!(
-                "timeout after {}",
-                crate::contract::units::format_duration(runnable.timeout)
-            )),
-        )
-    } else if outcome.oom_killed {
-        (State::Failed, Some("oom".to_string()))
-    } else if outcome.exit_code == Some(0) {
-        (State::Succeeded, None)
-    } else {
-        (
-            State::Failed,
-            Some(format!(
-                "exit code {}",
-                outcome
-                    .exit_code
-                    .map_or("unknown".into(), |c| c.to_string())
-            )),
-        )
-    };
-    log.event(
-        "finished",
-        json!({"state": state.as_str(), "reason": reason, "duration_ms": duration_ms}),
-    )?;
-    let status = Status {
-        id: item.log_id.clone(),
-        kind: kind.to_string(),
-        state,
-        exit_code: outcome.exit_code,
-        reason,
-        attempt,
-        started_at: Some(started_at),
-        finished_at: now(),
-        duration_ms,
-        runner: cx.runner.clone(),
-        commit: item.commit.clone(),
-        image: Some(image),
-        file: item.file.clone(),
-        resource: Some(runnable.resource.clone()),
-    };
-    write_status(&out.status(), &status)?;
-    // Recorded: the container has told all it can. Removed while the next request of the
-    // queue starts; the pass waits for every removal before it ends.
-    let (docker, lifecycle, secrets) = (
-        docker.clone(),
-        cx.lifecycle.clone(),
-        cx.secrets.dir().to_path_buf(),
-    );
-    let phases = outcome.phases;
-    let removal = tokio::spawn(async move {
-        let removing = std::time::Instant::now();
-        docker.remove(&container).await;
-        crate::secrets::unstage(&secrets, &container);
-        if phases.create > 0 {
-            if let Ok(mut all) = lifecycle.lock() {
-                all.push(crate::exec::Phases {
-                    remove: crate::exec::us_since(removing),
-                    ..phases
-                });
-            }
-        }
-    });
-    if let Ok(mut removals) = cx.removals.lock() {
-        removals.push(removal);
-    }
-    Ok(Finished {
-        status,
-        dir: out.dir.clone(),
-    })
+    Ok(Ok(outcome))
 }
 
 /// The image a handler runs in: its reference (pulled if missing) or its `build:` context

@@ -291,7 +291,8 @@ mod tests {
         let text =
             format!("handlers:\n  echo:\n    run: handlers/echo.sh\n    image: img\n{extra}");
         let mut idx = HandlerIndex::parse(text.as_bytes()).unwrap();
-        idx.handlers.remove("echo").unwrap()
+        let echo = idx.handlers.remove("echo").unwrap();
+        std::sync::Arc::try_unwrap(echo).unwrap()
     }
 
     #[test]

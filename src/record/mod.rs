@@ -4,8 +4,10 @@
 //! still running; the engine copies both files into the repository when it publishes.
 //! Every string in both passes through [`crate::secrets::mask`] on its way to disk.
 
+mod event;
 mod ledger;
 
+pub use event::LogEvent;
 pub use ledger::{relayout, shard, Ledger, ResultFile};
 
 use std::fs::File;
@@ -156,7 +158,11 @@ impl RunLog {
 
     /// When the last complete line of the log at `path` was written, in Unix milliseconds.
     pub fn last_ts_ms(path: &Path) -> Option<u64> {
-        Self::last_matching_ts_ms(path, |_| true)
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|v| v.get("ts")?.as_str().and_then(ts_ms))
     }
 
     /// When the last line of the container's output in the log at `path` was written, in
@@ -164,28 +170,21 @@ impl RunLog {
     /// own events do not count: one written after the container printed a line the log never
     /// got (a follower's `reattached`) would hide that line from the next follower.
     pub fn last_output_ts_ms(path: &Path) -> Option<u64> {
-        Self::last_matching_ts_ms(path, |v| {
-            v.get("event").and_then(Value::as_str) == Some("output")
-        })
-    }
-
-    fn last_matching_ts_ms(path: &Path, keep: impl Fn(&Value) -> bool) -> Option<u64> {
         let text = std::fs::read_to_string(path).ok()?;
         text.lines()
             .rev()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| keep(v))
-            .find_map(|v| v.get("ts")?.as_str().and_then(ts_ms))
+            .filter_map(LogEvent::parse)
+            .filter(|(_, e)| matches!(e, LogEvent::Output { .. }))
+            .find_map(|(ts, _)| ts_ms(&ts))
     }
 
-    /// Append one event with its fields; `ts`, `id` and `event` come first.
-    pub fn event(&mut self, event: &str, fields: Value) -> anyhow::Result<()> {
+    /// Append one event; `ts`, `id` and `event` come first.
+    pub fn write(&mut self, event: &LogEvent) -> anyhow::Result<()> {
         let mut obj = Map::new();
         obj.insert("ts".into(), Value::String(now()));
         obj.insert("id".into(), Value::String(self.id.clone()));
-        obj.insert("event".into(), Value::String(event.into()));
-        if let Value::Object(extra) = fields {
-            obj.extend(extra);
+        if let Value::Object(fields) = serde_json::to_value(event)? {
+            obj.extend(fields);
         }
         let mut value = Value::Object(obj);
         crate::secrets::mask_json(&mut value);
@@ -258,13 +257,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.jsonl");
         let mut log = RunLog::create(&p, "a").unwrap();
-        log.event(
-            "output",
-            serde_json::json!({"stream": "stdout", "line": "hi \"x\""}),
-        )
+        log.write(&LogEvent::Output {
+            stream: "stdout".into(),
+            line: "hi \"x\"".into(),
+        })
         .unwrap();
-        log.event("finished", serde_json::json!({"state": "succeeded"}))
-            .unwrap();
+        log.write(&LogEvent::Finished {
+            state: "succeeded".into(),
+            reason: None,
+            duration_ms: Some(5),
+        })
+        .unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         let lines: Vec<Value> = text
             .lines()
@@ -272,8 +275,25 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["line"], "hi \"x\"");
-        assert!(text.lines().next().unwrap().starts_with("{\"ts\":"));
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.starts_with("{\"ts\":")
+                && first.contains("\"id\":\"a\",\"event\":\"output\",\"stream\":\"stdout\","),
+            "{first}"
+        );
         assert_eq!(lines[1]["event"], "finished");
+        assert_eq!(
+            lines[1]["reason"],
+            Value::Null,
+            "a success has a null reason"
+        );
+        assert_eq!(lines[1]["duration_ms"], 5);
+        let back: Vec<LogEvent> = text
+            .lines()
+            .filter_map(LogEvent::parse)
+            .map(|(_, e)| e)
+            .collect();
+        assert_eq!(back.len(), 2, "every line reads back as a typed event");
     }
 
     #[test]
@@ -284,7 +304,7 @@ mod tests {
             &p,
             concat!(
                 "{\"ts\":\"2026-12-01T10:00:00.000Z\",\"id\":\"a\",\"event\":\"started\"}\n",
-                "{\"ts\":\"2026-12-01T10:00:01.000Z\",\"id\":\"a\",\"event\":\"output\",\"line\":\"attempt 1\"}\n",
+                "{\"ts\":\"2026-12-01T10:00:01.000Z\",\"id\":\"a\",\"event\":\"output\",\"stream\":\"stdout\",\"line\":\"attempt 1\"}\n",
                 "{\"ts\":\"2026-12-01T10:00:05.000Z\",\"id\":\"a\",\"event\":\"reattached\"}\n",
             ),
         )
