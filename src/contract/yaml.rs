@@ -36,6 +36,8 @@ fn options() -> serde_saphyr::Options {
 }
 
 /// Check the raw bytes of a file and return its text.
+// A violation is built once per bad file, never on a hot path: its size does not matter.
+#[allow(clippy::result_large_err)]
 pub fn text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, Violation> {
     if bytes.len() > MAX_FILE_BYTES {
         return Err(Violation::new(
@@ -73,6 +75,7 @@ pub fn text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, Violation> {
 /// Parse YAML text into `T` under the budget; errors carry the position serde-saphyr knows.
 /// Explicit tags (`!!binary`, `!!python/object`, `!custom`) are refused: they change what a
 /// value means in a way a reviewer reading the file does not see.
+#[allow(clippy::result_large_err)]
 pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Violation> {
     let value = serde_saphyr::from_str_with_options::<T>(text, options()).map_err(|e| {
         let pos = e.location().and_then(|l| {
