@@ -9,6 +9,7 @@ pub mod contract;
 pub mod crashpoint;
 pub mod engine;
 pub mod exec;
+pub mod exit;
 pub mod forge;
 pub mod fuzzing;
 pub mod git;

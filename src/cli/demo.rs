@@ -3,6 +3,7 @@
 //! It creates a bare repository from the embedded template, merges a "pull request" that adds
 //! example requests (one of them broken), runs one pass against it, and prints a timeline.
 
+use crate::exit;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -39,7 +40,7 @@ pub async fn run(a: DemoArgs) -> i32 {
         Ok(code) => code,
         Err(e) => {
             super::report_error(&e);
-            1
+            exit::FAILED
         }
     }
 }
@@ -217,7 +218,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
                 .count(),
         clock.elapsed().as_secs_f64()
     );
-    Ok(0)
+    Ok(exit::OK)
 }
 
 struct TempDir(PathBuf);

@@ -1,5 +1,6 @@
 //! `codex-runner dispatch --once`: one full pass, then exit.
 
+use crate::exit;
 use std::path::PathBuf;
 
 use tracing::Instrument;
@@ -300,18 +301,18 @@ fn parse_drain(s: &str) -> Result<std::time::Duration, String> {
 pub async fn run(a: DispatchArgs) -> i32 {
     if !a.once {
         eprintln!("error: dispatch needs --once (one pass, then exit); the long-running daemon is a separate command");
-        return 2;
+        return exit::USAGE;
     }
     let opts = match options(&a) {
         Ok(o) => o,
         Err(e) => {
             super::report_error(&e);
-            return 2;
+            return exit::USAGE;
         }
     };
     if let Err(e) = opts.shutdown.on_signals(opts.drain_timeout) {
         super::report_error(&e);
-        return 2;
+        return exit::USAGE;
     }
     let span = tracing::info_span!("dispatch", runner = %opts.runner);
     match dispatch_once(&opts).instrument(span).await {
@@ -323,7 +324,7 @@ pub async fn run(a: DispatchArgs) -> i32 {
             } else {
                 print!("{}", crate::secrets::mask(&summary(&report)));
             }
-            0
+            exit::OK
         }
         Err(e) => {
             eprintln!("error: {}", crate::secrets::mask(&e.to_string()));

@@ -2,6 +2,7 @@
 
 use crate::contract::handlers::{HandlerIndex, ImageSource, INDEX_PATH};
 use crate::contract::units::format_duration;
+use crate::exit;
 
 use super::RepoDirArg;
 
@@ -20,14 +21,14 @@ pub fn run(cmd: HandlersCommand) -> i32 {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: failed to read {}: {e}", path.display());
-            return 1;
+            return exit::FAILED;
         }
     };
     let index = match HandlerIndex::parse(&bytes) {
         Ok(i) => i,
         Err(v) => {
             eprintln!("{v}");
-            return 1;
+            return exit::FAILED;
         }
     };
     println!(
@@ -49,5 +50,5 @@ pub fn run(cmd: HandlersCommand) -> i32 {
             h.description
         );
     }
-    0
+    exit::OK
 }

@@ -1,6 +1,7 @@
 //! `codex-runner logs ID` and `codex-runner migrate-layout`: reading a request's results from
 //! the branch, and moving a repository's results from one layout to the other.
 
+use crate::exit;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -145,14 +146,14 @@ pub fn logs(a: LogsArgs) -> i32 {
     match print_logs(&a) {
         Ok(found) => {
             if found {
-                0
+                exit::OK
             } else {
-                1
+                exit::FAILED
             }
         }
         Err(e) => {
             super::report_error(&e);
-            1
+            exit::FAILED
         }
     }
 }
@@ -309,13 +310,13 @@ fn render_event(e: &Value) -> String {
 /// `codex-runner migrate-layout`.
 pub fn migrate(a: MigrateArgs) -> i32 {
     match run_migration(&a) {
-        Ok(()) => 0,
+        Ok(()) => exit::OK,
         Err(e) => {
             super::report_error(&e);
             if e.downcast_ref::<ContractLeft>().is_some() {
-                3
+                exit::CONTRACT
             } else {
-                4
+                exit::GIT
             }
         }
     }

@@ -16,6 +16,7 @@ mod selftest;
 mod template;
 mod validate;
 
+use crate::exit;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -79,7 +80,11 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -97,14 +102,14 @@ pub fn main() -> i32 {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: failed to start the async runtime: {e}");
-            return 1;
+            return exit::FAILED;
         }
     };
     runtime.block_on(async {
         match cli.command {
             Command::Schema => {
                 println!("{}", crate::contract::request::SCHEMA.trim_end());
-                0
+                exit::OK
             }
             Command::Handlers { command } => handlers::run(command),
             Command::Validate(a) => validate::run(a),

@@ -8,6 +8,7 @@
 //! Results show as check runs where the credentials can write them, and as commit statuses
 //! where they cannot (a plain token on github.com): `--report auto` finds out by trying.
 
+use crate::exit;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -136,11 +137,11 @@ pub async fn register(a: RegisterArgs) -> i32 {
                 "as a systemd service, /etc/systemd/system/codex-runner.service:\n{}",
                 unit(&r.config)
             );
-            0
+            exit::OK
         }
         Err(e) => {
             super::report_error(&e);
-            1
+            exit::FAILED
         }
     }
 }
@@ -399,10 +400,10 @@ pub async fn unregister(a: UnregisterArgs) -> i32 {
     }
     .await;
     match result {
-        Ok(()) => 0,
+        Ok(()) => exit::OK,
         Err(e) => {
             super::report_error(&e);
-            1
+            exit::FAILED
         }
     }
 }

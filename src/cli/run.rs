@@ -5,6 +5,7 @@
 //! request starts, running handlers may finish until `runner.drain_timeout`, then they are
 //! cancelled (a second signal cancels at once); every result is pushed before it exits.
 
+use crate::exit;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,10 +34,10 @@ pub struct RunArgs {
 /// Run the daemon until SIGTERM or Ctrl-C.
 pub async fn run(a: RunArgs) -> i32 {
     match daemon(a, true).await {
-        Ok(()) => 0,
+        Ok(()) => exit::OK,
         Err(e) => {
             super::report_error(&e);
-            2
+            exit::USAGE
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `codex-runner selftest`: does this host have what a pass needs?
 
+use crate::exit;
 use std::path::PathBuf;
 
 use crate::config::HostConfig;
@@ -64,10 +65,10 @@ pub async fn run(a: SelftestArgs) -> i32 {
     check("state dir", state(&state_dir).await);
     if failed == 0 {
         println!("selftest passed");
-        0
+        exit::OK
     } else {
         println!("selftest failed: {failed} check(s)");
-        1
+        exit::FAILED
     }
 }
 

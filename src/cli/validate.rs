@@ -1,6 +1,7 @@
 //! `codex-runner validate`: check request files in a working tree against the contract,
 //! exactly as a pass would, without running anything.
 
+use crate::exit;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -178,5 +179,9 @@ pub fn run(a: ValidateArgs) -> i32 {
             }
         }
     }
-    i32::from(invalid)
+    if invalid {
+        exit::FAILED
+    } else {
+        exit::OK
+    }
 }

@@ -31,6 +31,7 @@ use crate::contract::request::request_stem;
 use crate::contract::yaml::MAX_FILE_BYTES;
 use crate::contract::{Violation, Violations};
 use crate::exec::{Executor, ExecutorChoice};
+use crate::exit;
 use crate::forge::GitHub;
 use crate::git::{Checkouts, Identity, Mirror, Oid, Published};
 use crate::plan::{self, Action, Done, InboxEntry, WorkItem};
@@ -143,11 +144,11 @@ impl DispatchError {
     /// The process exit code for this failure (see README).
     pub fn exit_code(&self) -> i32 {
         match self {
-            DispatchError::Other(_) => 1,
-            DispatchError::Refused(_) => 2,
-            DispatchError::Contract { .. } => 3,
-            DispatchError::Git(_) => 4,
-            DispatchError::Docker(_) => 5,
+            DispatchError::Other(_) => exit::FAILED,
+            DispatchError::Refused(_) => exit::USAGE,
+            DispatchError::Contract { .. } => exit::CONTRACT,
+            DispatchError::Git(_) => exit::GIT,
+            DispatchError::Docker(_) => exit::EXECUTOR,
         }
     }
 }
