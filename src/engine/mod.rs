@@ -12,6 +12,8 @@ mod publish;
 mod pulls;
 mod run;
 pub mod shutdown;
+#[cfg(test)]
+mod tests;
 
 pub use checks::{validation_update, ForgeTarget};
 pub use pulls::{validate_pull, PullJob, PullVerdict};

@@ -451,14 +451,8 @@ async fn drive(
         }
     };
     attempt.image = Some(image);
-    let outcome = stream(
-        &attempt,
-        executor.as_ref(),
-        &spec,
-        follow.is_some(),
-        output_until,
-    )
-    .await?;
+    let followed = follow.as_ref().map(|_| (container.as_str(), output_until));
+    let outcome = stream(&attempt, executor.as_ref(), &spec, followed).await?;
     let outcome = match outcome {
         Ok(o) => o,
         Err(reason) => return attempt.end(Ending::Unstartable(&reason), Ran::default()),
@@ -578,14 +572,14 @@ fn prepare(
     })
 }
 
-/// Start the container (or follow the one an earlier process started) and stream its output
-/// into the log, within the output cap. `Ok(Err(reason))`: the executor could not run it.
+/// Start the container, or follow the one an earlier process started (`followed`: its name,
+/// and where its output in the log stops), and stream its output into the log within the
+/// output cap. `Ok(Err(reason))`: the executor could not run it.
 async fn stream(
     attempt: &Attempt<'_>,
     executor: &dyn crate::exec::Executor,
     spec: &ContainerSpec,
-    followed: bool,
-    output_until: u64,
+    followed: Option<(&str, u64)>,
 ) -> Result<Result<RunOutcome, String>, RunFailure> {
     let mut write_error: Option<anyhow::Error> = None;
     // The cap holds for output as committed in the log (JSON around each line included),
@@ -594,7 +588,7 @@ async fn stream(
     let cap = spec.output_cap;
     let mut capped = false;
     let log_len = || attempt.log.lock().map_or(0, |l| l.len());
-    let mut logged = if followed { log_len() } else { 0 };
+    let mut logged = if followed.is_some() { log_len() } else { 0 };
     let mut on_output = |event| {
         let line = match event {
             OutputEvent::Line(..) | OutputEvent::Truncated { .. } if capped => return,
@@ -624,12 +618,12 @@ async fn stream(
         }
     };
     let cancel = Box::pin(attempt.cx.shutdown.reached(super::shutdown::Stage::Cancel));
-    let outcome = if followed {
+    let outcome = if let Some((container, output_until)) = followed {
         let started_ms = attempt.started.as_ref().map_or(0, |s| s.1);
         let ends_ms = started_ms.saturating_add(spec.timeout.as_millis() as u64);
         let logged = std::fs::metadata(attempt.out.log()).map_or(0, |m| m.len());
         let resume = crate::exec::Resume {
-            name: spec.name.clone(),
+            name: container.to_string(),
             after_ms: output_until,
             remaining: Duration::from_millis(ends_ms.saturating_sub(unix_ms())),
             grace: spec.grace,

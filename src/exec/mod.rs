@@ -6,6 +6,8 @@
 //! a second runtime is a new module here, not a change to the engine.
 
 pub mod docker;
+#[cfg(test)]
+pub(crate) mod fake;
 mod lines;
 mod owner;
 pub mod spec;
