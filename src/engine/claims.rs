@@ -138,7 +138,7 @@ impl Claims {
         &self,
         f: impl FnOnce(&Mirror) -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let token = super::git_token(self.auth.as_ref())
+        let token = super::context::git_token(self.auth.as_ref())
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mirror = self.mirror.clone();

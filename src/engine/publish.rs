@@ -12,7 +12,7 @@ use crate::contract::repo_config::RepoConfig;
 use crate::git::{Change, Identity, Mirror, Published};
 use crate::record::{Ledger, State};
 
-use super::Finished;
+use super::context::Finished;
 
 /// Where publishing happens and as whom.
 #[derive(Clone)]
@@ -244,7 +244,7 @@ async fn publish_batch(
             sink.hold(finished_event(target, f, &target.branch));
         }
     }
-    let token = super::git_token(target.auth.as_ref()).await?;
+    let token = super::context::git_token(target.auth.as_ref()).await?;
     let t = target.clone();
     tokio::task::spawn_blocking(move || {
         let mut mirror = t

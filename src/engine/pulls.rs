@@ -15,7 +15,9 @@ use crate::contract::Violation;
 use crate::git::Mirror;
 use crate::plan::{self, Action, InboxEntry};
 
-use super::{done_at, git, index_at, remote_key, resolve_branch, DispatchError, DispatchOptions};
+use super::remote_key;
+use super::report::{DispatchError, DispatchOptions};
+use super::survey::{deepen_until, done_at, git, index_at, resolve_branch};
 
 /// A pull request to validate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +44,7 @@ pub async fn validate_pull(
     opts: &DispatchOptions,
     job: &PullJob,
 ) -> Result<PullVerdict, DispatchError> {
-    let token = super::git_token(opts.git_auth.as_ref()).await?;
+    let token = super::context::git_token(opts.git_auth.as_ref()).await?;
     let opts = opts.clone();
     let job = job.clone();
     tokio::task::spawn_blocking(move || validate_blocking(&opts, &job, token.as_deref()))
@@ -154,7 +156,7 @@ fn fork_point(
     base: crate::git::Oid,
     head: crate::git::Oid,
 ) -> Result<crate::git::Oid, DispatchError> {
-    super::deepen_until(
+    deepen_until(
         mirror,
         // Logged inside the pull request's span, which names it.
         "where the pull request forked",

@@ -7,18 +7,17 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::json;
 
-use crate::contract::handlers::{ImageSource, SecretDelivery};
 use crate::contract::Violation;
-use crate::exec::spec::{container_name, container_spec, ContainerSpec, RunContext};
+use crate::exec::spec::ContainerSpec;
 use crate::exec::{ExecError, OutputEvent, RunOutcome};
 use crate::plan::{Runnable, WorkItem};
 use crate::record::{now, unix_ms, write_status, LogEvent, RunLog, Status};
 
+use super::context::{Finished, PassContext};
 use super::journal::{self, AttemptRecord, Phase, Recovery};
 use super::lifecycle::{self, CheckStage, Effect, Ending, Transition};
-use super::{Finished, PassContext};
+use super::prepare::{prepare, resolve_image, Prepared};
 
 /// Files of one request's result in the state directory, before they are published.
 pub(crate) struct ResultDir {
@@ -151,6 +150,55 @@ impl<'a> Attempt<'a> {
 
     fn kind(&self) -> &str {
         self.routed.map_or("", |r| r.request.kind.as_str())
+    }
+
+    /// Take over a container an earlier process started: its name.
+    fn follow(&mut self, rec: &AttemptRecord) -> anyhow::Result<String> {
+        let started_ms = if rec.started_ms == 0 {
+            unix_ms()
+        } else {
+            rec.started_ms
+        };
+        self.started = Some((rec.started_at.clone().unwrap_or_else(now), started_ms));
+        self.go(Transition::Followed)?;
+        Ok(rec.container.clone())
+    }
+
+    /// Journal the attempt before its container exists, so a process that dies from here on
+    /// leaves a record of what it was about to run; then log the start. The container's name.
+    fn launch(&mut self, spec: &ContainerSpec, image: &str) -> Result<String, RunFailure> {
+        *self
+            .record
+            .lock()
+            .map_err(|_| anyhow::anyhow!("journal lock poisoned"))? = Some(AttemptRecord {
+            attempt: self.number,
+            container: spec.name.clone(),
+            phase: Phase::Starting,
+            started_at: None,
+            started_ms: 0,
+            image: image.to_string(),
+        });
+        if let Err(e) = self.go(Transition::Starting) {
+            crate::secrets::unstage(self.cx.secrets.dir(), &spec.name);
+            return Err(e.into());
+        }
+        crate::crashpoint::hit("before-start");
+        let started = (now(), unix_ms());
+        if let Ok(mut record) = self.record.lock() {
+            if let Some(record) = record.as_mut() {
+                record.started_at = Some(started.0.clone());
+                record.started_ms = started.1;
+            }
+        }
+        self.started = Some(started);
+        self.go(Transition::Launched {
+            container: &spec.name,
+            image,
+            attempt: self.number,
+            user: &spec.user,
+            network: &spec.network,
+        })?;
+        Ok(spec.name.clone())
     }
 
     /// End the attempt: conclude, close the log, write the status.
@@ -288,16 +336,6 @@ pub(crate) async fn execute(
     result
 }
 
-/// What starting a container needs, prepared; or why it cannot start.
-enum Prepared {
-    Ready {
-        spec: Box<ContainerSpec>,
-        /// File secrets to stage for it.
-        secret_files: Vec<(String, String)>,
-    },
-    Unstartable(String),
-}
-
 /// prepare → start or follow → stream → conclude.
 async fn drive(
     cx: &PassContext,
@@ -405,50 +443,8 @@ async fn drive(
         }
     }
     let container = match &follow {
-        Some(rec) => {
-            let started_ms = if rec.started_ms == 0 {
-                unix_ms()
-            } else {
-                rec.started_ms
-            };
-            attempt.started = Some((rec.started_at.clone().unwrap_or_else(now), started_ms));
-            attempt.go(Transition::Followed)?;
-            rec.container.clone()
-        }
-        None => {
-            *attempt
-                .record
-                .lock()
-                .map_err(|_| anyhow::anyhow!("journal lock poisoned"))? = Some(AttemptRecord {
-                attempt: attempt.number,
-                container: spec.name.clone(),
-                phase: Phase::Starting,
-                started_at: None,
-                started_ms: 0,
-                image: image.clone(),
-            });
-            if let Err(e) = attempt.go(Transition::Starting) {
-                crate::secrets::unstage(cx.secrets.dir(), &spec.name);
-                return Err(e.into());
-            }
-            crate::crashpoint::hit("before-start");
-            let started_at = now();
-            attempt.started = Some((started_at.clone(), unix_ms()));
-            if let Ok(mut record) = attempt.record.lock() {
-                if let Some(record) = record.as_mut() {
-                    record.started_at = Some(started_at);
-                    record.started_ms = attempt.started.as_ref().map_or(0, |s| s.1);
-                }
-            }
-            attempt.go(Transition::Launched {
-                container: &spec.name,
-                image: &image,
-                attempt: attempt.number,
-                user: &spec.user,
-                network: &spec.network,
-            })?;
-            spec.name.clone()
-        }
+        Some(rec) => attempt.follow(rec)?,
+        None => attempt.launch(&spec, &image)?,
     };
     attempt.image = Some(image);
     let followed = follow.as_ref().map(|_| (container.as_str(), output_until));
@@ -470,106 +466,9 @@ async fn drive(
         },
         ran,
     )?;
-    // Recorded: the container has told all it can. Removed while the next request of the
-    // queue starts; the pass waits for every removal before it ends.
-    let (executor, phases_of_pass, secrets) = (
-        executor.clone(),
-        cx.phases.clone(),
-        cx.secrets.dir().to_path_buf(),
-    );
-    let phases = outcome.phases;
-    let removal = tokio::spawn(async move {
-        let removing = std::time::Instant::now();
-        executor.remove(&container).await;
-        crate::secrets::unstage(&secrets, &container);
-        if phases.create > 0 {
-            if let Ok(mut all) = phases_of_pass.lock() {
-                all.push(crate::exec::Phases {
-                    remove: crate::exec::us_since(removing),
-                    ..phases
-                });
-            }
-        }
-    });
-    if let Ok(mut removals) = cx.removals.lock() {
-        removals.push(removal);
-    }
+    // Recorded: the container has told all it can.
+    cx.remove_later(executor, container, outcome.phases);
     Ok(finished)
-}
-
-/// Everything a container needs before it is created: the request file it reads, its
-/// secrets, its spec within the host's ceilings. A followed container has all of it already
-/// (its request file is not rewritten under its feet).
-#[allow(clippy::too_many_arguments)]
-fn prepare(
-    cx: &PassContext,
-    item: &WorkItem,
-    runnable: &Runnable,
-    out: &ResultDir,
-    image: &str,
-    repo_dir: PathBuf,
-    attempt: u32,
-    followed: bool,
-) -> Result<Prepared, RunFailure> {
-    let request = &runnable.request;
-    let handler = &runnable.handler;
-    let request_json = out.dir.join("request.json");
-    let mut secret_env = Vec::new();
-    let mut secret_files = Vec::new();
-    if !followed {
-        let mut doc = request.document.clone();
-        if let Some(obj) = doc.as_object_mut() {
-            obj.insert("id".into(), json!(request.id.as_str()));
-            obj.insert("file".into(), json!(item.file));
-            obj.insert("commit".into(), json!(item.commit));
-            obj.insert("resource".into(), json!(runnable.resource));
-        }
-        std::fs::write(&request_json, serde_json::to_vec_pretty(&doc)?)
-            .with_context(|| format!("failed to write {}", request_json.display()))?;
-        for (name, how) in &handler.secrets {
-            let value = match cx.secrets.value(name) {
-                Ok(v) => v,
-                Err(msg) => {
-                    return Ok(Prepared::Unstartable(format!(
-                        "handler `{}` needs {msg}",
-                        request.kind
-                    )))
-                }
-            };
-            match how {
-                SecretDelivery::Env => {
-                    let v = value.strip_suffix('\n').unwrap_or(&value);
-                    let v = v.strip_suffix('\r').unwrap_or(v);
-                    secret_env.push((name.clone(), v.to_string()));
-                }
-                SecretDelivery::File => secret_files.push((name.clone(), value)),
-            }
-        }
-    }
-    let name = container_name(&cx.runner, &cx.scope, request.id.as_str(), attempt);
-    let staged =
-        (!secret_files.is_empty()).then(|| crate::secrets::staged_path(cx.secrets.dir(), &name));
-    let ctx = RunContext {
-        runner: cx.runner.clone(),
-        request_id: request.id.to_string(),
-        scope: cx.scope.clone(),
-        attempt,
-        commit: item.commit.clone(),
-        image: image.to_string(),
-        repo_dir,
-        request_json,
-        timeout: runnable.timeout,
-        params: request.params.clone(),
-        secret_env,
-        secret_files: staged,
-    };
-    Ok(match container_spec(handler, &ctx, &cx.limits) {
-        Ok(spec) => Prepared::Ready {
-            spec: Box::new(spec),
-            secret_files,
-        },
-        Err(reason) => Prepared::Unstartable(reason),
-    })
 }
 
 /// Start the container, or follow the one an earlier process started (`followed`: its name,
@@ -653,41 +552,4 @@ async fn stream(
         ));
     }
     Ok(Ok(outcome))
-}
-
-/// The image a handler runs in: its reference (pulled if missing) or its `build:` context
-/// at `commit`, built once.
-async fn resolve_image(
-    cx: &PassContext,
-    commit: crate::git::Oid,
-    handler: &crate::contract::handlers::HandlerSpec,
-    repo_dir: &Path,
-) -> Result<String, ExecError> {
-    let known = |name: &str| cx.images.lock().is_ok_and(|seen| seen.contains(name));
-    let remember = |name: &str| {
-        if let Ok(mut seen) = cx.images.lock() {
-            seen.insert(name.to_string());
-        }
-    };
-    match &handler.image {
-        ImageSource::Reference(r) => {
-            if !known(r) {
-                cx.executor()?.ensure_image(r).await?;
-                remember(r);
-            }
-            Ok(r.clone())
-        }
-        ImageSource::Build(dir) => {
-            let tree = cx.object_id(commit, &format!("containers/{dir}")).await?;
-            let tag = format!("codex-runner-build/{dir}:{}", &tree[..12.min(tree.len())]);
-            if known(&tag) {
-                return Ok(tag);
-            }
-            let context = repo_dir.join("containers").join(dir);
-            let _one_build = cx.builds.lock().await;
-            cx.executor()?.ensure_built(&tag, &context).await?;
-            remember(&tag);
-            Ok(tag)
-        }
-    }
 }
