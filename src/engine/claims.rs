@@ -2,18 +2,16 @@
 //! [`crate::git::claims`]), taken before a request runs, renewed while it runs, dropped once
 //! its result is on the branch, and taken over when their holder stops renewing them.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
-
 use crate::contract::repo_config::RepoConfig;
-use crate::forge::GitHub;
-use std::collections::BTreeMap;
-
 use crate::git::claims::{claim_ref, ClaimAsk, ClaimBody};
 use crate::git::{Identity, Mirror, Oid};
 use crate::record::unix_ms;
+
+use super::context::SharedMirror;
 
 /// How a claim attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,13 +98,12 @@ pub(crate) fn judge(
 /// This runner's claims on one repository and branch.
 #[derive(Clone)]
 pub(crate) struct Claims {
-    pub mirror: Arc<Mutex<Mirror>>,
+    pub mirror: SharedMirror,
     pub branch: String,
     /// This process, as its claims name it.
     pub me: Holder,
     pub identity: Identity,
     pub config: RepoConfig,
-    pub auth: Option<GitHub>,
     /// Claims the sweep found whose requests the branch records: their deletion rides on the
     /// pass's next push.
     pub stale: Arc<Mutex<Vec<String>>>,
@@ -138,22 +135,7 @@ impl Claims {
         &self,
         f: impl FnOnce(&Mirror) -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let token = super::context::git_token(self.auth.as_ref())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mirror = self.mirror.clone();
-        let has_auth = self.auth.is_some();
-        tokio::task::spawn_blocking(move || {
-            let mut m = mirror
-                .lock()
-                .map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
-            if has_auth {
-                m.set_token(token);
-            }
-            f(&m)
-        })
-        .await
-        .context("failed to join a git task")?
+        self.mirror.remote(move |m| f(m)).await
     }
 
     /// Claim a resource's queue, `asks` in order, in one push, then look at a tip fetched

@@ -50,6 +50,56 @@ impl Connection {
     }
 }
 
+/// The pass's mirror, shared by the claims, the committer and the checkouts. Work that talks
+/// to the remote runs off the async threads, one at a time, with a token asked of the forge
+/// just before, so an installation token never goes stale; local reads take the lock only.
+#[derive(Clone)]
+pub(crate) struct SharedMirror {
+    mirror: Arc<Mutex<Mirror>>,
+    auth: Option<GitHub>,
+}
+
+impl SharedMirror {
+    pub(super) fn new(mirror: Mirror, auth: Option<GitHub>) -> Self {
+        SharedMirror {
+            mirror: Arc::new(Mutex::new(mirror)),
+            auth,
+        }
+    }
+
+    /// Run `f`, which may fetch and push, on the mirror off the async threads.
+    pub(super) async fn remote<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Mirror) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let token = git_token(self.auth.as_ref()).await?;
+        let (mirror, refresh) = (self.mirror.clone(), self.auth.is_some());
+        tokio::task::spawn_blocking(move || {
+            let mut m = mirror
+                .lock()
+                .map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
+            if refresh {
+                m.set_token(token);
+            }
+            f(&mut m)
+        })
+        .await
+        .context("failed to join a git task")?
+    }
+
+    /// Read what the mirror holds (no network), on this thread.
+    pub(super) fn local<T>(
+        &self,
+        f: impl FnOnce(&Mirror) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let m = self
+            .mirror
+            .lock()
+            .map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
+        f(&m)
+    }
+}
+
 /// A request that reached a final state and waits to be published: its status (which names
 /// the file, commit and id) and the state-dir directory holding its log and status files.
 #[derive(Debug, Clone)]
@@ -66,7 +116,7 @@ pub(crate) struct PassContext {
     pub(super) results_dir: PathBuf,
     pub(super) limits: HostLimits,
     pub(super) secrets: crate::secrets::HostSecrets,
-    pub(super) mirror: Arc<Mutex<Mirror>>,
+    pub(super) mirror: SharedMirror,
     pub(super) checkouts: tokio::sync::Mutex<Checkouts>,
     pub(super) executor: Connection,
     /// One image build at a time: concurrent requests of one `build:` handler build once.
@@ -120,11 +170,8 @@ impl PassContext {
             CheckoutScope::Full => Vec::new(),
         };
         let mut checkouts = self.checkouts.lock().await;
-        let mirror = self
-            .mirror
-            .lock()
-            .map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
-        checkouts.get(&mirror, commit, &hidden)
+        self.mirror
+            .local(|mirror| checkouts.get(mirror, commit, &hidden))
     }
 
     /// Remove a recorded request's container while the next request of its queue starts;
@@ -188,14 +235,12 @@ impl PassContext {
     }
 
     pub(super) async fn object_id(&self, commit: Oid, path: &str) -> anyhow::Result<String> {
-        let mirror = self
-            .mirror
-            .lock()
-            .map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
-        mirror
-            .object_id(commit, path)
-            .map(|o| o.to_string())
-            .with_context(|| format!("failed to find {path} at {commit}"))
+        self.mirror.local(|mirror| {
+            mirror
+                .object_id(commit, path)
+                .map(|o| o.to_string())
+                .with_context(|| format!("failed to find {path} at {commit}"))
+        })
     }
 }
 

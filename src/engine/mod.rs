@@ -37,7 +37,7 @@ use crate::plan::{self, Action, WorkItem};
 use crate::record::{Ledger, ResultFile, Status};
 
 pub(crate) use context::git_token;
-use context::{Connection, Finished, PassContext};
+use context::{Connection, Finished, PassContext, SharedMirror};
 use queue::run_queues;
 use recover::{reap_orphans, recover};
 use survey::{git, recorded, resolve_branch, survey, Survey};
@@ -102,7 +102,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         .retain(|item| !recovered.busy.contains(&item.log_id));
     leave_for_other_runners(&mut planned, &opts.labels);
     let (checks_tx, reporter) = check_reporter(opts, &key, &mirror, tip, &config);
-    let mirror = Arc::new(Mutex::new(mirror));
+    let mirror = SharedMirror::new(mirror, opts.git_auth.clone());
     let claims = claims::Claims {
         mirror: mirror.clone(),
         branch: branch.clone(),
@@ -115,7 +115,6 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         },
         identity: opts.identity.clone(),
         config: config.clone(),
-        auth: opts.git_auth.clone(),
         stale: Default::default(),
     };
     {
@@ -155,7 +154,6 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         runner: opts.runner.clone(),
         attempts: opts.push_attempts,
         checks: checks_tx,
-        auth: opts.git_auth.clone(),
         claims: claims.clone(),
         keep_recorded_claims: opts.keep_recorded_claims,
     };

@@ -3,8 +3,6 @@
 //! Results wait in the state directory until their commit is pushed; only then are they
 //! removed there, so a push that fails leaves them for the next pass instead of losing them.
 
-use std::sync::{Arc, Mutex};
-
 use anyhow::Context;
 use tokio::sync::mpsc;
 
@@ -12,12 +10,12 @@ use crate::contract::repo_config::RepoConfig;
 use crate::git::{Change, Identity, Mirror, Published};
 use crate::record::{Ledger, State};
 
-use super::context::Finished;
+use super::context::{Finished, SharedMirror};
 
 /// Where publishing happens and as whom.
 #[derive(Clone)]
 pub(crate) struct Target {
-    pub mirror: Arc<Mutex<Mirror>>,
+    pub mirror: SharedMirror,
     pub branch: String,
     pub config: RepoConfig,
     pub identity: Identity,
@@ -26,7 +24,6 @@ pub(crate) struct Target {
     /// Check-run events, when a forge is configured.
     pub checks: Option<super::checks::CheckSink>,
     /// Where git's token comes from (handlers may run longer than an installation token lives).
-    pub auth: Option<crate::forge::GitHub>,
     /// The claims to drop once their results are on the branch.
     pub claims: super::claims::Claims,
     /// Leave the claims of this pass's results on the remote for the next pass
@@ -244,25 +241,18 @@ async fn publish_batch(
             sink.hold(finished_event(target, f, &target.branch));
         }
     }
-    let token = super::context::git_token(target.auth.as_ref()).await?;
     let t = target.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut mirror = t
-            .mirror
-            .lock()
-            .map_err(|_| anyhow::anyhow!("mirror lock poisoned"))?;
-        if t.auth.is_some() {
-            mirror.set_token(token);
-        }
-        let build = |m: &Mirror, tip| {
-            let ledger = ledger_at(m, tip, &t.config);
-            Ok(files
-                .iter()
-                .flat_map(|(f, read)| changes(&t.config, &ledger, f, read))
-                .collect())
-        };
-        mirror.publish_with(&t.branch, build, &msg, &t.identity, t.attempts, &riders)
-    })
-    .await
-    .context("failed to join the publish task")?
+    target
+        .mirror
+        .remote(move |mirror| {
+            let build = |m: &Mirror, tip| {
+                let ledger = ledger_at(m, tip, &t.config);
+                Ok(files
+                    .iter()
+                    .flat_map(|(f, read)| changes(&t.config, &ledger, f, read))
+                    .collect())
+            };
+            mirror.publish_with(&t.branch, build, &msg, &t.identity, t.attempts, &riders)
+        })
+        .await
 }
