@@ -11,10 +11,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use forge_sim::{ForgeSim, Token};
+use forge_sim::{Client, ForgeSim, Token};
 use serde_json::Value;
 
-use crate::forge::{ForgeRepo, GitHub};
 use crate::git::seed::{SeedFile, SeedRepo};
 
 const TOKEN: &str = "ghp_demo_runner_token";
@@ -37,7 +36,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-async fn wait_for_run(gh: &GitHub, sha: &str, name: &str) -> anyhow::Result<Value> {
+async fn wait_for_run(gh: &Client, sha: &str, name: &str) -> anyhow::Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let runs = gh.check_runs(sha).await?;
@@ -110,15 +109,8 @@ pub async fn run(root: &Path) -> anyhow::Result<i32> {
         "codex-runner run: daemon listening on 127.0.0.1:{port}"
     ));
 
-    let gh = GitHub::with_token(
-        ForgeRepo {
-            api_url: sim.url(),
-            owner: "acme".into(),
-            name: "ops".into(),
-        },
-        TOKEN,
-    )?
-    .with_retries(3, Duration::from_millis(100));
+    // The agent's and the reviewer's side: plain API calls, as a person or a bot makes them.
+    let gh = Client::new(&sim.url(), "acme", "ops", TOKEN);
     let good: &[(&str, &str)] = &[
         ("requests/hello.yaml", "kind: echo\nparams:\n  message: hello from a merged pull request\n"),
         ("requests/deploy-web.yaml", "kind: deploy\nparams:\n  service: web\n  version: v1.4.2\n  environment: staging\n  steps: 2\n"),

@@ -396,17 +396,6 @@ impl GitHub {
             .and_then(|r| r["id"].as_u64()))
     }
 
-    /// The current status and conclusion of run `id`.
-    pub async fn check_status(&self, id: u64) -> Result<(String, Option<String>), ForgeError> {
-        let run = self
-            .call("GET", &format!("{}/check-runs/{id}", self.base()), None)
-            .await?;
-        Ok((
-            run["status"].as_str().unwrap_or_default().to_string(),
-            run["conclusion"].as_str().map(str::to_string),
-        ))
-    }
-
     /// What the credentials may do on the repository. For a token, the repository's
     /// `permissions`; for an App, what a freshly minted installation token was granted.
     pub async fn permissions(&self) -> Result<Permissions, ForgeError> {
@@ -467,18 +456,6 @@ impl GitHub {
         .map(|_| ())
     }
 
-    /// The commit statuses of `sha`, newest first, as the API gives them.
-    pub async fn statuses(&self, sha: &str) -> Result<Vec<Value>, ForgeError> {
-        let list = self
-            .call(
-                "GET",
-                &format!("{}/commits/{sha}/statuses", self.base()),
-                None,
-            )
-            .await?;
-        Ok(list.as_array().cloned().unwrap_or_default())
-    }
-
     /// The repository's webhooks as `(id, url)`.
     pub async fn hooks(&self) -> Result<Vec<(u64, String)>, ForgeError> {
         let list = self
@@ -528,56 +505,6 @@ impl GitHub {
             n += 1;
         }
         Ok(n)
-    }
-
-    /// Open a pull request from `head` into `base`; its number.
-    pub async fn create_pull(
-        &self,
-        title: &str,
-        head: &str,
-        base: &str,
-    ) -> Result<u64, ForgeError> {
-        let body = json!({"title": title, "head": head, "base": base});
-        let pr = self
-            .call("POST", &format!("{}/pulls", self.base()), Some(body))
-            .await?;
-        Ok(pr["number"].as_u64().unwrap_or_default())
-    }
-
-    /// Merge pull request `number`; the merge commit.
-    pub async fn merge_pull(&self, number: u64) -> Result<String, ForgeError> {
-        let merged = self
-            .call(
-                "PUT",
-                &format!("{}/pulls/{number}/merge", self.base()),
-                Some(json!({})),
-            )
-            .await?;
-        Ok(merged["sha"].as_str().unwrap_or_default().to_string())
-    }
-
-    /// The check runs on `sha`, as the API gives them.
-    pub async fn check_runs(&self, sha: &str) -> Result<Vec<Value>, ForgeError> {
-        let list = self
-            .call(
-                "GET",
-                &format!("{}/commits/{sha}/check-runs", self.base()),
-                None,
-            )
-            .await?;
-        Ok(list["check_runs"].as_array().cloned().unwrap_or_default())
-    }
-
-    /// The annotations of check run `id`.
-    pub async fn annotations(&self, id: u64) -> Result<Vec<Value>, ForgeError> {
-        let list = self
-            .call(
-                "GET",
-                &format!("{}/check-runs/{id}/annotations", self.base()),
-                None,
-            )
-            .await?;
-        Ok(list.as_array().cloned().unwrap_or_default())
     }
 
     fn base(&self) -> String {

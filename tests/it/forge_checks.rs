@@ -92,12 +92,14 @@ async fn a_check_run_goes_queued_in_progress_completed_without_duplicates() {
     let tmp = tempfile::tempdir().unwrap();
     let (sim, sha) = forge(tmp.path()).await;
     let gh = client(&sim, TOKEN);
+    // What the pull request shows, read the way a person's browser or a bot reads it.
+    let look = forge_sim::Client::new(&sim.url(), "acme", "ops", TOKEN);
     let id = gh
         .publish_check(&update(&sha, CheckState::Queued, 0), None)
         .await
         .unwrap();
     assert_eq!(
-        gh.check_status(id).await.unwrap(),
+        look.check_status(id).await.unwrap(),
         ("queued".to_string(), None)
     );
     // Without the id (a restarted runner), the run is found, not created again.
@@ -106,7 +108,7 @@ async fn a_check_run_goes_queued_in_progress_completed_without_duplicates() {
         .await
         .unwrap();
     assert_eq!(again, id);
-    assert_eq!(gh.check_status(id).await.unwrap().0, "in_progress");
+    assert_eq!(look.check_status(id).await.unwrap().0, "in_progress");
     // 120 annotations go out 50 per call.
     let done = gh
         .publish_check(
@@ -117,7 +119,7 @@ async fn a_check_run_goes_queued_in_progress_completed_without_duplicates() {
         .unwrap();
     assert_eq!(done, id);
     assert_eq!(
-        gh.check_status(id).await.unwrap(),
+        look.check_status(id).await.unwrap(),
         ("completed".to_string(), Some("action_required".to_string()))
     );
     let raw: serde_json::Value = api_get(&sim, &format!("/repos/acme/ops/check-runs/{id}")).await;
@@ -137,6 +139,8 @@ async fn a_storm_of_5xx_and_429_still_ends_right() {
         answers: vec![500, 502, 429],
     });
     let gh = client(&sim, TOKEN);
+    // What the pull request shows, read the way a person's browser or a bot reads it.
+    let look = forge_sim::Client::new(&sim.url(), "acme", "ops", TOKEN);
     let id = gh
         .publish_check(&update(&sha, CheckState::Queued, 0), None)
         .await
@@ -157,7 +161,7 @@ async fn a_storm_of_5xx_and_429_still_ends_right() {
     );
     sim.set_faults(Faults::default());
     assert_eq!(
-        gh.check_status(id).await.unwrap(),
+        look.check_status(id).await.unwrap(),
         ("completed".to_string(), Some("success".to_string()))
     );
     let list: serde_json::Value =

@@ -12,6 +12,7 @@
 
 mod api;
 mod apps;
+mod client;
 mod git_http;
 mod hooks;
 mod pulls;
@@ -25,6 +26,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use serde_json::Value;
 
+pub use client::Client;
 pub use hooks::sign;
 
 /// What a token may do on every repository of the forge.
