@@ -12,7 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::error;
+use crate::http::error;
 use crate::{lock, App, Shared, Token};
 
 #[derive(Deserialize)]

@@ -7,11 +7,11 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use base64::Engine;
-use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::{hooks, lock, Shared, Token};
+use crate::http::token_of;
+use crate::repos::{branches, changed, push_payload};
+use crate::{hooks, lock, Shared};
 
 pub(crate) fn router(state: Shared) -> Router {
     Router::new()
@@ -28,25 +28,6 @@ fn unauthorized() -> Response {
         HeaderValue::from_static("Basic realm=\"forge-sim\""),
     );
     r
-}
-
-/// The token of a `Basic` (git) or `token`/`Bearer` (API) authorization header.
-pub(crate) fn token_of(state: &Shared, headers: &HeaderMap) -> Option<Token> {
-    let value = headers.get("authorization")?.to_str().ok()?;
-    let secret = if let Some(b) = value.strip_prefix("Basic ") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(b.trim())
-            .ok()?;
-        let text = String::from_utf8(decoded).ok()?;
-        text.split_once(':').map(|(_, pass)| pass.to_string())?
-    } else {
-        value
-            .strip_prefix("token ")
-            .or_else(|| value.strip_prefix("Bearer "))?
-            .trim()
-            .to_string()
-    };
-    lock(state).token(&secret)
 }
 
 async fn serve(
@@ -202,158 +183,4 @@ fn parse_cgi(raw: &[u8]) -> anyhow::Result<Response> {
         }
     }
     Ok(response)
-}
-
-pub(crate) async fn git(git_dir: &std::path::Path, args: &[&str]) -> String {
-    let out = tokio::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(git_dir)
-        .args(args)
-        .output()
-        .await;
-    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
-
-async fn branches(git_dir: &std::path::Path) -> Vec<(String, String)> {
-    git(
-        git_dir,
-        &[
-            "for-each-ref",
-            "--format=%(refname) %(objectname)",
-            "refs/heads",
-        ],
-    )
-    .await
-    .lines()
-    .filter_map(|l| {
-        l.split_once(' ')
-            .map(|(r, o)| (r.to_string(), o.to_string()))
-    })
-    .collect()
-}
-
-const ZERO: &str = "0000000000000000000000000000000000000000";
-
-fn changed(
-    before: &[(String, String)],
-    after: &[(String, String)],
-) -> Vec<(String, String, String)> {
-    let find = |list: &[(String, String)], r: &str| {
-        list.iter().find(|(n, _)| n == r).map(|(_, o)| o.clone())
-    };
-    let mut refs: Vec<&String> = before.iter().chain(after).map(|(r, _)| r).collect();
-    refs.sort();
-    refs.dedup();
-    refs.into_iter()
-        .filter_map(|r| {
-            let old = find(before, r).unwrap_or_else(|| ZERO.into());
-            let new = find(after, r).unwrap_or_else(|| ZERO.into());
-            (old != new).then(|| (r.clone(), old, new))
-        })
-        .collect()
-}
-
-/// The repository object of webhook payloads and the REST API.
-pub(crate) fn repository_json(base_url: &str, id: u64, owner: &str, name: &str) -> Value {
-    json!({
-        "id": id,
-        "node_id": format!("R_sim{id}"),
-        "name": name,
-        "full_name": format!("{owner}/{name}"),
-        "private": true,
-        "owner": {"login": owner, "id": 1, "node_id": "U_sim1", "type": "User"},
-        "html_url": format!("{base_url}/{owner}/{name}"),
-        "url": format!("{base_url}/repos/{owner}/{name}"),
-        "clone_url": format!("{base_url}/{owner}/{name}.git"),
-        "git_url": format!("{base_url}/{owner}/{name}.git"),
-        "default_branch": "main",
-    })
-}
-
-pub(crate) async fn push_payload(
-    state: &Shared,
-    key: &str,
-    git_dir: &std::path::Path,
-    refname: &str,
-    old: &str,
-    new: &str,
-) -> Value {
-    let (base_url, repo) = {
-        let st = lock(state);
-        let r = st.repos.get(key);
-        (
-            st.base_url.clone(),
-            r.map(|r| (r.id, r.owner.clone(), r.name.clone())),
-        )
-    };
-    let (id, owner, name) = repo.unwrap_or((0, String::new(), String::new()));
-    let range = if old == ZERO {
-        new.to_string()
-    } else {
-        format!("{old}..{new}")
-    };
-    let mut commits = Vec::new();
-    if new != ZERO {
-        let log = git(
-            git_dir,
-            &[
-                "log",
-                "--reverse",
-                "--max-count=20",
-                "--format=%H%x00%an%x00%ae%x00%aI%x00%s",
-                &range,
-            ],
-        )
-        .await;
-        for line in log.lines() {
-            let f: Vec<&str> = line.split('\0').collect();
-            if f.len() < 5 {
-                continue;
-            }
-            let files = git(
-                git_dir,
-                &[
-                    "diff-tree",
-                    "--root",
-                    "--no-commit-id",
-                    "--name-status",
-                    "-r",
-                    "-m",
-                    "--first-parent",
-                    f[0],
-                ],
-            )
-            .await;
-            let pick = |status: char| -> Vec<String> {
-                files
-                    .lines()
-                    .filter(|l| l.starts_with(status))
-                    .filter_map(|l| l.split('\t').nth(1))
-                    .map(str::to_string)
-                    .collect()
-            };
-            commits.push(json!({
-                "id": f[0], "tree_id": "", "distinct": true, "message": f[4], "timestamp": f[3],
-                "url": format!("{base_url}/{owner}/{name}/commit/{}", f[0]),
-                "author": {"name": f[1], "email": f[2]}, "committer": {"name": f[1], "email": f[2]},
-                "added": pick('A'), "removed": pick('D'), "modified": pick('M'),
-            }));
-        }
-    }
-    json!({
-        "ref": refname,
-        "before": old,
-        "after": new,
-        "created": old == ZERO,
-        "deleted": new == ZERO,
-        "forced": false,
-        "base_ref": null,
-        "compare": format!("{base_url}/{owner}/{name}/compare/{old}...{new}"),
-        "head_commit": commits.last().cloned().unwrap_or(Value::Null),
-        "commits": commits,
-        "repository": repository_json(&base_url, id, &owner, &name),
-        "pusher": {"name": "x-access-token", "email": null},
-        "sender": {"login": "x-access-token", "id": 1, "type": "User"},
-    })
 }

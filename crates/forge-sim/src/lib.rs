@@ -12,10 +12,13 @@
 
 mod api;
 mod apps;
+mod checks;
 mod client;
 mod git_http;
 mod hooks;
+mod http;
 mod pulls;
+mod repos;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

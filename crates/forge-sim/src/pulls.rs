@@ -9,8 +9,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::{authorize, error, invalid};
-use crate::git_http::{git, push_payload, repository_json};
+use crate::http::{authorize, error, invalid, repository_json};
+use crate::repos::{git, push_payload};
 use crate::{hooks, lock, Shared};
 
 /// A pull request.
