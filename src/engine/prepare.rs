@@ -14,7 +14,8 @@ use crate::git::Oid;
 use crate::plan::{Runnable, WorkItem};
 
 use super::context::PassContext;
-use super::run::{ResultDir, RunFailure};
+use super::report::DispatchError;
+use super::run::ResultDir;
 
 /// What starting a container needs, prepared; or why it cannot start.
 pub(super) enum Prepared {
@@ -39,7 +40,7 @@ pub(super) fn prepare(
     repo_dir: PathBuf,
     attempt: u32,
     followed: bool,
-) -> Result<Prepared, RunFailure> {
+) -> Result<Prepared, DispatchError> {
     let request = &runnable.request;
     let handler = &runnable.handler;
     let request_json = out.dir.join("request.json");

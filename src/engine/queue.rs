@@ -119,12 +119,12 @@ pub(super) async fn run_queue(
                         recorded(m, tip, &config, id)
                     })
                     .await
-                    .map_err(|e| run::RunFailure::Git(e.context("failed to claim the requests")))?;
+                    .map_err(|e| DispatchError::Git(e.context("failed to claim the requests")))?;
                 verdicts = asks.into_iter().map(|a| a.id).zip(claimed).collect();
                 *claims = Some(q);
             }
             let Some(q) = claims.as_ref() else {
-                return Err(run::RunFailure::Other(anyhow::anyhow!(
+                return Err(DispatchError::Other(anyhow::anyhow!(
                     "the queue's claims are missing"
                 )));
             };
@@ -183,12 +183,6 @@ pub(super) async fn run_queue(
         }
         .instrument(span)
         .await;
-        let again = |e: anyhow::Error| {
-            e.context(format!(
-                "request {} did not finish; it runs again in a later pass",
-                item.log_id
-            ))
-        };
         match result {
             Ok(Step::Finished(f)) => record(*f),
             Ok(Step::Stopping) => {
@@ -204,9 +198,12 @@ pub(super) async fn run_queue(
                 }
                 break;
             }
-            Err(run::RunFailure::Docker(e)) => return Err(DispatchError::Docker(again(e))),
-            Err(run::RunFailure::Git(e)) => return Err(DispatchError::Git(again(e))),
-            Err(run::RunFailure::Other(e)) => return Err(DispatchError::Other(again(e))),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "request {} did not finish; it runs again in a later pass",
+                    item.log_id
+                )))
+            }
         }
     }
     Ok(())

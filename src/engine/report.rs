@@ -83,7 +83,29 @@ pub enum DispatchError {
     Other(#[from] anyhow::Error),
 }
 
+impl From<std::io::Error> for DispatchError {
+    fn from(e: std::io::Error) -> Self {
+        DispatchError::Other(e.into())
+    }
+}
+
+impl From<serde_json::Error> for DispatchError {
+    fn from(e: serde_json::Error) -> Self {
+        DispatchError::Other(e.into())
+    }
+}
+
 impl DispatchError {
+    /// The same failure, saying what it stopped.
+    pub(crate) fn context(self, what: String) -> Self {
+        match self {
+            DispatchError::Git(e) => DispatchError::Git(e.context(what)),
+            DispatchError::Docker(e) => DispatchError::Docker(e.context(what)),
+            DispatchError::Other(e) => DispatchError::Other(e.context(what)),
+            refused => refused,
+        }
+    }
+
     /// The process exit code for this failure (see README).
     pub fn exit_code(&self) -> i32 {
         match self {

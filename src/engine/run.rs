@@ -18,6 +18,7 @@ use super::context::{Finished, PassContext};
 use super::journal::{self, AttemptRecord, Phase, Recovery};
 use super::lifecycle::{self, CheckStage, Effect, Ending, Transition};
 use super::prepare::{prepare, resolve_image, Prepared};
+use super::report::DispatchError;
 
 /// Files of one request's result in the state directory, before they are published.
 pub(crate) struct ResultDir {
@@ -47,35 +48,6 @@ impl ResultDir {
     }
     pub fn status(&self) -> PathBuf {
         self.dir.join("status.json")
-    }
-}
-
-/// Why a request could not reach a final state; it runs again in a later pass.
-#[derive(Debug)]
-pub(crate) enum RunFailure {
-    /// The executor failed.
-    Docker(anyhow::Error),
-    /// The git remote failed (a claim).
-    Git(anyhow::Error),
-    /// Anything else: the state directory, the checkout, the lock.
-    Other(anyhow::Error),
-}
-
-impl From<anyhow::Error> for RunFailure {
-    fn from(e: anyhow::Error) -> Self {
-        RunFailure::Other(e)
-    }
-}
-
-impl From<std::io::Error> for RunFailure {
-    fn from(e: std::io::Error) -> Self {
-        RunFailure::Other(e.into())
-    }
-}
-
-impl From<serde_json::Error> for RunFailure {
-    fn from(e: serde_json::Error) -> Self {
-        RunFailure::Other(e.into())
     }
 }
 
@@ -166,7 +138,7 @@ impl<'a> Attempt<'a> {
 
     /// Journal the attempt before its container exists, so a process that dies from here on
     /// leaves a record of what it was about to run; then log the start. The container's name.
-    fn launch(&mut self, spec: &ContainerSpec, image: &str) -> Result<String, RunFailure> {
+    fn launch(&mut self, spec: &ContainerSpec, image: &str) -> Result<String, DispatchError> {
         *self
             .record
             .lock()
@@ -202,7 +174,7 @@ impl<'a> Attempt<'a> {
     }
 
     /// End the attempt: conclude, close the log, write the status.
-    fn end(self, ending: Ending<'_>, ran: Ran) -> Result<Finished, RunFailure> {
+    fn end(self, ending: Ending<'_>, ran: Ran) -> Result<Finished, DispatchError> {
         let verdict = lifecycle::conclude(&ending);
         self.go(Transition::Ended {
             ending,
@@ -238,7 +210,7 @@ pub(crate) fn record_rejection(
     cx: &PassContext,
     item: &WorkItem,
     violations: &[Violation],
-) -> anyhow::Result<Finished> {
+) -> Result<Finished, DispatchError> {
     let out = ResultDir::fresh(&cx.results_dir, &item.log_id)?;
     let attempt = Attempt {
         cx,
@@ -256,11 +228,7 @@ pub(crate) fn record_rejection(
         commit: &item.commit,
         routed: None,
     })?;
-    attempt
-        .end(Ending::Refused(violations), Ran::default())
-        .map_err(|e| match e {
-            RunFailure::Docker(e) | RunFailure::Git(e) | RunFailure::Other(e) => e,
-        })
+    attempt.end(Ending::Refused(violations), Ran::default())
 }
 
 /// The queued request's check run, before it has a log.
@@ -299,7 +267,7 @@ pub(crate) async fn execute(
     runnable: &Runnable,
     waited_for: Option<String>,
     recovery: Option<Recovery>,
-) -> Result<Finished, RunFailure> {
+) -> Result<Finished, DispatchError> {
     let out = match recovery {
         None => ResultDir::fresh(&cx.results_dir, &item.log_id)?,
         // Go on in the directory an earlier process left (a takeover starts one).
@@ -315,7 +283,7 @@ pub(crate) async fn execute(
         match journal::read(&out.dir) {
             // The container ran: the journal stays so the next pass can read its outcome.
             Some(mut rec) if rec.phase != Phase::Starting => {
-                if matches!(e, RunFailure::Docker(_)) {
+                if matches!(e, DispatchError::Docker(_)) {
                     for effect in lifecycle::effects(&Transition::EngineLost) {
                         if let Effect::Journal(phase) = effect {
                             rec.phase = phase;
@@ -344,7 +312,7 @@ async fn drive(
     out: &ResultDir,
     waited_for: Option<String>,
     recovery: Option<Recovery>,
-) -> Result<Finished, RunFailure> {
+) -> Result<Finished, DispatchError> {
     // Whether an earlier process began the log, and where the container's output in it
     // stops: the engine replays a followed container from there.
     let logged_until = RunLog::last_ts_ms(&out.log()).unwrap_or(0);
@@ -390,7 +358,7 @@ async fn drive(
                 return attempt.end(Ending::Interrupted(why), Ran::default());
             }
             Recovery::Busy => {
-                return Err(RunFailure::Other(anyhow::anyhow!(
+                return Err(DispatchError::Other(anyhow::anyhow!(
                     "a live runner process owns this request's container"
                 )))
             }
@@ -412,7 +380,7 @@ async fn drive(
         Err(ExecError::ImageUnavailable(reason)) => {
             return attempt.end(Ending::Unstartable(&reason), Ran::default())
         }
-        Err(ExecError::Engine(e)) => return Err(RunFailure::Docker(e)),
+        Err(ExecError::Engine(e)) => return Err(DispatchError::Docker(e)),
     };
     let prepared = prepare(
         cx,
@@ -430,7 +398,7 @@ async fn drive(
             return attempt.end(Ending::Unstartable(&reason), Ran::default())
         }
     };
-    let executor = cx.executor().map_err(RunFailure::Docker)?;
+    let executor = cx.executor().map_err(DispatchError::Docker)?;
     if !secret_files.is_empty() {
         let staged = crate::secrets::stage(
             cx.secrets.dir(),
@@ -479,7 +447,7 @@ async fn stream(
     executor: &dyn crate::exec::Executor,
     spec: &ContainerSpec,
     followed: Option<(&str, u64)>,
-) -> Result<Result<RunOutcome, String>, RunFailure> {
+) -> Result<Result<RunOutcome, String>, DispatchError> {
     let mut write_error: Option<anyhow::Error> = None;
     // The cap holds for output as committed in the log (JSON around each line included),
     // not only for the handler's raw bytes, which the executor caps too. A followed
@@ -544,10 +512,10 @@ async fn stream(
     let outcome = match outcome {
         Ok(o) => o,
         Err(ExecError::ImageUnavailable(reason)) => return Ok(Err(reason)),
-        Err(ExecError::Engine(e)) => return Err(RunFailure::Docker(e)),
+        Err(ExecError::Engine(e)) => return Err(DispatchError::Docker(e)),
     };
     if let Some(e) = write_error {
-        return Err(RunFailure::Other(
+        return Err(DispatchError::Other(
             e.context("failed to stream output to the run log"),
         ));
     }
