@@ -19,6 +19,57 @@ fn expected() -> Vec<(String, String, Option<u64>)> {
         .collect()
 }
 
+/// The same corpus straight through the planner, in-process: the rejection rules hold on
+/// their own, without git, Docker or a runner process, and a good request beside them is the
+/// only one planned to run.
+#[test]
+fn the_planner_alone_refuses_every_hostile_request_as_listed() {
+    use codex_runner::contract::handlers::HandlerIndex;
+    use codex_runner::plan::{plan, Action, Done, EntryContent, InboxEntry};
+
+    let index_bytes = std::fs::read(root().join("handlers/index.yml")).unwrap();
+    let index = HandlerIndex::parse(&index_bytes).unwrap();
+    let mut cases = expected();
+    cases.push(("zz-good.yaml".into(), String::new(), None));
+    let entries: Vec<InboxEntry> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (file, _, _))| {
+            let bytes = match file.as_str() {
+                "zz-good.yaml" => {
+                    b"kind: echo\nparams: {message: the next request runs}\n".to_vec()
+                }
+                _ => std::fs::read(root().join("tests/corpus/requests").join(file)).unwrap(),
+            };
+            InboxEntry {
+                path: format!("requests/{file}"),
+                content: EntryContent::Blob(bytes),
+                object: format!("{i:040x}"),
+                commit: "c0ffee".repeat(6) + "c0ff",
+                order: 0,
+                code_changes: Vec::new(),
+            }
+        })
+        .collect();
+    let planned = plan(&entries, |_| Ok(&index), |_| Done::No);
+    assert_eq!(planned.items.len(), cases.len(), "{:?}", planned.ignored);
+    for (file, rule, line) in &cases {
+        let path = format!("requests/{file}");
+        let item = planned.items.iter().find(|i| i.file == path).unwrap();
+        match (&item.action, rule.as_str()) {
+            (Action::Run(r), "") => assert_eq!(r.request.kind, "echo"),
+            (Action::Reject(v), rule) if !rule.is_empty() => {
+                assert_eq!(v[0].file, path, "{path} is named: {}", v[0]);
+                assert_eq!(&*v[0].rule, rule, "{path}: {}", v[0]);
+                if let Some(l) = line {
+                    assert_eq!(v[0].line, Some(*l as usize), "{path}: {}", v[0]);
+                }
+            }
+            (action, rule) => panic!("{path}: expected `{rule}`, planned {action:?}"),
+        }
+    }
+}
+
 #[test]
 fn every_hostile_request_is_rejected_naming_its_file_and_the_next_one_runs() {
     docker();
