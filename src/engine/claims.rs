@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::contract::repo_config::RepoConfig;
 use crate::git::claims::{claim_ref, ClaimAsk, ClaimBody};
-use crate::git::{Identity, Mirror, Oid};
+use crate::git::{Identity, Mirror, Oid, Refusal};
 use crate::record::unix_ms;
 
 use super::context::SharedMirror;
@@ -241,7 +241,7 @@ impl Claims {
         m: &Mirror,
         refname: &str,
         ask: &Ask,
-        mut refused: String,
+        mut refused: Refusal,
     ) -> anyhow::Result<Claimed> {
         for _ in 0..3 {
             let Some(claim) = m.fetch_claim(&self.branch, &ask.id)? else {

@@ -12,7 +12,7 @@ use anyhow::Context;
 use git2::{Oid, Signature};
 use serde::{Deserialize, Serialize};
 
-use super::{Identity, Mirror, RefUpdate};
+use super::{Identity, Mirror, RefUpdate, Refusal};
 
 /// Who holds a claim, as its commit message says.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,7 +121,7 @@ impl Mirror {
         seen: Option<Oid>,
         body: &ClaimBody,
         who: &Identity,
-    ) -> anyhow::Result<Result<Oid, String>> {
+    ) -> anyhow::Result<Result<Oid, Refusal>> {
         let ask = ClaimAsk {
             refname: refname.to_string(),
             seen,
@@ -139,7 +139,7 @@ impl Mirror {
         asks: &[ClaimAsk],
         who: &Identity,
         riders: &[String],
-    ) -> anyhow::Result<Vec<Result<Oid, String>>> {
+    ) -> anyhow::Result<Vec<Result<Oid, Refusal>>> {
         let tree = self.repo.treebuilder(None)?.write()?;
         let tree = self.repo.find_tree(tree)?;
         let sig =
@@ -191,7 +191,7 @@ impl Mirror {
     pub(super) fn settle_deletions(
         &self,
         refnames: &[String],
-        outcomes: impl IntoIterator<Item = Result<(), String>>,
+        outcomes: impl IntoIterator<Item = Result<(), Refusal>>,
     ) {
         for (r, outcome) in refnames.iter().zip(outcomes) {
             match outcome {

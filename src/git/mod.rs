@@ -25,7 +25,7 @@ mod transport;
 pub use checkouts::Checkouts;
 pub use fetch::NeedsDeeper;
 pub use publish::{Change, Published, PushRejected};
-pub use push::{Expect, Outcomes, RefUpdate};
+pub use push::{Expect, Outcomes, RefUpdate, Refusal};
 
 pub(crate) use fetch::{local_path, remote_tip, seed_from_local};
 

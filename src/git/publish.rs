@@ -47,7 +47,7 @@ pub struct Published {
 #[error("push to {branch} was rejected: {reason}")]
 pub struct PushRejected {
     branch: String,
-    reason: String,
+    reason: super::push::Refusal,
 }
 
 impl Mirror {

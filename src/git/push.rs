@@ -57,30 +57,66 @@ impl RefUpdate {
     }
 
     /// Why it cannot land on a ref that is `current` now; `None` when it can.
-    fn refusal(&self, current: Option<Oid>) -> Option<String> {
+    fn refusal(&self, current: Option<Oid>) -> Option<Refusal> {
         let fits = match self.expected {
             Expect::Absent => current.is_none(),
             Expect::At(oid) => current == Some(oid),
             Expect::Anything => true,
         };
-        let shown = |o: Option<Oid>| o.map_or("absent".to_string(), |o| o.to_string());
         (!fits).then(|| {
             let wanted = match self.expected {
                 Expect::At(oid) => Some(oid),
                 _ => None,
             };
-            format!(
-                "{}: it is {} where {} was expected",
-                self.name,
-                shown(current),
-                shown(wanted)
-            )
+            Refusal::moved(&self.name, current, wanted)
         })
     }
 }
 
+/// Why the remote refused one ref update of a push; the push's other updates stand on their
+/// own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The ref is not what the update expected: another writer moved it first.
+    #[error("{refname}: it is {found} where {expected} was expected")]
+    Moved {
+        /// The ref.
+        refname: String,
+        /// What it is (a commit id, or `absent`).
+        found: String,
+        /// What the update expected.
+        expected: String,
+    },
+    /// Another writer held the ref's lock longer than a push waits.
+    #[error("{refname}: another update holds its lock")]
+    Locked {
+        /// The ref.
+        refname: String,
+    },
+    /// The server said no (not a fast-forward, a hook, a protection rule) and why.
+    #[error("{refname}: {reason}")]
+    Refused {
+        /// The ref.
+        refname: String,
+        /// The server's words.
+        reason: String,
+    },
+}
+
+impl Refusal {
+    /// `refname` is `found` where `expected` was expected (`None`: absent).
+    pub(crate) fn moved(refname: &str, found: Option<Oid>, expected: Option<Oid>) -> Self {
+        let shown = |o: Option<Oid>| o.map_or("absent".to_string(), |o| o.to_string());
+        Refusal::Moved {
+            refname: refname.to_string(),
+            found: shown(found),
+            expected: shown(expected),
+        }
+    }
+}
+
 /// What became of each update of a push, in order: `Ok(())`, or why the remote refused it.
-pub type Outcomes = Vec<Result<(), String>>;
+pub type Outcomes = Vec<Result<(), Refusal>>;
 
 impl Mirror {
     /// Push `updates` in one round trip (counted once in [`super::round_trips`]). `Err` when
@@ -148,7 +184,7 @@ impl Mirror {
                 .filter(|h| !h.oid().is_zero())
                 .map(|h| (h.name().to_string(), h.oid()))
                 .collect();
-            let mut out: Vec<Option<Result<(), String>>> = Vec::with_capacity(updates.len());
+            let mut out: Vec<Option<Result<(), Refusal>>> = Vec::with_capacity(updates.len());
             let mut specs = Vec::new();
             for u in updates {
                 let current = advertised.get(&u.name).copied();
@@ -190,14 +226,20 @@ impl Mirror {
                     }
                     // Refused as a whole before anything was sent: every update pushed.
                     let text = e.message().to_string();
-                    for o in out.iter_mut().filter(|o| o.is_none()) {
-                        *o = Some(Err(text.clone()));
+                    for (o, u) in out.iter_mut().zip(updates).filter(|(o, _)| o.is_none()) {
+                        *o = Some(Err(Refusal::Refused {
+                            refname: u.name.clone(),
+                            reason: text.clone(),
+                        }));
                     }
                 }
                 for (o, u) in out.iter_mut().zip(updates) {
                     if o.is_none() {
                         *o = Some(match refused.get(&u.name) {
-                            Some(msg) => Err(format!("{}: {msg}", u.name)),
+                            Some(msg) => Err(Refusal::Refused {
+                                refname: u.name.clone(),
+                                reason: msg.clone(),
+                            }),
                             None => Ok(()),
                         });
                     }
@@ -219,7 +261,9 @@ mod tests {
         let b = Oid::from_str("2222222222222222222222222222222222222222").unwrap();
         let first = RefUpdate::swap("refs/x", b, None);
         assert_eq!(first.refusal(None), None);
-        assert!(first.refusal(Some(a)).is_some_and(|w| w.contains("absent")));
+        assert!(first
+            .refusal(Some(a))
+            .is_some_and(|w| w.to_string().contains("where absent was expected")));
         let renewal = RefUpdate::swap("refs/x", b, Some(a));
         assert_eq!(renewal.refusal(Some(a)), None);
         assert!(renewal.refusal(None).is_some());

@@ -14,6 +14,8 @@ use std::time::Duration;
 use backon::{BlockingRetryable, ExponentialBuilder};
 use git2::{ErrorClass, ErrorCode, ObjectType, Oid, Repository};
 
+use super::push::Refusal;
+
 /// The back-off of every retried remote operation: pushes (with their replays), fetches,
 /// claims. `attempts` counts the first try.
 pub(crate) fn backoff(attempts: usize) -> ExponentialBuilder {
@@ -127,7 +129,7 @@ pub(crate) fn swap_ref(
     refname: &str,
     new: Option<Oid>,
     expected: Option<Oid>,
-) -> anyhow::Result<Result<(), String>> {
+) -> anyhow::Result<Result<(), Refusal>> {
     // Another writer holds the lock for the moment of its own swap: wait for it a little, as
     // git does (`core.filesRefLockTimeout`), instead of refusing at once.
     let mut wait = Duration::from_millis(1);
@@ -142,7 +144,9 @@ pub(crate) fn swap_ref(
                 wait = (wait * 2).min(Duration::from_millis(100));
             }
             Err(e) if e.code() == ErrorCode::Locked => {
-                return Ok(Err(format!("{refname}: another update holds its lock")))
+                return Ok(Err(Refusal::Locked {
+                    refname: refname.to_string(),
+                }))
             }
             Err(e) => return Err(e.into()),
         }
@@ -153,12 +157,7 @@ pub(crate) fn swap_ref(
         Err(e) => return Err(e.into()),
     };
     if current != expected {
-        let shown = |o: Option<Oid>| o.map_or("absent".to_string(), |o| o.to_string());
-        return Ok(Err(format!(
-            "{refname}: it is {} where {} was expected",
-            shown(current),
-            shown(expected)
-        )));
+        return Ok(Err(Refusal::moved(refname, current, expected)));
     }
     match new {
         Some(oid) => {
@@ -338,7 +337,7 @@ mod tests {
         // One held for longer than that is a refusal, with its reason.
         std::fs::write(&lock, "").unwrap();
         let held = swap_ref(&repo, r, Some(b), Some(a)).unwrap();
-        assert!(held.unwrap_err().contains("holds its lock"));
+        assert!(matches!(held, Err(Refusal::Locked { .. })), "{held:?}");
     }
 
     #[test]
