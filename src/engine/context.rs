@@ -14,7 +14,7 @@ use crate::contract::repo_config::RepoConfig;
 use crate::exec::{Executor, ExecutorChoice};
 use crate::forge::GitHub;
 use crate::git::{Checkouts, Mirror, Oid};
-use crate::record::Status;
+use crate::record::{ResultDir, Status};
 
 use super::report::DispatchError;
 use super::{checks, claims, journal, shutdown};
@@ -105,7 +105,7 @@ impl SharedMirror {
 #[derive(Debug, Clone)]
 pub(crate) struct Finished {
     pub status: Status,
-    pub dir: PathBuf,
+    pub files: ResultDir,
 }
 
 /// What the tasks of one pass share.

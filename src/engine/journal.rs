@@ -17,16 +17,12 @@
 //! The policy (`codex.on_interrupt` in `codex.repo.yaml`) is `rerun` (the next attempt, with
 //! `CODEX_ATTEMPT` one higher, up to `max_attempts`) or `record` (state `interrupted`).
 
-use std::path::Path;
-
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::repo_config::{OnInterrupt, RepoConfig};
 use crate::exec::Fate;
-
-/// File name of the journal entry inside a result directory.
-pub(crate) const FILE: &str = "attempt.json";
+use crate::record::ResultDir;
 
 /// How far an attempt got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,15 +58,15 @@ pub(crate) struct AttemptRecord {
 
 /// Read the journal entry in `dir`, if any. A torn or unreadable entry counts as none: it
 /// can only be torn if the process died writing it, before the container was created.
-pub(crate) fn read(dir: &Path) -> Option<AttemptRecord> {
-    let bytes = std::fs::read(dir.join(FILE)).ok()?;
+pub(crate) fn read(files: &ResultDir) -> Option<AttemptRecord> {
+    let bytes = std::fs::read(files.journal()).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
 /// Write the journal entry in `dir` durably: temp file, fsync, rename, fsync the directory.
-pub(crate) fn write(dir: &Path, record: &AttemptRecord) -> anyhow::Result<()> {
+pub(crate) fn write(files: &ResultDir, record: &AttemptRecord) -> anyhow::Result<()> {
     let bytes = serde_json::to_vec_pretty(record)?;
-    crate::record::write_durably(&dir.join(FILE), &bytes)
+    crate::record::write_durably(&files.journal(), &bytes)
         .with_context(|| format!("failed to journal attempt {}", record.attempt))
 }
 

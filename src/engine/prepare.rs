@@ -12,10 +12,10 @@ use crate::exec::spec::{container_name, container_spec, ContainerSpec, RunContex
 use crate::exec::ExecError;
 use crate::git::Oid;
 use crate::plan::{Runnable, WorkItem};
+use crate::record::ResultDir;
 
 use super::context::PassContext;
 use super::report::DispatchError;
-use super::run::ResultDir;
 
 /// What starting a container needs, prepared; or why it cannot start.
 pub(super) enum Prepared {
@@ -43,7 +43,7 @@ pub(super) fn prepare(
 ) -> Result<Prepared, DispatchError> {
     let request = &runnable.request;
     let handler = &runnable.handler;
-    let request_json = out.dir.join("request.json");
+    let request_json = out.request();
     let mut secret_env = Vec::new();
     let mut secret_files = Vec::new();
     if !followed {

@@ -41,9 +41,8 @@ impl ResultFiles {
     /// Read `done`'s files.
     pub(crate) fn read(done: &Finished) -> anyhow::Result<Self> {
         Ok(ResultFiles {
-            log: std::fs::read(done.dir.join("log.jsonl"))
-                .context("failed to read a finished run log")?,
-            status: std::fs::read(done.dir.join("status.json"))
+            log: std::fs::read(done.files.log()).context("failed to read a finished run log")?,
+            status: std::fs::read(done.files.status())
                 .context("failed to read a finished status")?,
         })
     }
@@ -164,7 +163,7 @@ pub(crate) async fn committer(
                     if let Some(sink) = &target.checks {
                         sink.emit(finished_event(&target, f, &p.commit));
                     }
-                    let _ = std::fs::remove_dir_all(&f.dir);
+                    let _ = std::fs::remove_dir_all(&f.files.dir);
                 }
                 unreleased = batch
                     .iter()
@@ -199,7 +198,7 @@ pub(crate) async fn committer(
 fn finished_event(target: &Target, f: &Finished, pushed: &str) -> super::checks::CheckEvent {
     super::checks::CheckEvent::Finished {
         status: Box::new(f.status.clone()),
-        log: std::fs::read(f.dir.join("log.jsonl")).unwrap_or_default(),
+        log: std::fs::read(f.files.log()).unwrap_or_default(),
         pushed: pushed.to_string(),
         log_path: Ledger::of(&target.config).log(&f.status.id),
     }

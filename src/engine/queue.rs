@@ -165,7 +165,7 @@ pub(super) async fn run_queue(
             }
             // A result of this request journaled as finished (by any process of this
             // state directory) is published, never run again; its claim stays until then.
-            let results = run::ResultDir::of(&cx.results_dir, &item.log_id);
+            let results = crate::record::ResultDir::of(&cx.results_dir, &item.log_id);
             if results.status().exists() {
                 q.leave(&item.log_id, false).await;
                 return Ok(Step::Recorded);
@@ -177,7 +177,7 @@ pub(super) async fn run_queue(
             let done = run::execute(cx, item, runnable, waited, recovery).await;
             // Given up before its container started: the next runner need not wait
             // out the claim. One that started keeps its claim for the journal.
-            let started = journal::read(&results.dir).is_some();
+            let started = journal::read(&results).is_some();
             q.leave(&item.log_id, done.is_err() && !started).await;
             done.map(|f| Step::Finished(Box::new(f)))
         }

@@ -2,54 +2,20 @@
 //! step to the [`lifecycle`](super::lifecycle) and does the effects it asks for; it decides
 //! no state itself.
 
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
-
-use anyhow::Context;
 
 use crate::contract::Violation;
 use crate::exec::spec::ContainerSpec;
 use crate::exec::{ExecError, OutputEvent, RunOutcome};
 use crate::plan::{Runnable, WorkItem};
-use crate::record::{now, unix_ms, write_status, LogEvent, RunLog, Status};
+use crate::record::{now, unix_ms, write_status, LogEvent, ResultDir, RunLog, Status};
 
 use super::context::{Finished, PassContext};
 use super::journal::{self, AttemptRecord, Phase, Recovery};
 use super::lifecycle::{self, CheckStage, Effect, Ending, Transition};
 use super::prepare::{prepare, resolve_image, Prepared};
 use super::report::DispatchError;
-
-/// Files of one request's result in the state directory, before they are published.
-pub(crate) struct ResultDir {
-    pub dir: PathBuf,
-}
-
-impl ResultDir {
-    /// The result directory of `log_id` under `root`, as it is now.
-    pub fn of(root: &Path, log_id: &str) -> Self {
-        ResultDir {
-            dir: root.join(log_id),
-        }
-    }
-
-    pub fn fresh(root: &Path, log_id: &str) -> anyhow::Result<Self> {
-        let dir = root.join(log_id);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("failed to clear {}", dir.display()))?;
-        }
-        crate::exec::ensure_world_readable_dir(&dir)
-            .with_context(|| format!("failed to create {}", dir.display()))?;
-        Ok(ResultDir { dir })
-    }
-    pub fn log(&self) -> PathBuf {
-        self.dir.join("log.jsonl")
-    }
-    pub fn status(&self) -> PathBuf {
-        self.dir.join("status.json")
-    }
-}
 
 /// One attempt being driven: where its result goes, its log, and its journal record once it
 /// has one. Shared by the output and start callbacks, hence the locks (never contended).
@@ -94,7 +60,7 @@ impl<'a> Attempt<'a> {
                         anyhow::bail!("no attempt to journal at {phase:?}");
                     };
                     record.phase = phase;
-                    journal::write(&self.out.dir, record)?;
+                    journal::write(self.out, record)?;
                 }
                 Effect::Check(stage) => self.cx.check(match stage {
                     CheckStage::Queued => super::checks::CheckEvent::Queued {
@@ -200,7 +166,7 @@ impl<'a> Attempt<'a> {
         write_status(&self.out.status(), &status)?;
         Ok(Finished {
             status,
-            dir: self.out.dir.clone(),
+            files: self.out.clone(),
         })
     }
 }
@@ -248,13 +214,13 @@ pub(crate) fn queued(cx: &PassContext, item: &WorkItem, runnable: &Runnable) {
 /// Forget this runner's unfinished attempt at `id` (another runner has the request): its
 /// container, if one is left, and its journal.
 pub(crate) async fn abandon(cx: &PassContext, id: &str) {
-    let dir = cx.results_dir.join(id);
-    if let Some(rec) = journal::read(&dir) {
+    let files = ResultDir::of(&cx.results_dir, id);
+    if let Some(rec) = journal::read(&files) {
         tracing::warn!(id, container = %rec.container, "another runner has this request: dropping this runner's unfinished attempt");
         if let Ok(executor) = cx.executor() {
             executor.remove(&rec.container).await;
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&files.dir);
     }
 }
 
@@ -273,21 +239,20 @@ pub(crate) async fn execute(
         // Go on in the directory an earlier process left (a takeover starts one).
         Some(_) => {
             let out = ResultDir::of(&cx.results_dir, &item.log_id);
-            crate::exec::ensure_world_readable_dir(&out.dir)
-                .with_context(|| format!("failed to create {}", out.dir.display()))?;
+            out.ensure()?;
             out
         }
     };
     let result = drive(cx, item, runnable, &out, waited_for, recovery).await;
     if let Err(e) = &result {
-        match journal::read(&out.dir) {
+        match journal::read(&out) {
             // The container ran: the journal stays so the next pass can read its outcome.
             Some(mut rec) if rec.phase != Phase::Starting => {
                 if matches!(e, DispatchError::Docker(_)) {
                     for effect in lifecycle::effects(&Transition::EngineLost) {
                         if let Effect::Journal(phase) = effect {
                             rec.phase = phase;
-                            let _ = journal::write(&out.dir, &rec);
+                            let _ = journal::write(&out, &rec);
                         }
                     }
                 }
@@ -348,7 +313,7 @@ async fn drive(
         attempt.go(Transition::Resumed(recovery))?;
         match recovery {
             Recovery::Record { why, .. } => {
-                if let Some(rec) = journal::read(&out.dir) {
+                if let Some(rec) = journal::read(out) {
                     attempt.started = rec.started_at.map(|at| (at, rec.started_ms));
                     attempt.image = Some(rec.image);
                     if let Ok(executor) = cx.executor() {

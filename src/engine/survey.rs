@@ -12,7 +12,7 @@ use crate::contract::yaml::MAX_FILE_BYTES;
 use crate::contract::{Violation, Violations};
 use crate::git::{Mirror, Oid};
 use crate::plan::{self, Done, InboxEntry};
-use crate::record::{read_status, Ledger, ResultFile, Status};
+use crate::record::{read_status, Ledger, ResultDir, ResultFile, Status};
 
 use super::context::Finished;
 use super::journal;
@@ -123,10 +123,11 @@ pub(super) fn pending_results(
     };
     for d in dirs {
         let dir = d?.path();
-        let status = match read_status(&dir.join("status.json")) {
+        let files = ResultDir::at(dir.clone());
+        let status = match read_status(&files.status()) {
             Ok(s) => s,
             Err(_) => {
-                match journal::read(&dir) {
+                match journal::read(&files) {
                     Some(record) => leftovers.push(Leftover {
                         id: dir
                             .file_name()
@@ -150,7 +151,7 @@ pub(super) fn pending_results(
             let _ = std::fs::remove_dir_all(&dir);
             continue;
         }
-        out.push(Finished { status, dir });
+        out.push(Finished { status, files });
     }
     Ok((out, leftovers))
 }

@@ -158,7 +158,7 @@ impl Fixture {
             started_ms: crate::record::unix_ms(),
             image: "fake/busybox:1".into(),
         };
-        journal::write(&dir, &record).unwrap();
+        journal::write(&crate::record::ResultDir::at(dir), &record).unwrap();
         container
     }
 }
@@ -442,7 +442,8 @@ async fn an_engine_that_fails_mid_run_fails_the_pass_and_the_next_pass_reruns_th
     let failed = fx.pass().await.unwrap_err();
     assert_eq!(failed.exit_code(), crate::exit::EXECUTOR, "{failed}");
     assert!(fx.published("a").is_none());
-    let record = journal::read(&fx.result_dir("a")).expect("the attempt stays journaled");
+    let record = journal::read(&crate::record::ResultDir::at(fx.result_dir("a")))
+        .expect("the attempt stays journaled");
     assert_eq!(record.phase, Phase::EngineLost);
 
     // The engine is back; the container it lost exited non-zero: the policy reruns it.

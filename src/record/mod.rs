@@ -6,9 +6,11 @@
 
 mod event;
 mod ledger;
+mod result_dir;
 
 pub use event::LogEvent;
 pub use ledger::{relayout, shard, Ledger, ResultFile};
+pub use result_dir::ResultDir;
 
 use std::fs::File;
 use std::io::Write;
