@@ -149,7 +149,7 @@ impl Mirror {
             .find_remote("origin")
             .context("failed to find the mirror's remote")?;
         let _auth = https::Auth::scope(self.token.as_deref());
-        transport::retry(self.attempts, "a fetch", || {
+        transport::retry(self.repo.path(), self.attempts, "a fetch", || {
             let mut opts = FetchOptions::new();
             opts.remote_callbacks(callbacks(self.token.as_deref()));
             if prune {

@@ -131,6 +131,8 @@ impl Mirror {
             Repository::init_bare(&dir)
                 .with_context(|| format!("failed to create mirror {}", dir.display()))?
         };
+        // A runner process killed while it fetched into the mirror leaves its ref locks.
+        transport::clear_stale_locks(repo.path());
         match repo.find_remote("origin") {
             Ok(r) if r.url().ok() == Some(url) => {}
             Ok(_) => repo

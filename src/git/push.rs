@@ -175,7 +175,7 @@ impl Mirror {
         let mut remote = self.repo.find_remote("origin")?;
         let token = self.token.as_deref();
         let _auth = super::https::Auth::scope(token);
-        transport::retry(self.attempts, "a push", || {
+        transport::retry(self.repo.path(), self.attempts, "a push", || {
             let mut conn =
                 remote.connect_auth(git2::Direction::Push, Some(callbacks(token)), None)?;
             let advertised: HashMap<String, Oid> = conn

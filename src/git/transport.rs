@@ -9,6 +9,7 @@
 //! under the lock: a real compare-and-swap, as a git server's receive-pack does.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::Duration;
 
 use backon::{BlockingRetryable, ExponentialBuilder};
@@ -67,12 +68,24 @@ fn http_status(message: &str) -> Option<u16> {
     after.get(..3)?.parse().ok()
 }
 
-/// Run `op`, trying again with [`backoff`] while it fails with a [`transient`] error.
+/// Run `op` on the repository at `git_dir`, trying again with [`backoff`] while it fails with
+/// a [`transient`] error. Before another try after a lock refused it, the locks a killed
+/// writer left in `git_dir` are cleared ([`clear_stale_locks`]): waiting never frees those.
 pub(crate) fn retry<T>(
+    git_dir: &Path,
     attempts: usize,
     what: &str,
-    op: impl FnMut() -> Result<T, git2::Error>,
+    mut op: impl FnMut() -> Result<T, git2::Error>,
 ) -> Result<T, git2::Error> {
+    let mut locked = false;
+    let op = || {
+        if locked {
+            clear_stale_locks(git_dir);
+        }
+        let result = op();
+        locked = matches!(&result, Err(e) if e.code() == ErrorCode::Locked);
+        result
+    };
     op.retry(backoff(attempts))
         .when(transient)
         .notify(|e: &git2::Error, wait: Duration| {
@@ -121,6 +134,51 @@ pub(crate) fn copy_objects(from: &Repository, to: &Repository, root: Oid) -> any
 /// How long [`swap_ref`] waits for another writer's lock on a ref.
 const REF_LOCK_PATIENCE: Duration = Duration::from_secs(1);
 
+/// How old a lock file must be to count as left by a writer that died holding it: git holds
+/// a ref's lock for the moment of one update (milliseconds, even packed-refs), never for
+/// seconds; the retries of a locked fetch or push outlast this.
+const STALE_LOCK: Duration = Duration::from_secs(2);
+
+/// Whether the lock file at `path` was left by a writer that died holding it.
+fn stale(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_LOCK)
+}
+
+/// Remove the lock files a process killed in the middle of an update left in the git
+/// directory `git_dir` (`refs/**.lock` and the top-level ones: `packed-refs.lock`,
+/// `shallow.lock`, `config.lock`). libgit2 never removes another process's lock, so one left
+/// by a runner killed mid-fetch would refuse every later update of that ref, for good. Only
+/// locks older than [`STALE_LOCK`] go: a live writer's is younger. How many were removed.
+pub(crate) fn clear_stale_locks(git_dir: &Path) -> usize {
+    let mut removed = 0;
+    let mut dirs = vec![git_dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            // Below the top level, only the refs hold locks worth looking for.
+            if is_dir && (dir != git_dir || entry.file_name() == "refs") {
+                dirs.push(path);
+            } else if !is_dir
+                && path.extension().is_some_and(|e| e == "lock")
+                && stale(&path)
+                && std::fs::remove_file(&path).is_ok()
+            {
+                tracing::warn!(lock = %path.display(), "removed a lock left by a git writer that died holding it");
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// Set `refname` in `repo` to `new` (`None`: delete it) if, and only if, it is `expected`
 /// now (`None`: it does not exist), compared under the ref's lock. `Ok(Err(reason))` when it
 /// is not, or another writer holds the lock.
@@ -139,6 +197,12 @@ pub(crate) fn swap_ref(
         match tx.lock_ref(refname) {
             Ok(()) => break tx,
             Err(e) if e.code() == ErrorCode::Locked && waited < REF_LOCK_PATIENCE => {
+                // A writer killed while it held the lock never gives it back.
+                let lock = repo.path().join(format!("{refname}.lock"));
+                if stale(&lock) && std::fs::remove_file(&lock).is_ok() {
+                    tracing::warn!(lock = %lock.display(), "removed a lock left by a git writer that died holding it");
+                    continue;
+                }
                 std::thread::sleep(wait);
                 waited += wait;
                 wait = (wait * 2).min(Duration::from_millis(100));
@@ -338,6 +402,49 @@ mod tests {
         std::fs::write(&lock, "").unwrap();
         let held = swap_ref(&repo, r, Some(b), Some(a)).unwrap();
         assert!(matches!(held, Err(Refusal::Locked { .. })), "{held:?}");
+        // One its writer left behind when it was killed is cleared, and the swap goes on.
+        age(&lock);
+        assert!(swap_ref(&repo, r, Some(b), Some(a)).unwrap().is_ok());
+        assert!(!lock.exists());
+    }
+
+    /// Make the file at `path` look 60 s old.
+    fn age(path: &Path) {
+        let old = std::time::SystemTime::now() - Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+
+    #[test]
+    fn locks_a_killed_writer_left_are_cleared_and_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(tmp.path()).unwrap();
+        let git_dir = repo.path().to_path_buf();
+        let dead = [
+            git_dir.join("refs/remotes/origin/main.lock"),
+            git_dir.join("shallow.lock"),
+            git_dir.join("packed-refs.lock"),
+        ];
+        let live = git_dir.join("refs/heads/main.lock");
+        let not_a_lock = git_dir.join("objects/pack/x.lock");
+        for p in dead.iter().chain([&live, &not_a_lock]) {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "").unwrap();
+        }
+        for p in dead.iter().chain([&not_a_lock]) {
+            age(p);
+        }
+        assert_eq!(clear_stale_locks(&git_dir), 3);
+        assert!(dead.iter().all(|p| !p.exists()));
+        assert!(live.exists(), "a live writer's lock stays");
+        assert!(
+            not_a_lock.exists(),
+            "only refs and the top level are looked at"
+        );
     }
 
     #[test]

@@ -249,11 +249,11 @@ fn killed_over_and_over_across_a_batch_every_effect_happens_once() {
     let seed = 0x5eed_c0de_u64;
     let mut rng = Lcg(seed);
     let mut kills = 0;
-    let mut in_a_row = 0;
+    let mut in_a_row: u64 = 0;
     let started = Instant::now();
     // Kill passes at random moments until one gets through on its own. On a busy machine a
-    // pass may outlast every window: after four kills in a row one pass runs undisturbed, so
-    // the batch always moves on and the kills still land everywhere in between.
+    // pass may outlast every window: after eight kills in a row the window grows a second per
+    // kill, so the batch always moves on and the kills still land anywhere in a pass.
     loop {
         let mut child = repo
             .dispatch_command(repo.origin.to_str().unwrap(), &["--config", &config])
@@ -261,11 +261,8 @@ fn killed_over_and_over_across_a_batch_every_effect_happens_once() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let wait = if in_a_row >= 4 {
-            Duration::from_secs(120)
-        } else {
-            Duration::from_millis(100 + rng.below(1400))
-        };
+        let stretch = 1000 * in_a_row.saturating_sub(8);
+        let wait = Duration::from_millis(100 + rng.below(1400 + stretch));
         let deadline = Instant::now() + wait;
         let mut done = None;
         while Instant::now() < deadline {
