@@ -410,4 +410,21 @@ mod tests {
         assert!(format!("{err:#}").contains("secrets.T"), "{err:#}");
         assert!(HostConfig::parse("[secrets]\nT = { path = \"/x\" }\n").is_err());
     }
+
+    #[test]
+    fn the_executor_is_docker_unless_the_config_names_another() {
+        assert_eq!(
+            HostConfig::parse("").unwrap().executor,
+            ExecutorKind::Docker
+        );
+        let c = HostConfig::parse("[executor]\nkind = \"docker\"\n").unwrap();
+        assert_eq!(c.executor, ExecutorKind::Docker);
+        let err = HostConfig::parse("[executor]\nkind = \"kubernetes\"\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("kubernetes") && text.contains("docker"),
+            "{text}"
+        );
+        assert!(HostConfig::parse("[executor]\nkinds = \"docker\"\n").is_err());
+    }
 }
