@@ -62,23 +62,10 @@ impl<'a> Attempt<'a> {
                     record.phase = phase;
                     journal::write(self.out, record)?;
                 }
-                Effect::Check(stage) => self.cx.check(match stage {
-                    CheckStage::Queued => super::checks::CheckEvent::Queued {
-                        id: self.item.log_id.clone(),
-                        commit: self.item.commit.clone(),
-                        file: self.item.file.clone(),
-                        kind: self.kind().to_string(),
-                    },
-                    CheckStage::InProgress => super::checks::CheckEvent::Started {
-                        id: self.item.log_id.clone(),
-                        commit: self.item.commit.clone(),
-                        started_at: self
-                            .started
-                            .as_ref()
-                            .map(|s| s.0.clone())
-                            .unwrap_or_else(now),
-                    },
-                }),
+                Effect::Check(stage) => {
+                    let started_at = self.started.as_ref().map(|s| s.0.as_str());
+                    check(self.cx, self.item, self.kind(), stage, started_at);
+                }
                 // The driver writes it in `end`, which alone holds what it says.
                 Effect::Status => {}
             }
@@ -200,15 +187,33 @@ pub(crate) fn record_rejection(
 /// The queued request's check run, before it has a log.
 pub(crate) fn queued(cx: &PassContext, item: &WorkItem, runnable: &Runnable) {
     for effect in lifecycle::effects(&Transition::Queued) {
-        if let Effect::Check(CheckStage::Queued) = effect {
-            cx.check(super::checks::CheckEvent::Queued {
-                id: item.log_id.clone(),
-                commit: item.commit.clone(),
-                file: item.file.clone(),
-                kind: runnable.request.kind.clone(),
-            });
+        if let Effect::Check(stage) = effect {
+            check(cx, item, &runnable.request.kind, stage, None);
         }
     }
+}
+
+/// Move `item`'s check run to `stage` (when a forge is configured).
+fn check(
+    cx: &PassContext,
+    item: &WorkItem,
+    kind: &str,
+    stage: CheckStage,
+    started_at: Option<&str>,
+) {
+    cx.check(match stage {
+        CheckStage::Queued => super::checks::CheckEvent::Queued {
+            id: item.log_id.clone(),
+            commit: item.commit.clone(),
+            file: item.file.clone(),
+            kind: kind.to_string(),
+        },
+        CheckStage::InProgress => super::checks::CheckEvent::Started {
+            id: item.log_id.clone(),
+            commit: item.commit.clone(),
+            started_at: started_at.map_or_else(now, str::to_string),
+        },
+    });
 }
 
 /// Forget this runner's unfinished attempt at `id` (another runner has the request): its
