@@ -100,27 +100,8 @@ pub(super) async fn run_queue(
                 return Ok(Step::Stopping);
             }
             if claims.is_none() {
-                let asks: Vec<claims::Ask> = queue[index..]
-                    .iter()
-                    .filter(|i| matches!(i.action, Action::Run(_)))
-                    .map(|i| claims::Ask {
-                        id: i.log_id.clone(),
-                        attempt: cx
-                            .recoveries
-                            .lock()
-                            .ok()
-                            .map_or(1, |r| lifecycle::attempt_of(r.get(&i.log_id))),
-                    })
-                    .collect();
-                let config = cx.config.clone();
-                let (q, claimed) = cx
-                    .claims
-                    .take_queue(asks.clone(), move |m, tip, id| {
-                        recorded(m, tip, &config, id)
-                    })
-                    .await
-                    .map_err(|e| DispatchError::Git(e.context("failed to claim the requests")))?;
-                verdicts = asks.into_iter().map(|a| a.id).zip(claimed).collect();
+                let (q, claimed) = claim_queue(cx, &queue[index..]).await?;
+                verdicts = claimed;
                 *claims = Some(q);
             }
             let Some(q) = claims.as_ref() else {
@@ -136,26 +117,8 @@ pub(super) async fn run_queue(
             let verdict = verdicts
                 .remove(&item.log_id)
                 .unwrap_or_else(|| claims::Claimed::Lost("no claim was asked for it".into()));
-            match verdict {
-                claims::Claimed::Won(_) => {}
-                claims::Claimed::TakenOver { previous, .. } => {
-                    let why = format!(
-                        "runner `{}` on {} stopped renewing its claim while attempt {} ran",
-                        previous.runner, previous.host, previous.attempt
-                    );
-                    tracing::warn!("taking over: {why}");
-                    recovery.get_or_insert_with(|| {
-                        journal::interrupted(previous.attempt, why, &cx.config)
-                    });
-                }
-                claims::Claimed::Done => {
-                    run::abandon(cx, &item.log_id).await;
-                    return Ok(Step::Recorded);
-                }
-                claims::Claimed::Lost(holder) => {
-                    run::abandon(cx, &item.log_id).await;
-                    return Ok(Step::Lost(holder));
-                }
+            if let Some(not_ours) = admit(cx, &item.log_id, verdict, &mut recovery).await {
+                return Ok(not_ours);
             }
             if !q.start(&item.log_id).await {
                 run::abandon(cx, &item.log_id).await;
@@ -207,6 +170,72 @@ pub(super) async fn run_queue(
         }
     }
     Ok(())
+}
+
+/// Claim the queue's requests from `rest` on, in one push: the queue's claims, and what
+/// became of each request's claim.
+async fn claim_queue(
+    cx: &PassContext,
+    rest: &[WorkItem],
+) -> Result<
+    (
+        claims::QueueClaims,
+        std::collections::HashMap<String, claims::Claimed>,
+    ),
+    DispatchError,
+> {
+    let asks: Vec<claims::Ask> = rest
+        .iter()
+        .filter(|i| matches!(i.action, Action::Run(_)))
+        .map(|i| claims::Ask {
+            id: i.log_id.clone(),
+            attempt: cx
+                .recoveries
+                .lock()
+                .ok()
+                .map_or(1, |r| lifecycle::attempt_of(r.get(&i.log_id))),
+        })
+        .collect();
+    let config = cx.config.clone();
+    let (q, claimed) = cx
+        .claims
+        .take_queue(asks.clone(), move |m, tip, id| {
+            recorded(m, tip, &config, id)
+        })
+        .await
+        .map_err(|e| DispatchError::Git(e.context("failed to claim the requests")))?;
+    Ok((q, asks.into_iter().map(|a| a.id).zip(claimed).collect()))
+}
+
+/// What request `id`'s claim `verdict` means: `None`, it is this runner's to run (a claim
+/// taken over makes the holder's attempt interrupted, in `recovery`); otherwise why not, with
+/// this runner's own unfinished attempt at it dropped.
+async fn admit(
+    cx: &PassContext,
+    id: &str,
+    verdict: claims::Claimed,
+    recovery: &mut Option<journal::Recovery>,
+) -> Option<Step> {
+    match verdict {
+        claims::Claimed::Won(_) => None,
+        claims::Claimed::TakenOver { previous, .. } => {
+            let why = format!(
+                "runner `{}` on {} stopped renewing its claim while attempt {} ran",
+                previous.runner, previous.host, previous.attempt
+            );
+            tracing::warn!("taking over: {why}");
+            recovery.get_or_insert_with(|| journal::interrupted(previous.attempt, why, &cx.config));
+            None
+        }
+        claims::Claimed::Done => {
+            run::abandon(cx, id).await;
+            Some(Step::Recorded)
+        }
+        claims::Claimed::Lost(holder) => {
+            run::abandon(cx, id).await;
+            Some(Step::Lost(holder))
+        }
+    }
 }
 
 /// How one queued request went.
