@@ -154,189 +154,89 @@ impl RepoConfig {
         let file = CONFIG_PATH;
         let text = yaml::text(file, bytes)?;
         let raw: ConfigFile = yaml::parse(file, text)?;
-        let at = |a: &str, b: &str| locate(text, &[a.into(), b.into()], false);
-        let mut errors = Vec::new();
-        let d = RepoConfig::default();
-
-        let purpose_ok = !raw.repo.purpose.is_empty()
-            && raw.repo.purpose.len() <= 64
-            && raw
-                .repo
-                .purpose
-                .starts_with(|c: char| c.is_ascii_lowercase())
-            && raw
-                .repo
-                .purpose
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !purpose_ok {
-            errors.push(
-                Violation::new(
-                    file,
-                    "invalid-value",
-                    format!(
-                        "repo.purpose `{}` is not a lowercase label",
-                        raw.repo.purpose
-                    ),
-                )
-                .at(at("repo", "purpose"))
-                .hint("e.g. `purpose: infrastructure-orchestration`"),
-            );
-        }
-        if raw.repo.strategy != STRATEGY {
-            errors.push(
-                Violation::new(
-                    file,
-                    "unsupported-strategy",
-                    format!("repo.strategy `{}` is not supported", raw.repo.strategy),
-                )
-                .at(at("repo", "strategy"))
-                .hint(format!("codex-runner implements `{STRATEGY}`")),
-            );
-        }
-        let mut dir = |key: &str, value: Option<String>, default: &str| -> String {
-            let v = value.unwrap_or_else(|| default.to_string());
-            let name = v.strip_suffix('/').unwrap_or(&v);
-            let ok = !name.is_empty()
-                && !name.starts_with('.')
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-            if ok {
-                format!("{name}/")
-            } else {
-                errors.push(
-                    Violation::new(
-                        file,
-                        "invalid-path",
-                        format!("codex.{key} `{v}` must name one top-level directory"),
-                    )
-                    .at(at("codex", key))
-                    .hint(format!("e.g. `{key}: {default}`")),
-                );
-                default.to_string()
-            }
+        let mut c = Checks {
+            text,
+            errors: Vec::new(),
         };
-        let trigger_path = dir(
-            "deploy_trigger_path",
-            raw.codex.deploy_trigger_path,
-            &d.trigger_path,
-        );
-        let output_path = dir(
-            "deploy_output_path",
-            raw.codex.deploy_output_path,
-            &d.output_path,
-        );
-        let processed_path = dir(
-            "processed_path",
-            raw.codex.processed_path,
-            &d.processed_path,
-        );
-        let reserved = ["handlers/", "containers/", ".git/"];
-        let dirs = [
-            ("deploy_trigger_path", &trigger_path),
-            ("deploy_output_path", &output_path),
-            ("processed_path", &processed_path),
-        ];
-        for (i, (key, value)) in dirs.iter().enumerate() {
-            let clash = dirs[..i].iter().any(|(_, other)| other == value)
-                || reserved.contains(&value.as_str());
-            if clash {
-                errors.push(
-                    Violation::new(file, "path-clash", format!("codex.{key} `{value}` is used for something else"))
-                        .at(at("codex", key))
-                        .hint("inbox, outbox and processed must be three different directories outside handlers/ and containers/"),
-                );
-            }
-        }
-        let mainline_branch = raw.codex.mainline_branch.unwrap_or(d.mainline_branch);
+        let d = RepoConfig::default();
+        check_repo(&mut c, &raw.repo);
+        let codex = raw.codex;
+        let [trigger_path, output_path, processed_path] = c.directories([
+            (
+                "deploy_trigger_path",
+                codex.deploy_trigger_path,
+                &d.trigger_path,
+            ),
+            (
+                "deploy_output_path",
+                codex.deploy_output_path,
+                &d.output_path,
+            ),
+            ("processed_path", codex.processed_path, &d.processed_path),
+        ]);
+        let mainline_branch = codex.mainline_branch.unwrap_or(d.mainline_branch);
         if !valid_branch(&mainline_branch) {
-            errors.push(
+            c.push(
+                "mainline_branch",
                 Violation::new(
                     file,
                     "invalid-branch",
                     format!("codex.mainline_branch `{mainline_branch}` is not a valid branch name"),
-                )
-                .at(at("codex", "mainline_branch")),
+                ),
             );
         }
-        let on_interrupt = match raw.codex.on_interrupt.as_deref() {
+        let on_interrupt = match codex.on_interrupt.as_deref() {
             None => d.on_interrupt,
             Some("rerun") => OnInterrupt::Rerun,
             Some("record") => OnInterrupt::Record,
             Some(other) => {
-                errors.push(
+                c.push(
+                    "on_interrupt",
                     Violation::new(
                         file,
                         "invalid-value",
                         format!("codex.on_interrupt `{other}` is neither `rerun` nor `record`"),
                     )
-                    .at(at("codex", "on_interrupt"))
                     .hint("`rerun`: run an interrupted handler again with CODEX_ATTEMPT + 1; `record`: record it as interrupted"),
                 );
                 d.on_interrupt
             }
         };
-        let max_attempts = raw.codex.max_attempts.unwrap_or(d.max_attempts);
+        let max_attempts = codex.max_attempts.unwrap_or(d.max_attempts);
         if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
-            errors.push(
+            c.push(
+                "max_attempts",
                 Violation::new(
                     file,
                     "invalid-value",
                     format!(
                         "codex.max_attempts `{max_attempts}` is not between 1 and {MAX_ATTEMPTS}"
                     ),
-                )
-                .at(at("codex", "max_attempts")),
+                ),
             );
         }
-        let claim_timeout = match raw.codex.claim_timeout.as_deref() {
-            None => d.claim_timeout,
-            Some(text) => match super::units::parse_duration(text) {
-                Ok(t) if t >= std::time::Duration::from_secs(1) => t,
-                Ok(_) => {
-                    errors.push(
-                        Violation::new(
-                            file,
-                            "invalid-value",
-                            "codex.claim_timeout must be at least 1s",
-                        )
-                        .at(at("codex", "claim_timeout")),
-                    );
-                    d.claim_timeout
-                }
-                Err(e) => {
-                    errors.push(
-                        Violation::new(file, "invalid-value", format!("codex.claim_timeout: {e}"))
-                            .at(at("codex", "claim_timeout"))
-                            .hint("e.g. `claim_timeout: 10m`"),
-                    );
-                    d.claim_timeout
-                }
-            },
-        };
-        let layout = match raw.codex.layout.as_deref() {
+        let claim_timeout = c.claim_timeout(codex.claim_timeout.as_deref(), d.claim_timeout);
+        let layout = match codex.layout.as_deref() {
             None => d.layout,
             Some(name) => Layout::from_name(name).unwrap_or_else(|| {
-                errors.push(
+                c.push(
+                    "layout",
                     Violation::new(
                         file,
                         "invalid-value",
                         format!("codex.layout `{name}` is neither `flat` nor `sharded`"),
                     )
-                    .at(at("codex", "layout"))
                     .hint("`sharded` keeps results in 256 subdirectories (logs/ab/<id>.jsonl); `flat` keeps them side by side; `codex-runner migrate-layout` moves a repository from one to the other"),
                 );
                 d.layout
             }),
         };
-        if !errors.is_empty() {
-            return Err(Violations(errors));
+        if !c.errors.is_empty() {
+            return Err(Violations(c.errors));
         }
         Ok(RepoConfig {
             layout,
-            allow_handler_changes: raw
-                .codex
+            allow_handler_changes: codex
                 .allow_handler_changes_with_requests
                 .unwrap_or(d.allow_handler_changes),
             claim_timeout,
@@ -347,12 +247,10 @@ impl RepoConfig {
             output_path,
             processed_path,
             mainline_branch,
-            enforce_merge: raw
-                .codex
+            enforce_merge: codex
                 .enforce_merge_before_execution
                 .unwrap_or(d.enforce_merge),
-            cleanup_after_success: raw
-                .codex
+            cleanup_after_success: codex
                 .cleanup_after_success
                 .unwrap_or(d.cleanup_after_success),
         })
@@ -403,6 +301,131 @@ pub fn set_layout(text: &str, layout: Layout) -> Option<String> {
     new.push('\n');
     let parsed = RepoConfig::parse(new.as_bytes()).ok()?;
     (parsed.layout == layout).then_some(new)
+}
+
+/// The violations found so far in `codex.repo.yaml`, and where its keys are.
+struct Checks<'a> {
+    text: &'a str,
+    errors: Vec<Violation>,
+}
+
+impl Checks<'_> {
+    /// Record `v`, placed at `codex.<key>`.
+    fn push(&mut self, key: &str, v: Violation) {
+        let at = locate(self.text, &["codex".into(), key.into()], false);
+        self.errors.push(v.at(at));
+    }
+
+    /// The inbox, outbox and processed directories: each one top-level directory (with its
+    /// `/`), and three different ones outside `handlers/` and `containers/`. A bad one is
+    /// reported and replaced by its default.
+    fn directories(&mut self, dirs: [(&str, Option<String>, &str); 3]) -> [String; 3] {
+        let file = CONFIG_PATH;
+        let named = dirs.map(|(key, value, default)| {
+            let v = value.unwrap_or_else(|| default.to_string());
+            let name = v.strip_suffix('/').unwrap_or(&v);
+            let ok = !name.is_empty()
+                && !name.starts_with('.')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if ok {
+                (key, format!("{name}/"))
+            } else {
+                self.push(
+                    key,
+                    Violation::new(
+                        file,
+                        "invalid-path",
+                        format!("codex.{key} `{v}` must name one top-level directory"),
+                    )
+                    .hint(format!("e.g. `{key}: {default}`")),
+                );
+                (key, default.to_string())
+            }
+        });
+        let reserved = ["handlers/", "containers/", ".git/"];
+        for (i, (key, value)) in named.iter().enumerate() {
+            let clash = named[..i].iter().any(|(_, other)| other == value)
+                || reserved.contains(&value.as_str());
+            if clash {
+                self.push(
+                    key,
+                    Violation::new(file, "path-clash", format!("codex.{key} `{value}` is used for something else"))
+                        .hint("inbox, outbox and processed must be three different directories outside handlers/ and containers/"),
+                );
+            }
+        }
+        named.map(|(_, value)| value)
+    }
+
+    /// `codex.claim_timeout`: a duration of at least a second.
+    fn claim_timeout(
+        &mut self,
+        text: Option<&str>,
+        default: std::time::Duration,
+    ) -> std::time::Duration {
+        let file = CONFIG_PATH;
+        let Some(text) = text else {
+            return default;
+        };
+        match super::units::parse_duration(text) {
+            Ok(t) if t >= std::time::Duration::from_secs(1) => t,
+            Ok(_) => {
+                self.push(
+                    "claim_timeout",
+                    Violation::new(
+                        file,
+                        "invalid-value",
+                        "codex.claim_timeout must be at least 1s",
+                    ),
+                );
+                default
+            }
+            Err(e) => {
+                self.push(
+                    "claim_timeout",
+                    Violation::new(file, "invalid-value", format!("codex.claim_timeout: {e}"))
+                        .hint("e.g. `claim_timeout: 10m`"),
+                );
+                default
+            }
+        }
+    }
+}
+
+/// `repo:` says what the repository is for and how it runs: a lowercase purpose, and the one
+/// strategy codex-runner implements.
+fn check_repo(c: &mut Checks<'_>, repo: &RepoFile) {
+    let file = CONFIG_PATH;
+    let at = |key: &str| locate(c.text, &["repo".into(), key.into()], false);
+    let purpose_ok = !repo.purpose.is_empty()
+        && repo.purpose.len() <= 64
+        && repo.purpose.starts_with(|ch: char| ch.is_ascii_lowercase())
+        && repo
+            .purpose
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-');
+    if !purpose_ok {
+        let v = Violation::new(
+            file,
+            "invalid-value",
+            format!("repo.purpose `{}` is not a lowercase label", repo.purpose),
+        )
+        .at(at("purpose"))
+        .hint("e.g. `purpose: infrastructure-orchestration`");
+        c.errors.push(v);
+    }
+    if repo.strategy != STRATEGY {
+        let v = Violation::new(
+            file,
+            "unsupported-strategy",
+            format!("repo.strategy `{}` is not supported", repo.strategy),
+        )
+        .at(at("strategy"))
+        .hint(format!("codex-runner implements `{STRATEGY}`"));
+        c.errors.push(v);
+    }
 }
 
 /// A conservative subset of git's branch-name rules.
