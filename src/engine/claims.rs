@@ -130,14 +130,6 @@ impl Claims {
         }
     }
 
-    /// Run `f` on the mirror, off the async threads, with a fresh token.
-    async fn with_mirror<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Mirror) -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
-        self.mirror.remote(move |m| f(m)).await
-    }
-
     /// Claim a resource's queue, `asks` in order, in one push, then look at a tip fetched
     /// after every win for those already recorded (the claim of a runner that has just
     /// published may already be gone): their claims are dropped again. What became of each
@@ -154,7 +146,7 @@ impl Claims {
     ) -> anyhow::Result<(QueueClaims, Vec<Claimed>)> {
         let this = self.clone();
         let taken = self
-            .with_mirror(move |m| {
+            .mirror.remote(move |m| {
                 let firsts: Vec<ClaimAsk> = asks
                     .iter()
                     .map(|a| ClaimAsk {
@@ -293,7 +285,8 @@ impl Claims {
         }
         let this = self.clone();
         let given = self
-            .with_mirror(move |m| {
+            .mirror
+            .remote(move |m| {
                 this.give_up_in(m, claims);
                 Ok(())
             })
@@ -351,7 +344,7 @@ impl Claims {
         if refs.is_empty() {
             return;
         }
-        if let Err(e) = self.with_mirror(move |m| m.drop_claims(&refs)).await {
+        if let Err(e) = self.mirror.remote(move |m| m.drop_claims(&refs)).await {
             tracing::warn!(error = %format!("{e:#}"), "failed to drop claims; the next pass drops them");
         }
     }
@@ -362,7 +355,8 @@ impl Claims {
     pub async fn sweep(&self, done: impl Fn(&Mirror, &str) -> bool + Send + 'static) {
         let branch = self.branch.clone();
         let swept = self
-            .with_mirror(move |m| {
+            .mirror
+            .remote(move |m| {
                 Ok(m.fetch_claims(&branch)?
                     .into_keys()
                     .filter(|id| done(m, id))
@@ -462,7 +456,8 @@ impl QueueClaims {
                     .collect();
                 let who = this.identity.clone();
                 let renewed = this
-                    .with_mirror(move |m| m.push_claims(&asks, &who, &[]))
+                    .mirror
+                    .remote(move |m| m.push_claims(&asks, &who, &[]))
                     .await;
                 let outcomes = match renewed {
                     Ok(outcomes) => outcomes,
