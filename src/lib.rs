@@ -4,6 +4,7 @@
 //! routed to a handler, run in a hardened Docker container, and recorded back on the branch.
 
 pub mod cli;
+pub mod commit;
 pub mod config;
 pub mod contract;
 pub mod crashpoint;

@@ -3,6 +3,7 @@
 //! The engine reads the tree and the ledger (what already ran); this module decides, for each
 //! entry, whether it runs, is rejected (and why), or is left alone. No I/O here.
 
+use crate::commit::CommitId;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ pub struct InboxEntry {
     /// The object id of the entry, to name rejected files that have no usable id.
     pub object: String,
     /// The commit on the branch that brought this file (the merge commit for a merged PR).
-    pub commit: String,
+    pub commit: CommitId,
     /// Position of that commit, oldest first, so requests run in merge order.
     pub order: usize,
     /// Handler code (`handlers/`, `containers/`) that commit also changes; a request brought
@@ -90,7 +91,7 @@ pub struct WorkItem {
     /// Path of the request file.
     pub file: String,
     /// The commit that brought it.
-    pub commit: String,
+    pub commit: CommitId,
     /// Id used for `logs/<id>.jsonl` and `processed/<id>.yaml`: the request id when usable.
     pub log_id: String,
     /// Run or reject.
@@ -112,7 +113,7 @@ pub struct Plan {
 /// schema, script and image all come from what was merged with the request.
 pub fn plan<'i>(
     entries: &[InboxEntry],
-    index_at: impl Fn(&str) -> Result<&'i HandlerIndex, &'i [Violation]>,
+    index_at: impl Fn(CommitId) -> Result<&'i HandlerIndex, &'i [Violation]>,
     done: impl Fn(&RequestId) -> Done,
 ) -> Plan {
     let mut sorted: Vec<&InboxEntry> = entries.iter().collect();
@@ -135,7 +136,7 @@ pub fn plan<'i>(
         }
         let item = |log_id: String, action| WorkItem {
             file: entry.path.clone(),
-            commit: entry.commit.clone(),
+            commit: entry.commit,
             log_id,
             action,
         };
@@ -192,7 +193,7 @@ pub fn plan<'i>(
             continue;
         }
         let log_id = request.id.to_string();
-        let checked = match index_at(&entry.commit) {
+        let checked = match index_at(entry.commit) {
             Ok(index) => check_against_handler(&request, index),
             Err(broken) => {
                 let mut v = vec![Violation::new(
@@ -255,7 +256,7 @@ fn handler_change(entry: &InboxEntry) -> Option<Violation> {
         "handler-change",
         format!(
             "the commit that brought this request ({}) also changes handler code: {}",
-            entry.commit.get(..12).unwrap_or(&entry.commit),
+            entry.commit.short(),
             shown.join(", ")
         ),
     )
@@ -352,10 +353,15 @@ mod tests {
             path: path.into(),
             content: EntryContent::Blob(text.as_bytes().to_vec()),
             object: format!("{:040x}", order + path.len()),
-            commit: format!("c{order}"),
+            commit: commit(order),
             order,
             code_changes: vec![],
         }
+    }
+
+    /// The commit that brought the request in position `order` (one commit per position).
+    fn commit(order: usize) -> CommitId {
+        CommitId::from_bytes([order as u8 + 1; 20])
     }
 
     fn run(entries: &[InboxEntry], done: impl Fn(&RequestId) -> Done) -> Plan {
@@ -371,8 +377,8 @@ mod tests {
             entry("requests/a.yaml", "kind: echo\nparams: {message: x}\n", 0),
             entry("requests/b.yaml", "kind: echo\nparams: {message: x}\n", 1),
         ];
-        let index_at = |c: &str| {
-            if c == "c0" {
+        let index_at = |c: CommitId| {
+            if c == commit(0) {
                 Err(broken.as_slice())
             } else {
                 Ok(&good)

@@ -174,7 +174,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
     for p in &report.published {
         step(format!(
             "pushed {} to main (replays: {})",
-            &p.commit[..10],
+            p.commit.short(),
             p.replays
         ));
     }

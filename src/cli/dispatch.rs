@@ -350,7 +350,7 @@ pub fn report_json(r: &PassReport) -> serde_json::Value {
 /// A readable summary of a pass.
 pub fn summary(r: &PassReport) -> String {
     let mut out = String::new();
-    let tip = r.tip.as_deref().map_or("-", |t| &t[..t.len().min(12)]);
+    let tip = r.tip.map_or_else(|| "-".to_string(), |t| t.short());
     out.push_str(&format!(
         "pass on {} at {tip}: {} request(s)\n",
         r.branch,
@@ -386,7 +386,7 @@ pub fn summary(r: &PassReport) -> String {
     for p in &r.published {
         out.push_str(&format!(
             "  pushed {} (replayed {}x)\n",
-            &p.commit[..p.commit.len().min(12)],
+            p.commit.short(),
             p.replays
         ));
     }

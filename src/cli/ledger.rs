@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::Value;
 
+use crate::commit::CommitId;
 use crate::contract::repo_config::{set_layout, Layout, RepoConfig, CONFIG_PATH};
 use crate::contract::request::RequestId;
-use crate::git::{Change, Identity, Mirror, Oid};
+use crate::git::{Change, Identity, Mirror};
 use crate::record::{relayout, Ledger, ResultFile, Status};
 
 /// Where the repository is and which branch to read.
@@ -72,7 +73,7 @@ fn parse_layout(s: &str) -> Result<Layout, String> {
 struct Opened {
     mirror: Mirror,
     branch: String,
-    tip: Oid,
+    tip: CommitId,
     config: RepoConfig,
 }
 
@@ -103,7 +104,7 @@ fn open(a: &RemoteArgs, read_only: bool) -> anyhow::Result<Opened> {
         mirror
     };
     let shown = mirror.shown_url();
-    let contract = |tip: Oid| -> anyhow::Result<RepoConfig> {
+    let contract = |tip: CommitId| -> anyhow::Result<RepoConfig> {
         match mirror.read_file(tip, CONFIG_PATH)? {
             Some(bytes) => RepoConfig::parse(&bytes)
                 .map_err(|v| anyhow::anyhow!("{CONFIG_PATH} is broken:\n{v}")),
@@ -262,7 +263,7 @@ fn summary(
     }
     row("kind", if s.kind.is_empty() { "-" } else { &s.kind });
     row("file", &s.file);
-    row("commit", &s.commit);
+    row("commit", &s.commit.to_string());
     row("runner", &s.runner);
     if let Some(image) = &s.image {
         row("image", image);
@@ -336,7 +337,7 @@ struct Migration {
 }
 
 /// The migration to `to` at `tip`.
-fn plan_at(mirror: &Mirror, tip: Oid, to: Layout) -> anyhow::Result<Migration> {
+fn plan_at(mirror: &Mirror, tip: CommitId, to: Layout) -> anyhow::Result<Migration> {
     let text = mirror.read_file(tip, CONFIG_PATH)?;
     let config = match &text {
         Some(bytes) => RepoConfig::parse(bytes)
@@ -399,7 +400,7 @@ fn run_migration(a: &MigrateArgs) -> anyhow::Result<()> {
         email: a.author_email.clone(),
     };
     let mut moved = 0usize;
-    let build = |m: &Mirror, tip: Oid| -> anyhow::Result<Vec<Change>> {
+    let build = |m: &Mirror, tip: CommitId| -> anyhow::Result<Vec<Change>> {
         // Made anew on every tip: results a runner pushed meanwhile move too.
         let Migration { moves, contract } = plan_at(m, tip, a.to)?;
         moved = moves.len();
@@ -432,7 +433,7 @@ fn run_migration(a: &MigrateArgs) -> anyhow::Result<()> {
         "moved {moved} file(s) to the {} layout on `{}` in {} ({} replay(s))",
         a.to.as_str(),
         o.branch,
-        &published.commit[..published.commit.len().min(10)],
+        published.commit.short(),
         published.replays
     );
     Ok(())

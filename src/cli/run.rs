@@ -5,6 +5,7 @@
 //! request starts, running handlers may finish until `runner.drain_timeout`, then they are
 //! cancelled (a second signal cancels at once); every result is pushed before it exits.
 
+use crate::commit::CommitId;
 use crate::exit;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -263,19 +264,19 @@ async fn poll(
 /// The tip `report`'s pass left the branch at, when it is the runner's own: the pass
 /// published, and each commit it pushed sits on the one before, the first on the tip the pass
 /// planned from (a foreign commit in between may bring requests no pass has seen).
-fn own_tip(report: &crate::engine::PassReport) -> Option<String> {
-    let mut below = report.tip.clone()?;
+fn own_tip(report: &crate::engine::PassReport) -> Option<CommitId> {
+    let mut below = report.tip?;
     for p in &report.published {
         if p.parent != below {
             return None;
         }
-        below.clone_from(&p.commit);
+        below = p.commit;
     }
     (!report.published.is_empty()).then_some(below)
 }
 
 /// Whether `tip` is where the runner's own last pass left the branch.
-fn is_own(health: &Health, tip: Option<crate::git::Oid>) -> bool {
-    let own = health.own_tip.lock().ok().and_then(|o| o.clone());
-    matches!((tip, own), (Some(t), Some(o)) if t.to_string() == o)
+fn is_own(health: &Health, tip: Option<CommitId>) -> bool {
+    let own = health.own_tip.lock().ok().and_then(|o| *o);
+    tip.is_some() && tip == own
 }

@@ -127,7 +127,7 @@ fn git_roundtrip() -> anyhow::Result<String> {
         anyhow::Ok(format!(
             "libgit2 {} fetched, committed and pushed {}",
             crate::git::libgit2_version(),
-            &p.commit[..10]
+            p.commit.short()
         ))
     })();
     let _ = std::fs::remove_dir_all(&tmp);

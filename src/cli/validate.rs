@@ -71,7 +71,8 @@ fn read_entry(root: &Path, path: &Path, order: usize) -> InboxEntry {
         path: rel,
         content,
         object: format!("{order:012}"),
-        commit: "working-tree".into(),
+        // Files in the working tree were brought by no commit yet.
+        commit: crate::commit::CommitId::NONE,
         order,
         // The working tree has no pull request to compare with; the forge check has.
         code_changes: Vec::new(),

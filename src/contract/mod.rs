@@ -95,6 +95,10 @@ impl fmt::Display for Violation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violations(pub Vec<Violation>);
 
+/// A file (or a repository state) checked against the contract: what it says, or every way
+/// it breaks the contract.
+pub type Checked<T> = Result<T, Violations>;
+
 impl fmt::Display for Violations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, v) in self.0.iter().enumerate() {

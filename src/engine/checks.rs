@@ -7,6 +7,7 @@
 //! took it and nothing newer replaced it. Whatever is left (an outage, a slow forge, a runner
 //! killed with updates still queued) is sent again by the next pass.
 
+use crate::commit::CommitId;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -63,14 +64,14 @@ pub(crate) enum CheckEvent {
     /// Found and waiting.
     Queued {
         id: String,
-        commit: String,
+        commit: CommitId,
         file: String,
         kind: String,
     },
     /// The container started.
     Started {
         id: String,
-        commit: String,
+        commit: CommitId,
         started_at: String,
     },
     /// Recorded and pushed in `pushed`; `log` is the JSONL run log.
@@ -252,7 +253,7 @@ fn update_for(event: &CheckEvent, html_url: &str) -> CheckUpdate {
             kind,
         } => CheckUpdate {
             name: name(id),
-            head_sha: commit.clone(),
+            head_sha: commit.to_string(),
             external_id: id.clone(),
             state: CheckState::Queued,
             started_at: None,
@@ -268,7 +269,7 @@ fn update_for(event: &CheckEvent, html_url: &str) -> CheckUpdate {
             started_at,
         } => CheckUpdate {
             name: name(id),
-            head_sha: commit.clone(),
+            head_sha: commit.to_string(),
             external_id: id.clone(),
             state: CheckState::InProgress,
             started_at: Some(started_at.clone()),
@@ -337,7 +338,7 @@ fn finished(s: &Status, log: &[u8], pushed: &str, log_path: &str, html_url: &str
         .collect();
     CheckUpdate {
         name: name(&s.id),
-        head_sha: s.commit.clone(),
+        head_sha: s.commit.to_string(),
         external_id: s.id.clone(),
         state: CheckState::Completed(conclusion),
         started_at: s.started_at.clone(),

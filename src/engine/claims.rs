@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::commit::CommitId;
 use crate::contract::repo_config::RepoConfig;
 use crate::git::claims::{claim_ref, ClaimAsk, ClaimBody};
-use crate::git::{Identity, Mirror, Oid, Refusal};
+use crate::git::{Identity, Mirror, Refusal};
 use crate::record::unix_ms;
 
 use super::context::SharedMirror;
@@ -17,14 +18,14 @@ use super::context::SharedMirror;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Claimed {
     /// The request is ours to run (a first claim, or our own earlier process's).
-    Won(Oid),
+    Won(CommitId),
     /// Another runner holds it and renews it.
     Lost(String),
     /// Its holder stopped renewing it; it is ours now, and the holder's attempt counts as
     /// interrupted.
     TakenOver {
         /// The claim commit now ours.
-        oid: Oid,
+        oid: CommitId,
         /// Who held it, and which attempt.
         previous: ClaimBody,
     },
@@ -142,7 +143,7 @@ impl Claims {
     pub async fn take_queue(
         &self,
         asks: Vec<Ask>,
-        done: impl Fn(&Mirror, Oid, &str) -> bool + Send + 'static,
+        done: impl Fn(&Mirror, CommitId, &str) -> bool + Send + 'static,
     ) -> anyhow::Result<(QueueClaims, Vec<Claimed>)> {
         let this = self.clone();
         let taken = self
@@ -176,7 +177,7 @@ impl Claims {
                     stopped |= matches!(verdict, Claimed::Lost(_));
                     claimed.push(verdict);
                 }
-                let won: Vec<(String, Oid)> = asks
+                let won: Vec<(String, CommitId)> = asks
                     .iter()
                     .zip(&claimed)
                     .filter_map(|(a, c)| c.won().map(|oid| (a.id.clone(), oid)))
@@ -246,7 +247,7 @@ impl Claims {
             let Some(held) = claim.body else {
                 return Ok(Claimed::Lost(format!(
                     "an unreadable claim ({})",
-                    claim.oid
+                    claim.commit
                 )));
             };
             let age = Duration::from_millis(unix_ms().saturating_sub(held.renewed_ms));
@@ -263,7 +264,7 @@ impl Claims {
                 Verdict::Free | Verdict::Ours => self.body(ask.attempt),
             };
             return Ok(
-                match m.push_claim(refname, Some(claim.oid), &body, &self.identity)? {
+                match m.push_claim(refname, Some(claim.commit), &body, &self.identity)? {
                     Ok(oid) if verdict == Verdict::Stale => Claimed::TakenOver {
                         oid,
                         previous: held,
@@ -279,7 +280,7 @@ impl Claims {
     }
 
     /// [`Claims::give_up_in`], off the async threads.
-    async fn give_up(&self, claims: Vec<(String, Oid)>) {
+    async fn give_up(&self, claims: Vec<(String, CommitId)>) {
         if claims.is_empty() {
             return;
         }
@@ -300,7 +301,7 @@ impl Claims {
     /// push: marked released, so the next runner takes them at once instead of waiting out
     /// the claim timeout. Only a fast-forward of the commit held: a claim taken over
     /// meanwhile stays its new holder's. Best effort; a failure leaves them to time out.
-    fn give_up_in(&self, m: &Mirror, claims: impl IntoIterator<Item = (String, Oid)>) {
+    fn give_up_in(&self, m: &Mirror, claims: impl IntoIterator<Item = (String, CommitId)>) {
         let (ids, asks): (Vec<String>, Vec<ClaimAsk>) = claims
             .into_iter()
             .map(|(id, oid)| {
@@ -395,7 +396,7 @@ pub(crate) struct Ask {
 
 impl Claimed {
     /// The claim commit, when the claim is ours.
-    fn won(&self) -> Option<Oid> {
+    fn won(&self) -> Option<CommitId> {
         match self {
             Claimed::Won(oid) | Claimed::TakenOver { oid, .. } => Some(*oid),
             Claimed::Lost(_) | Claimed::Done => None,
@@ -407,7 +408,7 @@ impl Claimed {
 #[derive(Debug, Clone)]
 struct Held {
     /// The claim commit last pushed.
-    oid: Oid,
+    oid: CommitId,
     attempt: u32,
     /// Its request's handler runs.
     running: bool,
@@ -523,7 +524,7 @@ impl QueueClaims {
         if let Some(task) = self.renewer.take() {
             let _ = task.await;
         }
-        let left: Vec<(String, Oid)> = {
+        let left: Vec<(String, CommitId)> = {
             let mut held = self.held.lock().await;
             std::mem::take(&mut *held)
                 .into_iter()

@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use tokio::sync::OnceCell;
 
+use crate::commit::CommitId;
 use crate::config::HostLimits;
 use crate::contract::handlers::CheckoutScope;
 use crate::contract::repo_config::RepoConfig;
 use crate::exec::{Executor, ExecutorChoice};
 use crate::forge::GitHub;
-use crate::git::{Checkouts, Mirror, Oid};
+use crate::git::{Checkouts, Mirror};
 use crate::record::{ResultDir, Status};
 
 use super::report::DispatchError;
@@ -159,7 +160,7 @@ impl PassContext {
     /// The checkout a handler of `scope` mounts for a request of `commit`.
     pub(super) async fn checkout(
         &self,
-        commit: Oid,
+        commit: CommitId,
         scope: CheckoutScope,
     ) -> anyhow::Result<PathBuf> {
         let hidden = match scope {
@@ -234,7 +235,7 @@ impl PassContext {
         }
     }
 
-    pub(super) async fn object_id(&self, commit: Oid, path: &str) -> anyhow::Result<String> {
+    pub(super) async fn object_id(&self, commit: CommitId, path: &str) -> anyhow::Result<String> {
         self.mirror.local(|mirror| {
             mirror
                 .object_id(commit, path)

@@ -22,6 +22,7 @@
 //!
 //! The driver (`run.rs`) does what the effects say, in order; it decides nothing about states.
 
+use crate::commit::CommitId;
 use std::time::Duration;
 
 use crate::contract::units::format_duration;
@@ -110,7 +111,7 @@ pub(crate) enum Transition<'a> {
         /// The request file.
         file: &'a str,
         /// The commit that brought it.
-        commit: &'a str,
+        commit: CommitId,
         /// Kind, resource and timeout, when it was routed.
         routed: Option<(&'a str, &'a str, Duration)>,
     },
@@ -186,7 +187,7 @@ pub(crate) fn effects(transition: &Transition<'_>) -> Vec<Effect> {
         } => {
             let mut out = vec![Log(LogEvent::Received {
                 file: file.to_string(),
-                commit: commit.to_string(),
+                commit,
             })];
             if let Some((kind, resource, timeout)) = routed {
                 out.push(Log(LogEvent::Validated {
@@ -411,7 +412,7 @@ mod tests {
             (
                 Transition::Admitted {
                     file: "f",
-                    commit: "c",
+                    commit: CommitId::NONE,
                     routed: Some(("echo", "r", Duration::from_secs(5))),
                 },
                 &["log:received", "log:validated"],
@@ -419,7 +420,7 @@ mod tests {
             (
                 Transition::Admitted {
                     file: "f",
-                    commit: "c",
+                    commit: CommitId::NONE,
                     routed: None,
                 },
                 &["log:received"],

@@ -31,8 +31,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use tokio::sync::mpsc;
 
+use crate::commit::CommitId;
 use crate::contract::repo_config::RepoConfig;
-use crate::git::{Checkouts, Mirror, Oid};
+use crate::git::{Checkouts, Mirror};
 use crate::plan::{self, Action, WorkItem};
 use crate::record::{Ledger, ResultFile, Status};
 
@@ -204,7 +205,7 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
     }
     Ok(PassReport {
         branch,
-        tip: Some(tip.to_string()),
+        tip: Some(tip),
         items,
         ignored: planned.ignored,
         published,
@@ -243,7 +244,7 @@ fn check_reporter(
     opts: &DispatchOptions,
     key: &str,
     mirror: &Mirror,
-    tip: Oid,
+    tip: CommitId,
     config: &RepoConfig,
 ) -> (
     Option<checks::CheckSink>,

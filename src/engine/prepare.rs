@@ -2,6 +2,7 @@
 //! the request file it reads, its secrets, and its spec within the host's ceilings. Anything
 //! missing makes the request unstartable, with the reason in the writer's terms.
 
+use crate::commit::CommitId;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -10,7 +11,6 @@ use serde_json::json;
 use crate::contract::handlers::{HandlerSpec, ImageSource, SecretDelivery};
 use crate::exec::spec::{container_name, container_spec, ContainerSpec, RunContext};
 use crate::exec::ExecError;
-use crate::git::Oid;
 use crate::plan::{Runnable, WorkItem};
 use crate::record::ResultDir;
 
@@ -84,7 +84,7 @@ pub(super) fn prepare(
         request_id: request.id.to_string(),
         scope: cx.scope.clone(),
         attempt,
-        commit: item.commit.clone(),
+        commit: item.commit,
         image: image.to_string(),
         repo_dir,
         request_json,
@@ -106,7 +106,7 @@ pub(super) fn prepare(
 /// at `commit`, built once.
 pub(super) async fn resolve_image(
     cx: &PassContext,
-    commit: Oid,
+    commit: CommitId,
     handler: &HandlerSpec,
     repo_dir: &Path,
 ) -> Result<String, ExecError> {

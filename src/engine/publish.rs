@@ -3,6 +3,7 @@
 //! Results wait in the state directory until their commit is pushed; only then are they
 //! removed there, so a push that fails leaves them for the next pass instead of losing them.
 
+use crate::commit::CommitId;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
@@ -161,7 +162,7 @@ pub(crate) async fn committer(
                 tracing::info!(commit = %p.commit, requests = batch.len(), replays = p.replays, "published results");
                 for f in &batch {
                     if let Some(sink) = &target.checks {
-                        sink.emit(finished_event(&target, f, &p.commit));
+                        sink.emit(finished_event(&target, f, &p.commit.to_string()));
                     }
                     let _ = std::fs::remove_dir_all(&f.files.dir);
                 }
@@ -207,7 +208,7 @@ fn finished_event(target: &Target, f: &Finished, pushed: &str) -> super::checks:
 /// The ledger of the branch at `tip`: its `codex.repo.yaml` decides the layout, so results
 /// replayed over a layout migration land where the migrated tree expects them. A contract
 /// that no longer parses there keeps the pass's own.
-fn ledger_at(mirror: &Mirror, tip: crate::git::Oid, fallback: &RepoConfig) -> Ledger {
+fn ledger_at(mirror: &Mirror, tip: CommitId, fallback: &RepoConfig) -> Ledger {
     let at_tip = mirror
         .read_file(tip, crate::contract::repo_config::CONFIG_PATH)
         .ok()

@@ -9,10 +9,11 @@
 //! (`handler-change`) unless the repository allows it, as the pass would reject them. Ids are
 //! checked against what already ran on the mainline.
 
+use crate::commit::CommitId;
 use crate::contract::request::request_stem;
 use crate::contract::yaml::MAX_FILE_BYTES;
 use crate::contract::Violation;
-use crate::git::Mirror;
+use crate::git::{Mirror, TrialMerge};
 use crate::plan::{self, Action, InboxEntry};
 
 use super::remote_key;
@@ -80,8 +81,8 @@ fn validate_blocking(
         ..Default::default()
     };
     let merged = match git(mirror.trial_merge(base_tip, head))? {
-        Ok(m) => m,
-        Err(conflicts) => {
+        TrialMerge::Merged(m) => m,
+        TrialMerge::Conflicts(conflicts) => {
             verdict.violations = conflicts
                 .into_iter()
                 .map(|path| {
@@ -130,7 +131,7 @@ fn validate_blocking(
                 path,
                 content,
                 object,
-                commit: head.to_string(),
+                commit: head,
                 order,
                 code_changes: code_changes.clone(),
             })
@@ -153,9 +154,9 @@ fn fork_point(
     mirror: &mut Mirror,
     branch: &str,
     number: u64,
-    base: crate::git::Oid,
-    head: crate::git::Oid,
-) -> Result<crate::git::Oid, DispatchError> {
+    base: CommitId,
+    head: CommitId,
+) -> Result<CommitId, DispatchError> {
     deepen_until(
         mirror,
         // Logged inside the pull request's span, which names it.

@@ -1,6 +1,7 @@
 //! What a pass is asked to do ([`DispatchOptions`]), what it did ([`PassReport`]), and why it
 //! could not ([`DispatchError`], each with its exit code).
 
+use crate::commit::CommitId;
 use std::path::PathBuf;
 
 use crate::config::HostLimits;
@@ -65,7 +66,7 @@ pub enum DispatchError {
     #[error("the repository contract is broken at {commit}; nothing ran:\n{violations}")]
     Contract {
         /// The tip that holds the broken files.
-        commit: String,
+        commit: CommitId,
         /// What is wrong.
         violations: Violations,
     },
@@ -124,7 +125,7 @@ pub struct PassReport {
     /// The branch it ran from.
     pub branch: String,
     /// The tip it planned from.
-    pub tip: Option<String>,
+    pub tip: Option<CommitId>,
     /// The status of every request recorded in this pass, in the order they finished.
     pub items: Vec<Status>,
     /// Inbox entries left alone.

@@ -145,7 +145,7 @@ impl<'a> Attempt<'a> {
             finished_at: now(),
             duration_ms: ran.duration_ms.unwrap_or(0),
             runner: self.cx.runner.clone(),
-            commit: self.item.commit.clone(),
+            commit: self.item.commit,
             image: self.image,
             file: self.item.file.clone(),
             resource: self.routed.map(|r| r.resource.clone()),
@@ -178,7 +178,7 @@ pub(crate) fn record_rejection(
     };
     attempt.go(Transition::Admitted {
         file: &item.file,
-        commit: &item.commit,
+        commit: item.commit,
         routed: None,
     })?;
     attempt.end(Ending::Refused(violations), Ran::default())
@@ -204,13 +204,13 @@ fn check(
     cx.check(match stage {
         CheckStage::Queued => super::checks::CheckEvent::Queued {
             id: item.log_id.clone(),
-            commit: item.commit.clone(),
+            commit: item.commit,
             file: item.file.clone(),
             kind: kind.to_string(),
         },
         CheckStage::InProgress => super::checks::CheckEvent::Started {
             id: item.log_id.clone(),
-            commit: item.commit.clone(),
+            commit: item.commit,
             started_at: started_at.map_or_else(now, str::to_string),
         },
     });
@@ -310,7 +310,7 @@ async fn drive(
     if logged_until == 0 {
         attempt.go(Transition::Admitted {
             file: &item.file,
-            commit: &item.commit,
+            commit: item.commit,
             routed: Some((&runnable.request.kind, &runnable.resource, runnable.timeout)),
         })?;
     }
@@ -339,7 +339,7 @@ async fn drive(
         attempt.go(Transition::WaitedForLock(resource))?;
     }
     let handler = &runnable.handler;
-    let commit = crate::git::parse_oid(&item.commit)?;
+    let commit = item.commit;
     let repo_dir = cx.checkout(commit, handler.checkout).await?;
     let image = match &follow {
         Some(rec) => Ok(rec.image.clone()),
@@ -386,10 +386,11 @@ async fn drive(
     };
     attempt.image = Some(image);
     let followed = follow.as_ref().map(|_| (container.as_str(), output_until));
-    let outcome = stream(&attempt, executor.as_ref(), &spec, followed).await?;
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(reason) => return attempt.end(Ending::Unstartable(&reason), Ran::default()),
+    let outcome = match stream(&attempt, executor.as_ref(), &spec, followed).await? {
+        Streamed::Exited(o) => o,
+        Streamed::Unstartable(reason) => {
+            return attempt.end(Ending::Unstartable(&reason), Ran::default())
+        }
     };
     crate::crashpoint::hit("after-exit");
     let started_ms = attempt.started.as_ref().map_or(0, |s| s.1);
@@ -409,15 +410,23 @@ async fn drive(
     Ok(finished)
 }
 
+/// What became of a container the driver started or followed.
+enum Streamed {
+    /// It ran and exited (or was stopped).
+    Exited(RunOutcome),
+    /// The executor could not run it (its image is unavailable): why.
+    Unstartable(String),
+}
+
 /// Start the container, or follow the one an earlier process started (`followed`: its name,
 /// and where its output in the log stops), and stream its output into the log within the
-/// output cap. `Ok(Err(reason))`: the executor could not run it.
+/// output cap.
 async fn stream(
     attempt: &Attempt<'_>,
     executor: &dyn crate::exec::Executor,
     spec: &ContainerSpec,
     followed: Option<(&str, u64)>,
-) -> Result<Result<RunOutcome, String>, DispatchError> {
+) -> Result<Streamed, DispatchError> {
     let mut write_error: Option<anyhow::Error> = None;
     // The cap holds for output as committed in the log (JSON around each line included),
     // not only for the handler's raw bytes, which the executor caps too. A followed
@@ -481,7 +490,7 @@ async fn stream(
     };
     let outcome = match outcome {
         Ok(o) => o,
-        Err(ExecError::ImageUnavailable(reason)) => return Ok(Err(reason)),
+        Err(ExecError::ImageUnavailable(reason)) => return Ok(Streamed::Unstartable(reason)),
         Err(ExecError::Engine(e)) => return Err(DispatchError::Docker(e)),
     };
     if let Some(e) = write_error {
@@ -489,5 +498,5 @@ async fn stream(
             e.context("failed to stream output to the run log"),
         ));
     }
-    Ok(Ok(outcome))
+    Ok(Streamed::Exited(outcome))
 }

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::commit::CommitId;
 use crate::contract::handlers::{HandlerIndex, INDEX_PATH};
 use crate::contract::repo_config::{RepoConfig, CONFIG_PATH};
 use crate::contract::request::request_stem;
 use crate::contract::yaml::MAX_FILE_BYTES;
-use crate::contract::{Violation, Violations};
-use crate::git::{Mirror, Oid};
+use crate::contract::{Checked, Violation};
+use crate::git::Mirror;
 use crate::plan::{self, Done, InboxEntry};
 use crate::record::{read_status, Ledger, ResultDir, ResultFile, Status};
 
@@ -22,10 +23,13 @@ pub(super) fn git<T>(r: anyhow::Result<T>) -> Result<T, DispatchError> {
     r.map_err(DispatchError::Git)
 }
 
-pub(super) fn load_repo_config(mirror: &Mirror, tip: Oid) -> Result<RepoConfig, DispatchError> {
+pub(super) fn load_repo_config(
+    mirror: &Mirror,
+    tip: CommitId,
+) -> Result<RepoConfig, DispatchError> {
     match git(mirror.read_file(tip, CONFIG_PATH))? {
         Some(bytes) => RepoConfig::parse(&bytes).map_err(|v| DispatchError::Contract {
-            commit: tip.to_string(),
+            commit: tip,
             violations: v,
         }),
         None => {
@@ -38,8 +42,8 @@ pub(super) fn load_repo_config(mirror: &Mirror, tip: Oid) -> Result<RepoConfig, 
 /// The handler index at `commit`, checked against the files of that commit.
 pub(super) fn index_at(
     mirror: &Mirror,
-    commit: Oid,
-) -> Result<Result<HandlerIndex, Violations>, DispatchError> {
+    commit: CommitId,
+) -> Result<Checked<HandlerIndex>, DispatchError> {
     let Some(bytes) = git(mirror.read_file(commit, INDEX_PATH))? else {
         let missing = Violation::new(
             INDEX_PATH,
@@ -63,7 +67,7 @@ pub(super) fn index_at(
 pub(super) fn resolve_branch(
     mirror: &Mirror,
     opts: &DispatchOptions,
-) -> Result<(String, Oid, RepoConfig), DispatchError> {
+) -> Result<(String, CommitId, RepoConfig), DispatchError> {
     let mut mainline = "main".to_string();
     let mut tip = git(mirror.fetch(&mainline))?;
     let mut config = match tip {
@@ -113,7 +117,7 @@ pub(super) struct Leftover {
 pub(super) fn pending_results(
     results_dir: &Path,
     mirror: &Mirror,
-    tip: Oid,
+    tip: CommitId,
     config: &RepoConfig,
 ) -> anyhow::Result<(Vec<Finished>, Vec<Leftover>)> {
     let mut out = Vec::new();
@@ -160,7 +164,7 @@ pub(super) fn pending_results(
 /// [`Ledger::lookups`]); `None` when there is none or it does not parse.
 pub(super) fn published_status(
     mirror: &Mirror,
-    tip: Oid,
+    tip: CommitId,
     config: &RepoConfig,
     id: &str,
 ) -> anyhow::Result<Option<Status>> {
@@ -175,7 +179,7 @@ pub(super) fn published_status(
 /// Whether request `id` already ran, as the branch at `tip` records it.
 pub(super) fn done_at(
     mirror: &Mirror,
-    tip: Oid,
+    tip: CommitId,
     config: &RepoConfig,
     id: &crate::contract::request::RequestId,
 ) -> Done {
@@ -195,7 +199,7 @@ pub(super) fn done_at(
 
 /// Whether the branch at `tip` records request `id` (archived, or by a status file), in
 /// either layout.
-pub(super) fn recorded(mirror: &Mirror, tip: Oid, config: &RepoConfig, id: &str) -> bool {
+pub(super) fn recorded(mirror: &Mirror, tip: CommitId, config: &RepoConfig, id: &str) -> bool {
     let ledger = Ledger::of(config);
     [ResultFile::Archived, ResultFile::Status]
         .into_iter()
@@ -218,9 +222,9 @@ pub(super) struct Survey {
 pub(super) fn introducing_commits(
     mirror: &mut Mirror,
     branch: &str,
-    tip: Oid,
+    tip: CommitId,
     paths: &[String],
-) -> Result<std::collections::HashMap<String, (Oid, usize)>, DispatchError> {
+) -> Result<std::collections::HashMap<String, (CommitId, usize)>, DispatchError> {
     deepen_until(
         mirror,
         "where a pending request was merged",
@@ -267,12 +271,12 @@ pub(crate) fn deepen_until<T>(
 pub(super) fn survey(
     mirror: &mut Mirror,
     branch: &str,
-    tip: Oid,
+    tip: CommitId,
     config: &RepoConfig,
     results_dir: &Path,
 ) -> Result<Survey, DispatchError> {
     let tip_index = index_at(mirror, tip)?.map_err(|violations| DispatchError::Contract {
-        commit: tip.to_string(),
+        commit: tip,
         violations,
     })?;
     let (pending, leftovers) = pending_results(results_dir, mirror, tip, config)?;
@@ -286,7 +290,7 @@ pub(super) fn survey(
     let mirror = &*mirror;
     let deepest = intro.values().map(|(_, d)| *d).max().unwrap_or(0);
     // Handler code each bringing commit changes, unless the repository allows that.
-    let mut code: BTreeMap<Oid, Vec<String>> = BTreeMap::new();
+    let mut code: BTreeMap<CommitId, Vec<String>> = BTreeMap::new();
     if !config.allow_handler_changes {
         for (commit, _) in intro.values() {
             if !code.contains_key(commit) {
@@ -304,7 +308,7 @@ pub(super) fn survey(
                 path,
                 content,
                 object,
-                commit: commit.to_string(),
+                commit,
                 order: deepest - depth,
                 code_changes: code.get(&commit).cloned().unwrap_or_default(),
             }
@@ -312,16 +316,15 @@ pub(super) fn survey(
         .collect();
 
     // A request runs with the handlers of the commit that brought it.
-    let mut indexes: BTreeMap<String, Result<HandlerIndex, Violations>> = BTreeMap::new();
-    indexes.insert(tip.to_string(), Ok(tip_index));
+    let mut indexes: BTreeMap<CommitId, Checked<HandlerIndex>> = BTreeMap::new();
+    indexes.insert(tip, Ok(tip_index));
     for e in &entries {
-        if !indexes.contains_key(&e.commit) {
-            let commit = crate::git::parse_oid(&e.commit)?;
-            indexes.insert(e.commit.clone(), index_at(mirror, commit)?);
+        if let std::collections::btree_map::Entry::Vacant(slot) = indexes.entry(e.commit) {
+            slot.insert(index_at(mirror, e.commit)?);
         }
     }
     let done = |id: &crate::contract::request::RequestId| done_at(mirror, tip, config, id);
-    let index_at_commit = |commit: &str| match indexes.get(commit) {
+    let index_at_commit = |commit: CommitId| match indexes.get(&commit) {
         Some(Ok(index)) => Ok(index),
         Some(Err(v)) => Err(v.0.as_slice()),
         None => Err(&[] as &[Violation]),

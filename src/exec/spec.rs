@@ -3,6 +3,7 @@
 //! Hardened defaults come from the handler's [`Limits`]; anything beyond what the host config
 //! allows is refused here, before a container exists.
 
+use crate::commit::CommitId;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,7 +78,7 @@ pub struct RunContext {
     /// Attempt number, from 1.
     pub attempt: u32,
     /// The commit that brought the request.
-    pub commit: String,
+    pub commit: CommitId,
     /// Image to run (resolved reference or built tag).
     pub image: String,
     /// Checkout of the repository at `commit`.
@@ -211,7 +212,7 @@ pub fn container_spec(
             "io.codex-runner.attempt".to_string(),
             ctx.attempt.to_string(),
         ),
-        ("io.codex-runner.commit".to_string(), ctx.commit.clone()),
+        ("io.codex-runner.commit".to_string(), ctx.commit.to_string()),
         (LABEL_OWNER.to_string(), owner_label()),
     ]);
     Ok(ContainerSpec {
@@ -273,7 +274,7 @@ mod tests {
             request_id: "r1".into(),
             scope: "ops-1234".into(),
             attempt: 1,
-            commit: "abc".into(),
+            commit: CommitId::NONE,
             image: "img".into(),
             repo_dir: "/w/repo".into(),
             request_json: "/w/r1.json".into(),

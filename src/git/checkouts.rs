@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use git2::Oid;
 
-use super::Mirror;
+use super::{CommitId, Mirror};
 
 /// The checkouts of one pass.
 pub struct Checkouts {
@@ -65,7 +65,7 @@ impl Checkouts {
     pub fn get(
         &mut self,
         mirror: &Mirror,
-        commit: Oid,
+        commit: CommitId,
         hidden: &[&str],
     ) -> anyhow::Result<PathBuf> {
         let tree = mirror.visible_tree(commit, hidden)?;

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use git2::{Oid, Signature};
+use git2::Signature;
 use serde::{Deserialize, Serialize};
 
-use super::{Identity, Mirror, RefUpdate, Refusal};
+use super::{id, oid, CommitId, Identity, Mirror, RefUpdate, Refusal};
 
 /// Who holds a claim, as its commit message says.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +48,7 @@ pub struct ClaimAsk {
     /// The claim's ref.
     pub refname: String,
     /// The claim commit it replaces.
-    pub seen: Option<Oid>,
+    pub seen: Option<CommitId>,
     /// Who holds it now.
     pub body: ClaimBody,
 }
@@ -57,7 +57,7 @@ pub struct ClaimAsk {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     /// The claim commit.
-    pub oid: Oid,
+    pub commit: CommitId,
     /// Its holder; `None` when the commit is not a claim this runner can read.
     pub body: Option<ClaimBody>,
 }
@@ -77,11 +77,11 @@ impl Mirror {
         let mut out = BTreeMap::new();
         for r in self.repo.references_glob(&format!("{prefix}*"))? {
             let r = r?;
-            let (Ok(name), Some(oid)) = (r.name(), r.target()) else {
+            let (Ok(name), Some(target)) = (r.name(), r.target()) else {
                 continue;
             };
-            let id = name.trim_start_matches(&prefix).to_string();
-            out.insert(id, self.read_claim(oid));
+            let request = name.trim_start_matches(&prefix).to_string();
+            out.insert(request, self.read_claim(target));
         }
         Ok(out)
     }
@@ -103,13 +103,16 @@ impl Mirror {
         Ok(Some(self.read_claim(oid)))
     }
 
-    fn read_claim(&self, oid: Oid) -> Claim {
+    fn read_claim(&self, commit: git2::Oid) -> Claim {
         let body = self
             .repo
-            .find_commit(oid)
+            .find_commit(commit)
             .ok()
             .and_then(|c| serde_json::from_slice(c.message_bytes()).ok());
-        Claim { oid, body }
+        Claim {
+            commit: id(commit),
+            body,
+        }
     }
 
     /// Push a claim: the first one (`seen` is `None`) or one replacing the claim commit
@@ -118,10 +121,10 @@ impl Mirror {
     pub fn push_claim(
         &self,
         refname: &str,
-        seen: Option<Oid>,
+        seen: Option<CommitId>,
         body: &ClaimBody,
         who: &Identity,
-    ) -> anyhow::Result<Result<Oid, Refusal>> {
+    ) -> anyhow::Result<Result<CommitId, Refusal>> {
         let ask = ClaimAsk {
             refname: refname.to_string(),
             seen,
@@ -139,7 +142,7 @@ impl Mirror {
         asks: &[ClaimAsk],
         who: &Identity,
         riders: &[String],
-    ) -> anyhow::Result<Vec<Result<Oid, Refusal>>> {
+    ) -> anyhow::Result<Vec<Result<CommitId, Refusal>>> {
         let tree = self.repo.treebuilder(None)?.write()?;
         let tree = self.repo.find_tree(tree)?;
         let sig =
@@ -148,13 +151,14 @@ impl Mirror {
         let mut updates = Vec::with_capacity(asks.len());
         for ask in asks {
             let message = serde_json::to_string(&ask.body)?;
-            let parent = ask.seen.map(|p| self.repo.find_commit(p)).transpose()?;
+            let seen = ask.seen.map(oid);
+            let parent = seen.map(|p| self.repo.find_commit(p)).transpose()?;
             let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
             let commit = self
                 .repo
                 .commit(None, &sig, &sig, &message, &tree, &parents)?;
             commits.push(commit);
-            updates.push(RefUpdate::swap(&ask.refname, commit, ask.seen));
+            updates.push(RefUpdate::swap(&ask.refname, commit, seen));
         }
         updates.extend(riders.iter().map(|r| RefUpdate::delete(r)));
         let mut outcomes = self.push_refs(&updates, false)?;
@@ -167,7 +171,7 @@ impl Mirror {
                     self.repo
                         .reference(&ask.refname, commit, true, "codex-runner claim")
                         .context("failed to record the claim")?;
-                    out.push(Ok(commit));
+                    out.push(Ok(id(commit)));
                 }
                 Err(reason) => {
                     tracing::debug!(claim = %ask.refname, reason = %reason, "claim refused");

@@ -9,7 +9,7 @@ use anyhow::Context;
 use git2::build::TreeUpdateBuilder;
 use git2::ObjectType;
 
-use super::{Mirror, Oid};
+use super::{oid, CommitId, Mirror, Oid};
 
 /// Whether a tree entry's name is safe to write as one path component.
 pub(crate) fn safe_entry_name(name: &[u8]) -> bool {
@@ -30,13 +30,13 @@ impl Mirror {
     /// 0644 or 0755, symbolic links stay links (they resolve inside the container), a
     /// submodule becomes an empty directory, and `.`, `..`, `.git` or names with `/` or NUL
     /// are skipped.
-    pub fn export(&self, commit: Oid, dest: &Path) -> anyhow::Result<()> {
-        let tree = self.repo.find_commit(commit)?.tree_id();
+    pub fn export(&self, commit: CommitId, dest: &Path) -> anyhow::Result<()> {
+        let tree = self.repo.find_commit(oid(commit))?.tree_id();
         self.export_tree(tree, dest)
     }
 
     /// Write the tree `tree` to `dest`, as [`Mirror::export`] does for a commit's.
-    pub fn export_tree(&self, tree: Oid, dest: &Path) -> anyhow::Result<()> {
+    pub(super) fn export_tree(&self, tree: Oid, dest: &Path) -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let root = tree;
         std::fs::create_dir_all(dest)
@@ -98,8 +98,8 @@ impl Mirror {
 
     /// The tree of `commit` without the directories in `hidden` (e.g. `logs/`): what a
     /// handler's checkout shows. Commits that differ only there give the same id.
-    pub fn visible_tree(&self, commit: Oid, hidden: &[&str]) -> anyhow::Result<Oid> {
-        let tree = self.repo.find_commit(commit)?.tree()?;
+    pub(super) fn visible_tree(&self, commit: CommitId, hidden: &[&str]) -> anyhow::Result<Oid> {
+        let tree = self.repo.find_commit(oid(commit))?.tree()?;
         let mut update = TreeUpdateBuilder::new();
         let mut changed = false;
         for dir in hidden {

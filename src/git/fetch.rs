@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use git2::{FetchOptions, Repository};
 
-use super::{callbacks, https, transport, Mirror, Oid, FETCHES};
+use git2::Oid;
+
+use super::{callbacks, https, id, transport, CommitId, Mirror, FETCHES};
 
 /// How many first-parent commits the first fetch into an empty shallow mirror brings.
 pub(super) const FIRST_DEPTH: i32 = 32;
@@ -86,7 +88,11 @@ pub(crate) fn local_path(url: &str) -> Option<PathBuf> {
 
 /// The tip of `branch` on the remote `url`, without fetching (`git ls-remote`): cheap enough
 /// to poll. `None` when the branch does not exist.
-pub fn remote_tip(url: &str, branch: &str, token: Option<&str>) -> anyhow::Result<Option<Oid>> {
+pub fn remote_tip(
+    url: &str,
+    branch: &str,
+    token: Option<&str>,
+) -> anyhow::Result<Option<CommitId>> {
     let mut remote =
         git2::Remote::create_detached(url).context("failed to parse the remote URL")?;
     let _auth = https::Auth::scope(token);
@@ -98,7 +104,7 @@ pub fn remote_tip(url: &str, branch: &str, token: Option<&str>) -> anyhow::Resul
         .list()?
         .iter()
         .find(|h| h.name() == wanted)
-        .map(|h| h.oid());
+        .map(|h| id(h.oid()));
     Ok(tip)
 }
 
@@ -248,10 +254,10 @@ impl Mirror {
     }
 
     /// Fetch `branch`; its tip, or `None` when the remote has no such branch.
-    pub fn fetch(&self, branch: &str) -> anyhow::Result<Option<Oid>> {
+    pub fn fetch(&self, branch: &str) -> anyhow::Result<Option<CommitId>> {
         if self.in_place {
             return match self.repo.refname_to_id(&format!("refs/heads/{branch}")) {
-                Ok(oid) => Ok(Some(oid)),
+                Ok(oid) => Ok(Some(id(oid))),
                 Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
                 Err(e) => Err(e).with_context(|| format!("failed to read branch {branch}")),
             };
@@ -267,7 +273,7 @@ impl Mirror {
             .repo
             .refname_to_id(&format!("refs/remotes/origin/{branch}"))
         {
-            Ok(oid) => Ok(Some(oid)),
+            Ok(oid) => Ok(Some(id(oid))),
             Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
             Err(e) => Err(e).context("failed to read the fetched tip"),
         }
@@ -305,7 +311,7 @@ impl Mirror {
     /// Fetch pull request `number`'s head (`refs/pull/<n>/head`, as GitHub keeps it). In a
     /// shallow mirror its first fetch brings [`FIRST_DEPTH`] commits, not every commit below
     /// an old fork point; [`Mirror::fork_point`] asks for more when that is not enough.
-    pub fn fetch_pull(&self, number: u64) -> anyhow::Result<Oid> {
+    pub fn fetch_pull(&self, number: u64) -> anyhow::Result<CommitId> {
         let local = format!("refs/remotes/origin/pull/{number}");
         let depth = self.first_depth(&local);
         self.fetch_depth(
@@ -316,6 +322,7 @@ impl Mirror {
         )?;
         self.repo
             .refname_to_id(&local)
+            .map(id)
             .with_context(|| format!("pull request #{number} has no head on {}", self.shown_url()))
     }
 }

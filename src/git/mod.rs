@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use git2::{RemoteCallbacks, Repository};
 
 mod checkouts;
@@ -25,7 +25,9 @@ mod transport;
 pub use checkouts::Checkouts;
 pub use fetch::NeedsDeeper;
 pub use publish::{Change, Published, PushRejected};
-pub use push::{Expect, Outcomes, RefUpdate, Refusal};
+use push::RefUpdate;
+pub use push::{Outcomes, Refusal};
+pub use read::TrialMerge;
 
 pub(crate) use fetch::{local_path, remote_tip, seed_from_local};
 
@@ -64,8 +66,22 @@ impl std::ops::Sub for RoundTrips {
     }
 }
 
-/// A commit id; the engine names commits with this type and never touches git2 itself.
-pub use git2::Oid;
+pub use crate::commit::CommitId;
+use git2::Oid;
+
+/// libgit2's id of a commit named above the wall.
+fn oid(id: CommitId) -> Oid {
+    // Twenty bytes always make an id.
+    Oid::from_bytes(id.as_bytes()).unwrap_or(Oid::ZERO_SHA1)
+}
+
+/// The name above the wall of a commit libgit2 found.
+fn id(oid: Oid) -> CommitId {
+    let (mut bytes, raw) = ([0u8; 20], oid.as_bytes());
+    let n = raw.len().min(20);
+    bytes[..n].copy_from_slice(&raw[..n]);
+    CommitId::from_bytes(bytes)
+}
 
 /// `url` without credentials (`https://user:token@host/x` → `https://host/x`), for messages.
 pub fn redact(url: &str) -> String {
@@ -237,14 +253,6 @@ fn callbacks(token: Option<&str>) -> RemoteCallbacks<'static> {
     cbs
 }
 
-/// Check that `oid` text names a commit id (for values read back from state files).
-pub fn parse_oid(text: &str) -> anyhow::Result<Oid> {
-    match Oid::from_str(text) {
-        Ok(o) => Ok(o),
-        Err(_) => bail!("`{text}` is not a commit id"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -266,7 +274,7 @@ mod tests {
     }
 
     /// A temp dir with a bare `origin.git` (main seeded with `files`) and a mirror of it.
-    fn fixture(files: &[SeedFile<'_>]) -> (tempfile::TempDir, SeedRepo, Oid, Mirror) {
+    fn fixture(files: &[SeedFile<'_>]) -> (tempfile::TempDir, SeedRepo, CommitId, Mirror) {
         let tmp = tempfile::tempdir().unwrap();
         let origin_dir = tmp.path().join("origin.git");
         let origin = SeedRepo::init_bare(&origin_dir).unwrap();
@@ -396,7 +404,7 @@ mod tests {
         // A foreign commit lands after our fetch: our commit on `base` must not overwrite it.
         let stale = mirror
             .build_commit(
-                base,
+                oid(base),
                 &[Change::Write {
                     path: "logs/x".into(),
                     bytes: b"1".to_vec(),
@@ -413,7 +421,7 @@ mod tests {
                 "foreign",
             )
             .unwrap();
-        let err = mirror.push("main", stale, base, &[]).unwrap_err();
+        let err = mirror.push("main", stale, oid(base), &[]).unwrap_err();
         assert!(err.downcast_ref::<PushRejected>().is_some(), "{err:#}");
 
         let changes = [
@@ -434,9 +442,9 @@ mod tests {
             "publish fetches first, so it builds on the foreign commit"
         );
         let tip = mirror.fetch("main").unwrap().unwrap();
-        assert_eq!(tip.to_string(), p.commit);
-        let c = mirror.repo.find_commit(tip).unwrap();
-        assert_eq!(c.parent_id(0).unwrap(), foreign);
+        assert_eq!(tip, p.commit);
+        let c = mirror.repo.find_commit(oid(tip)).unwrap();
+        assert_eq!(id(c.parent_id(0).unwrap()), foreign);
         assert_eq!(
             origin.read_main("docs/foreign.md").unwrap().as_deref(),
             Some(&b"hi"[..])
@@ -452,14 +460,14 @@ mod tests {
     fn a_local_remote_is_updated_only_from_the_value_the_pusher_saw() {
         let (_tmp, origin, base, mirror) = fixture(&[file("a", b"1")]);
         assert_eq!(mirror.fetch("main").unwrap(), Some(base));
-        let ours = mirror.build_commit(base, &[], "ours", &who()).unwrap();
+        let ours = mirror.build_commit(oid(base), &[], "ours", &who()).unwrap();
         let foreign = origin
             .commit("refs/heads/main", &[base], &[file("b", b"2")], "foreign")
             .unwrap();
         // Pushed as if the branch were still at `base`: refused, the foreign commit stays.
         let refused = mirror
             .push_refs(
-                &[RefUpdate::swap("refs/heads/main", ours, Some(base))],
+                &[RefUpdate::swap("refs/heads/main", ours, Some(oid(base)))],
                 false,
             )
             .unwrap();
@@ -498,7 +506,7 @@ mod tests {
             .unwrap()
             .expect("renewed from the claim it saw");
         let seen = mirror.fetch_claims("main").unwrap();
-        assert_eq!(seen["x"].oid, renewed);
+        assert_eq!(seen["x"].commit, renewed);
         assert_eq!(seen["x"].body.as_ref().map(|b| b.nonce.as_str()), Some("2"));
         mirror.drop_claims(&[r.to_string()]).unwrap();
         assert!(mirror.fetch_claims("main").unwrap().is_empty());
@@ -521,7 +529,12 @@ mod tests {
         let remote = Repository::open_bare(tmp.path().join("origin.git")).unwrap();
         for id in ["x", "y"] {
             remote
-                .reference(&format!("refs/codex/claims/main/{id}"), next, true, "claim")
+                .reference(
+                    &format!("refs/codex/claims/main/{id}"),
+                    oid(next),
+                    true,
+                    "claim",
+                )
                 .unwrap();
         }
         let seen = mirror.fetch_claims("main").unwrap();
@@ -538,11 +551,11 @@ mod tests {
             .find_reference("refs/codex/claims/main/y")
             .is_err());
         assert_eq!(
-            mirror.fetch_claim("main", "y").unwrap().map(|c| c.oid),
+            mirror.fetch_claim("main", "y").unwrap().map(|c| c.commit),
             None
         );
         assert_eq!(
-            mirror.fetch_claim("main", "x").unwrap().map(|c| c.oid),
+            mirror.fetch_claim("main", "x").unwrap().map(|c| c.commit),
             Some(next)
         );
         remote
@@ -628,7 +641,7 @@ mod tests {
             .commit(None, &who, &who, "hostile", &tree, &[])
             .unwrap();
         let dest = tmp.path().join("hostile");
-        mirror.export(c, &dest).unwrap();
+        mirror.export(id(c), &dest).unwrap();
         assert_eq!(std::fs::read(dest.join("a.yaml")).unwrap(), b"kind: echo\n");
         assert_eq!(
             std::fs::read_link(dest.join("link.yaml")).unwrap(),
@@ -673,7 +686,7 @@ mod tests {
         assert_eq!(names, ["handlers"]);
         assert_eq!(
             mirror.visible_tree(base, &["nothing-here/"]).unwrap(),
-            mirror.repo.find_commit(base).unwrap().tree_id()
+            mirror.repo.find_commit(oid(base)).unwrap().tree_id()
         );
     }
 

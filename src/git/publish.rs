@@ -10,7 +10,9 @@ use backon::BlockingRetryable;
 use git2::build::TreeUpdateBuilder;
 use git2::{ObjectType, Signature};
 
-use super::{push, transport, Identity, Mirror, Oid};
+use git2::Oid;
+
+use super::{id, oid, push, transport, CommitId, Identity, Mirror};
 
 /// A change to make in the runner's commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,11 +37,11 @@ pub enum Change {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     /// The commit now at the branch tip.
-    pub commit: String,
+    pub commit: CommitId,
     /// How many times the push was rejected and the changes replayed.
     pub replays: u32,
     /// The tip it was built on.
-    pub parent: String,
+    pub parent: CommitId,
 }
 
 /// A failed push that may succeed on a newer tip.
@@ -77,7 +79,7 @@ impl Mirror {
     pub fn publish_with(
         &self,
         branch: &str,
-        mut changes: impl FnMut(&Mirror, Oid) -> anyhow::Result<Vec<Change>>,
+        mut changes: impl FnMut(&Mirror, CommitId) -> anyhow::Result<Vec<Change>>,
         message: &str,
         who: &Identity,
         max_attempts: usize,
@@ -89,13 +91,13 @@ impl Mirror {
                 format!("branch {branch} does not exist on {}", self.shown_url())
             })?;
             let changes = changes(self, tip)?;
-            let commit = self.build_commit(tip, &changes, message, who)?;
+            let commit = self.build_commit(oid(tip), &changes, message, who)?;
             crate::crashpoint::hit("before-push");
-            self.push(branch, commit, tip, riders)?;
+            self.push(branch, commit, oid(tip), riders)?;
             Ok(Published {
-                commit: commit.to_string(),
+                commit: id(commit),
                 replays: 0,
-                parent: tip.to_string(),
+                parent: tip,
             })
         };
         let result = attempt

@@ -122,7 +122,7 @@ impl Mirror {
     /// Push `updates` in one round trip (counted once in [`super::round_trips`]). `Err` when
     /// the remote could not be reached; refusals are per update. `crash` arms the `in-push`
     /// crash point after an update lands (results, not claims).
-    pub fn push_refs(&self, updates: &[RefUpdate], crash: bool) -> anyhow::Result<Outcomes> {
+    pub(super) fn push_refs(&self, updates: &[RefUpdate], crash: bool) -> anyhow::Result<Outcomes> {
         if updates.is_empty() {
             return Ok(Vec::new());
         }

@@ -11,7 +11,18 @@ use git2::ObjectType;
 use crate::contract::handlers::PathKind;
 use crate::plan::EntryContent;
 
-use super::{Mirror, NeedsDeeper, Oid};
+use git2::Oid;
+
+use super::{id, oid, CommitId, Mirror, NeedsDeeper};
+
+/// What merging a pull request's head into its base would give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrialMerge {
+    /// The merge commit (stored in the mirror, on no branch).
+    Merged(CommitId),
+    /// It cannot be made: these paths conflict.
+    Conflicts(Vec<String>),
+}
 
 impl Mirror {
     /// Where `head` left `base` (their merge base). In a shallow mirror whose history does
@@ -19,9 +30,10 @@ impl Mirror {
     /// mirror holds below the deeper of the two). Found within a shallow history, it is where the two meet
     /// through the commits fetched, which for branches that did not merge each other is
     /// where they forked.
-    pub fn fork_point(&self, base: Oid, head: Oid) -> anyhow::Result<Oid> {
+    pub fn fork_point(&self, base: CommitId, head: CommitId) -> anyhow::Result<CommitId> {
+        let (base, head) = (oid(base), oid(head));
         match self.repo.merge_base(base, head) {
-            Ok(fork) => Ok(fork),
+            Ok(fork) => Ok(id(fork)),
             Err(e) if e.code() == git2::ErrorCode::NotFound && !self.shallow_roots().is_empty() => {
                 let walked = |from: Oid| -> anyhow::Result<usize> {
                     let mut walk = self.repo.revwalk()?;
@@ -39,7 +51,12 @@ impl Mirror {
     }
 
     /// Paths added, modified or removed on `head` since it left `base` (their merge base).
-    pub fn changed_since_fork(&self, base: Oid, head: Oid) -> anyhow::Result<Vec<String>> {
+    pub fn changed_since_fork(
+        &self,
+        base: CommitId,
+        head: CommitId,
+    ) -> anyhow::Result<Vec<String>> {
+        let (base, head) = (oid(base), oid(head));
         let fork = self
             .repo
             .merge_base(base, head)
@@ -51,8 +68,8 @@ impl Mirror {
 
     /// Every path `commit` adds, changes or removes against its first parent (nothing for a
     /// root commit: creating a repository is not a change to review).
-    pub fn changed_by(&self, commit: Oid) -> anyhow::Result<Vec<String>> {
-        let c = self.repo.find_commit(commit)?;
+    pub fn changed_by(&self, commit: CommitId) -> anyhow::Result<Vec<String>> {
+        let c = self.repo.find_commit(oid(commit))?;
         let Ok(parent) = c.parent(0) else {
             return Ok(Vec::new());
         };
@@ -117,8 +134,8 @@ impl Mirror {
     }
 
     /// The bytes of the regular file at `path` in `commit`, if there is one.
-    pub fn read_file(&self, commit: Oid, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let tree = self.repo.find_commit(commit)?.tree()?;
+    pub fn read_file(&self, commit: CommitId, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let tree = self.repo.find_commit(oid(commit))?.tree()?;
         let entry = match tree.get_path(Path::new(path)) {
             Ok(e) => e,
             Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
@@ -132,8 +149,8 @@ impl Mirror {
     }
 
     /// What `path` is in `commit`.
-    pub fn path_kind(&self, commit: Oid, path: &str) -> Option<PathKind> {
-        let tree = self.repo.find_commit(commit).ok()?.tree().ok()?;
+    pub fn path_kind(&self, commit: CommitId, path: &str) -> Option<PathKind> {
+        let tree = self.repo.find_commit(oid(commit)).ok()?.tree().ok()?;
         let entry = tree.get_path(Path::new(path)).ok()?;
         Some(match entry.filemode() {
             0o100755 => PathKind::Executable,
@@ -144,9 +161,12 @@ impl Mirror {
     }
 
     /// A commit (stored, on no branch) of what merging `head` into `base` would give, as
-    /// GitHub's `refs/pull/N/merge`; the paths that conflict when it cannot be made.
-    pub fn trial_merge(&self, base: Oid, head: Oid) -> anyhow::Result<Result<Oid, Vec<String>>> {
-        let (b, h) = (self.repo.find_commit(base)?, self.repo.find_commit(head)?);
+    /// GitHub's `refs/pull/N/merge`, or the paths that conflict when it cannot be made.
+    pub fn trial_merge(&self, base: CommitId, head: CommitId) -> anyhow::Result<TrialMerge> {
+        let (b, h) = (
+            self.repo.find_commit(oid(base))?,
+            self.repo.find_commit(oid(head))?,
+        );
         let mut index = self
             .repo
             .merge_commits(&b, &h, None)
@@ -160,7 +180,7 @@ impl Mirror {
                 .collect();
             paths.sort();
             paths.dedup();
-            return Ok(Err(paths));
+            return Ok(TrialMerge::Conflicts(paths));
         }
         let tree = self.repo.find_tree(index.write_tree_to(&self.repo)?)?;
         let sig = git2::Signature::now("codex-runner", "codex-runner@localhost")?;
@@ -168,13 +188,15 @@ impl Mirror {
             .repo
             .commit(None, &sig, &sig, "trial merge", &tree, &[&b, &h])
             .context("failed to store the trial merge")?;
-        Ok(Ok(merged))
+        Ok(TrialMerge::Merged(id(merged)))
     }
 
-    /// The object id of the tree or blob at `path` in `commit`.
-    pub fn object_id(&self, commit: Oid, path: &str) -> Option<Oid> {
-        let tree = self.repo.find_commit(commit).ok()?.tree().ok()?;
-        tree.get_path(Path::new(path)).ok().map(|e| e.id())
+    /// The object id (hex) of the tree or blob at `path` in `commit`.
+    pub fn object_id(&self, commit: CommitId, path: &str) -> Option<String> {
+        let tree = self.repo.find_commit(oid(commit)).ok()?.tree().ok()?;
+        tree.get_path(Path::new(path))
+            .ok()
+            .map(|e| e.id().to_string())
     }
 
     /// The entries directly under `dir` (e.g. `requests/`) in `commit`, with blob contents.
@@ -183,11 +205,11 @@ impl Mirror {
     /// for the size rule to reject them without holding them whole.
     pub fn list_dir(
         &self,
-        commit: Oid,
+        commit: CommitId,
         dir: &str,
         max_bytes: usize,
     ) -> anyhow::Result<Vec<(String, EntryContent, String)>> {
-        let tree = self.repo.find_commit(commit)?.tree()?;
+        let tree = self.repo.find_commit(oid(commit))?.tree()?;
         let sub = match tree.get_path(Path::new(dir.trim_end_matches('/'))) {
             Ok(e) if e.kind() == Some(ObjectType::Tree) => self.repo.find_tree(e.id())?,
             Ok(_) => return Ok(Vec::new()),
@@ -213,9 +235,9 @@ impl Mirror {
     }
 
     /// Every file (blob) under `dir` in `commit`, at any depth, as repository paths.
-    pub fn files_under(&self, commit: Oid, dir: &str) -> anyhow::Result<Vec<String>> {
+    pub fn files_under(&self, commit: CommitId, dir: &str) -> anyhow::Result<Vec<String>> {
         let dir = dir.trim_end_matches('/');
-        let tree = self.repo.find_commit(commit)?.tree()?;
+        let tree = self.repo.find_commit(oid(commit))?.tree()?;
         let sub = match tree.get_path(Path::new(dir)) {
             Ok(e) if e.kind() == Some(ObjectType::Tree) => self.repo.find_tree(e.id())?,
             Ok(_) => return Ok(Vec::new()),
@@ -245,13 +267,13 @@ impl Mirror {
     /// there only looks like the first, and crediting it would be wrong.
     pub fn introducing_commits(
         &self,
-        tip: Oid,
+        tip: CommitId,
         paths: &[String],
         max_walk: usize,
-    ) -> anyhow::Result<HashMap<String, (Oid, usize)>> {
+    ) -> anyhow::Result<HashMap<String, (CommitId, usize)>> {
         let mut found = HashMap::new();
         let mut pending: HashSet<&String> = paths.iter().collect();
-        let mut commit = self.repo.find_commit(tip)?;
+        let mut commit = self.repo.find_commit(oid(tip))?;
         let mut depth = 0usize;
         let cut = self.shallow_roots();
         while !pending.is_empty() {
@@ -273,7 +295,7 @@ impl Mirror {
                 }
             }
             for path in resolved {
-                found.insert(path.clone(), (commit.id(), depth));
+                found.insert(path.clone(), (id(commit.id()), depth));
                 pending.remove(path);
             }
             match parent {

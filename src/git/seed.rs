@@ -4,7 +4,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use git2::build::TreeUpdateBuilder;
-use git2::{FileMode, Oid, Repository, Signature};
+use git2::{FileMode, Repository, Signature};
+
+use super::{id, oid, CommitId};
 
 /// A file to put in a commit.
 pub struct SeedFile<'a> {
@@ -50,12 +52,12 @@ impl SeedRepo {
     pub fn commit(
         &self,
         refname: &str,
-        parents: &[Oid],
+        parents: &[CommitId],
         files: &[SeedFile<'_>],
         message: &str,
-    ) -> anyhow::Result<Oid> {
+    ) -> anyhow::Result<CommitId> {
         let base = match parents.first() {
-            Some(p) => self.repo.find_commit(*p)?.tree()?,
+            Some(p) => self.repo.find_commit(oid(*p))?.tree()?,
             None => {
                 let empty = self.repo.treebuilder(None)?.write()?;
                 self.repo.find_tree(empty)?
@@ -76,27 +78,33 @@ impl SeedRepo {
             .find_tree(update.create_updated(&self.repo, &base)?)?;
         let parent_commits = parents
             .iter()
-            .map(|p| self.repo.find_commit(*p))
+            .map(|p| self.repo.find_commit(oid(*p)))
             .collect::<Result<Vec<_>, _>>()?;
         let refs: Vec<&git2::Commit<'_>> = parent_commits.iter().collect();
         let sig = Signature::now("Demo Agent", "agent@example.invalid")?;
-        let oid = self.repo.commit(None, &sig, &sig, message, &tree, &refs)?;
-        self.repo.reference(refname, oid, true, message)?;
-        Ok(oid)
+        let made = self.repo.commit(None, &sig, &sig, message, &tree, &refs)?;
+        self.repo.reference(refname, made, true, message)?;
+        Ok(id(made))
     }
 
     /// A merge commit of `branch_tip` into `main_tip`, as a PR merge: the branch was made from
     /// main, so the merged tree is the branch's tree.
-    pub fn merge(&self, main_tip: Oid, branch_tip: Oid, message: &str) -> anyhow::Result<Oid> {
-        let tree = self.repo.find_commit(branch_tip)?.tree()?;
-        let main = self.repo.find_commit(main_tip)?;
-        let branch = self.repo.find_commit(branch_tip)?;
+    pub fn merge(
+        &self,
+        main_tip: CommitId,
+        branch_tip: CommitId,
+        message: &str,
+    ) -> anyhow::Result<CommitId> {
+        let tree = self.repo.find_commit(oid(branch_tip))?.tree()?;
+        let main = self.repo.find_commit(oid(main_tip))?;
+        let branch = self.repo.find_commit(oid(branch_tip))?;
         let sig = Signature::now("Demo Reviewer", "reviewer@example.invalid")?;
-        let oid = self
+        let made = self
             .repo
             .commit(None, &sig, &sig, message, &tree, &[&main, &branch])?;
-        self.repo.reference("refs/heads/main", oid, true, message)?;
-        Ok(oid)
+        self.repo
+            .reference("refs/heads/main", made, true, message)?;
+        Ok(id(made))
     }
 
     /// One line per first-parent commit of `main` (short id and subject), newest first.

@@ -2,6 +2,7 @@
 //! `id`. The field names are the log's format (README, "The run log"); change them only with
 //! a migration of the logs already on branches.
 
+use crate::commit::CommitId;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::Violation;
@@ -15,7 +16,7 @@ pub enum LogEvent {
         /// The request file.
         file: String,
         /// The commit that brought it.
-        commit: String,
+        commit: CommitId,
     },
     /// It passed validation and was routed.
     Validated {

@@ -12,6 +12,7 @@ pub use event::LogEvent;
 pub use ledger::{relayout, shard, Ledger, ResultFile};
 pub use result_dir::ResultDir;
 
+use crate::commit::CommitId;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -78,7 +79,7 @@ pub struct Status {
     /// The runner that handled it.
     pub runner: String,
     /// The commit that brought the request to the branch.
-    pub commit: String,
+    pub commit: CommitId,
     /// The image it ran in.
     pub image: Option<String>,
     /// The request file as it was in the inbox.
@@ -341,7 +342,7 @@ mod tests {
             finished_at: now(),
             duration_ms: 1000,
             runner: "r".into(),
-            commit: "c".into(),
+            commit: CommitId::NONE,
             image: None,
             file: "requests/a.yaml".into(),
             resource: Some("echo".into()),

@@ -6,6 +6,7 @@
 //! request: a push to the watched branch only asks the worker for a pass, and asks made while
 //! one is pending collapse into it, so the answer comes at once whatever the load.
 
+use crate::commit::CommitId;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,7 +67,7 @@ pub struct Health {
     /// The tip the runner's last pass left the branch at, when every commit between the tip
     /// that pass planned from and it is the runner's own: polling finding the branch there
     /// has nothing new to ask a pass for.
-    pub own_tip: Mutex<Option<String>>,
+    pub own_tip: Mutex<Option<CommitId>>,
 }
 
 /// Everything the handlers share.

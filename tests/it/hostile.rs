@@ -45,7 +45,7 @@ fn the_planner_alone_refuses_every_hostile_request_as_listed() {
                 path: format!("requests/{file}"),
                 content: EntryContent::Blob(bytes),
                 object: format!("{i:040x}"),
-                commit: "c0ffee".repeat(6) + "c0ff",
+                commit: ("c0ffee".repeat(6) + "c0ff").parse().expect("a commit id"),
                 order: 0,
                 code_changes: Vec::new(),
             }
