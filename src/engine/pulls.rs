@@ -72,10 +72,24 @@ fn validate_blocking(
         },
     )?;
     let head = git(mirror.fetch_pull(job.number))?;
+    let verdict = validate_head(&mut mirror, job, &branch, base_tip, head, &config);
+    mirror.forget_pull(job.number);
+    verdict
+}
+
+/// Validate pull request `job`, fetched at `head`, against `branch` at `base_tip`.
+fn validate_head(
+    mirror: &mut Mirror,
+    job: &PullJob,
+    branch: &str,
+    base_tip: CommitId,
+    head: CommitId,
+    config: &crate::contract::repo_config::RepoConfig,
+) -> Result<PullVerdict, DispatchError> {
     if head.to_string() != job.head_sha {
         tracing::info!(pull = job.number, named = %job.head_sha, fetched = %head, "the pull request moved since the webhook; validating its current head");
     }
-    fork_point(&mut mirror, &branch, job.number, base_tip, head)?;
+    fork_point(mirror, branch, job.number, base_tip, head)?;
     let mut verdict = PullVerdict {
         head: head.to_string(),
         ..Default::default()
@@ -97,7 +111,7 @@ fn validate_blocking(
             return Ok(verdict);
         }
     };
-    let index = match index_at(&mirror, merged)? {
+    let index = match index_at(mirror, merged)? {
         Ok(index) => index,
         Err(v) => {
             verdict.violations = v.0;
@@ -136,7 +150,7 @@ fn validate_blocking(
                 code_changes: code_changes.clone(),
             })
             .collect();
-    let done = |id: &crate::contract::request::RequestId| done_at(&mirror, base_tip, &config, id);
+    let done = |id: &crate::contract::request::RequestId| done_at(mirror, base_tip, config, id);
     for item in plan::plan(&entries, |_| Ok(&index), done).items {
         match item.action {
             Action::Run(r) => verdict

@@ -459,3 +459,45 @@ async fn an_engine_that_fails_mid_run_fails_the_pass_and_the_next_pass_reruns_th
     let a = fx.published("a").unwrap();
     assert_eq!((a.state, a.attempt), (State::Succeeded, 2));
 }
+
+#[tokio::test]
+async fn validating_pull_requests_leaves_no_ref_of_them_in_the_mirror() {
+    let fx = Fixture::new(&[]);
+    let origin = SeedRepo::open(&fx.origin()).unwrap();
+    let main = origin.tip("refs/heads/main").unwrap();
+    let heads = [
+        ("requests/good.yaml", "kind: echo\nparams:\n  message: hi\n"),
+        ("requests/bad.yaml", "kind: echo\nparams: {}\n"),
+    ];
+    let opts = fx.options();
+    for (number, (path, body)) in (1u64..).zip(heads) {
+        let head = origin
+            .commit(
+                &format!("refs/pull/{number}/head"),
+                &[main],
+                &SeedFile::texts(&[(path, body)]),
+                "a request",
+            )
+            .unwrap();
+        let job = super::PullJob {
+            number,
+            head_sha: head.to_string(),
+        };
+        let verdict = super::validate_pull(&opts, &job).await.unwrap();
+        assert_eq!(verdict.head, head.to_string());
+        if number == 1 {
+            assert_eq!(verdict.valid.len(), 1, "{verdict:?}");
+            assert!(verdict.violations.is_empty(), "{verdict:?}");
+        } else {
+            assert!(verdict.valid.is_empty(), "{verdict:?}");
+            assert_eq!(verdict.violations[0].file, path, "{verdict:?}");
+        }
+    }
+    let work = opts.work_dir.join(remote_key(&opts.remote)).join("pulls");
+    let mirror = crate::git::Mirror::open(&work, &opts.remote, None).unwrap();
+    assert_eq!(
+        mirror.pull_refs(),
+        0,
+        "a validated pull request's ref stays"
+    );
+}

@@ -325,4 +325,24 @@ impl Mirror {
             .map(id)
             .with_context(|| format!("pull request #{number} has no head on {}", self.shown_url()))
     }
+
+    /// Drop the mirror's ref of pull request `number`'s head once it is validated. Kept, one
+    /// per pull request ever validated, they would make every later fetch negotiate from all
+    /// of them: a cost that grows with the repository's history, not with the work.
+    pub fn forget_pull(&self, number: u64) {
+        let local = format!("refs/remotes/origin/pull/{number}");
+        if let Ok(mut r) = self.repo.find_reference(&local) {
+            if let Err(e) = r.delete() {
+                tracing::warn!(pull = number, error = %e, "failed to drop the pull request's ref");
+            }
+        }
+    }
+
+    /// How many pull request heads the mirror keeps a ref of.
+    #[cfg(test)]
+    pub(crate) fn pull_refs(&self) -> usize {
+        self.repo
+            .references_glob("refs/remotes/origin/pull/*")
+            .map_or(0, |refs| refs.count())
+    }
 }

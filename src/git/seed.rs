@@ -107,6 +107,15 @@ impl SeedRepo {
         Ok(id(made))
     }
 
+    /// The commit `refname` points at.
+    pub fn tip(&self, refname: &str) -> anyhow::Result<CommitId> {
+        let found = self
+            .repo
+            .refname_to_id(refname)
+            .with_context(|| format!("no {refname}"))?;
+        Ok(id(found))
+    }
+
     /// One line per first-parent commit of `main` (short id and subject), newest first.
     pub fn history(&self, limit: usize) -> anyhow::Result<Vec<String>> {
         let mut walk = self.repo.revwalk()?;
