@@ -117,6 +117,9 @@ pub struct ServerConfig {
     pub poll_interval: Duration,
     /// The public URL of `/webhook` registered with the forge (for `unregister`).
     pub webhook_url: Option<String>,
+    /// Address `/metrics` is served on, apart from the webhook (default `127.0.0.1:8734`;
+    /// `off`: not served).
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -126,6 +129,7 @@ impl Default for ServerConfig {
             webhook_secret_file: None,
             poll_interval: Duration::from_secs(60),
             webhook_url: None,
+            metrics_listen: Some("127.0.0.1:8734".into()),
         }
     }
 }
@@ -258,6 +262,8 @@ struct RunnerFile {
 struct ServerFile {
     /// Listen address.
     listen: Option<String>,
+    /// Metrics listen address, or `off`.
+    metrics_listen: Option<String>,
     /// Webhook secret file.
     webhook_secret_file: Option<PathBuf>,
     /// Poll interval.
@@ -316,6 +322,11 @@ impl HostConfig {
         let sd = ServerConfig::default();
         let server = ServerConfig {
             listen: f.server.listen.unwrap_or(sd.listen),
+            metrics_listen: match f.server.metrics_listen {
+                Some(off) if off == "off" => None,
+                Some(addr) => Some(addr),
+                None => sd.metrics_listen,
+            },
             webhook_secret_file: f.server.webhook_secret_file,
             webhook_url: f.server.webhook_url,
             poll_interval: f

@@ -14,6 +14,7 @@ pub mod exit;
 pub mod forge;
 pub mod fuzzing;
 pub mod git;
+pub mod metrics;
 pub mod plan;
 pub mod record;
 pub mod secrets;

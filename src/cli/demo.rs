@@ -133,6 +133,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         labels: Vec::new(),
         keep_recorded_claims: false,
         executor: Default::default(),
+        metrics: crate::metrics::global(),
     };
     step("codex-runner dispatch --once: fetch main, plan, run in Docker, push".into());
     let report = match dispatch_once(&opts).await {

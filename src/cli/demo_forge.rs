@@ -93,6 +93,8 @@ pub async fn run(root: &Path) -> anyhow::Result<i32> {
         labels: vec!["demo".into()],
         webhook_url: Some(format!("http://127.0.0.1:{port}/webhook")),
         listen: format!("127.0.0.1:{port}"),
+        // Beside whatever else serves metrics on this host.
+        metrics_listen: "127.0.0.1:0".into(),
         config: config.clone(),
         state_dir: Some(root.join("state")),
     };

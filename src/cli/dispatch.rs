@@ -1,7 +1,7 @@
 //! `codex-runner dispatch --once`: one full pass, then exit.
 
 use crate::exit;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tracing::Instrument;
 
@@ -82,6 +82,10 @@ pub struct DispatchArgs {
     /// Print the pass report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Write the pass's metrics to this file (`*.prom`, for node_exporter's textfile
+    /// collector), replaced whole whether the pass succeeds or fails.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// The default state directory.
@@ -250,6 +254,7 @@ pub fn from_host(
             .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
         keep_recorded_claims: false,
         executor: host.executor.into(),
+        metrics: crate::metrics::global(),
     })
 }
 
@@ -314,8 +319,23 @@ pub async fn run(a: DispatchArgs) -> i32 {
         super::report_error(&e);
         return exit::USAGE;
     }
+    if let Some(path) = &a.metrics_file {
+        if path.extension().is_none_or(|e| e != "prom") {
+            eprintln!(
+                "error: --metrics-file {} must end in .prom: node_exporter's textfile collector reads no other file",
+                path.display()
+            );
+            return exit::USAGE;
+        }
+    }
     let span = tracing::info_span!("dispatch", runner = %opts.runner);
-    match dispatch_once(&opts).instrument(span).await {
+    let result = dispatch_once(&opts).instrument(span).await;
+    if let Some(path) = &a.metrics_file {
+        if let Err(e) = write_metrics_file(path, &opts.metrics) {
+            super::report_error(&e);
+        }
+    }
+    match result {
         Ok(report) => {
             if a.json {
                 let mut json = report_json(&report);
@@ -331,6 +351,23 @@ pub async fn run(a: DispatchArgs) -> i32 {
             e.exit_code()
         }
     }
+}
+
+/// Replace `path` with the metrics (written aside, then renamed, so the collector never
+/// reads half a file). A failed pass keeps the last successful one's time from the file.
+fn write_metrics_file(path: &Path, metrics: &crate::metrics::Metrics) -> anyhow::Result<()> {
+    use anyhow::Context;
+    const LAST: &str = "codex_runner_last_successful_pass_timestamp_seconds ";
+    if let Some(last) = std::fs::read_to_string(path).ok().and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(LAST)?.trim().parse::<f64>().ok())
+    }) {
+        metrics.remember_last_success(last);
+    }
+    let aside = path.with_extension("prom.tmp");
+    std::fs::write(&aside, metrics.encode_prometheus_text())
+        .and_then(|()| std::fs::rename(&aside, path))
+        .with_context(|| format!("failed to write the metrics file {}", path.display()))
 }
 
 /// The pass report as JSON.

@@ -58,6 +58,9 @@ pub struct RegisterArgs {
     /// Address the daemon listens on.
     #[arg(long, default_value = "127.0.0.1:8733")]
     pub listen: String,
+    /// Address the daemon serves /metrics on (`off`: not served).
+    #[arg(long, default_value = "127.0.0.1:8734")]
+    pub metrics_listen: String,
     /// Where to write the host config.
     #[arg(long, default_value = "/etc/codex-runner/runner.toml")]
     pub config: PathBuf,
@@ -227,6 +230,7 @@ pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<Registered> {
     let config = std::path::absolute(&a.config).context("failed to resolve the config path")?;
     let mut server = toml::Table::new();
     server.insert("listen".into(), a.listen.clone().into());
+    server.insert("metrics_listen".into(), a.metrics_listen.clone().into());
     let mut hook_line = None;
     if let Some(url) = &a.webhook_url {
         let secret = new_secret()?;

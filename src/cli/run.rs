@@ -107,6 +107,23 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
             tracing::error!(error = %e, "the webhook server stopped");
         }
     });
+    if let Some(addr) = &server_cfg.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("failed to listen for metrics on {addr} ([server] metrics_listen)")
+        })?;
+        if chatty {
+            println!(
+                "codex-runner metrics on http://{}/metrics",
+                listener.local_addr()?
+            );
+        }
+        let app = crate::server::metrics_router(opts.metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the metrics server stopped");
+            }
+        });
+    }
     tokio::spawn(poll(
         repo.url.clone(),
         opts.git_auth.clone(),

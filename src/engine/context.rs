@@ -142,6 +142,10 @@ pub(crate) struct PassContext {
     pub(super) deferred: Mutex<Vec<(String, String)>>,
     /// The repository contract at the tip.
     pub(super) config: RepoConfig,
+    /// Where the pass counts what it did.
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
+    /// When the pass found its requests (their queue wait starts here).
+    pub(super) found_at: std::time::Instant,
 }
 
 impl PassContext {

@@ -173,6 +173,22 @@ pub(crate) enum Effect {
     Check(CheckStage),
     /// Write the status file: the request reached its final state.
     Status,
+    /// Count it in the metrics.
+    Count(Count),
+}
+
+/// What a transition counts in the metrics (see `src/metrics.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Count {
+    /// It waited for another request's lock.
+    LockWaited,
+    /// Its container started: how long it waited since it was found, and how long the
+    /// start took; it counts as running from here.
+    Started,
+    /// A container an earlier process started runs on: it counts as running.
+    Resumed,
+    /// It was recorded in this state, its container having run this long (ms), if one ran.
+    Ended(State, Option<u64>),
 }
 
 /// What `transition` asks for, in the order the driver must do it.
@@ -199,9 +215,12 @@ pub(crate) fn effects(transition: &Transition<'_>) -> Vec<Effect> {
             out
         }
         Transition::Resumed(recovery) => resumed(recovery).into_iter().map(Log).collect(),
-        Transition::WaitedForLock(resource) => vec![Log(LogEvent::WaitedForLock {
-            resource: resource.to_string(),
-        })],
+        Transition::WaitedForLock(resource) => vec![
+            Log(LogEvent::WaitedForLock {
+                resource: resource.to_string(),
+            }),
+            Effect::Count(Count::LockWaited),
+        ],
         Transition::Starting => vec![Journal(Phase::Starting)],
         Transition::Launched {
             container,
@@ -219,8 +238,8 @@ pub(crate) fn effects(transition: &Transition<'_>) -> Vec<Effect> {
             }),
             Check(CheckStage::InProgress),
         ],
-        Transition::Followed => vec![Check(CheckStage::InProgress)],
-        Transition::Running => vec![Journal(Phase::Started)],
+        Transition::Followed => vec![Check(CheckStage::InProgress), Effect::Count(Count::Resumed)],
+        Transition::Running => vec![Journal(Phase::Started), Effect::Count(Count::Started)],
         Transition::EngineLost => vec![Journal(Phase::EngineLost)],
         Transition::Ended {
             ending,
@@ -250,6 +269,7 @@ pub(crate) fn effects(transition: &Transition<'_>) -> Vec<Effect> {
                 duration_ms,
             }));
             out.push(Effect::Status);
+            out.push(Effect::Count(Count::Ended(verdict.state, duration_ms)));
             out
         }
     }
@@ -376,6 +396,10 @@ mod tests {
                 Effect::Journal(phase) => format!("journal:{phase:?}"),
                 Effect::Check(stage) => format!("check:{stage:?}"),
                 Effect::Status => "status".into(),
+                Effect::Count(Count::Ended(state, ran)) => {
+                    format!("count:{}:{ran:?}", state.as_str())
+                }
+                Effect::Count(count) => format!("count:{count:?}"),
             })
             .collect()
     }
@@ -433,7 +457,10 @@ mod tests {
             (Transition::Resumed(&record_it), &["log:interrupted"]),
             (Transition::Resumed(&follow), &["log:reattached"]),
             (Transition::Resumed(&Recovery::Busy), &[]),
-            (Transition::WaitedForLock("db"), &["log:waited_for_lock"]),
+            (
+                Transition::WaitedForLock("db"),
+                &["log:waited_for_lock", "count:LockWaited"],
+            ),
             (Transition::Starting, &["journal:Starting"]),
             (
                 Transition::Launched {
@@ -445,8 +472,8 @@ mod tests {
                 },
                 &["log:started", "check:InProgress"],
             ),
-            (Transition::Followed, &["check:InProgress"]),
-            (Transition::Running, &["journal:Started"]),
+            (Transition::Followed, &["check:InProgress", "count:Resumed"]),
+            (Transition::Running, &["journal:Started", "count:Started"]),
             (Transition::EngineLost, &["journal:EngineLost"]),
             (
                 Transition::Ended {
@@ -457,7 +484,12 @@ mod tests {
                     verdict: &ok,
                     duration_ms: Some(5),
                 },
-                &["log:exit", "log:finished", "status"],
+                &[
+                    "log:exit",
+                    "log:finished",
+                    "status",
+                    "count:succeeded:Some(5)",
+                ],
             ),
             (
                 Transition::Ended {
@@ -465,7 +497,12 @@ mod tests {
                     verdict: &rejected,
                     duration_ms: None,
                 },
-                &["log:rejected", "log:finished", "status"],
+                &[
+                    "log:rejected",
+                    "log:finished",
+                    "status",
+                    "count:rejected:None",
+                ],
             ),
             (
                 Transition::Ended {
@@ -473,7 +510,12 @@ mod tests {
                     verdict: &rejected,
                     duration_ms: None,
                 },
-                &["log:rejected", "log:finished", "status"],
+                &[
+                    "log:rejected",
+                    "log:finished",
+                    "status",
+                    "count:rejected:None",
+                ],
             ),
             (
                 Transition::Ended {
@@ -481,7 +523,7 @@ mod tests {
                     verdict: &interrupted,
                     duration_ms: None,
                 },
-                &["log:finished", "status"],
+                &["log:finished", "status", "count:interrupted:None"],
             ),
         ];
         for (transition, want) in table {

@@ -72,8 +72,30 @@ pub async fn release_claims(opts: &DispatchOptions, refs: Vec<String>) {
     }
 }
 
-/// Run one full pass against the remote.
+/// Run one full pass against the remote, counted in the metrics.
 pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, DispatchError> {
+    let result = pass(opts).await;
+    // Results recorded and not on the branch wait in the state dir, one directory each.
+    let results_dir = opts
+        .state_dir
+        .join("results")
+        .join(remote_key(&opts.remote));
+    let pending = std::fs::read_dir(&results_dir).map_or(0, |d| d.count());
+    match &result {
+        Ok(r) => opts.metrics.pass_ended(
+            crate::metrics::PassOutcome::ok,
+            r.published.len() as u64,
+            r.published.iter().map(|p| u64::from(p.replays)).sum(),
+            pending,
+        ),
+        Err(_) => opts
+            .metrics
+            .pass_ended(crate::metrics::PassOutcome::failed, 0, 0, pending),
+    }
+    result
+}
+
+async fn pass(opts: &DispatchOptions) -> Result<PassReport, DispatchError> {
     let before = crate::git::round_trips();
     // Results wait per remote: runners of several repositories may share one state dir.
     let key = remote_key(&opts.remote);
@@ -146,6 +168,8 @@ pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, Dispatc
         claims: claims.clone(),
         deferred: Mutex::new(Vec::new()),
         config: config.clone(),
+        metrics: opts.metrics.clone(),
+        found_at: std::time::Instant::now(),
     });
     let target = Target {
         mirror,

@@ -71,10 +71,16 @@ pub(super) async fn run_queue(
     claims: &mut Option<claims::QueueClaims>,
 ) -> Result<(), DispatchError> {
     let mut verdicts: std::collections::HashMap<String, claims::Claimed> = Default::default();
+    let runnable = |item: &WorkItem| matches!(item.action, Action::Run(_));
+    // Queued until its turn comes; those a failure leaves behind stop counting with the queue.
+    let mut waiting = cx
+        .metrics
+        .waiting(queue.iter().filter(|i| runnable(i)).count());
     for (index, item) in queue.iter().enumerate() {
         let Action::Run(runnable) = &item.action else {
             continue;
         };
+        waiting.leave();
         if cx.shutdown.stage() >= shutdown::Stage::Drain {
             tracing::info!(id = %item.log_id, "the runner is stopping: left for a later pass");
             continue;

@@ -57,6 +57,8 @@ pub struct DispatchOptions {
     pub keep_recorded_claims: bool,
     /// Where handlers run (the host config's choice; Docker by default).
     pub executor: ExecutorChoice,
+    /// Where the pass counts what it did ([`crate::metrics::global`] in the runner).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Why a pass could not complete; each maps to a documented exit code.

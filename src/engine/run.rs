@@ -13,7 +13,7 @@ use crate::record::{now, unix_ms, write_status, LogEvent, ResultDir, RunLog, Sta
 
 use super::context::{Finished, PassContext};
 use super::journal::{self, AttemptRecord, Phase, Recovery};
-use super::lifecycle::{self, CheckStage, Effect, Ending, Transition};
+use super::lifecycle::{self, CheckStage, Count, Effect, Ending, Transition};
 use super::prepare::{prepare, resolve_image, Prepared};
 use super::report::DispatchError;
 
@@ -32,6 +32,10 @@ struct Attempt<'a> {
     /// When its container started (this process's or an earlier one's).
     started: Option<(String, u64)>,
     image: Option<String>,
+    /// When this process asked the executor to start its container.
+    launched: Option<std::time::Instant>,
+    /// Counted as running while its container runs.
+    running: Mutex<Option<crate::metrics::Running>>,
 }
 
 /// What the end of an attempt adds to its status.
@@ -68,9 +72,32 @@ impl<'a> Attempt<'a> {
                 }
                 // The driver writes it in `end`, which alone holds what it says.
                 Effect::Status => {}
+                Effect::Count(count) => self.count(count),
             }
         }
         Ok(())
+    }
+
+    /// Count `count` in the pass's metrics.
+    fn count(&self, count: Count) {
+        let metrics = &self.cx.metrics;
+        match count {
+            Count::LockWaited => metrics.lock_waited(),
+            Count::Started | Count::Resumed => {
+                if let (Count::Started, Some(launched)) = (count, self.launched) {
+                    metrics.started(self.cx.found_at.elapsed(), launched.elapsed());
+                }
+                if let Ok(mut running) = self.running.lock() {
+                    *running = Some(metrics.running());
+                }
+            }
+            Count::Ended(state, ran_ms) => {
+                if let Ok(mut running) = self.running.lock() {
+                    running.take();
+                }
+                metrics.ended(self.kind(), state, ran_ms.map(Duration::from_millis));
+            }
+        }
     }
 
     fn kind(&self) -> &str {
@@ -103,6 +130,7 @@ impl<'a> Attempt<'a> {
             started_ms: 0,
             image: image.to_string(),
         });
+        self.launched = Some(std::time::Instant::now());
         if let Err(e) = self.go(Transition::Starting) {
             crate::secrets::unstage(self.cx.secrets.dir(), &spec.name);
             return Err(e.into());
@@ -175,6 +203,8 @@ pub(crate) fn record_rejection(
         record: Mutex::new(None),
         started: None,
         image: None,
+        launched: None,
+        running: Mutex::new(None),
     };
     attempt.go(Transition::Admitted {
         file: &item.file,
@@ -305,6 +335,8 @@ async fn drive(
         record: Mutex::new(None),
         started: None,
         image: None,
+        launched: None,
+        running: Mutex::new(None),
     };
     // A log begins with the request, whichever process begins it.
     if logged_until == 0 {

@@ -37,6 +37,7 @@ struct Fixture {
     tmp: tempfile::TempDir,
     fake: Arc<FakeExecutor>,
     shutdown: Shutdown,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Fixture {
@@ -79,6 +80,7 @@ impl Fixture {
             tmp,
             fake: Arc::new(FakeExecutor::default()),
             shutdown: Shutdown::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -108,6 +110,7 @@ impl Fixture {
             drain_timeout: Duration::from_secs(1),
             keep_recorded_claims: false,
             executor: ExecutorChoice::Given(self.fake.clone()),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -256,6 +259,23 @@ async fn a_pass_runs_each_request_once_in_its_resources_order_and_removes_every_
     let again = fx.pass().await.unwrap();
     assert!(again.items.is_empty(), "{:?}", again.items);
     assert_eq!(fx.fake.seen().len(), seen.len());
+
+    // The metrics count what the lifecycle said, and nothing is left running or queued.
+    let m = &fx.metrics;
+    assert_eq!(m.recorded("echo", State::Succeeded), 3);
+    assert_eq!(m.recorded("echo", State::Failed), 1);
+    assert_eq!((m.running_now(), m.queued_now()), (0, 0));
+    let text = m.encode();
+    for line in [
+        "codex_runner_passes_total{outcome=\"ok\"} 2",
+        "codex_runner_pushes_total 1",
+        "codex_runner_request_queue_wait_seconds_count 4",
+        "codex_runner_container_start_seconds_count 4",
+        "codex_runner_request_duration_seconds_count{kind=\"echo\"} 4",
+        "codex_runner_pending_results 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
 }
 
 #[tokio::test]
@@ -345,6 +365,7 @@ async fn a_draining_runner_starts_nothing_and_loses_nothing() {
         tmp: fx.tmp,
         fake: fx.fake.clone(),
         shutdown: Shutdown::default(),
+        metrics: Arc::default(),
     };
     next.pass().await.unwrap();
     assert_eq!(next.published("a").unwrap().state, State::Succeeded);

@@ -120,7 +120,26 @@ impl Server {
     }
 }
 
-/// The routes.
+/// The metrics listener's routes: `GET /metrics` (OpenMetrics text, as Prometheus scrapes).
+pub fn metrics_router(metrics: Arc<crate::metrics::Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    )
+}
+
+/// The webhook listener's routes.
 pub fn router(server: Arc<Server>) -> Router {
     Router::new()
         .route("/webhook", post(webhook))

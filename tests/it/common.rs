@@ -413,6 +413,8 @@ pub struct Daemon {
     pub child: std::process::Child,
     /// `http://127.0.0.1:PORT`, as the daemon printed it.
     pub url: String,
+    /// `http://127.0.0.1:PORT/metrics`, as the daemon printed it.
+    pub metrics: String,
     /// Its stderr (the tracing log), shown when a test fails.
     pub log: PathBuf,
 }
@@ -442,11 +444,23 @@ pub fn spawn_daemon(config: &Path) -> Daemon {
     let mut first = String::new();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     out.read_line(&mut first).unwrap();
+    let mut second = String::new();
+    out.read_line(&mut second).unwrap();
     // Keep reading, as a terminal or the journal would: pass summaries follow.
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let url = first.trim().rsplit(' ').next().unwrap().to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{first}");
-    Daemon { child, url, log }
+    let metrics = second.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(
+        second.starts_with("codex-runner metrics on http://127.0.0.1:"),
+        "{second}"
+    );
+    Daemon {
+        child,
+        url,
+        metrics,
+        log,
+    }
 }
 
 /// The daemon's `/healthz` answer.

@@ -16,7 +16,7 @@ fn start_daemon(repo: &Repo, sim: &ForgeSim) -> Daemon {
     std::fs::write(dir.join("secret"), SECRET).unwrap();
     std::fs::write(dir.join("token"), TOKEN).unwrap();
     let config = format!(
-        "[runner]\nname = \"{runner}\"\nstate_dir = \"{state}\"\n\n[repository]\nurl = \"{git}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nwebhook_secret_file = \"{secret}\"\npoll_interval = \"1h\"\n\n[forge]\napi_url = \"{api}\"\nrepository = \"acme/ops\"\ntoken_file = \"{token}\"\n",
+        "[runner]\nname = \"{runner}\"\nstate_dir = \"{state}\"\n\n[repository]\nurl = \"{git}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nwebhook_secret_file = \"{secret}\"\npoll_interval = \"1h\"\n\n[forge]\napi_url = \"{api}\"\nrepository = \"acme/ops\"\ntoken_file = \"{token}\"\n",
         runner = repo.runner,
         state = repo.state.display(),
         git = sim.git_url("acme", "ops", None),
@@ -101,6 +101,47 @@ async fn a_merge_webhook_runs_the_request_and_completes_its_check_run() {
     assert!(h["passes"].as_u64().unwrap() <= 3, "{h}");
     assert_eq!(h["last_error"], Value::Null, "{h}");
     repo.assert_no_containers();
+
+    // The metrics listener tells the same story, in Prometheus terms, apart from the webhook.
+    let scraped = reqwest::get(&daemon.metrics).await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(
+        scraped.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+        "{:?}",
+        scraped.headers()
+    );
+    let text = scraped.text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert_eq!(
+        value("codex_runner_requests_total{kind=\"echo\",state=\"succeeded\"}"),
+        1.0
+    );
+    assert!(
+        value("codex_runner_passes_total{outcome=\"ok\"}") >= 2.0,
+        "{text}"
+    );
+    assert_eq!(value("codex_runner_pushes_total"), 1.0);
+    assert_eq!(value("codex_runner_requests_running"), 0.0);
+    assert_eq!(
+        value("codex_runner_request_duration_seconds_count{kind=\"echo\"}"),
+        1.0
+    );
+    assert!(value("codex_runner_last_successful_pass_timestamp_seconds") > 1.7e9);
+    let on_webhook = reqwest::get(format!("{}/metrics", daemon.url))
+        .await
+        .unwrap();
+    assert_eq!(
+        on_webhook.status(),
+        404,
+        "metrics stay off the webhook's listener"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,7 +580,7 @@ async fn a_daemons_claims_ride_on_the_next_passes_first_push_and_go_when_it_stop
     std::fs::write(
         &config,
         format!(
-            "[runner]\nname = \"t-ride\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"git://127.0.0.1:{}/origin.git\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nwebhook_secret_file = \"{}\"\npoll_interval = \"1h\"\n",
+            "[runner]\nname = \"t-ride\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"git://127.0.0.1:{}/origin.git\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nwebhook_secret_file = \"{}\"\npoll_interval = \"1h\"\n",
             repo.state.display(),
             git.port,
             dir.join("secret").display()
@@ -636,7 +677,7 @@ async fn polling_does_not_answer_the_runners_own_push_with_a_pass() {
     std::fs::write(
         &config,
         format!(
-            "[runner]\nname = \"t-poll-own\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"1s\"\n",
+            "[runner]\nname = \"t-poll-own\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\npoll_interval = \"1s\"\n",
             repo.state.display(),
             repo.origin.display()
         ),

@@ -457,17 +457,76 @@ fn with_docker_down_nothing_runs_nothing_is_lost_and_the_exit_code_says_so() {
     ]);
     let sock = repo.tmp.path().join("no-docker.sock");
     let host = format!("unix://{}", sock.display());
-    let pass = repo.dispatch_env(&[], &[("DOCKER_HOST", host.as_str())]);
+    // Each pass leaves its metrics for node_exporter's textfile collector, failed or not.
+    let prom = repo.tmp.path().join("codex-runner.prom");
+    let prom_arg = prom.to_str().unwrap();
+    let metric = |name: &str| -> Option<f64> {
+        std::fs::read_to_string(&prom)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let pass = repo.dispatch_env(
+        &["--metrics-file", prom_arg],
+        &[("DOCKER_HOST", host.as_str())],
+    );
     assert_eq!(pass.code, 5, "{}", pass.stderr);
     assert!(pass.stderr.contains("docker failed"), "{}", pass.stderr);
     // The rejection needs no Docker and is recorded; the runnable request waits in the inbox.
     assert_eq!(repo.status("broken")["state"], "rejected");
     assert!(repo.main_file("requests/waits.yaml").is_some());
     assert!(repo.main_file(&log_path("waits")).is_none());
+    assert_eq!(
+        metric("codex_runner_passes_total{outcome=\"failed\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric("codex_runner_requests_total{kind=\"\",state=\"rejected\"}"),
+        Some(1.0)
+    );
+    assert_eq!(metric("codex_runner_requests_queued"), Some(0.0));
     // With the engine back, it runs.
-    let pass = repo.dispatch(&[]).ok();
+    let pass = repo.dispatch(&["--metrics-file", prom_arg]).ok();
     assert_eq!(pass.states()["waits"], "succeeded");
+    assert_eq!(
+        metric("codex_runner_passes_total{outcome=\"ok\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric("codex_runner_requests_total{kind=\"echo\",state=\"succeeded\"}"),
+        Some(1.0)
+    );
+    let succeeded = metric("codex_runner_last_successful_pass_timestamp_seconds").unwrap();
+    assert!(succeeded > 1.7e9, "{succeeded}");
     repo.assert_no_containers();
+    // A later failed pass keeps the time of the last one that succeeded.
+    repo.merge_pr(&[(
+        "requests/more.yaml",
+        b"kind: echo\nparams: {message: more}\n",
+    )]);
+    let pass = repo.dispatch_env(
+        &["--metrics-file", prom_arg],
+        &[("DOCKER_HOST", host.as_str())],
+    );
+    assert_eq!(pass.code, 5, "{}", pass.stderr);
+    assert_eq!(
+        metric("codex_runner_passes_total{outcome=\"failed\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric("codex_runner_last_successful_pass_timestamp_seconds"),
+        Some(succeeded)
+    );
+    // node_exporter reads only *.prom files: another name is refused before anything runs.
+    let txt = repo.tmp.path().join("metrics.txt");
+    let refused = repo.dispatch(&["--metrics-file", txt.to_str().unwrap()]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("must end in .prom"),
+        "{}",
+        refused.stderr
+    );
+    assert!(repo.main_file(&log_path("more")).is_none() && !txt.exists());
 }
 
 #[test]

@@ -15,7 +15,7 @@ fn runner(repo: &Repo, name: &str) -> Daemon {
     std::fs::write(
         &config,
         format!(
-            "[runner]\nname = \"{name}\"\nstate_dir = \"{}\"\nconcurrency = 2\n\n[limits]\nallow_network_host = true\ngrace = \"1s\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"1s\"\n",
+            "[runner]\nname = \"{name}\"\nstate_dir = \"{}\"\nconcurrency = 2\n\n[limits]\nallow_network_host = true\ngrace = \"1s\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\npoll_interval = \"1s\"\n",
             dir.join("state").display(),
             repo.origin.display()
         ),

@@ -229,6 +229,8 @@ async fn a_github_app_registers_runs_and_refreshes_its_installation_token() {
         &webhook,
         "--listen",
         &listen,
+        "--metrics-listen",
+        "127.0.0.1:0",
         "--state-dir",
         repo.state.to_str().unwrap(),
     ]);

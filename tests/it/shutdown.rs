@@ -164,7 +164,7 @@ fn the_daemon_drains_on_sigterm_and_exits_with_the_result_pushed() {
     std::fs::write(
         &config,
         format!(
-            "[runner]\nname = \"{}\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"1h\"\n",
+            "[runner]\nname = \"{}\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\npoll_interval = \"1h\"\n",
             repo.runner,
             repo.state.display(),
             repo.origin.display()
@@ -217,7 +217,7 @@ fn containers_left_by_a_dead_runner_are_removed_at_the_next_pass() {
     std::fs::write(
         &config,
         format!(
-            "[runner]\nname = \"t-orphans-helper\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"1h\"\n",
+            "[runner]\nname = \"t-orphans-helper\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\npoll_interval = \"1h\"\n",
             repo.tmp.path().join("helper-state").display(),
             repo.origin.display()
         ),
