@@ -38,7 +38,8 @@ printf '[runner]\nname = "bench-daemon"\nstate_dir = "%s"\nconcurrency = 20\n\n[
 daemon=$!
 trap 'kill $git_daemon $daemon 2>/dev/null; rm -rf "$tmp"' EXIT
 for _ in $(seq 1 100); do
-  curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break
+  # Any answer will do (older builds served /healthz there, newer ones only /webhook).
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/webhook")" != 000 ] && break
   sleep 0.1
 done
 sleep 2 # the first pass

@@ -113,11 +113,18 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
         })?;
         if chatty {
             println!(
-                "codex-runner metrics on http://{}/metrics",
+                "codex-runner metrics, health and status on http://{}",
                 listener.local_addr()?
             );
         }
-        let app = crate::server::metrics_router(opts.metrics.clone());
+        let app = crate::server::ops::router(Arc::new(crate::server::ops::Operator {
+            runner: opts.runner.clone(),
+            health: health.clone(),
+            trigger: trigger.clone(),
+            metrics: opts.metrics.clone(),
+            executor: opts.executor.clone(),
+            remote_fresh: server_cfg.poll_interval * 3 + Duration::from_secs(60),
+        }));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "the metrics server stopped");
@@ -175,6 +182,7 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
                 if let Ok(mut e) = health.last_error.lock() {
                     *e = None;
                 }
+                health.heard_remote();
                 if chatty && !report.items.is_empty() {
                     // stdout may be gone (a closed pipe): the summary is not worth dying for.
                     use std::io::Write;
@@ -255,9 +263,13 @@ async fn poll(
             }
         };
         let u = url.clone();
-        match tokio::task::spawn_blocking(move || crate::git::remote_tip(&u, &branch, t.as_deref()))
-            .await
-        {
+        let looked =
+            tokio::task::spawn_blocking(move || crate::git::remote_tip(&u, &branch, t.as_deref()))
+                .await;
+        if let Ok(Ok(_)) = &looked {
+            health.heard_remote();
+        }
+        match looked {
             Ok(Ok(tip)) if tip != last && is_own(&health, tip) => {
                 // The runner's own results, on top of what its pass planned from: a pass
                 // now would find nothing new (webhooks skip these pushes too).

@@ -1,4 +1,5 @@
-//! The daemon's HTTP side: `POST /webhook` and `GET /healthz`.
+//! The daemon's HTTP side: `POST /webhook` on the public listener; metrics, health and status
+//! on the operator's (see [`ops`]).
 //!
 //! A delivery is checked before anything is parsed: `X-Hub-Signature-256` must be the
 //! HMAC-SHA256 of the raw body under the webhook secret (compared in constant time), or the
@@ -14,10 +15,10 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::post;
+use axum::Router;
 use hmac::{Hmac, KeyInit, Mac};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::Sha256;
 use tokio::sync::{mpsc, Notify};
 
@@ -51,7 +52,9 @@ impl Trigger {
     }
 }
 
-/// What `/healthz` reports.
+pub mod ops;
+
+/// What the daemon did so far (read by the operator's endpoints).
 #[derive(Default)]
 pub struct Health {
     /// Passes finished.
@@ -68,6 +71,17 @@ pub struct Health {
     /// that pass planned from and it is the runner's own: polling finding the branch there
     /// has nothing new to ask a pass for.
     pub own_tip: Mutex<Option<CommitId>>,
+    /// When the remote last answered (a pass, or polling's look at the branch).
+    pub remote_answered: Mutex<Option<std::time::Instant>>,
+}
+
+impl Health {
+    /// The remote answered just now.
+    pub fn heard_remote(&self) {
+        if let Ok(mut at) = self.remote_answered.lock() {
+            *at = Some(std::time::Instant::now());
+        }
+    }
 }
 
 /// Everything the handlers share.
@@ -120,30 +134,10 @@ impl Server {
     }
 }
 
-/// The metrics listener's routes: `GET /metrics` (OpenMetrics text, as Prometheus scrapes).
-pub fn metrics_router(metrics: Arc<crate::metrics::Metrics>) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics.encode(),
-                )
-            }
-        }),
-    )
-}
-
-/// The webhook listener's routes.
+/// The webhook listener's routes: `/webhook` alone, since it faces the forge.
 pub fn router(server: Arc<Server>) -> Router {
     Router::new()
         .route("/webhook", post(webhook))
-        .route("/healthz", get(healthz))
         .with_state(server)
 }
 
@@ -291,23 +285,10 @@ pub fn parse_delivery(event: &str, body: &[u8], branch: &str, runner: &str) -> D
     }
 }
 
-async fn healthz(State(s): State<Arc<Server>>) -> Json<Value> {
-    let h = &s.health;
-    Json(json!({
-        "status": "ok",
-        "runner": s.runner,
-        "branch": h.branch.lock().map(|b| b.clone()).unwrap_or_default(),
-        "passes": h.passes.load(Ordering::Relaxed),
-        "failed_passes": h.failed.load(Ordering::Relaxed),
-        "deliveries": h.deliveries.load(Ordering::Relaxed),
-        "passes_asked": s.trigger.asked(),
-        "last_error": h.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn verifies_githubs_documented_example() {

@@ -413,8 +413,9 @@ pub struct Daemon {
     pub child: std::process::Child,
     /// `http://127.0.0.1:PORT`, as the daemon printed it.
     pub url: String,
-    /// `http://127.0.0.1:PORT/metrics`, as the daemon printed it.
-    pub metrics: String,
+    /// `http://127.0.0.1:PORT` of its operator's listener (metrics, health, status), as the
+    /// daemon printed it.
+    pub ops: String,
     /// Its stderr (the tracing log), shown when a test fails.
     pub log: PathBuf,
 }
@@ -450,22 +451,22 @@ pub fn spawn_daemon(config: &Path) -> Daemon {
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let url = first.trim().rsplit(' ').next().unwrap().to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{first}");
-    let metrics = second.trim().rsplit(' ').next().unwrap().to_string();
+    let ops = second.trim().rsplit(' ').next().unwrap().to_string();
     assert!(
-        second.starts_with("codex-runner metrics on http://127.0.0.1:"),
+        second.starts_with("codex-runner metrics, health and status on http://127.0.0.1:"),
         "{second}"
     );
     Daemon {
         child,
         url,
-        metrics,
+        ops,
         log,
     }
 }
 
-/// The daemon's `/healthz` answer.
+/// The daemon's `/status` answer (on its operator's listener).
 pub async fn health(d: &Daemon) -> Value {
-    reqwest::get(format!("{}/healthz", d.url))
+    reqwest::get(format!("{}/status", d.ops))
         .await
         .unwrap()
         .json()

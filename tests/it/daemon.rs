@@ -103,7 +103,9 @@ async fn a_merge_webhook_runs_the_request_and_completes_its_check_run() {
     repo.assert_no_containers();
 
     // The metrics listener tells the same story, in Prometheus terms, apart from the webhook.
-    let scraped = reqwest::get(&daemon.metrics).await.unwrap();
+    let scraped = reqwest::get(format!("{}/metrics", daemon.ops))
+        .await
+        .unwrap();
     assert_eq!(scraped.status(), 200);
     assert!(
         scraped.headers()["content-type"]
@@ -134,14 +136,17 @@ async fn a_merge_webhook_runs_the_request_and_completes_its_check_run() {
         1.0
     );
     assert!(value("codex_runner_last_successful_pass_timestamp_seconds") > 1.7e9);
-    let on_webhook = reqwest::get(format!("{}/metrics", daemon.url))
-        .await
-        .unwrap();
-    assert_eq!(
-        on_webhook.status(),
-        404,
-        "metrics stay off the webhook's listener"
-    );
+    // Health too: alive, and ready (a pass succeeded, the remote answered, Docker answers).
+    for (path, body) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
+        let got = reqwest::get(format!("{}{path}", daemon.ops)).await.unwrap();
+        assert_eq!(got.status(), 200, "{path}");
+        assert_eq!(got.text().await.unwrap(), body, "{path}");
+    }
+    // The webhook's listener faces the forge: it serves /webhook and nothing else.
+    for path in ["/metrics", "/healthz", "/readyz", "/status"] {
+        let got = reqwest::get(format!("{}{path}", daemon.url)).await.unwrap();
+        assert_eq!(got.status(), 404, "{path} stays off the webhook's listener");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -713,4 +718,62 @@ async fn polling_does_not_answer_the_runners_own_push_with_a_pass() {
         &["for-each-ref", "--format=%(refname)", "refs/codex/"],
     );
     assert_eq!(claims.trim(), "", "the claim outlived the quiet spell");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_whose_pass_fails_is_alive_but_not_ready_and_says_only_which_check_failed() {
+    docker();
+    let repo = Repo::new("t-unready");
+    repo.push_main(
+        &[("handlers/index.yml", b"handlers: [this is not a map\n")],
+        "break the index",
+    );
+    let config = repo.tmp.path().join("runner.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runner]\nname = \"t-unready\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\npoll_interval = \"1h\"\n",
+            repo.state.display(),
+            repo.origin.display()
+        ),
+    )
+    .unwrap();
+    let daemon = crate::common::spawn_daemon(&config);
+    wait_until("the start-up pass", async || {
+        health(&daemon).await["passes"].as_u64() >= Some(1)
+    })
+    .await;
+    let alive = reqwest::get(format!("{}/healthz", daemon.ops))
+        .await
+        .unwrap();
+    assert_eq!(alive.status(), 200);
+    let ready = reqwest::get(format!("{}/readyz", daemon.ops))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        ready.text().await.unwrap(),
+        "not ready: the last pass failed\n",
+        "which check failed, not the repository's internals"
+    );
+    // The details are for the operator: in /status on the same private listener, and the log.
+    let status = health(&daemon).await;
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("handlers/index.yml")),
+        "{status}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", daemon.ops))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "codex_runner_passes_total{outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
 }
