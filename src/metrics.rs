@@ -79,6 +79,15 @@ pub struct Metrics {
     pushes: Counter,
     replays: Counter,
     pending_results: Gauge,
+    pending_checks: Gauge,
+    forge_calls: Family<OutcomeLabels, Counter>,
+    forge_retries: Counter,
+    deliveries: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -110,6 +119,10 @@ impl Metrics {
             pushes: Counter::default(),
             replays: Counter::default(),
             pending_results: Gauge::default(),
+            pending_checks: Gauge::default(),
+            forge_calls: Family::default(),
+            forge_retries: Counter::default(),
+            deliveries: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -185,6 +198,26 @@ impl Metrics {
             "Results recorded but not yet on the branch",
             m.pending_results.clone(),
         );
+        r.register(
+            "pending_check_updates",
+            "Check-run or status updates the forge has not taken yet",
+            m.pending_checks.clone(),
+        );
+        r.register(
+            "forge_calls",
+            "Forge API calls, by outcome (ok, refused, unavailable after retries)",
+            m.forge_calls.clone(),
+        );
+        r.register(
+            "forge_retries",
+            "Forge API calls tried again after a transient failure",
+            m.forge_retries.clone(),
+        );
+        r.register(
+            "webhook_deliveries",
+            "Webhook deliveries, by outcome",
+            m.deliveries.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -226,6 +259,33 @@ impl Metrics {
         if self.last_success.get() < unix_seconds {
             self.last_success.set(unix_seconds);
         }
+    }
+
+    /// A forge API call ended: `ok`, `refused` (the forge said no) or `unavailable` (it
+    /// failed after every retry).
+    pub fn forge_called(&self, outcome: &'static str) {
+        self.forge_calls
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// A forge API call is tried again.
+    pub fn forge_retried(&self) {
+        self.forge_retries.inc();
+    }
+
+    /// A webhook delivery was answered: how it counts (`pass`, `pull_request`, `ping`,
+    /// `ignored`, `duplicate`, `bad_signature`, `no_secret`, `bad`).
+    pub fn delivery(&self, outcome: &'static str) {
+        self.deliveries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Check updates the forge has not taken yet.
+    pub fn pending_check_updates(&self, count: usize) {
+        self.pending_checks
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// `count` requests joined the queues; they wait until [`Waiting`] lets each go.

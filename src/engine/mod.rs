@@ -75,12 +75,21 @@ pub async fn release_claims(opts: &DispatchOptions, refs: Vec<String>) {
 /// Run one full pass against the remote, counted in the metrics.
 pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, DispatchError> {
     let result = pass(opts).await;
-    // Results recorded and not on the branch wait in the state dir, one directory each.
-    let results_dir = opts
-        .state_dir
-        .join("results")
-        .join(remote_key(&opts.remote));
-    let pending = std::fs::read_dir(&results_dir).map_or(0, |d| d.count());
+    // Results recorded and not on the branch wait in the state dir, one directory each;
+    // check updates the forge has not taken, one file each.
+    let key = remote_key(&opts.remote);
+    let count = |dir: std::path::PathBuf, ext: Option<&str>| {
+        std::fs::read_dir(dir).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| ext.is_none_or(|x| e.path().extension().is_some_and(|e| e == x)))
+                .count()
+        })
+    };
+    let pending = count(opts.state_dir.join("results").join(&key), None);
+    opts.metrics.pending_check_updates(count(
+        opts.state_dir.join("checks").join(&key),
+        Some("json"),
+    ));
     match &result {
         Ok(r) => opts.metrics.pass_ended(
             crate::metrics::PassOutcome::ok,

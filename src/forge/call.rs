@@ -164,7 +164,8 @@ impl GitHub {
     ) -> Result<Value, ForgeError> {
         let name = format!("{method} {path}");
         let attempt = || async { once(client, method, path, body.as_ref()).await };
-        attempt
+        let metrics = crate::metrics::global();
+        let answer = attempt
             .retry(self.backoff())
             .when(|e: &Result<Transient, ForgeError>| e.is_ok())
             .adjust(|e, planned| match e {
@@ -173,13 +174,22 @@ impl GitHub {
             })
             .notify(|e, wait| {
                 if let Ok(t) = e {
+                    metrics.forge_retried();
                     tracing::warn!(call = %name, retry_in = ?wait, "forge call failed: {}", t.detail);
                 }
             })
-            .await
-            .map_err(|e| match e {
-                Ok(t) => ForgeError::Unavailable { call: name.clone(), detail: t.detail },
-                Err(refused) => refused,
-            })
+            .await;
+        metrics.forge_called(match &answer {
+            Ok(_) => "ok",
+            Err(Ok(_)) => "unavailable",
+            Err(Err(_)) => "refused",
+        });
+        answer.map_err(|e| match e {
+            Ok(t) => ForgeError::Unavailable {
+                call: name.clone(),
+                detail: t.detail,
+            },
+            Err(refused) => refused,
+        })
     }
 }

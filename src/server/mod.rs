@@ -96,6 +96,8 @@ pub struct Server {
     pub health: Arc<Health>,
     /// Where pull requests to validate go (none: pull_request events are ignored).
     pub pulls: Option<mpsc::UnboundedSender<PullJob>>,
+    /// Where deliveries are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
     seen: Mutex<(HashSet<String>, VecDeque<String>)>,
 }
 
@@ -113,6 +115,7 @@ impl Server {
             trigger,
             health,
             pulls: None,
+            metrics: crate::metrics::global(),
             seen: Mutex::default(),
         }
     }
@@ -161,6 +164,17 @@ async fn webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, &'static str) {
+    let (outcome, status, said) = answer(&s, &headers, &body);
+    s.metrics.delivery(outcome);
+    (status, said)
+}
+
+/// What a delivery gets: how it counts in the metrics, the status and the body.
+fn answer(
+    s: &Server,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> (&'static str, StatusCode, &'static str) {
     let header = |n: &str| {
         headers
             .get(n)
@@ -169,20 +183,21 @@ async fn webhook(
     };
     let Some(secret) = &s.secret else {
         return (
+            "no_secret",
             StatusCode::UNAUTHORIZED,
             "no webhook secret is configured\n",
         );
     };
-    if !verify(secret, &body, header("x-hub-signature-256")) {
+    if !verify(secret, body, header("x-hub-signature-256")) {
         tracing::warn!(
             delivery = header("x-github-delivery"),
             "refused a webhook with a bad signature"
         );
-        return (StatusCode::UNAUTHORIZED, "bad signature\n");
+        return ("bad_signature", StatusCode::UNAUTHORIZED, "bad signature\n");
     }
     let delivery = header("x-github-delivery");
     if !delivery.is_empty() && !s.first_time(delivery) {
-        return (StatusCode::OK, "duplicate delivery ignored\n");
+        return ("duplicate", StatusCode::OK, "duplicate delivery ignored\n");
     }
     s.health.deliveries.fetch_add(1, Ordering::Relaxed);
     let branch = s
@@ -191,12 +206,12 @@ async fn webhook(
         .lock()
         .map(|b| b.clone())
         .unwrap_or_default();
-    match parse_delivery(header("x-github-event"), &body, &branch, &s.runner) {
-        Delivery::Ping => (StatusCode::OK, "pong\n"),
+    match parse_delivery(header("x-github-event"), body, &branch, &s.runner) {
+        Delivery::Ping => ("ping", StatusCode::OK, "pong\n"),
         Delivery::Pass => {
             tracing::info!(delivery, "push to {branch}: pass queued");
             s.trigger.ask();
-            (StatusCode::ACCEPTED, "pass queued\n")
+            ("pass", StatusCode::ACCEPTED, "pass queued\n")
         }
         Delivery::Pull { number, head } => match &s.pulls {
             Some(tx) => {
@@ -204,15 +219,16 @@ async fn webhook(
                     number,
                     head_sha: head,
                 });
-                (StatusCode::ACCEPTED, "validation queued\n")
+                ("pull_request", StatusCode::ACCEPTED, "validation queued\n")
             }
             None => (
+                "ignored",
                 StatusCode::OK,
                 "ignored: pull requests are not validated here\n",
             ),
         },
-        Delivery::Ignored(why) => (StatusCode::OK, why),
-        Delivery::Bad(why) => (StatusCode::BAD_REQUEST, why),
+        Delivery::Ignored(why) => ("ignored", StatusCode::OK, why),
+        Delivery::Bad(why) => ("bad", StatusCode::BAD_REQUEST, why),
     }
 }
 

@@ -464,6 +464,18 @@ pub fn spawn_daemon(config: &Path) -> Daemon {
     }
 }
 
+/// The value of the sample `name` (with its labels, as exposed) on the daemon's `/metrics`.
+pub async fn metric(d: &Daemon, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{}/metrics", d.ops))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// The daemon's `/status` answer (on its operator's listener).
 pub async fn health(d: &Daemon) -> Value {
     reqwest::get(format!("{}/status", d.ops))

@@ -136,6 +136,18 @@ async fn a_merge_webhook_runs_the_request_and_completes_its_check_run() {
         1.0
     );
     assert!(value("codex_runner_last_successful_pass_timestamp_seconds") > 1.7e9);
+    // The check run's calls went through, and nothing waits for the forge.
+    assert!(
+        value("codex_runner_forge_calls_total{outcome=\"ok\"}") >= 3.0,
+        "{text}"
+    );
+    assert_eq!(value("codex_runner_pending_check_updates"), 0.0);
+    let passes_asked = value("codex_runner_webhook_deliveries_total{outcome=\"pass\"}");
+    assert!(
+        (1.0..=pushes.len() as f64).contains(&passes_asked),
+        "{passes_asked} of {} push deliveries asked for a pass:\n{text}",
+        pushes.len()
+    );
     // Health too: alive, and ready (a pass succeeded, the remote answered, Docker answers).
     for (path, body) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
         let got = reqwest::get(format!("{}{path}", daemon.ops)).await.unwrap();
@@ -234,6 +246,14 @@ async fn bad_signatures_and_replays_run_nothing_and_a_thousand_deliveries_are_an
         passes < 50,
         "1002 asks collapsed into a few passes, not {passes}"
     );
+    // Each delivery counted by what it got.
+    let delivered = async |outcome: &str| {
+        let name = format!("codex_runner_webhook_deliveries_total{{outcome=\"{outcome}\"}}");
+        crate::common::metric(&daemon, &name).await
+    };
+    assert_eq!(delivered("bad_signature").await, Some(2.0));
+    assert_eq!(delivered("duplicate").await, Some(1.0));
+    assert_eq!(delivered("pass").await, Some(1001.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
