@@ -19,3 +19,4 @@ pub mod plan;
 pub mod record;
 pub mod secrets;
 pub mod server;
+pub mod systemd;

@@ -21,6 +21,7 @@ use crate::engine::{
     dispatch_once, release_claims, validate_pull, validation_update, DispatchOptions, PullJob,
 };
 use crate::server::{router, Health, Server, Trigger};
+use crate::systemd::ServiceManager;
 
 use super::dispatch::{from_host, Overrides};
 
@@ -61,24 +62,7 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
     // A daemon has a next pass: the claims a pass recorded ride on its first push.
     opts.keep_recorded_claims = true;
     let linger = server_cfg.poll_interval.min(CLAIM_LINGER);
-    let secret = match &server_cfg.webhook_secret_file {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("failed to read the webhook secret {}", p.display()))?;
-            anyhow::ensure!(
-                !text.trim().is_empty(),
-                "the webhook secret file {} is empty",
-                p.display()
-            );
-            Some(text.trim().as_bytes().to_vec())
-        }
-        None => {
-            tracing::warn!(
-                "no server.webhook_secret_file: /webhook refuses every delivery; polling only"
-            );
-            None
-        }
-    };
+    let secret = webhook_secret(&server_cfg)?;
     let trigger = Arc::new(Trigger::default());
     let health = Arc::new(Health::default());
     if let Ok(mut b) = health.branch.lock() {
@@ -90,34 +74,15 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
         server.pulls = Some(tx);
         tokio::spawn(validate_pulls(opts.clone(), rx));
     }
-    let server = Arc::new(server);
-    let listener = tokio::net::TcpListener::bind(&server_cfg.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", server_cfg.listen))?;
+    let bound = serve(&server_cfg.listen, router(Arc::new(server)), "the webhook").await?;
     if chatty {
         println!(
-            "codex-runner {} listening on http://{}",
+            "codex-runner {} listening on http://{bound}",
             env!("CARGO_PKG_VERSION"),
-            listener.local_addr()?
         );
     }
-    let app = router(server);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the webhook server stopped");
-        }
-    });
     if let Some(addr) = &server_cfg.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-            format!("failed to listen for metrics on {addr} ([server] metrics_listen)")
-        })?;
-        if chatty {
-            println!(
-                "codex-runner metrics, health and status on http://{}",
-                listener.local_addr()?
-            );
-        }
-        let app = crate::server::ops::router(Arc::new(crate::server::ops::Operator {
+        let ops = crate::server::ops::router(Arc::new(crate::server::ops::Operator {
             runner: opts.runner.clone(),
             health: health.clone(),
             trigger: trigger.clone(),
@@ -125,11 +90,10 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
             executor: opts.executor.clone(),
             remote_fresh: server_cfg.poll_interval * 3 + Duration::from_secs(60),
         }));
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "the metrics server stopped");
-            }
-        });
+        let bound = serve(addr, ops, "metrics ([server] metrics_listen)").await?;
+        if chatty {
+            println!("codex-runner metrics, health and status on http://{bound}");
+        }
     }
     tokio::spawn(poll(
         repo.url.clone(),
@@ -142,6 +106,9 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
     opts.shutdown
         .on_signals(opts.drain_timeout)
         .context("failed to watch SIGTERM and SIGINT")?;
+    let manager = ServiceManager::from_env();
+    tell_the_service_manager(manager, &opts);
+    let mut ready = false;
     trigger.ask();
     // Claims of recorded requests the last pass left on the remote.
     let mut kept: Vec<String> = Vec::new();
@@ -161,43 +128,16 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
             _ = opts.shutdown.reached(Stage::Drain) => break,
         }
         let span = tracing::info_span!("pass", runner = %opts.runner);
-        match dispatch_once(&opts).instrument(span).await {
-            Ok(report) => {
-                // Other runners' claims: look again once they may have gone stale.
-                if let Some(after) = report.look_again {
-                    let trigger = trigger.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(after).await;
-                        trigger.ask();
-                    });
-                }
-                if let Ok(mut b) = health.branch.lock() {
-                    b.clone_from(&report.branch);
-                }
-                if let Ok(mut own) = health.own_tip.lock() {
-                    *own = own_tip(&report);
-                }
-                // The pass swept and dropped the earlier ones.
-                kept.clone_from(&report.kept_claims);
-                if let Ok(mut e) = health.last_error.lock() {
-                    *e = None;
-                }
-                health.heard_remote();
-                if chatty && !report.items.is_empty() {
-                    // stdout may be gone (a closed pipe): the summary is not worth dying for.
-                    use std::io::Write;
-                    let _ = write!(std::io::stdout(), "{}", super::dispatch::summary(&report));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "pass failed");
-                health.failed.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut last) = health.last_error.lock() {
-                    *last = Some(e.to_string());
-                }
-            }
+        manager.status("a pass is running");
+        let result = dispatch_once(&opts).instrument(span).await;
+        let said = after_pass(result, &health, &trigger, &mut kept, chatty);
+        if ready {
+            manager.status(&said);
+        } else {
+            // Listeners bound, the branch looked at: started.
+            manager.ready(&said);
+            ready = true;
         }
-        health.passes.fetch_add(1, Ordering::Relaxed);
         if opts.shutdown.stage() >= Stage::Drain {
             break;
         }
@@ -205,6 +145,128 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
     release_claims(&opts, kept).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The webhook secret from its file; none (with a warning) when no file is configured.
+fn webhook_secret(server: &crate::config::ServerConfig) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(p) = &server.webhook_secret_file else {
+        tracing::warn!(
+            "no server.webhook_secret_file: /webhook refuses every delivery; polling only"
+        );
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("failed to read the webhook secret {}", p.display()))?;
+    anyhow::ensure!(
+        !text.trim().is_empty(),
+        "the webhook secret file {} is empty",
+        p.display()
+    );
+    Ok(Some(text.trim().as_bytes().to_vec()))
+}
+
+/// Bind `addr` and serve `app` there in the background; the address bound.
+async fn serve(
+    addr: &str,
+    app: axum::Router,
+    what: &'static str,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to listen for {what} on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the server for {what} stopped");
+        }
+    });
+    Ok(bound)
+}
+
+/// What a pass's end changes in the daemon: its health, the claims left for the next pass,
+/// a look again later at other runners' claims, the summary on stdout when `chatty`. The
+/// line the service manager shows.
+fn after_pass(
+    result: Result<crate::engine::PassReport, crate::engine::DispatchError>,
+    health: &Health,
+    trigger: &Arc<Trigger>,
+    kept: &mut Vec<String>,
+    chatty: bool,
+) -> String {
+    let at = crate::record::now();
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            tracing::error!(error = %e, "pass failed");
+            health.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = health.last_error.lock() {
+                *last = Some(e.to_string());
+            }
+            // Counted once its outcome is in place: readiness reads both.
+            health.passes.fetch_add(1, Ordering::Relaxed);
+            return format!("waiting; the last pass ({at}) failed: see the log");
+        }
+    };
+    // Other runners' claims: look again once they may have gone stale.
+    if let Some(after) = report.look_again {
+        let trigger = trigger.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            trigger.ask();
+        });
+    }
+    if let Ok(mut b) = health.branch.lock() {
+        b.clone_from(&report.branch);
+    }
+    if let Ok(mut own) = health.own_tip.lock() {
+        *own = own_tip(&report);
+    }
+    // The pass swept and dropped the earlier ones.
+    kept.clone_from(&report.kept_claims);
+    if let Ok(mut e) = health.last_error.lock() {
+        *e = None;
+    }
+    health.heard_remote();
+    health.passes.fetch_add(1, Ordering::Relaxed);
+    if chatty && !report.items.is_empty() {
+        // stdout may be gone (a closed pipe): the summary is not worth dying for.
+        use std::io::Write;
+        let _ = write!(std::io::stdout(), "{}", super::dispatch::summary(&report));
+    }
+    format!(
+        "waiting; the last pass ({at}) recorded {} request(s)",
+        report.items.len()
+    )
+}
+
+/// Feed the unit's watchdog while the runtime answers, and once a signal asks the daemon to
+/// stop, say so and keep extending the stop timeout while running handlers finish.
+fn tell_the_service_manager(manager: ServiceManager, opts: &DispatchOptions) {
+    if let Some(every) = manager.watchdog_every() {
+        tokio::spawn(async move {
+            loop {
+                manager.alive();
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+    let shutdown = opts.shutdown.clone();
+    let metrics = opts.metrics.clone();
+    tokio::spawn(async move {
+        shutdown.reached(Stage::Drain).await;
+        let draining = || {
+            format!(
+                "stopping: {} request(s) running, none starting",
+                metrics.running_now()
+            )
+        };
+        manager.stopping(&draining());
+        loop {
+            tokio::time::sleep(ServiceManager::renew_every()).await;
+            manager.status(&draining());
+            manager.still_draining();
+        }
+    });
 }
 
 /// How long a daemon leaves the claims of recorded requests on the remote for a next pass to

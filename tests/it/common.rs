@@ -433,11 +433,17 @@ impl Drop for Daemon {
 
 /// Start `codex-runner run --config config` and wait for the line naming its address.
 pub fn spawn_daemon(config: &Path) -> Daemon {
+    spawn_daemon_env(config, &[])
+}
+
+/// [`spawn_daemon`] with extra environment variables.
+pub fn spawn_daemon_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
     use std::io::BufRead;
     let log = config.with_extension("log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_codex-runner"))
         .args(["run", "--config", config.to_str().unwrap()])
         .env("CODEX_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

@@ -281,3 +281,83 @@ fn containers_left_by_a_dead_runner_are_removed_at_the_next_pass() {
     assert!(containers_of("t-orphans").is_empty());
     crate::common::sh(repo.tmp.path(), "docker", &["rm", "-f", &other]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_daemon_is_ready_after_its_first_pass_feeds_its_watchdog_and_extends_its_stop(
+) {
+    docker();
+    let repo = Repo::new("t-notify");
+    let config = repo.tmp.path().join("runner.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runner]\nname = \"t-notify\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\npoll_interval = \"1h\"\n",
+            repo.state.display(),
+            repo.origin.display()
+        ),
+    )
+    .unwrap();
+    // The socket systemd would listen on for a Type=notify unit with WatchdogSec=1.
+    let path = repo.tmp.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let next = || {
+        let mut buf = vec![0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification within 60 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut daemon = crate::common::spawn_daemon_env(
+        &config,
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let mut seen = Vec::new();
+    let ready = loop {
+        let m = next();
+        seen.push(m.clone());
+        if m.lines().any(|l| l == "READY=1") {
+            break m;
+        }
+    };
+    assert!(
+        ready.contains("STATUS=waiting; the last pass"),
+        "READY comes with what the first pass did: {ready:?}"
+    );
+    assert!(
+        seen.iter().any(|m| m.contains("STATUS=a pass is running")),
+        "{seen:?}"
+    );
+    // Fed at half the watchdog's second, whether or not a pass runs.
+    let fed = (0..6)
+        .map(|_| next())
+        .filter(|m| m == "WATCHDOG=1\n")
+        .count();
+    assert!(
+        fed >= 4,
+        "{fed} of the next 6 notifications fed the watchdog"
+    );
+
+    let pid = daemon.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let stopping = loop {
+        let m = next();
+        if m.lines().any(|l| l == "STOPPING=1") {
+            break m;
+        }
+    };
+    assert!(
+        stopping.contains("EXTEND_TIMEOUT_USEC=30000000")
+            && stopping.contains("STATUS=stopping: 0 request(s) running, none starting"),
+        "{stopping:?}"
+    );
+    let exited = daemon.child.wait().unwrap();
+    assert!(exited.success(), "{exited:?}");
+}
