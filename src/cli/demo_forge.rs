@@ -95,7 +95,7 @@ pub async fn run(root: &Path) -> anyhow::Result<i32> {
         listen: format!("127.0.0.1:{port}"),
         // Beside whatever else serves metrics on this host.
         metrics_listen: "127.0.0.1:0".into(),
-        config: config.clone(),
+        config: Some(config.clone()),
         state_dir: Some(root.join("state")),
     };
     let registered = super::register::do_register(register)
@@ -106,7 +106,12 @@ pub async fn run(root: &Path) -> anyhow::Result<i32> {
         registered.hook.as_deref().unwrap_or("no webhook")
     ));
     clock.step(format!("  {}", registered.summary));
-    tokio::spawn(super::run::daemon(super::run::RunArgs { config }, false));
+    tokio::spawn(super::run::daemon(
+        super::run::RunArgs {
+            config: Some(config),
+        },
+        false,
+    ));
     clock.step(format!(
         "codex-runner run: daemon listening on 127.0.0.1:{port}"
     ));

@@ -14,89 +14,82 @@ use crate::git::Identity;
 #[derive(Debug, clap::Args)]
 pub struct DispatchArgs {
     /// Run one pass and exit (the long-running daemon is `codex-runner run`).
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_ONCE")]
     pub once: bool,
     /// Git remote: a URL (https, ssh, file://) or a path to a repository.
-    #[arg(long = "repo")]
+    #[arg(long = "repo", env = "CODEX_RUNNER_REPO")]
     pub repo: String,
     /// Branch to run from (default: the repository's mainline branch).
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_BRANCH")]
     pub branch: Option<String>,
     /// Host config (TOML) with the runner name, directories and limits.
     #[arg(long, env = "CODEX_RUNNER_CONFIG")]
     pub config: Option<PathBuf>,
     /// Work directory for the mirror and checkouts [default: <state-dir>/work].
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
     /// State directory for results and locks [default: $XDG_STATE_HOME/codex-runner].
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// This runner's name, recorded in every status [default: the host name].
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_RUNNER_NAME")]
     pub runner_name: Option<String>,
     /// Requests on different resources that may run at once [default: cores].
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_CONCURRENCY")]
     pub concurrency: Option<usize>,
     /// Labels this runner carries (added to the host config's), comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "CODEX_RUNNER_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
     /// Commit author name.
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_AUTHOR_NAME")]
     pub author_name: Option<String>,
     /// Commit author email.
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_AUTHOR_EMAIL")]
     pub author_email: Option<String>,
     /// Push attempts (exponential back-off with jitter between them) before the pass gives up
     /// and keeps the results for the next pass.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=100))]
+    #[arg(long, env = "CODEX_RUNNER_PUSH_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub push_attempts: u16,
     /// Forge API base URL for check runs (e.g. https://api.github.com); needs --forge-repo
     /// and credentials: --forge-token-file, or the --forge-app-* flags.
-    #[arg(long, requires = "forge_repo")]
+    #[arg(long, env = "CODEX_RUNNER_FORGE_API", requires = "forge_repo")]
     pub forge_api: Option<String>,
     /// The repository on the forge, as OWNER/NAME.
-    #[arg(long, requires = "forge_api")]
+    #[arg(long, env = "CODEX_RUNNER_FORGE_REPO", requires = "forge_api")]
     pub forge_repo: Option<String>,
     /// File holding the forge token (never passed on the command line, never logged).
-    #[arg(long, requires = "forge_api")]
+    #[arg(long, env = "CODEX_RUNNER_FORGE_TOKEN_FILE", requires = "forge_api")]
     pub forge_token_file: Option<PathBuf>,
     /// GitHub App id (instead of a token; with --forge-app-key and --forge-installation-id).
-    #[arg(long, requires = "forge_api")]
+    #[arg(long, env = "CODEX_RUNNER_FORGE_APP_ID", requires = "forge_api")]
     pub forge_app_id: Option<u64>,
     /// The GitHub App's private key (PEM file).
-    #[arg(long, requires = "forge_api")]
+    #[arg(long, env = "CODEX_RUNNER_FORGE_APP_KEY", requires = "forge_api")]
     pub forge_app_key: Option<PathBuf>,
     /// The GitHub App's installation id.
-    #[arg(long, requires = "forge_api")]
+    #[arg(
+        long,
+        env = "CODEX_RUNNER_FORGE_INSTALLATION_ID",
+        requires = "forge_api"
+    )]
     pub forge_installation_id: Option<u64>,
     /// How results show on the forge: check-runs or statuses.
-    #[arg(long, requires = "forge_api", value_parser = parse_report)]
+    #[arg(long, env = "CODEX_RUNNER_FORGE_REPORT", requires = "forge_api", value_parser = parse_report)]
     pub forge_report: Option<Report>,
     /// Attempts per forge call before an update waits for the next pass.
-    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=20))]
+    #[arg(long, env = "CODEX_RUNNER_FORGE_ATTEMPTS", default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=20))]
     pub forge_attempts: u16,
     /// On SIGTERM or Ctrl-C, how long running handlers may finish before they are cancelled
     /// (a second signal cancels at once) [default: runner.drain_timeout, else 10m].
-    #[arg(long, value_parser = parse_drain)]
+    #[arg(long, env = "CODEX_RUNNER_DRAIN_TIMEOUT", value_parser = parse_drain)]
     pub drain_timeout: Option<std::time::Duration>,
     /// Print the pass report as JSON on stdout.
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_JSON")]
     pub json: bool,
     /// Write the pass's metrics to this file (`*.prom`, for node_exporter's textfile
     /// collector), replaced whole whether the pass succeeds or fails.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "CODEX_RUNNER_METRICS_FILE", value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
-}
-
-/// The default state directory.
-pub fn default_state_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
-        return PathBuf::from(d).join("codex-runner");
-    }
-    if let Some(h) = std::env::var_os("HOME") {
-        return PathBuf::from(h).join(".local/state/codex-runner");
-    }
-    PathBuf::from("/var/lib/codex-runner")
 }
 
 pub use crate::config::host_name;
@@ -197,7 +190,7 @@ pub fn from_host(
     let state_dir = absolute(
         o.state_dir
             .or(host.state_dir)
-            .unwrap_or_else(default_state_dir),
+            .unwrap_or_else(super::paths::default_state_dir),
     );
     let mut labels = host.labels.clone();
     labels.extend(

@@ -18,13 +18,13 @@ use crate::record::{relayout, Ledger, ResultFile, Status};
 pub struct RemoteArgs {
     /// The repository: a path (read where it is, as its branch stands) or a git URL (fetched
     /// into the work directory).
-    #[arg(long = "repo", default_value = ".")]
+    #[arg(long = "repo", env = "CODEX_RUNNER_REPO", default_value = ".")]
     pub repo: String,
     /// Branch [default: the mainline branch `codex.repo.yaml` names, else `main`].
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_BRANCH")]
     pub branch: Option<String>,
     /// Where a fetched repository is kept between runs [default: the user's cache directory].
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
 }
 
@@ -36,10 +36,10 @@ pub struct LogsArgs {
     #[command(flatten)]
     pub remote: RemoteArgs,
     /// Print only the status.
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_STATUS")]
     pub status: bool,
     /// Print the status and every log event as one JSON document.
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_JSON")]
     pub json: bool,
 }
 
@@ -49,19 +49,23 @@ pub struct MigrateArgs {
     #[command(flatten)]
     pub remote: RemoteArgs,
     /// The layout to move to: `sharded` (logs/ab/<id>.jsonl) or `flat` (logs/<id>.jsonl).
-    #[arg(long, default_value = "sharded", value_parser = parse_layout)]
+    #[arg(long, env = "CODEX_RUNNER_TO", default_value = "sharded", value_parser = parse_layout)]
     pub to: Layout,
     /// Say what would move; change nothing.
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_DRY_RUN")]
     pub dry_run: bool,
     /// Commit author name.
-    #[arg(long, default_value = "codex-runner")]
+    #[arg(long, env = "CODEX_RUNNER_AUTHOR_NAME", default_value = "codex-runner")]
     pub author_name: String,
     /// Commit author email.
-    #[arg(long, default_value = "codex-runner@localhost")]
+    #[arg(
+        long,
+        env = "CODEX_RUNNER_AUTHOR_EMAIL",
+        default_value = "codex-runner@localhost"
+    )]
     pub author_email: String,
     /// Push attempts before giving up (a moved branch is fetched and the move made again).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=100))]
+    #[arg(long, env = "CODEX_RUNNER_PUSH_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub push_attempts: u16,
 }
 

@@ -10,6 +10,7 @@ mod demo_forge;
 mod dispatch;
 mod handlers;
 mod ledger;
+pub(crate) mod paths;
 mod register;
 mod run;
 mod selftest;
@@ -29,9 +30,20 @@ use clap::{Parser, Subcommand};
     about = "Runs requests merged to main in hardened containers and records the results on main."
 )]
 pub struct Cli {
-    /// Log filter (e.g. `info`, `codex_runner=debug`); also RUST_LOG.
-    #[arg(long, global = true, env = "CODEX_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter (e.g. `info`, `codex_runner=debug`) [default: CODEX_LOG, else RUST_LOG,
+    /// else info].
+    #[arg(long, global = true, env = "CODEX_RUNNER_LOG")]
+    pub log: Option<String>,
+    /// Log lines as `text` (colour only on a terminal) or `json` (one object per line, for
+    /// journald or a log shipper).
+    #[arg(
+        long,
+        global = true,
+        env = "CODEX_RUNNER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,7 +82,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 pub struct RepoDirArg {
     /// Repository working tree.
-    #[arg(long = "repo", default_value = ".")]
+    #[arg(long = "repo", env = "CODEX_RUNNER_REPO", default_value = ".")]
     pub repo: PathBuf,
 }
 
@@ -87,14 +99,10 @@ pub fn main() -> i32 {
             };
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(crate::secrets::MaskedStderr)
-        .with_target(false)
-        .init();
+    if let Err(e) = init_logging(cli.log.as_deref(), cli.log_format) {
+        eprintln!("error: {e}");
+        return exit::USAGE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -124,6 +132,45 @@ pub fn main() -> i32 {
             Command::MigrateLayout(a) => tokio::task::block_in_place(|| ledger::migrate(a)),
         }
     })
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; colour only when stderr is a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The log filter: `--log` (or `CODEX_RUNNER_LOG`), else `CODEX_LOG`, else `RUST_LOG`, else
+/// `info`. A filter given explicitly that does not parse is an error, not a silent default.
+fn log_filter(flag: Option<&str>) -> Result<tracing_subscriber::EnvFilter, String> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let (text, from) = match (flag, env("CODEX_LOG"), env("RUST_LOG")) {
+        (Some(f), _, _) => (f.to_string(), "--log"),
+        (None, Some(c), _) => (c, "CODEX_LOG"),
+        (None, None, Some(r)) => (r, "RUST_LOG"),
+        (None, None, None) => ("info".to_string(), "the default"),
+    };
+    tracing_subscriber::EnvFilter::try_new(&text).map_err(|e| {
+        format!("{from} `{text}` is not a log filter (e.g. info, codex_runner=debug): {e}")
+    })
+}
+
+/// Log to stderr (secrets masked) in `format`, filtered as [`log_filter`] says.
+fn init_logging(flag: Option<&str>, format: LogFormat) -> Result<(), String> {
+    use std::io::IsTerminal;
+    let filter = log_filter(flag)?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(crate::secrets::MaskedStderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+    Ok(())
 }
 
 /// Print an error chain the way every command does.

@@ -22,59 +22,69 @@ use crate::forge::{CheckState, CheckUpdate, Conclusion, ForgeRepo, GitHub, Repor
 #[derive(Debug, clap::Args)]
 pub struct RegisterArgs {
     /// The repository's web URL, e.g. https://github.com/OWNER/REPO.
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_URL")]
     pub url: String,
     /// API base URL [default: https://api.github.com for github.com, <host>/api/v3 otherwise].
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_API_URL")]
     pub api_url: Option<String>,
     /// Git URL [default: the repository URL with .git].
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_GIT_URL")]
     pub git_url: Option<String>,
     /// File holding a personal or fine-grained token.
-    #[arg(long, required_unless_present = "app_id", conflicts_with = "app_id")]
+    #[arg(
+        long,
+        env = "CODEX_RUNNER_TOKEN_FILE",
+        required_unless_present = "app_id",
+        conflicts_with = "app_id"
+    )]
     pub token_file: Option<PathBuf>,
     /// GitHub App id, to run as the App's installation instead of with a token.
-    #[arg(long, requires_all = ["app_key", "installation_id"])]
+    #[arg(long, env = "CODEX_RUNNER_APP_ID", requires_all = ["app_key", "installation_id"])]
     pub app_id: Option<u64>,
     /// The GitHub App's private key (PEM file, as GitHub hands it out).
-    #[arg(long, requires = "app_id")]
+    #[arg(long, env = "CODEX_RUNNER_APP_KEY", requires = "app_id")]
     pub app_key: Option<PathBuf>,
     /// The App's installation id on the repository's owner.
-    #[arg(long, requires = "app_id")]
+    #[arg(long, env = "CODEX_RUNNER_INSTALLATION_ID", requires = "app_id")]
     pub installation_id: Option<u64>,
     /// How results show: check-runs, statuses, or auto (check runs when they can be written,
     /// commit statuses otherwise).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "check-runs", "statuses"])]
+    #[arg(long, env = "CODEX_RUNNER_REPORT", default_value = "auto", value_parser = ["auto", "check-runs", "statuses"])]
     pub report: String,
     /// This runner's name.
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_NAME")]
     pub name: String,
     /// Labels this runner carries, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "CODEX_RUNNER_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
     /// Public URL of this runner's /webhook; without it the runner polls.
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
     /// Address the daemon listens on.
-    #[arg(long, default_value = "127.0.0.1:8733")]
+    #[arg(long, env = "CODEX_RUNNER_LISTEN", default_value = "127.0.0.1:8733")]
     pub listen: String,
     /// Address the daemon serves /metrics on (`off`: not served).
-    #[arg(long, default_value = "127.0.0.1:8734")]
+    #[arg(
+        long,
+        env = "CODEX_RUNNER_METRICS_LISTEN",
+        default_value = "127.0.0.1:8734"
+    )]
     pub metrics_listen: String,
-    /// Where to write the host config.
-    #[arg(long, default_value = "/etc/codex-runner/runner.toml")]
-    pub config: PathBuf,
+    /// Where to write the host config [default: /etc/codex-runner/runner.toml as root, else
+    /// ~/.config/codex-runner/runner.toml].
+    #[arg(long, env = "CODEX_RUNNER_CONFIG")]
+    pub config: Option<PathBuf>,
     /// State directory written into the config [default: as `dispatch`].
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 }
 
 /// Arguments of `unregister`.
 #[derive(Debug, clap::Args)]
 pub struct UnregisterArgs {
-    /// The host config `register` wrote.
-    #[arg(long, default_value = "/etc/codex-runner/runner.toml")]
-    pub config: PathBuf,
+    /// The host config `register` wrote [default: as `register`].
+    #[arg(long, env = "CODEX_RUNNER_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// `(api_url, git_url, owner, name)` from a repository web URL.
@@ -227,7 +237,8 @@ pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<Registered> {
         bail!("{whose} cannot: {}", missing.join("; "));
     }
 
-    let config = std::path::absolute(&a.config).context("failed to resolve the config path")?;
+    let config = super::paths::config_or_default(a.config.clone());
+    let config = std::path::absolute(&config).context("failed to resolve the config path")?;
     let mut server = toml::Table::new();
     server.insert("listen".into(), a.listen.clone().into());
     server.insert("metrics_listen".into(), a.metrics_listen.clone().into());
@@ -250,7 +261,7 @@ pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<Registered> {
     let state_dir = a
         .state_dir
         .clone()
-        .unwrap_or_else(super::dispatch::default_state_dir);
+        .unwrap_or_else(super::paths::default_state_dir);
     let mut runner = toml::Table::new();
     runner.insert("name".into(), a.name.clone().into());
     runner.insert(
@@ -374,7 +385,8 @@ fn unit(config: &Path) -> String {
 /// Run `unregister`.
 pub async fn unregister(a: UnregisterArgs) -> i32 {
     let result = async {
-        let host = HostConfig::load(&a.config)?;
+        let path = super::paths::config_or_default(a.config.clone());
+        let host = HostConfig::load(&path)?;
         if let (Some(f), Some(url)) = (&host.forge, &host.server.webhook_url) {
             let (owner, name) = f
                 .repository
@@ -397,9 +409,9 @@ pub async fn unregister(a: UnregisterArgs) -> i32 {
         if let Some(secret) = &host.server.webhook_secret_file {
             let _ = std::fs::remove_file(secret);
         }
-        std::fs::remove_file(&a.config)
-            .with_context(|| format!("failed to remove {}", a.config.display()))?;
-        println!("removed {}", a.config.display());
+        std::fs::remove_file(&path)
+            .with_context(|| format!("failed to remove {}", path.display()))?;
+        println!("removed {}", path.display());
         anyhow::Ok(())
     }
     .await;

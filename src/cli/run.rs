@@ -28,9 +28,11 @@ use super::dispatch::{from_host, Overrides};
 /// Arguments of `run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Host config (TOML) with [repository], [server] and optionally [forge].
+    /// Host config (TOML) with [repository], [server] and optionally [forge] [default: where
+    /// `register` writes it: /etc/codex-runner/runner.toml as root, else
+    /// ~/.config/codex-runner/runner.toml].
     #[arg(long, env = "CODEX_RUNNER_CONFIG")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
 }
 
 /// Run the daemon until SIGTERM or Ctrl-C.
@@ -47,7 +49,13 @@ pub async fn run(a: RunArgs) -> i32 {
 /// The daemon; `chatty`: print the address and each pass's summary on stdout (the demo tells
 /// its own story instead).
 pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
-    let host = HostConfig::load(&a.config)?;
+    let path = super::paths::config_or_default(a.config);
+    anyhow::ensure!(
+        path.exists(),
+        "no host config at {}: write one with `codex-runner register`, or name it with --config (CODEX_RUNNER_CONFIG)",
+        path.display()
+    );
+    let host = HostConfig::load(&path)?;
     let repo = host
         .repository
         .clone()

@@ -18,7 +18,7 @@ pub struct SelftestArgs {
     #[arg(long, env = "CODEX_RUNNER_CONFIG")]
     pub config: Option<PathBuf>,
     /// State directory to check [default: as `dispatch`].
-    #[arg(long)]
+    #[arg(long, env = "CODEX_RUNNER_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 }
 
@@ -32,9 +32,13 @@ pub async fn run(a: SelftestArgs) -> i32 {
             println!("FAIL {name}: {e:#}");
         }
     };
-    let host = match &a.config {
-        Some(p) => HostConfig::load(p).map(Some),
-        None => Ok(None),
+    // The config `register` wrote, where every command looks for it, unless one is named.
+    let config = super::paths::config_or_default(a.config.clone());
+    let named = a.config.is_some();
+    let host = if named || config.exists() {
+        HostConfig::load(&config).map(Some)
+    } else {
+        Ok(None)
     };
     let state_dir = a
         .state_dir
@@ -44,19 +48,13 @@ pub async fn run(a: SelftestArgs) -> i32 {
                 .ok()
                 .and_then(|h| h.as_ref().and_then(|h| h.state_dir.clone()))
         })
-        .unwrap_or_else(super::dispatch::default_state_dir);
+        .unwrap_or_else(super::paths::default_state_dir);
     check(
         "config",
         host.as_ref()
             .map(|h| match h {
-                Some(_) => format!(
-                    "{} parses",
-                    a.config
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default()
-                ),
-                None => "no host config given; defaults apply".into(),
+                Some(_) => format!("{} parses", config.display()),
+                None => format!("no host config at {}; defaults apply", config.display()),
             })
             .map_err(|e| anyhow::anyhow!("{e:#}")),
     );

@@ -26,10 +26,10 @@ pub enum Format {
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
     /// Repository working tree (for codex.repo.yaml and handlers/index.yml).
-    #[arg(long = "repo", default_value = ".")]
+    #[arg(long = "repo", env = "CODEX_RUNNER_REPO", default_value = ".")]
     pub repo: PathBuf,
     /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, env = "CODEX_RUNNER_FORMAT", value_enum, default_value = "text")]
     pub format: Format,
     /// Request files (default: everything in the inbox).
     pub files: Vec<PathBuf>,

@@ -238,3 +238,139 @@ fn git_only_demo_runs_the_loop_without_a_forge() {
     assert!(text.contains("did you mean `deploy`?"), "{text}");
     assert!(crate::common::containers_of("demo-git-runner").is_empty());
 }
+
+/// `codex-runner dispatch --once` against `repo` with no log settings but those given.
+fn dispatch_logged(
+    repo: &crate::common::Repo,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_codex-runner"))
+        .args([
+            "dispatch",
+            "--once",
+            "--repo",
+            repo.origin.to_str().unwrap(),
+        ])
+        .args(["--state-dir", repo.state.to_str().unwrap()])
+        .args(extra)
+        .env_remove("CODEX_LOG")
+        .env_remove("RUST_LOG")
+        .env_remove("CODEX_RUNNER_LOG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run codex-runner")
+}
+
+#[test]
+fn the_log_flag_beats_the_environment_and_logs_are_plain_or_json() {
+    let repo = crate::common::Repo::new("t-logs");
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let said_planning = |o: &std::process::Output| {
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(o));
+        stderr(o).contains("planning pass")
+    };
+    let quiet = dispatch_logged(&repo, &[], &[("RUST_LOG", "error")]);
+    assert!(!said_planning(&quiet), "{}", stderr(&quiet));
+    let flag = dispatch_logged(&repo, &["--log", "info"], &[("RUST_LOG", "error")]);
+    assert!(
+        said_planning(&flag),
+        "--log beats RUST_LOG: {}",
+        stderr(&flag)
+    );
+    let env = dispatch_logged(
+        &repo,
+        &[],
+        &[("CODEX_RUNNER_LOG", "info"), ("RUST_LOG", "error")],
+    );
+    assert!(said_planning(&env), "{}", stderr(&env));
+    let over_env = dispatch_logged(&repo, &["--log", "error"], &[("CODEX_LOG", "info")]);
+    assert!(!said_planning(&over_env), "{}", stderr(&over_env));
+    // Written to a pipe (a file, journald): no colour codes.
+    assert!(!stderr(&flag).contains('\x1b'), "{:?}", stderr(&flag));
+
+    let json = dispatch_logged(&repo, &["--log-format", "json", "--log", "info"], &[]);
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let lines: Vec<serde_json::Value> = stderr(&json)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l["fields"]["message"] == "planning pass"),
+        "{lines:?}"
+    );
+
+    let bad = dispatch_logged(&repo, &["--log", "codex_runner=loudest"], &[]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("--log `codex_runner=loudest` is not a log filter"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
+fn flags_beat_the_environment_which_beats_the_host_config() {
+    docker();
+    let mut repo = crate::common::Repo::new("t-precedence");
+    let config = repo.tmp.path().join("host.toml");
+    std::fs::write(&config, "[runner]\nname = \"from-file\"\n").unwrap();
+    let cases = [
+        (Some("from-flag"), Some("from-env"), "from-flag"),
+        (None, Some("from-env"), "from-env"),
+        (None, None, "from-file"),
+    ];
+    for (n, (flag, env, want)) in cases.into_iter().enumerate() {
+        let id = format!("p{n}");
+        repo.merge_pr(&[(
+            &format!("requests/{id}.yaml"),
+            b"kind: echo\nparams: {message: who runs me}\n",
+        )]);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_codex-runner"));
+        cmd.args([
+            "dispatch",
+            "--once",
+            "--json",
+            "--repo",
+            repo.origin.to_str().unwrap(),
+        ])
+        .args(["--state-dir", repo.state.to_str().unwrap()])
+        .env("CODEX_RUNNER_CONFIG", &config)
+        .env_remove("CODEX_RUNNER_RUNNER_NAME");
+        if let Some(f) = flag {
+            cmd.args(["--runner-name", f]);
+        }
+        if let Some(e) = env {
+            cmd.env("CODEX_RUNNER_RUNNER_NAME", e);
+        }
+        let pass = crate::common::Pass::from(cmd.output().unwrap()).ok();
+        assert_eq!(pass.states()[&id], "succeeded");
+        assert_eq!(
+            repo.status(&id)["runner"],
+            want,
+            "flag {flag:?}, env {env:?}"
+        );
+    }
+}
+
+#[test]
+fn run_names_the_config_it_looked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("etc/runner.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_codex-runner"))
+        .arg("run")
+        .env("CODEX_RUNNER_CONFIG", &missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "no host config at {}: write one with `codex-runner register`",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+}
