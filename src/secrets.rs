@@ -94,6 +94,14 @@ impl HostSecrets {
         &self.dir
     }
 
+    /// The files secrets are read from (the runner's user must be able to read them).
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.sources.values().filter_map(|s| match s {
+            Source::File(f) => Some(f.as_path()),
+            _ => None,
+        })
+    }
+
     /// Whether any secret is configured.
     pub fn is_empty(&self) -> bool {
         self.sources.is_empty()

@@ -9,6 +9,7 @@ mod demo;
 mod demo_forge;
 mod dispatch;
 mod handlers;
+mod install;
 mod ledger;
 pub(crate) mod paths;
 mod register;
@@ -67,6 +68,10 @@ enum Command {
     Unregister(register::UnregisterArgs),
     /// Run as a daemon: webhooks and polling trigger passes.
     Run(run::RunArgs),
+    /// Install the daemon as a hardened systemd service (as root, after `register`).
+    Install(install::InstallArgs),
+    /// Stop and remove the systemd service `install` wrote.
+    Uninstall(install::UninstallArgs),
     /// Check Docker, git, the state directory and the config.
     Selftest(selftest::SelftestArgs),
     /// Run the whole loop end to end on a local repository with example requests.
@@ -126,6 +131,8 @@ pub fn main() -> i32 {
             Command::Register(a) => register::register(*a).await,
             Command::Unregister(a) => register::unregister(a).await,
             Command::Selftest(a) => selftest::run(a).await,
+            Command::Install(a) => install::install(a).await,
+            Command::Uninstall(a) => install::uninstall(a).await,
             #[cfg(feature = "demo")]
             Command::Demo(a) => demo::run(a).await,
             Command::Logs(a) => tokio::task::block_in_place(|| ledger::logs(a)),

@@ -145,10 +145,10 @@ pub async fn register(a: RegisterArgs) -> i32 {
                 println!("{hook}");
             }
             println!("{}", r.summary);
-            println!("next: codex-runner run --config {}", r.config.display());
             println!(
-                "as a systemd service, /etc/systemd/system/codex-runner.service:\n{}",
-                unit(&r.config)
+                "next: sudo codex-runner install --config {} (a hardened systemd service), or codex-runner run --config {} in the foreground",
+                r.config.display(),
+                r.config.display()
             );
             exit::OK
         }
@@ -373,13 +373,6 @@ async fn probe(
             Err("write check runs or commit statuses (checks: write, or statuses: write)")
         }
     }
-}
-
-fn unit(config: &Path) -> String {
-    format!(
-        "[Unit]\nDescription=codex-runner\nAfter=network-online.target docker.service\nWants=network-online.target\n\n[Service]\nExecStart=/usr/local/bin/codex-runner run --config {}\nRestart=on-failure\nKillSignal=SIGTERM\nTimeoutStopSec=15min\n\n[Install]\nWantedBy=multi-user.target\n",
-        config.display()
-    )
 }
 
 /// Run `unregister`.

@@ -17,6 +17,7 @@ mod forge_dispatch;
 mod fuzz_seeds;
 mod git_flow;
 mod hostile;
+mod install;
 mod layout;
 mod register;
 mod rejections;
