@@ -72,7 +72,10 @@ async fn register_twice_leaves_one_hook_and_unregister_removes_it() {
     let (code, stdout, stderr) = register("token");
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("next: codex-runner run --config") && stdout.contains("ExecStart="),
+        stdout.contains(&format!(
+            "next: sudo codex-runner install --config {}",
+            config.display()
+        )),
         "{stdout}"
     );
     assert_eq!(
