@@ -15,6 +15,7 @@ pub(crate) mod paths;
 mod register;
 mod run;
 mod selftest;
+mod status;
 mod template;
 mod validate;
 
@@ -72,6 +73,9 @@ enum Command {
     Install(install::InstallArgs),
     /// Stop and remove the systemd service `install` wrote.
     Uninstall(install::UninstallArgs),
+    /// What the runner on this host is doing: the daemon's answer and what waits in the state
+    /// directory.
+    Status(status::StatusArgs),
     /// Check Docker, git, the state directory and the config.
     Selftest(selftest::SelftestArgs),
     /// Run the whole loop end to end on a local repository with example requests.
@@ -132,6 +136,7 @@ pub fn main() -> i32 {
             Command::Unregister(a) => register::unregister(a).await,
             Command::Selftest(a) => selftest::run(a).await,
             Command::Install(a) => install::install(a).await,
+            Command::Status(a) => status::run(a).await,
             Command::Uninstall(a) => install::uninstall(a).await,
             #[cfg(feature = "demo")]
             Command::Demo(a) => demo::run(a).await,
@@ -139,6 +144,15 @@ pub fn main() -> i32 {
             Command::MigrateLayout(a) => tokio::task::block_in_place(|| ledger::migrate(a)),
         }
     })
+}
+
+/// How `status` and `verify` print what they found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// A line each, for a person.
+    Text,
+    /// One JSON object, for a script.
+    Json,
 }
 
 /// How log lines are written.

@@ -102,6 +102,14 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
         if chatty {
             println!("codex-runner metrics, health and status on http://{bound}");
         }
+        // Where `codex-runner status` finds this daemon, whatever port it was given.
+        let found = serde_json::json!({"pid": std::process::id(), "operator": bound.to_string()});
+        let at = opts.state_dir.join(DAEMON_FILE);
+        if let Err(e) = std::fs::create_dir_all(&opts.state_dir)
+            .and_then(|()| std::fs::write(&at, found.to_string()))
+        {
+            tracing::warn!(path = %at.display(), error = %e, "failed to note where this daemon answers");
+        }
     }
     tokio::spawn(poll(
         repo.url.clone(),
@@ -151,6 +159,7 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
         }
     }
     release_claims(&opts, kept).await;
+    let _ = std::fs::remove_file(opts.state_dir.join(DAEMON_FILE));
     tracing::info!("stopped");
     Ok(())
 }
@@ -276,6 +285,9 @@ fn tell_the_service_manager(manager: ServiceManager, opts: &DispatchOptions) {
         }
     });
 }
+
+/// In the state directory: where the running daemon's operator listener answers.
+pub(crate) const DAEMON_FILE: &str = "daemon.json";
 
 /// How long a daemon leaves the claims of recorded requests on the remote for a next pass to
 /// carry their deletion, before it drops them in a push of their own (at most the poll

@@ -75,21 +75,9 @@ pub async fn release_claims(opts: &DispatchOptions, refs: Vec<String>) {
 /// Run one full pass against the remote, counted in the metrics.
 pub async fn dispatch_once(opts: &DispatchOptions) -> Result<PassReport, DispatchError> {
     let result = pass(opts).await;
-    // Results recorded and not on the branch wait in the state dir, one directory each;
-    // check updates the forge has not taken, one file each.
-    let key = remote_key(&opts.remote);
-    let count = |dir: std::path::PathBuf, ext: Option<&str>| {
-        std::fs::read_dir(dir).map_or(0, |d| {
-            d.flatten()
-                .filter(|e| ext.is_none_or(|x| e.path().extension().is_some_and(|e| e == x)))
-                .count()
-        })
-    };
-    let pending = count(opts.state_dir.join("results").join(&key), None);
-    opts.metrics.pending_check_updates(count(
-        opts.state_dir.join("checks").join(&key),
-        Some("json"),
-    ));
+    let held = backlog(&opts.state_dir, &opts.remote);
+    let pending = held.results + held.attempts;
+    opts.metrics.pending_check_updates(held.check_updates);
     match &result {
         Ok(r) => opts.metrics.pass_ended(
             crate::metrics::PassOutcome::ok,
@@ -331,6 +319,39 @@ fn enqueue(
         }
     }
     Ok(queues)
+}
+
+/// What a state directory holds for a remote and has not handed on yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Backlog {
+    /// Results recorded and not yet on the branch.
+    pub results: usize,
+    /// Attempts journaled without a result: running now, or left by a process that died.
+    pub attempts: usize,
+    /// Check-run or status updates the forge has not taken.
+    pub check_updates: usize,
+}
+
+/// The [`Backlog`] in `state_dir` for `remote` (a directory per result or attempt, a file
+/// per check update); zero for what does not exist.
+pub fn backlog(state_dir: &std::path::Path, remote: &str) -> Backlog {
+    let key = remote_key(remote);
+    let mut held = Backlog::default();
+    if let Ok(dirs) = std::fs::read_dir(state_dir.join("results").join(&key)) {
+        for d in dirs.flatten() {
+            if crate::record::ResultDir::at(d.path()).status().exists() {
+                held.results += 1;
+            } else {
+                held.attempts += 1;
+            }
+        }
+    }
+    held.check_updates = std::fs::read_dir(state_dir.join("checks").join(&key)).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .count()
+    });
+    held
 }
 
 /// A directory name for a remote: readable tail plus a hash of the whole URL.

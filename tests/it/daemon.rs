@@ -738,6 +738,49 @@ async fn polling_does_not_answer_the_runners_own_push_with_a_pass() {
         &["for-each-ref", "--format=%(refname)", "refs/codex/"],
     );
     assert_eq!(claims.trim(), "", "the claim outlived the quiet spell");
+
+    // `status` finds the daemon where it noted it answers (its port was the system's choice).
+    let status = |format: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_codex-runner"))
+            .args([
+                "status",
+                "--config",
+                config.to_str().unwrap(),
+                "--format",
+                format,
+            ])
+            .output()
+            .unwrap()
+    };
+    let json = status("json");
+    assert_eq!(
+        json.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    let said: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(said["daemon"]["answering"], true, "{said}");
+    assert_eq!(said["daemon"]["runner"], "t-poll-own", "{said}");
+    assert_eq!(said["daemon"]["running"], 0, "{said}");
+    assert_eq!(
+        (&said["results_waiting"], &said["attempts_unfinished"]),
+        (&json!(0), &json!(0)),
+        "{said}"
+    );
+    let text = String::from_utf8_lossy(&status("text").stdout).into_owned();
+    assert!(text.contains("answering; runner t-poll-own"), "{text}");
+    assert!(text.contains("last pass              succeeded"), "{text}");
+    // Gone: `status` says so and exits 1, still showing what waits in the state directory.
+    drop(daemon);
+    let gone = status("text");
+    let text = String::from_utf8_lossy(&gone.stdout).into_owned();
+    assert_eq!(gone.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("daemon                 not answering"),
+        "{text}"
+    );
+    assert!(text.contains("results waiting        0"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
