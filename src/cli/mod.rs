@@ -18,6 +18,7 @@ mod selftest;
 mod status;
 mod template;
 mod validate;
+mod verify;
 
 use crate::exit;
 use std::path::PathBuf;
@@ -76,6 +77,10 @@ enum Command {
     /// What the runner on this host is doing: the daemon's answer and what waits in the state
     /// directory.
     Status(status::StatusArgs),
+    /// Check a registered runner end to end without running a request: config and file modes,
+    /// the remote (fetch, a push), the forge, the webhook, secrets, Docker and its images, the
+    /// listeners.
+    Verify(verify::VerifyArgs),
     /// Check Docker, git, the state directory and the config.
     Selftest(selftest::SelftestArgs),
     /// Run the whole loop end to end on a local repository with example requests.
@@ -137,6 +142,7 @@ pub fn main() -> i32 {
             Command::Selftest(a) => selftest::run(a).await,
             Command::Install(a) => install::install(a).await,
             Command::Status(a) => status::run(a).await,
+            Command::Verify(a) => verify::run(a).await,
             Command::Uninstall(a) => install::uninstall(a).await,
             #[cfg(feature = "demo")]
             Command::Demo(a) => demo::run(a).await,

@@ -45,6 +45,13 @@ impl GitHub {
         })
     }
 
+    /// Ask the forge to ping webhook `id` (signed with its secret, as every delivery is).
+    pub async fn ping_hook(&self, id: u64) -> Result<(), ForgeError> {
+        self.call("POST", &format!("{}/hooks/{id}/pings", self.base()), None)
+            .await
+            .map(|_| ())
+    }
+
     /// Delete every webhook pointing at `url`; how many there were.
     pub async fn delete_hooks_to(&self, url: &str) -> Result<usize, ForgeError> {
         let mut n = 0;

@@ -182,6 +182,33 @@ impl Mirror {
         Ok(out)
     }
 
+    /// Prove the credentials may push to the remote, leaving nothing behind: an empty root
+    /// commit pushed to `refname` (which must not exist) and deleted again at once. `Ok(Err)`
+    /// when the remote refused the push.
+    pub fn probe_push(&self, refname: &str, who: &Identity) -> anyhow::Result<Result<(), Refusal>> {
+        let tree = self.repo.treebuilder(None)?.write()?;
+        let tree = self.repo.find_tree(tree)?;
+        let sig = Signature::now(&who.name, &who.email)
+            .context("failed to make the probe's signature")?;
+        let commit = self.repo.commit(
+            None,
+            &sig,
+            &sig,
+            "codex-runner verify: may this runner push here?",
+            &tree,
+            &[],
+        )?;
+        let mut outcomes = self.push_refs(&[RefUpdate::swap(refname, commit, None)], false)?;
+        let landed = outcomes.pop().unwrap_or(Ok(()));
+        if landed.is_ok() {
+            let gone = self.push_refs(&[RefUpdate::delete(refname)], false)?;
+            if let Some(Err(reason)) = gone.into_iter().next() {
+                tracing::warn!(refname, reason = %reason, "the push probe's ref stayed on the remote");
+            }
+        }
+        Ok(landed)
+    }
+
     /// Delete claims on the remote (their requests are recorded on the branch), in one push.
     pub fn drop_claims(&self, refnames: &[String]) -> anyhow::Result<()> {
         let updates: Vec<RefUpdate> = refnames.iter().map(|r| RefUpdate::delete(r)).collect();

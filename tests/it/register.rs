@@ -292,6 +292,99 @@ async fn a_github_app_registers_runs_and_refreshes_its_installation_token() {
     );
     let h = health(&daemon).await;
     assert_eq!(h["failed_passes"], 0, "{h}");
+
+    // `verify` proves the whole chain without running a request.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let verify = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_codex-runner"))
+            .args([
+                "verify",
+                "--config",
+                config.to_str().unwrap(),
+                "--format",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        let said: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), said)
+    };
+    let check = |said: &serde_json::Value, name: &str| -> serde_json::Value {
+        said["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {said}"))
+            .clone()
+    };
+    let (code, said) = tokio::task::block_in_place(verify);
+    assert_eq!(code, Some(0), "{said:#}");
+    for name in [
+        "config",
+        "credentials",
+        "secrets",
+        "remote",
+        "forge",
+        "webhook",
+        "docker",
+        "listeners",
+    ] {
+        assert_eq!(check(&said, name)["ok"], true, "{name}: {said:#}");
+    }
+    let hook = check(&said, "webhook")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        hook.contains("the daemon accepted a ping signed with its secret"),
+        "{hook}"
+    );
+    let pushed = check(&said, "remote")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(pushed.contains("a push was taken (and undone)"), "{pushed}");
+    let probes = crate::common::sh(
+        &repo.origin,
+        "git",
+        &["for-each-ref", "--format=%(refname)", "refs/codex/verify/"],
+    );
+    assert_eq!(probes.trim(), "", "the push probe left its ref");
+
+    // The hook's secret changed on the forge: the daemon refuses the ping, and verify says so.
+    let hooks = crate::common::forge_get(&sim.url(), TOKEN, "/repos/acme/ops/hooks");
+    let id = hooks[0]["id"].as_u64().unwrap();
+    let patched = reqwest::Client::new()
+        .patch(format!("{}/repos/acme/ops/hooks/{id}", sim.url()))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"config": {"url": webhook, "content_type": "json", "secret": "not-the-files"}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(patched.status().is_success(), "{}", patched.status());
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, said) = tokio::task::block_in_place(verify);
+    assert_eq!(code, Some(1), "{said:#}");
+    let hook = check(&said, "webhook");
+    assert_eq!(hook["ok"], false, "{said:#}");
+    assert!(
+        hook["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the daemon refused its ping"),
+        "{hook}"
+    );
+    let cfg = check(&said, "config");
+    assert!(
+        cfg["detail"]
+            .as_str()
+            .unwrap()
+            .contains("others may read it"),
+        "{cfg}"
+    );
     drop(daemon);
     repo.assert_no_containers();
 }

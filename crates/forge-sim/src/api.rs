@@ -29,6 +29,7 @@ pub(crate) fn router(state: Shared) -> Router {
             "/repos/{owner}/{repo}/hooks/{id}",
             get(get_hook).patch(update_hook).delete(delete_hook),
         )
+        .route("/repos/{owner}/{repo}/hooks/{id}/pings", post(ping_hook))
         .route("/repos/{owner}/{repo}/check-runs", post(create_check))
         .route(
             "/repos/{owner}/{repo}/check-runs/{id}",
@@ -281,6 +282,33 @@ async fn update_hook(
         h.active = a;
     }
     Json(hook_json(&base, &key, h)).into_response()
+}
+
+/// `POST /repos/{owner}/{repo}/hooks/{id}/pings`: a ping to that hook alone.
+async fn ping_hook(
+    State(state): State<Shared>,
+    Path((owner, repo, id)): Path<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let key = match authorize(&state, &headers, &owner, &repo, |t| t.admin) {
+        Ok((_, k)) => k,
+        Err(r) => return r.into_response(),
+    };
+    let known = lock(&state)
+        .repos
+        .get(&key)
+        .is_some_and(|r| r.hooks.iter().any(|h| h.id == id));
+    if !known {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    hooks::deliver_to(
+        &state,
+        &key,
+        Some(id),
+        "ping",
+        serde_json::json!({"zen": "Keep it logically awesome.", "hook_id": id}),
+    );
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn delete_hook(

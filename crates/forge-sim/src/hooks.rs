@@ -20,11 +20,23 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 ///
 /// Deliveries run in the background; each is recorded with the status it got.
 pub(crate) fn deliver(state: &Shared, repo: &str, event: &str, payload: Value) {
+    deliver_to(state, repo, None, event, payload)
+}
+
+/// [`deliver`], to hook `only` alone when given (`POST .../hooks/{id}/pings`).
+pub(crate) fn deliver_to(
+    state: &Shared,
+    repo: &str,
+    only: Option<u64>,
+    event: &str,
+    payload: Value,
+) {
     let targets: Vec<(u64, String, Option<String>)> = {
         let st = lock(state);
         let Some(r) = st.repos.get(repo) else { return };
         r.hooks
             .iter()
+            .filter(|h| only.is_none_or(|id| id == h.id))
             // GitHub pings a hook whatever events it subscribed to.
             .filter(|h| {
                 h.active && (event == "ping" || h.events.iter().any(|e| e == event || e == "*"))
