@@ -8,6 +8,7 @@ mod demo;
 #[cfg(feature = "demo")]
 mod demo_forge;
 mod dispatch;
+mod docs;
 mod handlers;
 mod install;
 mod ledger;
@@ -81,6 +82,10 @@ enum Command {
     /// the remote (fetch, a push), the forge, the webhook, secrets, Docker and its images, the
     /// listeners.
     Verify(verify::VerifyArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Write the manual pages.
+    Man(docs::ManArgs),
     /// Check Docker, git, the state directory and the config.
     Selftest(selftest::SelftestArgs),
     /// Run the whole loop end to end on a local repository with example requests.
@@ -143,6 +148,8 @@ pub fn main() -> i32 {
             Command::Install(a) => install::install(a).await,
             Command::Status(a) => status::run(a).await,
             Command::Verify(a) => verify::run(a).await,
+            Command::Completions(a) => docs::completions(a),
+            Command::Man(a) => docs::man(a),
             Command::Uninstall(a) => install::uninstall(a).await,
             #[cfg(feature = "demo")]
             Command::Demo(a) => demo::run(a).await,

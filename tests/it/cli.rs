@@ -374,3 +374,53 @@ fn run_names_the_config_it_looked_for() {
         "{stderr}"
     );
 }
+
+#[test]
+fn completions_and_manual_pages_come_from_the_command_line_itself() {
+    let bash = codex(&["completions", "bash"]);
+    assert!(bash.status.success());
+    let script = stdout(&bash);
+    for word in [
+        "dispatch",
+        "install",
+        "verify",
+        "--runner-name",
+        "--metrics-file",
+    ] {
+        assert!(script.contains(word), "no {word} in the bash completions");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("codex-runner.bash");
+    std::fs::write(&file, &script).unwrap();
+    let parsed = std::process::Command::new("bash")
+        .args(["-n", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        assert!(codex(&["completions", shell]).status.success(), "{shell}");
+    }
+
+    let pages = dir.path().join("man");
+    let out = codex(&["man", "--dir", pages.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let main = std::fs::read_to_string(pages.join("codex-runner.1")).unwrap();
+    assert!(
+        main.starts_with(".ie") || main.contains(".TH codex-runner 1"),
+        "{main}"
+    );
+    let run = std::fs::read_to_string(pages.join("codex-runner-run.1")).unwrap();
+    assert!(run.contains(r"\fB\-\-config\fR"), "{run}");
+    // --help names each flag's variable.
+    let help = stdout(&codex(&["run", "--help"]));
+    assert!(help.contains("[env: CODEX_RUNNER_CONFIG=]"), "{help}");
+    assert!(pages.join("codex-runner-verify.1").exists());
+}
