@@ -172,3 +172,57 @@ fn install_refuses_what_would_not_run() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_package_holds_the_program_its_pages_and_completions_and_dpkg_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/package.sh"))
+        .env("BIN", bin())
+        .env("OUT", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let info = String::from_utf8_lossy(&run("dpkg-deb", &["--field", &deb]).stdout).into_owned();
+    for field in [
+        "Package: codex-runner",
+        &format!("Version: {}", env!("CARGO_PKG_VERSION")),
+        "Recommends: docker.io | docker-ce, git, openssh-client",
+    ] {
+        assert!(info.lines().any(|l| l == field), "no `{field}` in:\n{info}");
+    }
+    assert!(info.contains("Depends: libc6"), "{info}");
+    // dpkg would install it here (its dependencies hold), without installing it.
+    let dry = run("dpkg", &["--dry-run", "--install", &deb]);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+
+    let root = dir.path().join("root");
+    assert!(run("dpkg-deb", &["-x", &deb, root.to_str().unwrap()])
+        .status
+        .success());
+    let installed = root.join("usr/bin/codex-runner");
+    let version = run(installed.to_str().unwrap(), &["--version"]);
+    assert!(
+        String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")),
+        "{version:?}"
+    );
+    for file in [
+        "usr/share/man/man1/codex-runner.1.gz",
+        "usr/share/man/man1/codex-runner-install.1.gz",
+        "usr/share/bash-completion/completions/codex-runner",
+        "usr/share/zsh/vendor-completions/_codex-runner",
+        "usr/share/fish/vendor_completions.d/codex-runner.fish",
+        "usr/share/doc/codex-runner/copyright",
+    ] {
+        assert!(root.join(file).is_file(), "the package has no {file}");
+    }
+}
