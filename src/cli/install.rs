@@ -164,7 +164,12 @@ WantedBy=multi-user.target
 
 /// Run `install`.
 pub async fn install(a: InstallArgs) -> i32 {
-    match tokio::task::block_in_place(|| do_install(&a)) {
+    tell(tokio::task::block_in_place(|| do_install(&a)))
+}
+
+/// Print what was done, a line each; the exit code.
+fn tell(done: anyhow::Result<Vec<String>>) -> i32 {
+    match done {
         Ok(lines) => {
             for l in lines {
                 println!("{l}");
@@ -281,18 +286,7 @@ fn do_install(a: &InstallArgs) -> anyhow::Result<Vec<String>> {
 
 /// Run `uninstall`.
 pub async fn uninstall(a: UninstallArgs) -> i32 {
-    match tokio::task::block_in_place(|| do_uninstall(&a)) {
-        Ok(lines) => {
-            for l in lines {
-                println!("{l}");
-            }
-            exit::OK
-        }
-        Err(e) => {
-            super::report_error(&e);
-            exit::FAILED
-        }
-    }
+    tell(tokio::task::block_in_place(|| do_uninstall(&a)))
 }
 
 fn do_uninstall(a: &UninstallArgs) -> anyhow::Result<Vec<String>> {

@@ -214,6 +214,23 @@ impl Repo {
         self.git(&["rev-parse", "HEAD"]).trim().to_string()
     }
 
+    /// A daemon's host config for this test's runner on the bare remote (both listeners on
+    /// ports the system picks, polling every `poll`), written as `name` in the test's dir.
+    pub fn daemon_config(&self, name: &str, poll: &str) -> PathBuf {
+        let config = self.tmp.path().join(name);
+        std::fs::write(
+            &config,
+            format!(
+                "[runner]\nname = \"{}\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\npoll_interval = \"{poll}\"\n",
+                self.runner,
+                self.state.display(),
+                self.origin.display()
+            ),
+        )
+        .unwrap();
+        config
+    }
+
     /// `codex-runner dispatch --once --json` for this test's runner against `remote`.
     pub fn dispatch_command(&self, remote: &str, extra: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_codex-runner"));

@@ -698,16 +698,7 @@ async fn a_daemons_claims_ride_on_the_next_passes_first_push_and_go_when_it_stop
 async fn polling_does_not_answer_the_runners_own_push_with_a_pass() {
     docker();
     let mut repo = Repo::new("t-poll-own");
-    let config = repo.tmp.path().join("runner.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[runner]\nname = \"t-poll-own\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\npoll_interval = \"1s\"\n",
-            repo.state.display(),
-            repo.origin.display()
-        ),
-    )
-    .unwrap();
+    let config = repo.daemon_config("runner.toml", "1s");
     let daemon = crate::common::spawn_daemon(&config);
     // The start-up pass, then the one polling asks for at its first look.
     wait_until("the first two passes", async || {
@@ -791,16 +782,7 @@ async fn a_daemon_whose_pass_fails_is_alive_but_not_ready_and_says_only_which_ch
         &[("handlers/index.yml", b"handlers: [this is not a map\n")],
         "break the index",
     );
-    let config = repo.tmp.path().join("runner.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[runner]\nname = \"t-unready\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\npoll_interval = \"1h\"\n",
-            repo.state.display(),
-            repo.origin.display()
-        ),
-    )
-    .unwrap();
+    let config = repo.daemon_config("runner.toml", "1h");
     let daemon = crate::common::spawn_daemon(&config);
     wait_until("the start-up pass", async || {
         health(&daemon).await["passes"].as_u64() >= Some(1)

@@ -160,17 +160,7 @@ fn the_daemon_drains_on_sigterm_and_exits_with_the_result_pushed() {
         "requests/slow.yaml",
         b"kind: echo\nparams: {message: slow, sleep: 3}\n",
     )]);
-    let config = repo.tmp.path().join("daemon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[runner]\nname = \"{}\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\npoll_interval = \"1h\"\n",
-            repo.runner,
-            repo.state.display(),
-            repo.origin.display()
-        ),
-    )
-    .unwrap();
+    let config = repo.daemon_config("daemon.toml", "1h");
     let mut daemon = crate::common::spawn_daemon(&config);
     let deadline = Instant::now() + Duration::from_secs(60);
     while containers_of(&repo.runner).is_empty() {
@@ -287,16 +277,7 @@ async fn under_systemd_the_daemon_is_ready_after_its_first_pass_feeds_its_watchd
 ) {
     docker();
     let repo = Repo::new("t-notify");
-    let config = repo.tmp.path().join("runner.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[runner]\nname = \"t-notify\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\npoll_interval = \"1h\"\n",
-            repo.state.display(),
-            repo.origin.display()
-        ),
-    )
-    .unwrap();
+    let config = repo.daemon_config("runner.toml", "1h");
     // The socket systemd would listen on for a Type=notify unit with WatchdogSec=1.
     let path = repo.tmp.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
