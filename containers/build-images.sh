@@ -4,6 +4,8 @@
 #
 #   codex-runner/busybox:1   FROM scratch + Debian's busybox-static (a few MB, starts in ms)
 #   codex-runner/python:3    debootstrap --variant=minbase bookworm + python3
+#   codex-runner/systemd:1   debootstrap --variant=minbase bookworm + systemd: a real service
+#                            manager for the test of `codex-runner install` (not a handler image)
 #
 # Images named by `build:` entries in handlers/index.yml (containers/<dir>/Dockerfile) are
 # built by the runner itself through the Docker API; they start FROM these bases.
@@ -62,4 +64,16 @@ if [ $force = 1 ] || ! have codex-runner/python:3; then
   tar -C "$root" -c . | docker import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' -c 'CMD ["/bin/sh"]' - codex-runner/python:3 >/dev/null
   rm -rf "$root"; trap - EXIT
   echo "built codex-runner/python:3"
+fi
+
+if [ $force = 1 ] || ! have codex-runner/systemd:1; then
+  need_pkg debootstrap
+  root=$(mktemp -d)
+  trap 'rm -rf "$root"' EXIT
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm "$root" "$mirror" >/tmp/codex-debootstrap.log 2>&1 \
+    || { tail -20 /tmp/codex-debootstrap.log >&2; exit 1; }
+  rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*
+  tar -C "$root" -c . | docker import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin' -c 'CMD ["/lib/systemd/systemd"]' - codex-runner/systemd:1 >/dev/null
+  rm -rf "$root"; trap - EXIT
+  echo "built codex-runner/systemd:1"
 fi

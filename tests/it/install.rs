@@ -226,3 +226,203 @@ fn the_package_holds_the_program_its_pages_and_completions_and_dpkg_takes_it() {
         assert!(root.join(file).is_file(), "the package has no {file}");
     }
 }
+
+/// `docker exec` in `container`; stdout, or a failure naming what was asked.
+fn exec(container: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["exec", container];
+    all.extend_from_slice(args);
+    run("docker", &all)
+}
+
+/// A container running systemd as its init, with `dir` mounted at the same path; removed when
+/// dropped.
+struct Systemd(String);
+
+impl Drop for Systemd {
+    fn drop(&mut self) {
+        let _ = run("docker", &["rm", "-f", &self.0]);
+    }
+}
+
+#[test]
+fn under_a_real_systemd_the_installed_service_starts_ready_and_stops_clean() {
+    docker();
+    let repo = crate::common::Repo::new("t-systemd");
+    // Outside /tmp, /home and /root, which the unit's PrivateTmp and ProtectHome hide.
+    std::fs::create_dir_all("/var/lib/codex-runner-tests").unwrap();
+    let base = tempfile::tempdir_in("/var/lib/codex-runner-tests").unwrap();
+    let b = base.path();
+    std::fs::set_permissions(b, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let origin = b.join("origin.git");
+    let cloned = run(
+        "git",
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            repo.origin.to_str().unwrap(),
+            origin.to_str().unwrap(),
+        ],
+    );
+    assert!(cloned.status.success());
+    std::fs::create_dir(b.join("bin")).unwrap();
+    let installed = b.join("bin/codex-runner");
+    std::fs::copy(bin(), &installed).unwrap();
+    std::fs::create_dir(b.join("etc")).unwrap();
+    let config = b.join("etc/runner.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runner]\nname = \"t-systemd\"\nstate_dir = \"{}\"\ndrain_timeout = \"20s\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:8733\"\nmetrics_listen = \"127.0.0.1:8734\"\npoll_interval = \"1h\"\n",
+            b.join("state").display(),
+            origin.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let name = format!("codex-runner-systemd-{}", std::process::id());
+    let mount = format!("{0}:{0}", b.display());
+    let started = run(
+        "docker",
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "--cap-add",
+            "SYS_ADMIN",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--security-opt",
+            "apparmor=unconfined",
+            "--tmpfs",
+            "/run",
+            "--tmpfs",
+            "/run/lock",
+            "--tmpfs",
+            "/tmp",
+            "-v",
+            "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+            "-v",
+            &mount,
+            "codex-runner/systemd:1",
+        ],
+    );
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let _container = Systemd(name.clone());
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let state = text(&exec(&name, &["systemctl", "is-system-running"]));
+        if state == "running" || state == "degraded" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "systemd is {state:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // systemctl enable --now returns once the Type=notify service said READY=1.
+    let inst = exec(
+        &name,
+        &[
+            installed.to_str().unwrap(),
+            "install",
+            "--config",
+            config.to_str().unwrap(),
+            "--bin",
+            installed.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        inst.status.success(),
+        "{}{}",
+        text(&inst),
+        String::from_utf8_lossy(&inst.stderr)
+    );
+    assert!(
+        text(&inst).contains("enabled and started codex-runner.service"),
+        "{}",
+        text(&inst)
+    );
+    let show = |prop: &str| {
+        text(&exec(
+            &name,
+            &[
+                "systemctl",
+                "show",
+                "-p",
+                prop,
+                "--value",
+                "codex-runner.service",
+            ],
+        ))
+    };
+    assert_eq!(show("ActiveState"), "active");
+    assert_eq!(show("SubState"), "running");
+    assert_eq!(show("User"), "codex-runner");
+    assert!(
+        show("StatusText").starts_with("waiting; the last pass"),
+        "{}",
+        show("StatusText")
+    );
+    // Its watchdog is armed, and `status` (as an operator would run it) finds the daemon.
+    assert_eq!(show("WatchdogUSec"), "2min");
+    let status = exec(
+        &name,
+        &[
+            installed.to_str().unwrap(),
+            "status",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(
+        text(&status).contains("answering; runner t-systemd"),
+        "{}",
+        text(&status)
+    );
+
+    // A stop drains and ends cleanly, well inside TimeoutStopSec.
+    let stop = exec(&name, &["systemctl", "stop", "codex-runner.service"]);
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    assert_eq!(show("ActiveState"), "inactive");
+    assert_eq!(show("Result"), "success");
+    let journal = text(&exec(
+        &name,
+        &["journalctl", "-u", "codex-runner.service", "--no-pager"],
+    ));
+    assert!(journal.contains("stopped"), "{journal}");
+
+    let un = exec(&name, &[installed.to_str().unwrap(), "uninstall"]);
+    assert!(
+        un.status.success(),
+        "{}",
+        String::from_utf8_lossy(&un.stderr)
+    );
+    assert_eq!(
+        text(&exec(
+            &name,
+            &[
+                "systemctl",
+                "show",
+                "-p",
+                "LoadState",
+                "--value",
+                "codex-runner.service"
+            ]
+        )),
+        "not-found"
+    );
+}
