@@ -192,6 +192,11 @@ fn log_filter(flag: Option<&str>) -> Result<tracing_subscriber::EnvFilter, Strin
     })
 }
 
+/// Whether `NO_COLOR` asks for no colour (set and not empty, as no-color.org says).
+fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
 /// Log to stderr (secrets masked) in `format`, filtered as [`log_filter`] says.
 fn init_logging(flag: Option<&str>, format: LogFormat) -> Result<(), String> {
     use std::io::IsTerminal;
@@ -201,7 +206,9 @@ fn init_logging(flag: Option<&str>, format: LogFormat) -> Result<(), String> {
         .with_writer(crate::secrets::MaskedStderr)
         .with_target(false);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && !no_color())
+            .init(),
         LogFormat::Json => builder.json().with_ansi(false).init(),
     }
     Ok(())

@@ -144,6 +144,7 @@ impl<'a> Attempt<'a> {
             }
         }
         self.started = Some(started);
+        tracing::info!(container = %spec.name, image, attempt = self.number, "starting the handler");
         self.go(Transition::Launched {
             container: &spec.name,
             image,
@@ -157,6 +158,11 @@ impl<'a> Attempt<'a> {
     /// End the attempt: conclude, close the log, write the status.
     fn end(self, ending: Ending<'_>, ran: Ran) -> Result<Finished, DispatchError> {
         let verdict = lifecycle::conclude(&ending);
+        tracing::info!(
+            state = verdict.state.as_str(),
+            reason = verdict.reason.as_deref().unwrap_or(""),
+            "recorded"
+        );
         self.go(Transition::Ended {
             ending,
             verdict: &verdict,

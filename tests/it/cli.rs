@@ -286,8 +286,32 @@ fn the_log_flag_beats_the_environment_and_logs_are_plain_or_json() {
     assert!(said_planning(&env), "{}", stderr(&env));
     let over_env = dispatch_logged(&repo, &["--log", "error"], &[("CODEX_LOG", "info")]);
     assert!(!said_planning(&over_env), "{}", stderr(&over_env));
-    // Written to a pipe (a file, journald): no colour codes.
+    // Written to a pipe (a file, journald): no colour codes. On a terminal, colour, unless
+    // NO_COLOR says otherwise.
     assert!(!stderr(&flag).contains('\x1b'), "{:?}", stderr(&flag));
+    let on_a_terminal = |no_color: &str| {
+        let line = format!(
+            "{} dispatch --once --log info --repo {} --state-dir {}",
+            env!("CARGO_BIN_EXE_codex-runner"),
+            repo.origin.display(),
+            repo.state.display()
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("NO_COLOR", no_color)
+            .env_remove("RUST_LOG")
+            .env_remove("CODEX_LOG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(on_a_terminal("").contains('\x1b'), "colour on a terminal");
+    assert!(!on_a_terminal("1").contains('\x1b'), "NO_COLOR is honoured");
 
     let json = dispatch_logged(&repo, &["--log-format", "json", "--log", "info"], &[]);
     assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
@@ -337,6 +361,7 @@ fn flags_beat_the_environment_which_beats_the_host_config() {
             repo.origin.to_str().unwrap(),
         ])
         .args(["--state-dir", repo.state.to_str().unwrap()])
+        .args(["--log-format", "json", "--log", "info"])
         .env("CODEX_RUNNER_CONFIG", &config)
         .env_remove("CODEX_RUNNER_RUNNER_NAME");
         if let Some(f) = flag {
@@ -347,6 +372,22 @@ fn flags_beat_the_environment_which_beats_the_host_config() {
         }
         let pass = crate::common::Pass::from(cmd.output().unwrap()).ok();
         assert_eq!(pass.states()[&id], "succeeded");
+        // Every log line inside a request names it, its kind and its resource.
+        let inside: Vec<serde_json::Value> = pass
+            .stderr
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|l| l["span"]["name"] == "request")
+            .collect();
+        assert!(!inside.is_empty(), "{}", pass.stderr);
+        for line in &inside {
+            assert_eq!(
+                (&line["span"]["id"], &line["span"]["kind"]),
+                (&serde_json::json!(id), &serde_json::json!("echo")),
+                "{line}"
+            );
+            assert!(line["span"]["resource"].is_string(), "{line}");
+        }
         assert_eq!(
             repo.status(&id)["runner"],
             want,
