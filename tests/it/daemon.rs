@@ -822,3 +822,88 @@ async fn a_daemon_whose_pass_fails_is_alive_but_not_ready_and_says_only_which_ch
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_container_engine_and_the_remote_going_and_coming_back() {
+    docker();
+    let repo = Repo::new("t-readyz");
+    let dir = repo.tmp.path();
+    // The engine, reached through a link this test can take away and put back.
+    let real = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    let link = dir.join("docker.sock");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    let config = dir.join("runner.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runner]\nname = \"t-readyz\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nwebhook_secret_file = \"{}\"\npoll_interval = \"1h\"\n",
+            repo.state.display(),
+            repo.origin.display(),
+            dir.join("secret").display()
+        ),
+    )
+    .unwrap();
+    let host = format!("unix://{}", link.display());
+    let daemon = crate::common::spawn_daemon_env(&config, &[("DOCKER_HOST", host.as_str())]);
+    wait_until("the start-up pass", async || {
+        health(&daemon).await["passes"].as_u64() >= Some(1)
+    })
+    .await;
+    let ready = async || {
+        let r = reqwest::get(format!("{}/readyz", daemon.ops))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(ready().await, (200, "ready\n".to_string()));
+
+    std::fs::remove_file(&link).unwrap();
+    assert_eq!(
+        ready().await,
+        (
+            503,
+            "not ready: the container engine does not answer\n".to_string()
+        )
+    );
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    assert_eq!(ready().await.0, 200);
+
+    // The remote goes: the pass a push asks for fails, and readiness says so until one succeeds.
+    let push =
+        serde_json::to_vec(&json!({"ref": "refs/heads/main", "commits": [{"message": "merge"}]}))
+            .unwrap();
+    let deliver = async |id: &str| {
+        let r = reqwest::Client::new()
+            .post(format!("{}/webhook", daemon.url))
+            .header("x-github-event", "push")
+            .header("x-github-delivery", id)
+            .header("x-hub-signature-256", sign(SECRET, &push))
+            .body(push.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    };
+    let gone = dir.join("origin-gone.git");
+    std::fs::rename(&repo.origin, &gone).unwrap();
+    deliver("d-gone").await;
+    wait_until("the failed pass", async || {
+        health(&daemon).await["failed_passes"].as_u64() >= Some(1)
+    })
+    .await;
+    assert_eq!(
+        ready().await,
+        (503, "not ready: the last pass failed\n".to_string())
+    );
+    std::fs::rename(&gone, &repo.origin).unwrap();
+    deliver("d-back").await;
+    wait_until("a pass that succeeds", async || {
+        health(&daemon).await["last_error"].is_null()
+    })
+    .await;
+    assert_eq!(ready().await, (200, "ready\n".to_string()));
+}
