@@ -265,9 +265,20 @@ fn under_a_real_systemd_the_installed_service_starts_ready_and_stops_clean() {
         ],
     );
     assert!(cloned.status.success());
-    std::fs::create_dir(b.join("bin")).unwrap();
-    let installed = b.join("bin/codex-runner");
-    std::fs::copy(bin(), &installed).unwrap();
+    // The package, as an operator installs it.
+    let built = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/package.sh"))
+        .env("BIN", bin())
+        .env("OUT", b)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let deb = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    let installed = std::path::PathBuf::from("/usr/bin/codex-runner");
     std::fs::create_dir(b.join("etc")).unwrap();
     let config = b.join("etc/runner.toml");
     std::fs::write(
@@ -328,16 +339,20 @@ fn under_a_real_systemd_the_installed_service_starts_ready_and_stops_clean() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 
+    let dpkg = exec(&name, &["dpkg", "--install", &deb]);
+    assert!(
+        dpkg.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dpkg.stderr)
+    );
     // systemctl enable --now returns once the Type=notify service said READY=1.
     let inst = exec(
         &name,
         &[
-            installed.to_str().unwrap(),
+            "codex-runner",
             "install",
             "--config",
             config.to_str().unwrap(),
-            "--bin",
-            installed.to_str().unwrap(),
         ],
     );
     assert!(
@@ -367,6 +382,11 @@ fn under_a_real_systemd_the_installed_service_starts_ready_and_stops_clean() {
     assert_eq!(show("ActiveState"), "active");
     assert_eq!(show("SubState"), "running");
     assert_eq!(show("User"), "codex-runner");
+    assert!(
+        show("ExecStart").contains("path=/usr/bin/codex-runner"),
+        "{}",
+        show("ExecStart")
+    );
     assert!(
         show("StatusText").starts_with("waiting; the last pass"),
         "{}",
