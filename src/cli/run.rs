@@ -71,6 +71,7 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
     opts.keep_recorded_claims = true;
     let linger = server_cfg.poll_interval.min(CLAIM_LINGER);
     let secret = webhook_secret(&server_cfg)?;
+    let fingerprint = secret.as_deref().map(crate::server::ops::fingerprint);
     let trigger = Arc::new(Trigger::default());
     let health = Arc::new(Health::default());
     if let Ok(mut b) = health.branch.lock() {
@@ -97,6 +98,7 @@ pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
             metrics: opts.metrics.clone(),
             executor: opts.executor.clone(),
             remote_fresh: server_cfg.poll_interval * 3 + Duration::from_secs(60),
+            secret_fingerprint: fingerprint,
         }));
         let bound = serve(addr, ops, "metrics ([server] metrics_listen)").await?;
         if chatty {

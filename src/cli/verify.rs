@@ -319,6 +319,21 @@ async fn webhook(
             "hook {id} points at {url}; its secret is checked only while the daemon runs"
         ));
     };
+    // The daemon checks deliveries with the secret it read at start: the file must still hold it.
+    if let (Some(file), Some(addr)) = (secret_file, &ops) {
+        let running = daemon_status(addr).await;
+        let held = std::fs::read_to_string(file)
+            .map(|s| crate::server::ops::fingerprint(s.trim().as_bytes()))
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        if let Some(running) = running["webhook_secret_sha256"].as_str() {
+            if running != held {
+                return Err(format!(
+                    "the daemon checks deliveries with another secret than {} holds (restart it)",
+                    file.display()
+                ));
+            }
+        }
+    }
     forge.ping_hook(id).await.map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + PING_WITHIN;
     while tokio::time::Instant::now() < deadline {
@@ -338,6 +353,25 @@ async fn webhook(
         "hook {id} points at {url}, but the forge's ping did not reach the daemon within {}s (can the forge reach that URL?)",
         PING_WITHIN.as_secs()
     ))
+}
+
+/// The daemon's `/status` on `addr` (`null` when it does not answer).
+async fn daemon_status(addr: &str) -> Value {
+    let answer = async {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .no_proxy()
+            .build()
+            .ok()?
+            .get(format!("http://{addr}/status"))
+            .send()
+            .await
+            .ok()?
+            .json::<Value>()
+            .await
+            .ok()
+    };
+    answer.await.unwrap_or(Value::Null)
 }
 
 /// The engine answers, and every image the handler index names is here (or is built here).

@@ -34,6 +34,15 @@ pub struct Operator {
     /// How long the remote may go unheard before the runner is not ready (a few poll
     /// intervals: polling hears it even when nothing moves).
     pub remote_fresh: Duration,
+    /// [`fingerprint`] of the webhook secret the daemon checks deliveries with, so `verify`
+    /// can tell whether the file still holds it (never the secret itself).
+    pub secret_fingerprint: Option<String>,
+}
+
+/// A short, one-way name of a secret: the first 16 hex digits of its SHA-256.
+pub fn fingerprint(secret: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(secret)[..8])
 }
 
 /// How long `/readyz` waits for the executor to answer.
@@ -117,6 +126,7 @@ async fn status(State(ops): State<Arc<Operator>>) -> Json<serde_json::Value> {
         "running": ops.metrics.running_now(),
         "queued": ops.metrics.queued_now(),
         "last_error": h.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+        "webhook_secret_sha256": ops.secret_fingerprint,
     }))
 }
 

@@ -354,6 +354,19 @@ async fn a_github_app_registers_runs_and_refreshes_its_installation_token() {
     );
     assert_eq!(probes.trim(), "", "the push probe left its ref");
 
+    // The secret file rotated under a daemon that still checks with the old one.
+    let secret_file = config.with_file_name("webhook-secret");
+    let kept = std::fs::read(&secret_file).unwrap();
+    std::fs::write(&secret_file, "rotated-but-not-restarted").unwrap();
+    let (code, said) = tokio::task::block_in_place(verify);
+    assert_eq!(code, Some(1), "{said:#}");
+    let hook = check(&said, "webhook")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(hook.contains("another secret than"), "{hook}");
+    std::fs::write(&secret_file, kept).unwrap();
+
     // The hook's secret changed on the forge: the daemon refuses the ping, and verify says so.
     let hooks = crate::common::forge_get(&sim.url(), TOKEN, "/repos/acme/ops/hooks");
     let id = hooks[0]["id"].as_u64().unwrap();
