@@ -44,6 +44,16 @@ for _ in $(seq 1 100); do
 done
 sleep 2 # the first pass
 rss_idle=$(ps -o rss= -p "$daemon" | tr -d ' ')
+# BENCH_SCRAPE=FILE: the daemon's /metrics every half second, each line prefixed with the
+# Unix time, for docs/grafana/render.py (scripts/dashboard.sh).
+if [ -n "${BENCH_SCRAPE:-}" ]; then
+  : >"$BENCH_SCRAPE"
+  (while kill -0 "$daemon" 2>/dev/null; do
+    now=$(date +%s.%N)
+    curl -fs "http://127.0.0.1:8734/metrics" | grep -v '^#' | sed "s/^/$now /" >>"$BENCH_SCRAPE" || true
+    sleep 0.5
+  done) &
+fi
 
 # Milliseconds from running "${@:2}" until a container labelled $1 starts (Docker's clock).
 until_start() {

@@ -440,6 +440,55 @@ mod tests {
     }
 
     #[test]
+    fn the_dashboard_asks_only_for_metrics_the_runner_exposes() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../docs/grafana/codex-runner.json")).unwrap();
+        // Families with labels show once they have a sample.
+        let m = Metrics::new();
+        m.pass_ended(PassOutcome::ok, 1, 0, 0);
+        m.ended("echo", State::Succeeded, Some(Duration::from_secs(1)));
+        m.forge_called("ok");
+        m.delivery("pass");
+        let exposed = m.encode_prometheus_text();
+        let families: Vec<&str> = exposed
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let mut asked = std::collections::BTreeSet::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                let mut rest = expr;
+                while let Some(at) = rest.find("codex_runner_") {
+                    let name: String = rest[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    rest = &rest[at + name.len()..];
+                    let family = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or(&name);
+                    assert!(
+                        families.contains(&family),
+                        "panel {} asks for {name}, which is not exposed",
+                        panel["title"]
+                    );
+                    asked.insert(family.to_string());
+                }
+            }
+        }
+        // And it shows every one (build_info names the runners to choose from).
+        for family in families {
+            assert!(
+                family == "codex_runner_build_info" || asked.contains(family),
+                "no panel shows {family}"
+            );
+        }
+    }
+
+    #[test]
     fn gauges_follow_their_guards_however_the_work_ends() {
         let m = Arc::new(Metrics::new());
         {
