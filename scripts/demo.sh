@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole loop on a fresh machine: Docker up, example images built from Debian packages,
-# then `codex-runner demo` (a local repository, a merged PR of requests, one pass, a summary).
+# then the demo (crates/demo: a local repository, a merged PR of requests, one pass, a summary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/docker-up.sh
 bash containers/build-images.sh
-cargo run --quiet --release --features demo -- demo "$@"
+cargo run --quiet --release -p codex-runner-demo -- "$@"

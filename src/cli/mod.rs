@@ -3,18 +3,14 @@
 //! Exit codes: 0 done; 1 some input invalid (`validate`, `selftest`) or an unexpected error;
 //! 2 usage or a refused run; 3 repository contract broken; 4 git remote failed; 5 Docker failed.
 
-#[cfg(feature = "demo")]
-mod demo;
-#[cfg(feature = "demo")]
-mod demo_forge;
-mod dispatch;
+pub mod dispatch;
 mod docs;
 mod handlers;
 mod install;
 mod ledger;
 pub(crate) mod paths;
-mod register;
-mod run;
+pub mod register;
+pub mod run;
 mod selftest;
 mod status;
 mod template;
@@ -89,8 +85,6 @@ enum Command {
     /// Check Docker, git, the state directory and the config.
     Selftest(selftest::SelftestArgs),
     /// Run the whole loop end to end on a local repository with example requests.
-    #[cfg(feature = "demo")]
-    Demo(demo::DemoArgs),
     /// Print a request's status and log from the branch, whatever the layout.
     Logs(ledger::LogsArgs),
     /// Move a repository's results to the sharded (or the flat) layout, in one commit.
@@ -151,8 +145,6 @@ pub fn main() -> i32 {
             Command::Completions(a) => docs::completions(a),
             Command::Man(a) => docs::man(a),
             Command::Uninstall(a) => install::uninstall(a).await,
-            #[cfg(feature = "demo")]
-            Command::Demo(a) => demo::run(a).await,
             Command::Logs(a) => tokio::task::block_in_place(|| ledger::logs(a)),
             Command::MigrateLayout(a) => tokio::task::block_in_place(|| ledger::migrate(a)),
         }
@@ -215,6 +207,6 @@ fn init_logging(flag: Option<&str>, format: LogFormat) -> Result<(), String> {
 }
 
 /// Print an error chain the way every command does.
-pub(crate) fn report_error(e: &anyhow::Error) {
+pub fn report_error(e: &anyhow::Error) {
     eprintln!("error: {}", crate::secrets::mask(&format!("{e:#}")));
 }

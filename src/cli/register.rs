@@ -160,7 +160,7 @@ pub async fn register(a: RegisterArgs) -> i32 {
 }
 
 /// What `register` did, for the caller to tell.
-pub(crate) struct Registered {
+pub struct Registered {
     /// The config written.
     pub config: PathBuf,
     /// The webhook created or updated, in words.
@@ -169,7 +169,7 @@ pub(crate) struct Registered {
     pub summary: String,
 }
 
-pub(crate) async fn do_register(a: RegisterArgs) -> anyhow::Result<Registered> {
+pub async fn do_register(a: RegisterArgs) -> anyhow::Result<Registered> {
     let (api, git_url, owner, name) =
         parse_repo_url(&a.url, a.api_url.as_deref(), a.git_url.as_deref())?;
     let absolute = |p: &Option<PathBuf>| -> anyhow::Result<Option<PathBuf>> {

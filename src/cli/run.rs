@@ -48,7 +48,7 @@ pub async fn run(a: RunArgs) -> i32 {
 
 /// The daemon; `chatty`: print the address and each pass's summary on stdout (the demo tells
 /// its own story instead).
-pub(crate) async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
+pub async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
     let path = super::paths::config_or_default(a.config);
     anyhow::ensure!(
         path.exists(),

@@ -193,52 +193,6 @@ fn selftest_names_what_is_wrong() {
     assert!(text.contains("FAIL state dir"), "{text}");
 }
 
-#[test]
-fn demo_tells_the_whole_story_on_the_local_forge() {
-    docker();
-    let tmp = tempfile::tempdir().unwrap();
-    let o = codex(&["demo", "--dir", tmp.path().to_str().unwrap()]);
-    let text = stdout(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{text}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    for want in [
-        "codex-runner/validate on PR #1: success",
-        "codex-runner/validate on PR #2: failure",
-        "annotation requests/deploy-api.yaml:1: unknown kind `deplyo`",
-        "codex-runner/deploy-web        completed: success",
-        "rollout step 2/2: web updated",
-        "3 of 3 requests succeeded; PR #2 stays red and nothing from it ran",
-    ] {
-        assert!(text.contains(want), "missing {want:?} in:\n{text}");
-    }
-    assert!(crate::common::containers_of("demo-runner").is_empty());
-}
-
-#[test]
-fn git_only_demo_runs_the_loop_without_a_forge() {
-    docker();
-    let tmp = tempfile::tempdir().unwrap();
-    let o = codex(&["demo", "--git-only", "--dir", tmp.path().to_str().unwrap()]);
-    let text = stdout(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{text}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(text.contains("4 succeeded, 1 rejected, 0 other"), "{text}");
-    assert!(
-        text.contains("requests/not-merged.yaml on the unmerged branch ran: no"),
-        "{text}"
-    );
-    assert!(text.contains("did you mean `deploy`?"), "{text}");
-    assert!(crate::common::containers_of("demo-git-runner").is_empty());
-}
-
 /// `codex-runner dispatch --once` against `repo` with no log settings but those given.
 fn dispatch_logged(
     repo: &crate::common::Repo,

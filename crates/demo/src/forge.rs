@@ -14,7 +14,7 @@ use anyhow::Context;
 use forge_sim::{Client, ForgeSim, Token};
 use serde_json::Value;
 
-use crate::git::seed::{SeedFile, SeedRepo};
+use codex_runner::git::seed::{SeedFile, SeedRepo};
 
 const TOKEN: &str = "ghp_demo_runner_token";
 
@@ -65,7 +65,7 @@ pub async fn run(root: &Path) -> anyhow::Result<i32> {
     ));
 
     let seed = SeedRepo::init_bare(&root.join("agent.git"))?;
-    let template = super::template::seed_files();
+    let template = crate::template::seed_files();
     let base = seed.commit(
         "refs/heads/main",
         &[],
@@ -80,7 +80,7 @@ pub async fn run(root: &Path) -> anyhow::Result<i32> {
     std::fs::write(&token_file, TOKEN)?;
     let port = free_port()?;
     let config = root.join("etc/runner.toml");
-    let register = super::register::RegisterArgs {
+    let register = codex_runner::cli::register::RegisterArgs {
         url: format!("{}/acme/ops", sim.url()),
         api_url: Some(sim.url()),
         git_url: Some(git_url.clone()),
@@ -98,7 +98,7 @@ pub async fn run(root: &Path) -> anyhow::Result<i32> {
         config: Some(config.clone()),
         state_dir: Some(root.join("state")),
     };
-    let registered = super::register::do_register(register)
+    let registered = codex_runner::cli::register::do_register(register)
         .await
         .context("failed to register the demo runner")?;
     clock.step(format!(
@@ -106,8 +106,8 @@ pub async fn run(root: &Path) -> anyhow::Result<i32> {
         registered.hook.as_deref().unwrap_or("no webhook")
     ));
     clock.step(format!("  {}", registered.summary));
-    tokio::spawn(super::run::daemon(
-        super::run::RunArgs {
+    tokio::spawn(codex_runner::cli::run::daemon(
+        codex_runner::cli::run::RunArgs {
             config: Some(config),
         },
         false,
@@ -210,7 +210,7 @@ pub async fn run(root: &Path) -> anyhow::Result<i32> {
     for line in seed.history(4)? {
         println!("  {line}");
     }
-    let log_path = super::demo::template_ledger().log("deploy-web");
+    let log_path = crate::demo::template_ledger().log("deploy-web");
     println!("\n{log_path} on main (output lines):");
     if let Some(log) = seed.read_main(&log_path)? {
         for line in String::from_utf8_lossy(&log)

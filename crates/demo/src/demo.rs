@@ -3,17 +3,17 @@
 //! It creates a bare repository from the embedded template, merges a "pull request" that adds
 //! example requests (one of them broken), runs one pass against it, and prints a timeline.
 
-use crate::exit;
+use codex_runner::exit;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::config::HostLimits;
-use crate::engine::{dispatch_once, DispatchOptions};
-use crate::git::seed::{SeedFile, SeedRepo};
-use crate::git::Identity;
-use crate::record::Status;
+use codex_runner::config::HostLimits;
+use codex_runner::engine::{dispatch_once, DispatchOptions};
+use codex_runner::git::seed::{SeedFile, SeedRepo};
+use codex_runner::git::Identity;
+use codex_runner::record::Status;
 
 /// Arguments of `demo`.
 #[derive(Debug, clap::Args)]
@@ -39,7 +39,7 @@ pub async fn run(a: DemoArgs) -> i32 {
     match demo(a).await {
         Ok(code) => code,
         Err(e) => {
-            super::report_error(&e);
+            codex_runner::cli::report_error(&e);
             exit::FAILED
         }
     }
@@ -55,7 +55,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
                 _tmp.0.clone()
             }
         };
-        return super::demo_forge::run(&root).await;
+        return crate::forge::run(&root).await;
     }
     let clock = Instant::now();
     let step = |msg: String| println!("[{:>6.2}s] {msg}", clock.elapsed().as_secs_f64());
@@ -69,7 +69,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
     };
     let origin_dir = root.join("origin.git");
     let origin = SeedRepo::init_bare(&origin_dir)?;
-    let template = super::template::seed_files();
+    let template = crate::template::seed_files();
     let base = origin.commit(
         "refs/heads/main",
         &[],
@@ -129,18 +129,18 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         forge: None,
         git_auth: None,
         shutdown: Default::default(),
-        drain_timeout: super::dispatch::DEFAULT_DRAIN_TIMEOUT,
+        drain_timeout: codex_runner::cli::dispatch::DEFAULT_DRAIN_TIMEOUT,
         labels: Vec::new(),
         keep_recorded_claims: false,
         executor: Default::default(),
-        metrics: crate::metrics::global(),
+        metrics: codex_runner::metrics::global(),
     };
     step("codex-runner dispatch --once: fetch main, plan, run in Docker, push".into());
     let report = match dispatch_once(&opts).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
-            if matches!(e, crate::engine::DispatchError::Docker(_)) {
+            if matches!(e, codex_runner::engine::DispatchError::Docker(_)) {
                 eprintln!("hint: start dockerd and build the example images: bash containers/build-images.sh");
             }
             return Ok(e.exit_code());
@@ -150,7 +150,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
     statuses.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
     for s in &statuses {
         let what = match s.state {
-            crate::record::State::Succeeded => format!("succeeded in {} ms", s.duration_ms),
+            codex_runner::record::State::Succeeded => format!("succeeded in {} ms", s.duration_ms),
             _ => format!(
                 "{}: {}",
                 s.state.as_str(),
@@ -203,19 +203,19 @@ async fn demo(a: DemoArgs) -> anyhow::Result<i32> {
     );
     let ok = statuses
         .iter()
-        .filter(|s| s.state == crate::record::State::Succeeded)
+        .filter(|s| s.state == codex_runner::record::State::Succeeded)
         .count();
     println!(
         "{ok} succeeded, {} rejected, {} other, in {:.1}s",
         statuses
             .iter()
-            .filter(|s| s.state == crate::record::State::Rejected)
+            .filter(|s| s.state == codex_runner::record::State::Rejected)
             .count(),
         statuses.len()
             - ok
             - statuses
                 .iter()
-                .filter(|s| s.state == crate::record::State::Rejected)
+                .filter(|s| s.state == codex_runner::record::State::Rejected)
                 .count(),
         clock.elapsed().as_secs_f64()
     );
@@ -240,9 +240,10 @@ impl Drop for TempDir {
 }
 
 /// Where the template's `codex.repo.yaml` puts results.
-pub(crate) fn template_ledger() -> crate::record::Ledger {
-    let config =
-        crate::contract::repo_config::RepoConfig::parse(include_bytes!("../../codex.repo.yaml"))
-            .unwrap_or_default();
-    crate::record::Ledger::of(&config)
+pub fn template_ledger() -> codex_runner::record::Ledger {
+    let config = codex_runner::contract::repo_config::RepoConfig::parse(include_bytes!(
+        "../../../codex.repo.yaml"
+    ))
+    .unwrap_or_default();
+    codex_runner::record::Ledger::of(&config)
 }
