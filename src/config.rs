@@ -120,6 +120,9 @@ pub struct ServerConfig {
     /// Address `/metrics` is served on, apart from the webhook (default `127.0.0.1:8734`;
     /// `off`: not served).
     pub metrics_listen: Option<String>,
+    /// Also answer `GET /healthz` (`ok`, nothing more) on the webhook's listener, for a load
+    /// balancer in front of it that probes the same port (default: only `/webhook` there).
+    pub webhook_healthz: bool,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +133,7 @@ impl Default for ServerConfig {
             poll_interval: Duration::from_secs(60),
             webhook_url: None,
             metrics_listen: Some("127.0.0.1:8734".into()),
+            webhook_healthz: false,
         }
     }
 }
@@ -264,6 +268,8 @@ struct ServerFile {
     listen: Option<String>,
     /// Metrics listen address, or `off`.
     metrics_listen: Option<String>,
+    /// `/healthz` on the webhook's listener too.
+    webhook_healthz: Option<bool>,
     /// Webhook secret file.
     webhook_secret_file: Option<PathBuf>,
     /// Poll interval.
@@ -322,6 +328,7 @@ impl HostConfig {
         let sd = ServerConfig::default();
         let server = ServerConfig {
             listen: f.server.listen.unwrap_or(sd.listen),
+            webhook_healthz: f.server.webhook_healthz.unwrap_or(sd.webhook_healthz),
             metrics_listen: match f.server.metrics_listen {
                 Some(off) if off == "off" => None,
                 Some(addr) => Some(addr),

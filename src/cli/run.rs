@@ -83,7 +83,8 @@ pub async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
         server.pulls = Some(tx);
         tokio::spawn(validate_pulls(opts.clone(), rx));
     }
-    let bound = serve(&server_cfg.listen, router(Arc::new(server)), "the webhook").await?;
+    let app = router(Arc::new(server), server_cfg.webhook_healthz);
+    let bound = serve(&server_cfg.listen, app, "the webhook").await?;
     if chatty {
         println!(
             "codex-runner {} listening on http://{bound}",

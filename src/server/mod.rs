@@ -137,11 +137,16 @@ impl Server {
     }
 }
 
-/// The webhook listener's routes: `/webhook` alone, since it faces the forge.
-pub fn router(server: Arc<Server>) -> Router {
-    Router::new()
-        .route("/webhook", post(webhook))
-        .with_state(server)
+/// The webhook listener's routes: `/webhook` alone, since it faces the forge, and `/healthz`
+/// (alive, nothing more) when `healthz` says a load balancer there needs a probe.
+pub fn router(server: Arc<Server>, healthz: bool) -> Router {
+    let routes = Router::new().route("/webhook", post(webhook));
+    let routes = if healthz {
+        routes.route("/healthz", axum::routing::get(|| async { "ok\n" }))
+    } else {
+        routes
+    };
+    routes.with_state(server)
 }
 
 /// Whether `signature` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under `secret`.

@@ -840,7 +840,7 @@ async fn readiness_follows_the_container_engine_and_the_remote_going_and_coming_
     std::fs::write(
         &config,
         format!(
-            "[runner]\nname = \"t-readyz\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nwebhook_secret_file = \"{}\"\npoll_interval = \"1h\"\n",
+            "[runner]\nname = \"t-readyz\"\nstate_dir = \"{}\"\n\n[repository]\nurl = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nwebhook_secret_file = \"{}\"\npoll_interval = \"1h\"\nwebhook_healthz = true\n",
             repo.state.display(),
             repo.origin.display(),
             dir.join("secret").display()
@@ -860,6 +860,16 @@ async fn readiness_follows_the_container_engine_and_the_remote_going_and_coming_
         (r.status().as_u16(), r.text().await.unwrap())
     };
     assert_eq!(ready().await, (200, "ready\n".to_string()));
+    // Asked for (`webhook_healthz`), the webhook's listener answers a probe too, and no more.
+    let probe = reqwest::get(format!("{}/healthz", daemon.url))
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 200);
+    assert_eq!(probe.text().await.unwrap(), "ok\n");
+    for path in ["/status", "/metrics", "/readyz"] {
+        let got = reqwest::get(format!("{}{path}", daemon.url)).await.unwrap();
+        assert_eq!(got.status(), 404, "{path}");
+    }
 
     std::fs::remove_file(&link).unwrap();
     assert_eq!(
