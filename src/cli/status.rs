@@ -47,13 +47,7 @@ pub async fn run(a: StatusArgs) -> i32 {
         .clone()
         .unwrap_or_else(super::paths::default_state_dir);
     let held = crate::engine::backlog(&state_dir, &repo.url);
-    // The daemon notes where it answers (its port may be the system's choice); else the
-    // config says.
-    let noted = std::fs::read(state_dir.join(super::run::DAEMON_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| v["operator"].as_str().map(str::to_string));
-    let daemon = match noted.or(host.server.metrics_listen.clone()) {
+    let daemon = match operator_address(&state_dir, host.server.metrics_listen.as_deref()) {
         Some(addr) => ask(&addr).await.map_err(|e| format!("{e:#}")),
         None => Err("server.metrics_listen is off: the daemon is not asked".into()),
     };
@@ -79,27 +73,45 @@ pub async fn run(a: StatusArgs) -> i32 {
 
 /// `/status` of the daemon on `addr`.
 async fn ask(addr: &str) -> anyhow::Result<Value> {
-    let client = reqwest::Client::builder()
-        .timeout(ASK_WITHIN)
-        .no_proxy()
-        .build()?;
-    let url = format!("http://{addr}/status");
-    let answer = client
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("the daemon does not answer on {addr}"))?;
-    anyhow::ensure!(
-        answer.status().is_success(),
-        "the daemon on {addr} answered {}",
-        answer.status()
-    );
+    let answer = operator_get(addr, "/status").await?;
     let mut v: Value = answer
         .json()
         .await
         .context("the daemon's /status is not JSON")?;
     v["answering"] = json!(true);
     Ok(v)
+}
+
+/// `GET path` on the daemon's operator listener at `addr` (loopback, no proxy, a few seconds
+/// to answer); a non-success status is an error.
+pub(super) async fn operator_get(addr: &str, path: &str) -> anyhow::Result<reqwest::Response> {
+    let answer = reqwest::Client::builder()
+        .timeout(ASK_WITHIN)
+        .no_proxy()
+        .build()?
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .with_context(|| format!("the daemon does not answer on {addr}"))?;
+    anyhow::ensure!(
+        answer.status().is_success(),
+        "the daemon on {addr} answered {} to {path}",
+        answer.status()
+    );
+    Ok(answer)
+}
+
+/// Where the daemon's operator listener answers: where the running daemon noted it in the
+/// state directory (its port may be the system's choice), else where the config says.
+pub(super) fn operator_address(
+    state_dir: &std::path::Path,
+    configured: Option<&str>,
+) -> Option<String> {
+    std::fs::read(state_dir.join(super::run::DAEMON_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["operator"].as_str().map(str::to_string))
+        .or(configured.map(str::to_string))
 }
 
 fn text(report: &Value, daemon: &Result<Value, String>) -> String {

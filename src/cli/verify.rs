@@ -13,6 +13,8 @@ use crate::engine::DispatchOptions;
 use crate::exit;
 use crate::forge::GitHub;
 
+use super::status::{operator_address, operator_get};
+
 /// Arguments of `verify`.
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
@@ -264,15 +266,6 @@ async fn forge_permissions(forge: &GitHub, hooks: bool) -> Result<String, String
     }
 }
 
-/// Where the daemon's operator listener answers, if it notes it (or the config says).
-fn operator_address(state_dir: &Path, configured: Option<&str>) -> Option<String> {
-    std::fs::read(state_dir.join(super::run::DAEMON_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| v["operator"].as_str().map(str::to_string))
-        .or(configured.map(str::to_string))
-}
-
 /// The hook points here; when the daemon runs, a ping signed with the hook's secret is
 /// accepted by it (so the secret matches the file).
 async fn webhook(
@@ -294,13 +287,7 @@ async fn webhook(
         let ops = ops.clone();
         async move {
             let addr = ops?;
-            let text = reqwest::Client::builder()
-                .timeout(Duration::from_secs(3))
-                .no_proxy()
-                .build()
-                .ok()?
-                .get(format!("http://{addr}/metrics"))
-                .send()
+            let text = operator_get(&addr, "/metrics")
                 .await
                 .ok()?
                 .text()
@@ -358,13 +345,7 @@ async fn webhook(
 /// The daemon's `/status` on `addr` (`null` when it does not answer).
 async fn daemon_status(addr: &str) -> Value {
     let answer = async {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .no_proxy()
-            .build()
-            .ok()?
-            .get(format!("http://{addr}/status"))
-            .send()
+        operator_get(addr, "/status")
             .await
             .ok()?
             .json::<Value>()
