@@ -1,4 +1,4 @@
-//! `codex-runner demo`: the whole loop on this machine, with nothing but Docker.
+//! The demo (`codex-runner-demo`): the whole loop on this machine, with nothing but Docker.
 //!
 //! It creates a bare repository from the embedded template, merges a "pull request" that adds
 //! example requests (one of them broken), runs one pass against it, and prints a timeline.
