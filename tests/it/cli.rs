@@ -414,6 +414,10 @@ fn completions_and_manual_pages_come_from_the_command_line_itself() {
     );
     let run = std::fs::read_to_string(pages.join("codex-runner-run.1")).unwrap();
     assert!(run.contains(r"\fB\-\-config\fR"), "{run}");
+    assert!(
+        run.contains(r"\fBCODEX_RUNNER_CONFIG\fR environment variable"),
+        "the page names each flag's variable:\n{run}"
+    );
     // --help names each flag's variable.
     let help = stdout(&codex(&["run", "--help"]));
     assert!(help.contains("[env: CODEX_RUNNER_CONFIG=]"), "{help}");
