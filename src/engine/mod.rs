@@ -96,7 +96,7 @@ async fn pass(opts: &DispatchOptions) -> Result<PassReport, DispatchError> {
     let before = crate::git::round_trips();
     // Results wait per remote: runners of several repositories may share one state dir.
     let key = remote_key(&opts.remote);
-    let results_dir = opts.state_dir.join("results").join(&key);
+    let results_dir = results_dir(&opts.state_dir, &key);
     std::fs::create_dir_all(&results_dir)
         .with_context(|| format!("failed to create state dir {}", results_dir.display()))?;
     let locks = ResourceLocks::new(&opts.state_dir.join("locks"))?;
@@ -274,9 +274,7 @@ fn check_reporter(
     let Some(target) = &opts.forge else {
         return (None, None);
     };
-    let journal = Arc::new(checks::Journal::new(
-        opts.state_dir.join("checks").join(key),
-    ));
+    let journal = Arc::new(checks::Journal::new(checks_dir(&opts.state_dir, key)));
     journal.release(|id| {
         Ledger::of(config)
             .lookups(ResultFile::Status, id)
@@ -321,6 +319,17 @@ fn enqueue(
     Ok(queues)
 }
 
+/// Where results for the remote of `key` wait in `state_dir`, a directory each: runners of
+/// several repositories may share one state directory.
+fn results_dir(state_dir: &std::path::Path, key: &str) -> std::path::PathBuf {
+    state_dir.join("results").join(key)
+}
+
+/// Where check updates for the remote of `key` wait in `state_dir`, a file each.
+fn checks_dir(state_dir: &std::path::Path, key: &str) -> std::path::PathBuf {
+    state_dir.join("checks").join(key)
+}
+
 /// What a state directory holds for a remote and has not handed on yet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Backlog {
@@ -337,7 +346,7 @@ pub struct Backlog {
 pub fn backlog(state_dir: &std::path::Path, remote: &str) -> Backlog {
     let key = remote_key(remote);
     let mut held = Backlog::default();
-    if let Ok(dirs) = std::fs::read_dir(state_dir.join("results").join(&key)) {
+    if let Ok(dirs) = std::fs::read_dir(results_dir(state_dir, &key)) {
         for d in dirs.flatten() {
             if crate::record::ResultDir::at(d.path()).status().exists() {
                 held.results += 1;
@@ -346,7 +355,7 @@ pub fn backlog(state_dir: &std::path::Path, remote: &str) -> Backlog {
             }
         }
     }
-    held.check_updates = std::fs::read_dir(state_dir.join("checks").join(&key)).map_or(0, |d| {
+    held.check_updates = std::fs::read_dir(checks_dir(state_dir, &key)).map_or(0, |d| {
         d.flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
             .count()
