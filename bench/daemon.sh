@@ -34,6 +34,14 @@ chmod 600 "$d/secret"
 port=$(free_port)
 printf '[runner]\nname = "bench-daemon"\nstate_dir = "%s"\nconcurrency = 20\n\n[repository]\nurl = "%s"\n\n[server]\nlisten = "127.0.0.1:%s"\nwebhook_secret_file = "%s"\npoll_interval = "1h"\n' \
   "$d/state" "$d/repo.git" "$port" "$d/secret" >"$d/runner.toml"
+# The operator listener on a free port of its own when scraped (builds before it knew no
+# metrics_listen, and refuse unknown keys), else off.
+if [ -n "${BENCH_SCRAPE:-}" ]; then
+  ops_port=$(free_port)
+  echo "metrics_listen = \"127.0.0.1:$ops_port\"" >>"$d/runner.toml"
+elif "$bin" status --help >/dev/null 2>&1; then # a build with the operator listener
+  echo 'metrics_listen = "off"' >>"$d/runner.toml"
+fi
 "$bin" run --config "$d/runner.toml" >"$d/daemon.out" 2>"$d/daemon.log" &
 daemon=$!
 trap 'kill $git_daemon $daemon 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -50,7 +58,7 @@ if [ -n "${BENCH_SCRAPE:-}" ]; then
   : >"$BENCH_SCRAPE"
   (while kill -0 "$daemon" 2>/dev/null; do
     now=$(date +%s.%N)
-    curl -fs "http://127.0.0.1:8734/metrics" | grep -v '^#' | sed "s/^/$now /" >>"$BENCH_SCRAPE" || true
+    curl -fs "http://127.0.0.1:$ops_port/metrics" | grep -v '^#' | sed "s/^/$now /" >>"$BENCH_SCRAPE" || true
     sleep 0.5
   done) &
 fi

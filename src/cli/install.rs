@@ -5,7 +5,9 @@
 //! and own the state and work directories, writes `codex-runner.service`, and enables and
 //! starts it. The service reaches Docker through the socket's group, never as root.
 //! `uninstall` stops and removes the unit (and the user, when `install` created it); the
-//! state directory stays, since results not yet pushed live there.
+//! state directory stays, since results not yet pushed live there. The Debian package ships
+//! the unit for the default config in `/usr/lib/systemd/system`, disabled; the one `install`
+//! writes in `/etc/systemd/system` takes precedence, and `uninstall` leaves the package's.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -78,13 +80,48 @@ pub struct UnitSpec {
     pub writes: Vec<PathBuf>,
     /// How long it may take to stop: the drain timeout, the grace, and a minute to push.
     pub stop_timeout: Duration,
+    /// Its first lines: who wrote it ([`BY_INSTALL`], or the package's).
+    pub header: &'static str,
+}
+
+/// The header of a unit `install` writes into `/etc/systemd/system`, fitted to a host config.
+pub const BY_INSTALL: &str =
+    "# Written by `codex-runner install`; `codex-runner uninstall` removes it.\n";
+
+/// The unit the Debian package ships in `/usr/lib/systemd/system`: [`UnitSpec::packaged`],
+/// kept so by a test (`cargo deb` takes it from here).
+#[cfg(test)]
+const PACKAGED_UNIT: &str = "debian/codex-runner.service";
+
+#[cfg(test)]
+impl UnitSpec {
+    /// The unit the package ships: the default config, state directory and user, the socket
+    /// group Debian's Docker uses, and the default drain timeout.
+    pub fn packaged() -> UnitSpec {
+        let state = PathBuf::from(super::paths::ROOT_STATE_DIR);
+        UnitSpec {
+            bin: "/usr/bin/codex-runner".into(),
+            config: PathBuf::from(super::paths::ROOT_CONFIG),
+            user: "codex-runner".into(),
+            created_user: false,
+            groups: vec!["docker".into()],
+            writes: vec![state.clone(), state.join("work")],
+            stop_timeout: super::dispatch::DEFAULT_DRAIN_TIMEOUT
+                + crate::config::HostLimits::default().grace
+                + Duration::from_secs(60),
+            header:
+                "# Shipped by the codex-runner package for the default host config; not enabled.
+# After `codex-runner register`, `codex-runner install` writes a copy fitted to the config
+# (user, credentials, directories, stop timeout) to /etc/systemd/system, which takes
+# precedence over this one, and starts it.\n",
+        }
+    }
 }
 
 /// The unit file for `spec`: `Type=notify` with a watchdog, restarted on failure except on a
 /// usage or config error (exit 2, which a restart cannot mend), and hardened.
 pub fn unit_text(spec: &UnitSpec) -> String {
-    let mut out =
-        String::from("# Written by `codex-runner install`; `codex-runner uninstall` removes it.\n");
+    let mut out = String::from(spec.header);
     if spec.created_user {
         out.push_str(&format!("{CREATED_USER}{}\n", spec.user));
     }
@@ -265,6 +302,7 @@ fn do_install(a: &InstallArgs) -> anyhow::Result<Vec<String>> {
         groups,
         writes,
         stop_timeout: drain + host.limits.grace + Duration::from_secs(60),
+        header: BY_INSTALL,
     };
     std::fs::create_dir_all(&a.unit_dir)
         .with_context(|| format!("failed to create {}", a.unit_dir.display()))?;
@@ -445,6 +483,7 @@ mod tests {
             groups: vec!["docker".into()],
             writes: vec!["/var/lib/codex-runner".into(), "/srv/work dir".into()],
             stop_timeout: Duration::from_secs(670),
+            header: BY_INSTALL,
         };
         let text = unit_text(&spec);
         for line in [
@@ -472,5 +511,32 @@ mod tests {
         };
         let text = unit_text(&mine);
         assert!(!text.contains(CREATED_USER) && !text.contains("SupplementaryGroups"));
+    }
+
+    #[test]
+    fn the_packaged_unit_is_the_one_for_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(PACKAGED_UNIT);
+        let shipped = std::fs::read_to_string(&path).unwrap_or_default();
+        let wanted = unit_text(&UnitSpec::packaged());
+        if shipped != wanted && std::env::var_os("CODEX_RUNNER_BLESS").is_some() {
+            std::fs::write(&path, &wanted).unwrap();
+            return;
+        }
+        assert_eq!(
+            shipped, wanted,
+            "{PACKAGED_UNIT} is not what `install` would write for the defaults; \
+             CODEX_RUNNER_BLESS=1 cargo test packaged_unit rewrites it"
+        );
+        for line in [
+            "ExecStart=/usr/bin/codex-runner run --config /etc/codex-runner/runner.toml",
+            "User=codex-runner",
+            "SupplementaryGroups=docker",
+            "TimeoutStopSec=670s",
+        ] {
+            assert!(
+                wanted.lines().any(|l| l == line),
+                "no `{line}` in:\n{wanted}"
+            );
+        }
     }
 }

@@ -11,6 +11,11 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The host config of a runner set up as root.
+pub const ROOT_CONFIG: &str = "/etc/codex-runner/runner.toml";
+/// The state directory of a runner set up as root (and the unit's `StateDirectory=`).
+pub const ROOT_STATE_DIR: &str = "/var/lib/codex-runner";
+
 fn env(key: &str) -> Option<OsString> {
     std::env::var_os(key).filter(|v| !v.is_empty())
 }
@@ -23,7 +28,7 @@ pub fn default_config() -> PathBuf {
 }
 
 fn config_for(root: bool, env: impl Fn(&str) -> Option<OsString>) -> PathBuf {
-    let system = PathBuf::from("/etc/codex-runner/runner.toml");
+    let system = PathBuf::from(ROOT_CONFIG);
     if root {
         return system;
     }
@@ -46,7 +51,7 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 fn state_dir_for(root: bool, env: impl Fn(&str) -> Option<OsString>) -> PathBuf {
-    let system = PathBuf::from("/var/lib/codex-runner");
+    let system = PathBuf::from(ROOT_STATE_DIR);
     // systemd lists one directory per StateDirectory= entry, colon-separated.
     if let Some(first) = env("STATE_DIRECTORY").and_then(|dirs| {
         let dirs = dirs.to_string_lossy().into_owned();

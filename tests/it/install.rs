@@ -222,9 +222,28 @@ fn the_package_holds_the_program_its_pages_and_completions_and_dpkg_takes_it() {
         "usr/share/zsh/vendor-completions/_codex-runner",
         "usr/share/fish/vendor_completions.d/codex-runner.fish",
         "usr/share/doc/codex-runner/copyright",
+        "usr/lib/sysusers.d/codex-runner.conf",
     ] {
         assert!(root.join(file).is_file(), "the package has no {file}");
     }
+    // The unit it ships is the one `install` writes for the defaults, and not enabled.
+    let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system/codex-runner.service"))
+        .expect("the package has no unit");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/debian/codex-runner.service");
+    assert_eq!(unit, std::fs::read_to_string(source).unwrap());
+    assert!(
+        info.contains("systemd | systemd-standalone-sysusers"),
+        "{info}"
+    );
+    let control = dir.path().join("control");
+    assert!(run("dpkg-deb", &["-e", &deb, control.to_str().unwrap()])
+        .status
+        .success());
+    let postinst = std::fs::read_to_string(control.join("postinst")).unwrap();
+    assert!(
+        postinst.contains("systemd-sysusers") && !postinst.contains("deb-systemd-invoke start"),
+        "postinst should create the user and neither enable nor start the unit:\n{postinst}"
+    );
 }
 
 /// `docker exec` in `container`; stdout, or a failure naming what was asked.
@@ -345,6 +364,38 @@ fn under_a_real_systemd_the_installed_service_starts_ready_and_stops_clean() {
         "{}",
         String::from_utf8_lossy(&dpkg.stderr)
     );
+    let show = |prop: &str| {
+        text(&exec(
+            &name,
+            &[
+                "systemctl",
+                "show",
+                "-p",
+                prop,
+                "--value",
+                "codex-runner.service",
+            ],
+        ))
+    };
+    // The package brought its user and a unit systemd reads cleanly, neither enabled nor started.
+    let user = exec(&name, &["getent", "passwd", "codex-runner"]);
+    assert!(user.status.success(), "the package made no user");
+    let packaged = "/usr/lib/systemd/system/codex-runner.service";
+    let verify = exec(&name, &["systemd-analyze", "verify", packaged]);
+    let complaints = String::from_utf8_lossy(&verify.stderr).into_owned();
+    assert!(
+        verify.status.success() && !complaints.contains(packaged),
+        "{complaints}"
+    );
+    // (/lib or /usr/lib, the same directory on a merged /usr)
+    let is_packaged = |fragment: String| fragment.ends_with(&packaged[4..]);
+    assert!(
+        is_packaged(show("FragmentPath")),
+        "{}",
+        show("FragmentPath")
+    );
+    assert_eq!(show("UnitFileState"), "disabled");
+    assert_eq!(show("ActiveState"), "inactive");
     // systemctl enable --now returns once the Type=notify service said READY=1.
     let inst = exec(
         &name,
@@ -362,23 +413,16 @@ fn under_a_real_systemd_the_installed_service_starts_ready_and_stops_clean() {
         String::from_utf8_lossy(&inst.stderr)
     );
     assert!(
-        text(&inst).contains("enabled and started codex-runner.service"),
+        text(&inst).contains("enabled and started codex-runner.service")
+            && text(&inst).contains("runs as the existing user codex-runner"),
         "{}",
         text(&inst)
     );
-    let show = |prop: &str| {
-        text(&exec(
-            &name,
-            &[
-                "systemctl",
-                "show",
-                "-p",
-                prop,
-                "--value",
-                "codex-runner.service",
-            ],
-        ))
-    };
+    // Its own unit, fitted to the config, stands in front of the package's.
+    assert_eq!(
+        show("FragmentPath"),
+        "/etc/systemd/system/codex-runner.service"
+    );
     assert_eq!(show("ActiveState"), "active");
     assert_eq!(show("SubState"), "running");
     assert_eq!(show("User"), "codex-runner");
@@ -431,18 +475,15 @@ fn under_a_real_systemd_the_installed_service_starts_ready_and_stops_clean() {
         "{}",
         String::from_utf8_lossy(&un.stderr)
     );
-    assert_eq!(
-        text(&exec(
-            &name,
-            &[
-                "systemctl",
-                "show",
-                "-p",
-                "LoadState",
-                "--value",
-                "codex-runner.service"
-            ]
-        )),
-        "not-found"
+    // What is left is the package's unit, disabled, and the package's user.
+    assert!(
+        is_packaged(show("FragmentPath")),
+        "{}",
+        show("FragmentPath")
     );
+    assert_eq!(show("UnitFileState"), "disabled");
+    assert_eq!(show("ActiveState"), "inactive");
+    assert!(exec(&name, &["getent", "passwd", "codex-runner"])
+        .status
+        .success());
 }
