@@ -14,6 +14,7 @@ use crate::contract::request::{
     parse_request, request_stem, schema_violations, Request, RequestId,
 };
 use crate::contract::units::format_duration;
+use crate::contract::words::Origin;
 use crate::contract::yaml::locate;
 use crate::contract::Violation;
 
@@ -160,7 +161,10 @@ pub fn plan<'i>(
         };
         let request = match parse_request(&entry.path, bytes) {
             Ok(r) => r,
-            Err(v) => {
+            Err(mut v) => {
+                if let Ok(index) = index_at(entry.commit) {
+                    name_known_kinds(&mut v.0, index);
+                }
                 out.items.push(item(invalid_id, Action::Reject(v.0)));
                 continue;
             }
@@ -226,6 +230,30 @@ pub fn plan<'i>(
     out
 }
 
+/// A `kind` the request schema refused (`PROBE`, `"echo "`): say which known kind it means,
+/// now that the index is at hand.
+fn name_known_kinds(violations: &mut [Violation], index: &HandlerIndex) {
+    for v in violations.iter_mut().filter(|v| v.rule == "invalid-kind") {
+        let Some(fix) = v.suggestion.clone() else {
+            continue;
+        };
+        match index.route(&fix) {
+            Ok(_) => {
+                v.hint = Some(format!(
+                    "write `kind: {fix}` (a handler in handlers/index.yml)"
+                ))
+            }
+            Err(unknown) => {
+                v.hint = Some(format!(
+                    "`{fix}` is not a handler here either; {}",
+                    unknown.hint()
+                ));
+                v.suggestion = unknown.closest;
+            }
+        }
+    }
+}
+
 /// 12 hex digits naming an inbox entry (its path and content), for the log ids of files
 /// that have no usable id of their own.
 fn entry_key(entry: &InboxEntry) -> String {
@@ -273,9 +301,15 @@ fn check_against_handler(
         locate(&request.source, &steps, false)
     };
     let handler = index.route(&request.kind).map_err(|unknown| {
-        vec![Violation::new(file, "unknown-kind", unknown.to_string())
+        let mut v = Violation::new(file, "unknown-kind", unknown.to_string())
             .at(at(&["kind"]))
-            .hint(unknown.hint())]
+            .saw(
+                format!("one of {}", unknown.known.join(", ")),
+                format!("`{}`", request.kind),
+            )
+            .hint(unknown.hint());
+        v.suggestion = unknown.closest.clone();
+        vec![v]
     })?;
     let mut errors = Vec::new();
     if let Some(schema) = &handler.params {
@@ -290,6 +324,7 @@ fn check_against_handler(
             &request.source,
             file,
             "/params",
+            Origin::Params,
             &look,
         ));
     }
@@ -482,7 +517,7 @@ mod tests {
                 v[0].hint
                     .as_deref()
                     .unwrap_or_default()
-                    .contains("params schema of `echo`"),
+                    .contains("quote it to make it text: `message: \"5\"`"),
                 "{:?}",
                 v[0]
             );

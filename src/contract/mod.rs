@@ -7,7 +7,9 @@ pub mod handlers;
 pub mod repo_config;
 pub mod request;
 pub mod units;
+pub mod words;
 pub mod yaml;
+mod yaml_words;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -36,6 +38,15 @@ pub struct Violation {
     /// How to fix it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// What the rule accepts, in words (`a positive whole number of seconds, or …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    /// What the file holds there, in words (`the number -5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found: Option<String>,
+    /// Replacement text for the value at the position, where one is known (`5m`, `[linux]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
 }
 
 impl Violation {
@@ -55,7 +66,33 @@ impl Violation {
             rule: Cow::Borrowed(rule),
             message,
             hint: None,
+            expected: None,
+            found: None,
+            suggestion: None,
         }
+    }
+
+    /// The violation `explained` names, at no position yet.
+    pub fn explained(file: impl Into<String>, explained: words::Explained) -> Self {
+        let mut v = Violation::new(file, explained.rule, explained.message);
+        v.hint = explained.hint;
+        v.expected = explained.expected;
+        v.found = explained.found;
+        v.suggestion = explained.suggestion;
+        v
+    }
+
+    /// Say what the rule accepts and what was found.
+    pub fn saw(mut self, expected: impl Into<String>, found: impl Into<String>) -> Self {
+        self.expected = Some(expected.into());
+        self.found = Some(found.into());
+        self
+    }
+
+    /// Attach replacement text for the value at the position.
+    pub fn suggest(mut self, suggestion: impl Into<String>) -> Self {
+        self.suggestion = Some(suggestion.into());
+        self
     }
 
     /// Attach a 1-based position.

@@ -517,7 +517,7 @@ mod tests {
                     "enforce_merge_before_execution: true",
                     "enforce_merge_before_execution: maybe",
                 ),
-                "yaml-syntax",
+                "wrong-type",
                 8,
             ),
             (
@@ -537,7 +537,7 @@ mod tests {
             ),
             (
                 START.replace("max_attempts: 3", "max_attempts: -1"),
-                "yaml-syntax",
+                "wrong-type",
                 11,
             ),
             (

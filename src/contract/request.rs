@@ -10,8 +10,9 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::units::parse_duration;
+use super::words::{self, Origin};
 use super::yaml::{self, locate, pointer_steps};
-use super::{closest, Violation, Violations};
+use super::{Violation, Violations};
 
 /// The request JSON Schema (draft 2020-12), embedded in the binary.
 pub const SCHEMA: &str = include_str!("request.schema.json");
@@ -101,26 +102,6 @@ impl Schema {
             validator,
         })
     }
-
-    /// Property names the schema declares for the object at `steps`.
-    fn properties_at(&self, steps: &[String]) -> Vec<String> {
-        let mut node = &self.document;
-        for step in steps {
-            let next = if step.parse::<usize>().is_ok() && node.get("items").is_some() {
-                node.get("items")
-            } else {
-                node.get("properties").and_then(|p| p.get(step))
-            };
-            match next {
-                Some(n) => node = n,
-                None => return Vec::new(),
-            }
-        }
-        node.get("properties")
-            .and_then(Value::as_object)
-            .map(|p| p.keys().cloned().collect())
-            .unwrap_or_default()
-    }
 }
 
 fn request_schema() -> &'static Schema {
@@ -141,7 +122,13 @@ pub fn parse_request(file: &str, bytes: &[u8]) -> Result<Request, Violations> {
             "empty-request",
             "the file holds no request (it is empty, only comments, or `null`)",
         )
-        .hint("a request needs at least `kind:`; see codex-runner schema")]));
+        .saw(
+            "a request: `kind:` and, as the handler needs, `params:`",
+            "no request",
+        )
+        .hint(
+            "a request needs at least `kind:` naming a handler, such as `kind: echo`",
+        )]));
     }
     let violations = schema_violations(
         request_schema(),
@@ -149,7 +136,8 @@ pub fn parse_request(file: &str, bytes: &[u8]) -> Result<Request, Violations> {
         text,
         file,
         "",
-        "see the request schema: codex-runner schema",
+        Origin::Request,
+        "see the request's fields: codex-runner schema request",
     );
     if !violations.is_empty() {
         return Err(Violations(violations));
@@ -158,23 +146,31 @@ pub fn parse_request(file: &str, bytes: &[u8]) -> Result<Request, Violations> {
     let name = file.rsplit('/').next().unwrap_or(file);
     let stem = request_stem(name).unwrap_or(name);
     let id_text = obj.get("id").and_then(Value::as_str).unwrap_or(stem);
-    let id = RequestId::parse(id_text).map_err(|msg| {
-        let pos = obj
-            .contains_key("id")
-            .then(|| locate(text, &["id".to_string()], false))
-            .flatten();
-        let hint = if obj.contains_key("id") {
-            "fix the `id` field"
+    let id = RequestId::parse(id_text).map_err(|_| {
+        let explained = words::id_value(id_text);
+        if obj.contains_key("id") {
+            Violation::explained(file, explained).at(locate(text, &["id".to_string()], false))
         } else {
-            "rename the file, or set `id:` to a valid id"
-        };
-        Violation::new(file, "invalid-id", msg).at(pos).hint(hint)
+            let v = Violation::explained(file, explained);
+            let hint = format!(
+                "the id is the file name without .yaml: rename the file, or set `id:`{}",
+                v.suggestion
+                    .as_deref()
+                    .map(|s| format!(" (such as `id: {s}`)"))
+                    .unwrap_or_default()
+            );
+            Violation {
+                message: format!("the file name gives no valid id: {}", v.message),
+                hint: Some(hint),
+                ..v
+            }
+        }
     })?;
     let timeout = match obj.get("timeout") {
         None => None,
         Some(Value::Number(n)) => n.as_u64().map(Duration::from_secs),
-        Some(Value::String(s)) => Some(parse_duration(s).map_err(|m| {
-            Violation::new(file, "invalid-timeout", m).at(locate(
+        Some(Value::String(s)) => Some(parse_duration(s).map_err(|_| {
+            Violation::explained(file, words::timeout(&Value::String(s.clone()))).at(locate(
                 text,
                 &["timeout".to_string()],
                 false,
@@ -215,16 +211,18 @@ pub fn parse_request(file: &str, bytes: &[u8]) -> Result<Request, Violations> {
     })
 }
 
-/// Validate `instance` and turn each schema error into a located violation.
+/// Validate `instance` and turn each schema error into a located violation in the writer's
+/// terms ([`words::explain`]).
 ///
-/// `prefix` is the JSON pointer of `instance` inside the file (e.g. `/params`); `where_to_look`
-/// is the hint for errors that have no more specific one (which schema decides).
+/// `prefix` is the JSON pointer of `instance` inside the file (e.g. `/params`); `origin` says
+/// whose schema it is; `where_to_look` is the hint for errors that have no more specific one.
 pub fn schema_violations(
     schema: &Schema,
     instance: &Value,
     text: &str,
     file: &str,
     prefix: &str,
+    origin: Origin,
     where_to_look: &str,
 ) -> Vec<Violation> {
     use jsonschema::error::ValidationErrorKind as K;
@@ -235,37 +233,26 @@ pub fn schema_violations(
     for err in errors.by_ref().take(MAX_SCHEMA_VIOLATIONS) {
         let pointer = format!("{prefix}{}", err.instance_path().as_str());
         let mut steps = pointer_steps(&pointer);
-        let (rule, key, hint) = match err.kind() {
-            K::AdditionalProperties { unexpected } => {
-                let prefix_steps = pointer_steps(prefix).len();
-                let known = schema.properties_at(&steps[prefix_steps.min(steps.len())..]);
-                let bad = unexpected.first().cloned().unwrap_or_default();
-                steps.push(bad.clone());
-                let hint = match closest(&bad, known.iter().map(String::as_str)) {
-                    Some(k) => format!("did you mean `{k}`?"),
-                    None if known.is_empty() => "remove it".to_string(),
-                    None => format!("allowed fields: {}", known.join(", ")),
-                };
-                ("unknown-field", true, Some(hint))
+        // The schema node that holds the failing keyword: its types, description, fields.
+        let schema_path = err.schema_path().as_str();
+        let parent = schema_path.rsplit_once('/').map_or("", |(p, _)| p);
+        let at = words::At {
+            steps: &steps,
+            node: schema.document.pointer(parent),
+        };
+        let explained = words::explain(origin, err.kind(), err.instance(), &at);
+        // An unknown field is shown where its key is.
+        let key = match err.kind() {
+            K::AdditionalProperties { unexpected } | K::UnevaluatedProperties { unexpected } => {
+                steps.push(unexpected.first().cloned().unwrap_or_default());
+                true
             }
-            K::Required { property } => (
-                "missing-field",
-                false,
-                Some(format!("add `{}:`", property.as_str().unwrap_or("?"))),
-            ),
-            K::Type { .. } => ("wrong-type", false, None),
-            K::Pattern { .. } => ("invalid-value", false, None),
-            K::Enum { .. } | K::Constant { .. } => ("not-allowed-value", false, None),
-            _ => ("schema", false, None),
+            _ => false,
         };
-        let field = if steps.is_empty() {
-            "the document".to_string()
-        } else {
-            format!("`{}`", steps.join("."))
-        };
-        let mut v = Violation::new(file, rule, format!("{field}: {}", err.masked()))
-            .at(locate(text, &steps, key));
-        v = v.hint(hint.unwrap_or_else(|| where_to_look.to_string()));
+        let mut v = Violation::explained(file, explained).at(locate(text, &steps, key));
+        if v.hint.is_none() {
+            v.hint = Some(where_to_look.to_string());
+        }
         out.push(v);
     }
     let more = errors.count();
@@ -273,10 +260,10 @@ pub fn schema_violations(
         out.push(
             Violation::new(
                 file,
-                "schema",
-                format!("… and {more} more problems of the same kind, not listed"),
+                "more-problems",
+                format!("… and {more} more problems, not listed"),
             )
-            .hint(where_to_look.to_string()),
+            .hint("fix the ones listed, then validate again: `codex-runner validate`"),
         );
     }
     out
@@ -343,7 +330,8 @@ mod tests {
     #[test]
     fn path_traversal_ids_are_rejected() {
         let err = parse("kind: echo\nid: ../../etc/passwd\n").unwrap_err();
-        assert_eq!(err.0[0].rule, "invalid-value", "{err}");
+        assert_eq!(err.0[0].rule, "invalid-id", "{err}");
+        assert_eq!(err.0[0].suggestion.as_deref(), Some("etc-passwd"), "{err}");
         assert_eq!(err.0[0].line, Some(2));
         let err = parse_request("requests/..yaml", b"kind: echo\n").unwrap_err();
         assert_eq!(err.0[0].rule, "invalid-id", "{err}");

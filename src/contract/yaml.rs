@@ -58,18 +58,54 @@ pub fn text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, Violation> {
                 .hint("save the file as UTF-8 without BOM"),
         );
     }
+    if let Some(v) = utf16(file, bytes) {
+        return Err(v);
+    }
     std::str::from_utf8(bytes).map_err(|e| {
         let good = &bytes[..e.valid_up_to()];
         let line = good.iter().filter(|b| **b == b'\n').count() + 1;
         let col = good.len() - good.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1) + 1;
+        let byte = bytes[e.valid_up_to()];
         Violation::new(
             file,
             "not-utf8",
-            format!("byte {} is not valid UTF-8", e.valid_up_to()),
+            format!("line {line} has the byte 0x{byte:02X}, which is not UTF-8 text"),
         )
         .at(Some((line, col)))
-        .hint("requests must be UTF-8 text")
+        .saw(
+            "UTF-8 text",
+            "another encoding (such as Latin-1 or Windows-1252)",
+        )
+        .hint("save the file as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`)")
     })
+}
+
+/// A file in UTF-16, by its byte-order mark or by the zero bytes ASCII text has in it.
+#[allow(clippy::result_large_err)]
+fn utf16(file: &str, bytes: &[u8]) -> Option<Violation> {
+    let head = &bytes[..bytes.len().min(64)];
+    let zeros_at = |parity: usize| {
+        head.len() >= 4
+            && head.iter().skip(parity).step_by(2).all(|b| *b == 0)
+            && head.iter().skip(1 - parity).step_by(2).any(|b| *b != 0)
+    };
+    let endian = if bytes.starts_with(&[0xFF, 0xFE]) || zeros_at(1) {
+        "little-endian"
+    } else if bytes.starts_with(&[0xFE, 0xFF]) || zeros_at(0) {
+        "big-endian"
+    } else {
+        return None;
+    };
+    Some(
+        Violation::new(
+            file,
+            "not-utf8",
+            format!("the file is UTF-16 ({endian}) text; requests are UTF-8"),
+        )
+        .at(Some((1, 1)))
+        .saw("UTF-8 text", format!("UTF-16 ({endian})"))
+        .hint("save it as UTF-8 without a byte-order mark (e.g. `iconv -f UTF-16 -t UTF-8`; Windows PowerShell 5 writes UTF-16 with `>`)"),
+    )
 }
 
 /// Parse YAML text into `T` under the budget; errors carry the position serde-saphyr knows.
@@ -77,19 +113,8 @@ pub fn text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, Violation> {
 /// value means in a way a reviewer reading the file does not see.
 #[allow(clippy::result_large_err)]
 pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Violation> {
-    let value = serde_saphyr::from_str_with_options::<T>(text, options()).map_err(|e| {
-        let pos = e.location().and_then(|l| {
-            let (line, col) = (l.line() as usize, l.column() as usize);
-            (line > 0).then_some((line, col.max(1)))
-        });
-        let message = first_line(&e.to_string());
-        let (rule, hint) = classify(&message);
-        let v = Violation::new(file, rule, message).at(pos);
-        match hint {
-            Some(h) => v.hint(h),
-            None => v,
-        }
-    })?;
+    let value = serde_saphyr::from_str_with_options::<T>(text, options())
+        .map_err(|e| super::yaml_words::explain(file, text, &e))?;
     // Within budget, so walking the events is bounded (aliases are not expanded here).
     for item in Parser::new_from_str(text) {
         let Ok((event, span)) = item else { break };
@@ -116,58 +141,6 @@ pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Violation
     Ok(value)
 }
 
-fn first_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or("invalid YAML").trim();
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    if let Some(c) = chars.next() {
-        out.extend(c.to_lowercase());
-    }
-    out.extend(chars);
-    out
-}
-
-fn classify(message: &str) -> (&'static str, Option<&'static str>) {
-    let m = message.to_ascii_lowercase();
-    if m.contains("duplicate") {
-        (
-            "duplicate-key",
-            Some("each key may appear once in a mapping"),
-        )
-    } else if m.contains("alias") || m.contains("anchor") || m.contains("recursive reference") {
-        (
-            "alias-limit",
-            Some("avoid YAML anchors and aliases in requests; write values out"),
-        )
-    } else if m.contains("merge key") {
-        (
-            "merge-key",
-            Some("write the keys out; `<<` merges are not allowed"),
-        )
-    } else if m.contains("multiple documents") || m.contains("document") {
-        (
-            "multiple-documents",
-            Some("a request file holds exactly one YAML document"),
-        )
-    } else if m.contains("depth")
-        || m.contains("recursion")
-        || m.contains("budget")
-        || m.contains("nodes")
-    {
-        (
-            "too-complex",
-            Some("nesting is limited to 32 levels and 100,000 nodes; flatten the structure"),
-        )
-    } else if m.contains("unknown field") {
-        ("unknown-field", None)
-    } else {
-        (
-            "yaml-syntax",
-            Some("check indentation and quoting near the position shown"),
-        )
-    }
-}
-
 /// One step of a JSON pointer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -184,6 +157,49 @@ pub fn pointer_steps(pointer: &str) -> Vec<String> {
         .skip(1)
         .map(|s| s.replace("~1", "/").replace("~0", "~"))
         .collect()
+}
+
+/// The path of the node at 1-based `line` and `column` (or the last one starting before it).
+///
+/// Only called on YAML that failed to parse, so the walk stops at the first parser error.
+pub fn path_at(text: &str, line: usize, column: usize) -> Vec<String> {
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut best = Vec::new();
+    for item in Parser::new_from_str(text) {
+        let Ok((event, span)) = item else { break };
+        let pos = (span.start.line(), span.start.col() + 1);
+        if pos > (line, column) {
+            break;
+        }
+        let is_node = matches!(
+            event,
+            Event::Scalar(..)
+                | Event::SequenceStart(..)
+                | Event::MappingStart(..)
+                | Event::Alias(..)
+        );
+        if is_node {
+            if let (Event::Scalar(s, ..), Some(Frame::Map { key: k @ None })) =
+                (&event, stack.last_mut())
+            {
+                *k = Some(s.to_string());
+                best = current_path(&stack);
+                continue;
+            }
+            best = current_path(&stack);
+        }
+        match event {
+            Event::MappingStart(..) => stack.push(Frame::Map { key: None }),
+            Event::SequenceStart(..) => stack.push(Frame::Seq { index: 0 }),
+            Event::MappingEnd | Event::SequenceEnd => {
+                stack.pop();
+                advance(&mut stack);
+            }
+            Event::Scalar(..) | Event::Alias(..) => advance(&mut stack),
+            _ => {}
+        }
+    }
+    best
 }
 
 enum Frame {

@@ -19,6 +19,7 @@ mod git_flow;
 mod hostile;
 mod install;
 mod layout;
+mod messages;
 mod register;
 mod rejections;
 mod remotes;

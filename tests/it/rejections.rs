@@ -82,15 +82,20 @@ fn every_bad_request_is_rejected_precisely_and_nothing_runs() {
             "requests/params.yaml",
             "wrong-type",
             Some(3),
-            "params schema of `echo`",
+            "quote it to make it text: `message: \"42\"`",
         ),
         (
             "requests/traversal.yaml",
-            "invalid-value",
+            "invalid-id",
             Some(2),
-            "codex-runner schema",
+            "such as `etc-passwd`",
         ),
-        ("requests/bomb.yaml", "alias-limit", None, "aliases"),
+        (
+            "requests/bomb.yaml",
+            "alias-limit",
+            None,
+            "instead of using `&` and `*`",
+        ),
         (
             "requests/huge.yaml",
             "too-large",
@@ -104,7 +109,12 @@ fn every_bad_request_is_rejected_precisely_and_nothing_runs() {
             Some(2),
             "did you mean `params`?",
         ),
-        ("requests/dup-key.yaml", "duplicate-key", Some(2), "once"),
+        (
+            "requests/dup-key.yaml",
+            "duplicate-key",
+            Some(2),
+            "or line 1",
+        ),
         (
             "requests/link.yaml",
             "not-regular-file",
