@@ -15,6 +15,7 @@ mod selftest;
 mod status;
 mod template;
 mod validate;
+mod validate_out;
 mod verify;
 
 use crate::exit;

@@ -6,6 +6,7 @@
 pub mod handlers;
 pub mod repo_config;
 pub mod request;
+pub mod rules;
 pub mod units;
 pub mod words;
 pub mod yaml;

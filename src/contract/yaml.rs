@@ -42,7 +42,7 @@ pub fn text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, Violation> {
     if bytes.len() > MAX_FILE_BYTES {
         return Err(Violation::new(
             file,
-            "too-large",
+            "file-too-large",
             format!(
                 "file is {} bytes, more than the {} allowed",
                 bytes.len(),
@@ -308,7 +308,7 @@ mod tests {
         let v = text("f", b"kind: x\nparams: \xff\n").unwrap_err();
         assert_eq!((&*v.rule, v.line, v.column), ("not-utf8", Some(2), Some(9)));
         let big = vec![b'a'; MAX_FILE_BYTES + 1];
-        assert_eq!(text("f", &big).unwrap_err().rule, "too-large");
+        assert_eq!(text("f", &big).unwrap_err().rule, "file-too-large");
     }
 
     #[test]

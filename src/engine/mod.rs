@@ -23,7 +23,7 @@ mod survey;
 mod tests;
 
 pub use checks::{validation_update, ForgeTarget};
-pub use pulls::{validate_pull, PullJob, PullVerdict};
+pub use pulls::{validate_local, validate_pull, PullJob, PullVerdict};
 pub use report::{DispatchError, DispatchOptions, EngineTimes, PassReport};
 
 use std::sync::{Arc, Mutex};

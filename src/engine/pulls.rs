@@ -90,6 +90,42 @@ fn validate_head(
         tracing::info!(pull = job.number, named = %job.head_sha, fetched = %head, "the pull request moved since the webhook; validating its current head");
     }
     fork_point(mirror, branch, job.number, base_tip, head)?;
+    judge(mirror, base_tip, head, config)
+}
+
+/// Validate the requests `head` adds or changes since it left `base` in a repository on this
+/// host (`codex-runner validate --base`, the GitHub Action): the same verdict the runner's
+/// own check gives a pull request, with `base`'s `codex.repo.yaml` as the authority. Both
+/// histories must be in the repository down to where they meet.
+pub fn validate_local(repo: &str, base: &str, head: &str) -> Result<PullVerdict, DispatchError> {
+    let mirror = git(Mirror::in_place(repo))?.ok_or_else(|| {
+        DispatchError::Refused(format!("{repo} is not a repository on this host"))
+    })?;
+    let resolve = |rev: &str| {
+        mirror.resolve(rev).map_err(|_| {
+            DispatchError::Refused(format!(
+                "`{rev}` names no commit in {repo} (a branch, a tag or a commit id; fetch it first if it is only on the remote)"
+            ))
+        })
+    };
+    let base_tip = resolve(base)?;
+    let head = resolve(head)?;
+    let config = super::survey::load_repo_config(&mirror, base_tip)?;
+    mirror.fork_point(base_tip, head).map_err(|_| {
+        DispatchError::Refused(format!(
+            "`{base}` and `{head}` share no history in this clone: fetch more of it (`git fetch --deepen=100`, or check out with fetch-depth: 0)"
+        ))
+    })?;
+    judge(&mirror, base_tip, head, &config)
+}
+
+/// What merging `head` into `base_tip` would run, and what it would reject.
+fn judge(
+    mirror: &Mirror,
+    base_tip: CommitId,
+    head: CommitId,
+    config: &crate::contract::repo_config::RepoConfig,
+) -> Result<PullVerdict, DispatchError> {
     let mut verdict = PullVerdict {
         head: head.to_string(),
         ..Default::default()

@@ -25,6 +25,16 @@ pub enum TrialMerge {
 }
 
 impl Mirror {
+    /// The commit `rev` names (`main`, `origin/main`, `HEAD~1`, a commit id).
+    pub fn resolve(&self, rev: &str) -> anyhow::Result<CommitId> {
+        let commit = self
+            .repo
+            .revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .with_context(|| format!("`{rev}` names no commit in this repository"))?;
+        Ok(id(commit.id()))
+    }
+
     /// Where `head` left `base` (their merge base). In a shallow mirror whose history does
     /// not reach it yet, fails with [`NeedsDeeper`] (`depth`: the first-parent commits this
     /// mirror holds below the deeper of the two). Found within a shallow history, it is where the two meet

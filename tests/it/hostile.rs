@@ -96,7 +96,7 @@ fn every_hostile_request_is_rejected_naming_its_file_and_the_next_one_runs() {
     }
     let valid = b"kind: echo\nparams: {message: x}\n".to_vec();
     for (name, bytes, rule) in [
-        ("huge.yaml", huge, "too-large"),
+        ("huge.yaml", huge, "file-too-large"),
         ("-rf.yaml", valid.clone(), "invalid-id"),
         ("a b.yaml", valid.clone(), "invalid-id"),
         ("\u{fc}ber.yaml", valid.clone(), "invalid-id"),

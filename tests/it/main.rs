@@ -5,6 +5,7 @@
 mod common;
 
 mod abuse;
+mod action;
 mod cli;
 mod crash;
 mod daemon;

@@ -145,6 +145,13 @@ fn no_message_shows_a_library_type_option_or_debug_output() {
             for v in &violations {
                 let words = internal_words(v);
                 assert!(words.is_empty(), "{file}: {words:?} in\n{v}");
+                assert!(
+                    codex_runner::contract::rules::RULES
+                        .iter()
+                        .any(|(r, _)| *r == v.rule),
+                    "{file}: rule `{}` is not in contract::rules::RULES",
+                    v.rule
+                );
                 // A position is said once, by the file:line:column in front.
                 let m = &v.message;
                 assert!(

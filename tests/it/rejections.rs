@@ -98,7 +98,7 @@ fn every_bad_request_is_rejected_precisely_and_nothing_runs() {
         ),
         (
             "requests/huge.yaml",
-            "too-large",
+            "file-too-large",
             None,
             "keep requests small",
         ),
