@@ -49,10 +49,25 @@ pub struct Cli {
     command: Command,
 }
 
+/// The files `codex-runner schema` describes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SchemaOf {
+    /// A request file under the inbox.
+    Request,
+    /// handlers/index.yml.
+    Index,
+    /// codex.repo.yaml.
+    Repo,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print the request JSON Schema (draft 2020-12).
-    Schema,
+    /// Print a JSON Schema (draft 2020-12) for editors and other validators.
+    Schema {
+        /// Which file it describes: a request, handlers/index.yml, or codex.repo.yaml.
+        #[arg(value_enum, default_value = "request")]
+        of: SchemaOf,
+    },
     /// Inspect the handler index.
     Handlers {
         #[command(subcommand)]
@@ -129,8 +144,13 @@ pub fn main() -> i32 {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Schema => {
-                println!("{}", crate::contract::request::SCHEMA.trim_end());
+            Command::Schema { of } => {
+                let text = match of {
+                    SchemaOf::Request => crate::contract::request::SCHEMA,
+                    SchemaOf::Index => crate::contract::handlers::INDEX_SCHEMA,
+                    SchemaOf::Repo => crate::contract::repo_config::SCHEMA,
+                };
+                println!("{}", text.trim_end());
                 exit::OK
             }
             Command::Handlers { command } => handlers::run(command),

@@ -7,6 +7,9 @@ use serde::Deserialize;
 use super::yaml::{self, locate};
 use super::{Violation, Violations};
 
+/// The JSON Schema of `codex.repo.yaml` (for editors; the runner checks the file itself).
+pub const SCHEMA: &str = include_str!("repo.schema.json");
+
 /// Where the contract lives in the repository.
 pub const CONFIG_PATH: &str = "codex.repo.yaml";
 

@@ -348,7 +348,7 @@ fn every_broken_repository_state_stops_the_pass_and_names_the_file() {
     // handlers/index.yml
     case(
         "index not YAML",
-        Box::new(write(INDEX, b"handlers: [\n")),
+        Box::new(write(INDEX, b"handlers: {\n")),
         &["handlers/index.yml", "yaml-syntax"],
     );
     case(

@@ -5,7 +5,7 @@
 mod common;
 
 mod abuse;
-mod action;
+pub mod action;
 mod cli;
 mod crash;
 mod daemon;
@@ -24,6 +24,7 @@ mod messages;
 mod register;
 mod rejections;
 mod remotes;
+mod schemas;
 mod secrets;
 mod shallow;
 mod shutdown;

@@ -19,6 +19,9 @@ use super::yaml;
 use super::{closest, Violation, Violations};
 use entry::{check_entry, EntryFile};
 
+/// The JSON Schema of `handlers/index.yml` (for editors; the runner checks the file itself).
+pub const INDEX_SCHEMA: &str = include_str!("../index.schema.json");
+
 /// Where the handler index lives in the repository.
 pub const INDEX_PATH: &str = "handlers/index.yml";
 /// Timeout of a handler whose entry sets none.
