@@ -107,6 +107,16 @@ fn validate_reports_each_file_and_exits_by_validity() {
     assert_eq!(v["files"][0]["file"], "requests/bad.yaml");
     assert!(v["files"][0]["violations"].as_array().unwrap().len() >= 2);
 
+    // Outside a repository there is no index to check against, and it says where it looked.
+    let nowhere = tempfile::tempdir().unwrap();
+    let none = codex(&["validate", "--repo", nowhere.path().to_str().unwrap()]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(
+        stdout(&none).contains("[missing-index]") && stdout(&none).contains("--repo"),
+        "{}",
+        stdout(&none)
+    );
+
     // A handler script without the executable bit breaks the contract, named as such.
     crate::common::sh(repo, "chmod", &["-x", "handlers/echo.sh"]);
     let broken = codex(&[
