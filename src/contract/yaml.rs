@@ -163,91 +163,80 @@ pub fn pointer_steps(pointer: &str) -> Vec<String> {
 ///
 /// Only called on YAML that failed to parse, so the walk stops at the first parser error.
 pub fn path_at(text: &str, line: usize, column: usize) -> Vec<String> {
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut best = Vec::new();
-    for item in Parser::new_from_str(text) {
-        let Ok((event, span)) = item else { break };
-        let pos = (span.start.line(), span.start.col() + 1);
-        if pos > (line, column) {
-            break;
-        }
-        let is_node = matches!(
-            event,
-            Event::Scalar(..)
-                | Event::SequenceStart(..)
-                | Event::MappingStart(..)
-                | Event::Alias(..)
-        );
-        if is_node {
-            if let (Event::Scalar(s, ..), Some(Frame::Map { key: k @ None })) =
-                (&event, stack.last_mut())
-            {
-                *k = Some(s.to_string());
-                best = current_path(&stack);
-                continue;
-            }
-            best = current_path(&stack);
-        }
-        match event {
-            Event::MappingStart(..) => stack.push(Frame::Map { key: None }),
-            Event::SequenceStart(..) => stack.push(Frame::Seq { index: 0 }),
-            Event::MappingEnd | Event::SequenceEnd => {
-                stack.pop();
-                advance(&mut stack);
-            }
-            Event::Scalar(..) | Event::Alias(..) => advance(&mut stack),
-            _ => {}
-        }
-    }
-    best
-}
-
-enum Frame {
-    Map { key: Option<String> },
-    Seq { index: usize },
+    nodes(text)
+        .take_while(|n| n.pos <= (line, column))
+        .last()
+        .map(|n| n.path)
+        .unwrap_or_default()
 }
 
 /// Position (1-based line, column) of the node at `path`; with `key`, of the mapping key itself.
 ///
 /// Only called on YAML that already parsed within budget, so walking its events is bounded.
 pub fn locate(text: &str, path: &[String], key: bool) -> Option<(usize, usize)> {
-    let mut stack: Vec<Frame> = Vec::new();
     let mut best: Option<(usize, usize)> = None;
     let mut best_len = 0usize;
-    for item in Parser::new_from_str(text) {
-        let (event, span) = item.ok()?;
-        let pos = (span.start.line(), span.start.col() + 1);
-        let is_node = matches!(
-            event,
-            Event::Scalar(..)
-                | Event::SequenceStart(..)
-                | Event::MappingStart(..)
-                | Event::Alias(..)
-        );
-        if is_node {
-            // A scalar in key position of a mapping names the next value.
-            if let (Event::Scalar(s, ..), Some(Frame::Map { key: k @ None })) =
-                (&event, stack.last_mut())
-            {
-                *k = Some(s.to_string());
-                let cur = current_path(&stack);
-                if key && cur.as_slice() == path {
-                    return Some(pos);
-                }
-                if prefix_len(&cur, path) > best_len {
-                    best_len = prefix_len(&cur, path);
-                    best = Some(pos);
-                }
-                continue;
+    for n in nodes(text) {
+        let shared = prefix_len(&n.path, path);
+        if n.key {
+            if key && n.path.as_slice() == path {
+                return Some(n.pos);
             }
-            let cur = current_path(&stack);
-            if !key && cur.as_slice() == path {
-                return Some(pos);
+            if shared > best_len {
+                best_len = shared;
+                best = Some(n.pos);
             }
-            if prefix_len(&cur, path) >= best_len && best.is_none() {
-                best = Some(pos);
+        } else {
+            if !key && n.path.as_slice() == path {
+                return Some(n.pos);
+            }
+            if shared >= best_len && best.is_none() {
+                best = Some(n.pos);
             }
         }
+    }
+    best
+}
+
+/// One node of a YAML text: where it is in the document and in the text.
+pub(super) struct Node {
+    /// Its path from the root; a mapping key's path ends with the key itself.
+    pub path: Vec<String>,
+    /// Whether it is a mapping key.
+    pub key: bool,
+    /// 1-based line and column where it starts.
+    pub pos: (usize, usize),
+}
+
+/// Every node of `text` in order, up to the first parser error.
+pub(super) fn nodes(text: &str) -> impl Iterator<Item = Node> + '_ {
+    let mut parser = Parser::new_from_str(text);
+    let mut stack: Vec<Frame> = Vec::new();
+    std::iter::from_fn(move || loop {
+        let (event, span) = parser.next()?.ok()?;
+        let pos = (span.start.line(), span.start.col() + 1);
+        let node = match &event {
+            // A scalar in key position of a mapping names the next value.
+            Event::Scalar(s, ..) if matches!(stack.last(), Some(Frame::Map { key: None })) => {
+                if let Some(Frame::Map { key }) = stack.last_mut() {
+                    *key = Some(s.to_string());
+                }
+                return Some(Node {
+                    path: current_path(&stack),
+                    key: true,
+                    pos,
+                });
+            }
+            Event::Scalar(..)
+            | Event::SequenceStart(..)
+            | Event::MappingStart(..)
+            | Event::Alias(..) => Some(Node {
+                path: current_path(&stack),
+                key: false,
+                pos,
+            }),
+            _ => None,
+        };
         match event {
             Event::MappingStart(..) => stack.push(Frame::Map { key: None }),
             Event::SequenceStart(..) => stack.push(Frame::Seq { index: 0 }),
@@ -258,8 +247,15 @@ pub fn locate(text: &str, path: &[String], key: bool) -> Option<(usize, usize)> 
             Event::Scalar(..) | Event::Alias(..) => advance(&mut stack),
             _ => {}
         }
-    }
-    best
+        if node.is_some() {
+            return node;
+        }
+    })
+}
+
+enum Frame {
+    Map { key: Option<String> },
+    Seq { index: usize },
 }
 
 fn advance(stack: &mut [Frame]) {

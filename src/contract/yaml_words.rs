@@ -11,7 +11,7 @@ use serde_saphyr::granit_parser::ErrorKind as Scan;
 use serde_saphyr::Error as E;
 
 use super::words::{field_name, nearest};
-use super::yaml::{path_at, MAX_DEPTH};
+use super::yaml::{nodes, path_at, MAX_DEPTH};
 use super::Violation;
 
 /// The violation for `e`, an error parsing `text` (the file `file`).
@@ -319,49 +319,14 @@ fn scalar_at(text: &str, pos: Option<(usize, usize)>) -> String {
 /// The line and column where `key` first appears as a key of the mapping that holds it again
 /// on `dup_line`.
 fn first_occurrence(text: &str, key: &str, dup_line: usize) -> Option<(usize, usize)> {
-    use granit_parser::{Event, Parser};
-    // Per open mapping: whether the next scalar is a key, and the keys seen with positions.
-    struct Map {
-        expect_key: bool,
-        seen: Vec<(String, (usize, usize))>,
-    }
-    let mut stack: Vec<Option<Map>> = Vec::new();
-    for item in Parser::new_from_str(text) {
-        let Ok((event, span)) = item else { return None };
-        let pos = (span.start.line(), span.start.col() + 1);
-        let is_node = matches!(
-            event,
-            Event::Scalar(..)
-                | Event::SequenceStart(..)
-                | Event::MappingStart(..)
-                | Event::Alias(..)
-        );
-        if is_node {
-            if let Some(Some(m)) = stack.last_mut() {
-                if m.expect_key {
-                    if let Event::Scalar(s, ..) = &event {
-                        if s.as_ref() == key {
-                            if pos.0 == dup_line {
-                                return m.seen.iter().find(|(k, _)| k == key).map(|(_, p)| *p);
-                            }
-                            m.seen.push((key.to_string(), pos));
-                        }
-                    }
-                }
-                m.expect_key = !m.expect_key;
-            }
+    // The first position of each (mapping, key), the mapping named by its path.
+    let mut seen: Vec<(Vec<String>, (usize, usize))> = Vec::new();
+    for n in nodes(text).filter(|n| n.key && n.path.last().is_some_and(|k| k == key)) {
+        if n.pos.0 == dup_line {
+            return seen.iter().find(|(p, _)| *p == n.path).map(|(_, pos)| *pos);
         }
-        match event {
-            Event::MappingStart(..) => stack.push(Some(Map {
-                expect_key: true,
-                seen: Vec::new(),
-            })),
-            Event::SequenceStart(..) => stack.push(None),
-            // The parent counted the collection when it started.
-            Event::MappingEnd | Event::SequenceEnd => {
-                stack.pop();
-            }
-            _ => {}
+        if !seen.iter().any(|(p, _)| *p == n.path) {
+            seen.push((n.path, n.pos));
         }
     }
     None

@@ -31,6 +31,27 @@ pub fn tools() -> PathBuf {
     dir
 }
 
+/// Run check-jsonschema on `files` with `--builtin-schema NAME` or `--schemafile PATH`
+/// (`option`, `schema`).
+pub fn check_jsonschema(option: &str, schema: &str, files: &[PathBuf]) -> std::process::Output {
+    let mut args = vec![option.to_string(), schema.to_string()];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    Command::new(tools().join("bin/check-jsonschema"))
+        .args(&args)
+        .output()
+        .unwrap()
+}
+
+/// Assert `out` succeeded, showing what it said otherwise.
+pub fn succeeded(what: &str, out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A repository from the template with `main`, and a pull request branch on top of it made by
 /// `change` (files to write); the base and head commits.
 fn repo_with_pull(dir: &Path, change: &[(&str, &str)]) -> (String, String) {
@@ -449,18 +470,7 @@ fn the_problem_matcher_reads_the_text_format() {
 fn the_action_and_the_workflows_pass_the_published_schemas_and_actionlint() {
     let tools = tools();
     let check = |schema: &str, files: &[PathBuf]| {
-        let mut args = vec!["--builtin-schema".to_string(), schema.to_string()];
-        args.extend(files.iter().map(|f| f.display().to_string()));
-        let out = Command::new(tools.join("bin/check-jsonschema"))
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{schema}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(schema, &check_jsonschema("--builtin-schema", schema, files));
     };
     check("vendor.github-actions", &[root().join("action/action.yml")]);
     let mut workflows = vec![root().join("action/example-workflow.yml")];
@@ -476,12 +486,7 @@ fn the_action_and_the_workflows_pass_the_published_schemas_and_actionlint() {
         .args(&workflows)
         .output()
         .unwrap();
-    assert!(
-        lint.status.success(),
-        "actionlint: {}{}",
-        String::from_utf8_lossy(&lint.stdout),
-        String::from_utf8_lossy(&lint.stderr)
-    );
+    succeeded("actionlint", &lint);
     // The README shows the example workflow as it is.
     let example = std::fs::read_to_string(root().join("action/example-workflow.yml")).unwrap();
     let readme = std::fs::read_to_string(root().join("action/README.md")).unwrap();

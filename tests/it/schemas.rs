@@ -4,12 +4,12 @@
 //! (check-jsonschema, which is python-jsonschema; not the library the runner uses).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 
-use crate::action::tools;
+use crate::action::{check_jsonschema, succeeded, tools};
 use crate::common::root;
 
 fn codex(args: &[&str]) -> String {
@@ -197,30 +197,14 @@ fn yaml_blocks(markdown: &str) -> Vec<String> {
 }
 
 /// Validate `files` against `schema` with check-jsonschema.
-fn independent(tools: &Path, schema: &str, files: &[PathBuf]) {
-    if files.is_empty() {
-        return;
-    }
-    let mut args = vec![
-        "--schemafile".to_string(),
-        root().join(schema).display().to_string(),
-    ];
-    args.extend(files.iter().map(|f| f.display().to_string()));
-    let out = Command::new(tools.join("bin/check-jsonschema"))
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{schema}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn independent(schema: &str, files: &[PathBuf]) {
+    let path = root().join(schema).display().to_string();
+    succeeded(schema, &check_jsonschema("--schemafile", &path, files));
 }
 
 #[test]
 fn every_template_file_and_documented_example_passes_an_independent_validator() {
-    let tools = tools();
+    tools();
     let dir = tempfile::tempdir().unwrap();
     let mut requests = Vec::new();
     let mut indexes = vec![root().join("handlers/index.yml")];
@@ -265,9 +249,9 @@ fn every_template_file_and_documented_example_passes_an_independent_validator() 
             "{file} names its schema on its first line"
         );
     }
-    independent(&tools, "src/contract/request.schema.json", &requests);
-    independent(&tools, "src/contract/index.schema.json", &indexes);
-    independent(&tools, "src/contract/repo.schema.json", &repos);
+    independent("src/contract/request.schema.json", &requests);
+    independent("src/contract/index.schema.json", &indexes);
+    independent("src/contract/repo.schema.json", &repos);
 
     // And the ordinary mistakes the schema can see are caught by it too.
     let caught: Vec<PathBuf> = [
@@ -282,18 +266,13 @@ fn every_template_file_and_documented_example_passes_an_independent_validator() 
     .iter()
     .map(|f| root().join("tests/corpus/mistakes").join(f))
     .collect();
+    let schema = root().join("src/contract/request.schema.json");
     for file in caught {
-        let out = Command::new(tools.join("bin/check-jsonschema"))
-            .args([
-                "--schemafile",
-                root()
-                    .join("src/contract/request.schema.json")
-                    .to_str()
-                    .unwrap(),
-                file.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
+        let out = check_jsonschema(
+            "--schemafile",
+            schema.to_str().unwrap(),
+            std::slice::from_ref(&file),
+        );
         assert!(
             !out.status.success(),
             "{} passed the schema",
