@@ -387,15 +387,14 @@ fn under_a_real_systemd_the_installed_service_starts_ready_and_stops_clean() {
         verify.status.success() && !complaints.contains(packaged),
         "{complaints}"
     );
-    // (/lib or /usr/lib, the same directory on a merged /usr)
-    let is_packaged = |fragment: String| fragment.ends_with(&packaged[4..]);
-    assert!(
-        is_packaged(show("FragmentPath")),
-        "{}",
-        show("FragmentPath")
-    );
-    assert_eq!(show("UnitFileState"), "disabled");
-    assert_eq!(show("ActiveState"), "inactive");
+    // The package's unit (in /lib or /usr/lib, one directory on a merged /usr), disabled.
+    let packaged_and_idle = || {
+        let fragment = show("FragmentPath");
+        assert!(fragment.ends_with(&packaged[4..]), "{fragment}");
+        assert_eq!(show("UnitFileState"), "disabled");
+        assert_eq!(show("ActiveState"), "inactive");
+    };
+    packaged_and_idle();
     // systemctl enable --now returns once the Type=notify service said READY=1.
     let inst = exec(
         &name,
@@ -476,13 +475,7 @@ fn under_a_real_systemd_the_installed_service_starts_ready_and_stops_clean() {
         String::from_utf8_lossy(&un.stderr)
     );
     // What is left is the package's unit, disabled, and the package's user.
-    assert!(
-        is_packaged(show("FragmentPath")),
-        "{}",
-        show("FragmentPath")
-    );
-    assert_eq!(show("UnitFileState"), "disabled");
-    assert_eq!(show("ActiveState"), "inactive");
+    packaged_and_idle();
     assert!(exec(&name, &["getent", "passwd", "codex-runner"])
         .status
         .success());
