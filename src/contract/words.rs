@@ -526,58 +526,8 @@ fn by_keyword(kind: &K, found: &Value, at: &At<'_>) -> Explained {
             .found(f);
             type_fix(e, &expected, found, &key)
         }
-        K::Pattern { pattern } => {
-            let e = Explained::new(
-                "invalid-value",
-                format!(
-                    "{field} {} does not have the form the handler expects",
-                    show(found)
-                ),
-            )
-            .expected(format!("text matching the pattern `{}`", cut(pattern)))
-            .found(f);
-            match found.as_str() {
-                Some(s) if s.trim() != s => {
-                    let side = if s.ends_with(char::is_whitespace) {
-                        "a trailing"
-                    } else {
-                        "a leading"
-                    };
-                    Explained {
-                        message: format!("{field} has {side} space: {}", show(found)),
-                        ..e
-                    }
-                    .hint("remove the space")
-                    .suggest(s.trim())
-                }
-                _ => e,
-            }
-        }
-        K::Enum { options } => {
-            let list: Vec<String> = options
-                .as_array()
-                .map(|a| a.iter().map(show).collect())
-                .unwrap_or_default();
-            let e = Explained::new(
-                "not-allowed-value",
-                format!("{field} must be one of {}; found {f}", list.join(", ")),
-            )
-            .expected(format!("one of {}", list.join(", ")))
-            .found(f);
-            let names: Vec<String> = options
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
-            match found.as_str().and_then(|s| nearest(s, &names)) {
-                Some(n) => e.hint(format!("did you mean `{n}`?")).suggest(n),
-                None => e,
-            }
-        }
+        K::Pattern { pattern } => pattern_value(&field, pattern, found, f),
+        K::Enum { options } => enum_value(&field, options, found, f),
         K::Constant { expected_value } => Explained::new(
             "not-allowed-value",
             format!("{field} must be {}; found {f}", show(expected_value)),
@@ -635,82 +585,10 @@ fn by_keyword(kind: &K, found: &Value, at: &At<'_>) -> Explained {
             count(&field, "at least", *limit, found, "field", "too-short")
         }
         K::MaxProperties { limit } => count(&field, "at most", *limit, found, "field", "too-long"),
-        K::UniqueItems => {
-            let items = found.as_array().cloned().unwrap_or_default();
-            let mut seen = Vec::new();
-            let mut dup = None;
-            let mut unique = Vec::new();
-            for it in items {
-                if seen.contains(&it) {
-                    dup.get_or_insert(it);
-                } else {
-                    seen.push(it.clone());
-                    unique.push(it);
-                }
-            }
-            let dup = dup.map(|d| show(&d)).unwrap_or_default();
-            let fixed = inline(&Value::Array(unique));
-            Explained::new(
-                "duplicate-item",
-                format!("{field} lists {dup} more than once"),
-            )
-            .expected("each item once")
-            .found(format!("{dup} more than once"))
-            .hint(format!("write `{key}: {fixed}`"))
-            .suggest(fixed)
-        }
-        K::Required { property } => {
-            let p = property.as_str().unwrap_or("?");
-            let what = if at.steps.is_empty() {
-                "the request".to_string()
-            } else {
-                field.clone()
-            };
-            let prop_desc = at
-                .node
-                .and_then(|n| n.get("properties"))
-                .and_then(|p2| p2.get(p))
-                .and_then(|p2| p2.get("description"))
-                .and_then(Value::as_str);
-            let e = Explained::new(
-                "missing-field",
-                format!("{what} has no `{p}`, which is required"),
-            )
-            .expected(format!("a `{p}:` field"))
-            .found(format!("no `{p}`"));
-            match prop_desc {
-                _ if at.steps.is_empty() && p == "kind" => e.hint(
-                    "add `kind:` naming the handler that runs the request, such as `kind: echo`; `codex-runner handlers list` shows them",
-                ),
-                Some(d) => e.hint(format!("add `{p}:` ({})", d.trim_end_matches('.'))),
-                None => e.hint(format!("add `{p}:`")),
-            }
-        }
+        K::UniqueItems => unique_items(&field, &key, found),
+        K::Required { property } => required(at, &field, property),
         K::AdditionalProperties { unexpected } | K::UnevaluatedProperties { unexpected } => {
-            let bad = unexpected.first().cloned().unwrap_or_default();
-            let known: Vec<String> = at
-                .node
-                .and_then(|n| n.get("properties"))
-                .and_then(Value::as_object)
-                .map(|p| p.keys().cloned().collect())
-                .unwrap_or_default();
-            let place = if at.steps.is_empty() {
-                "a request".to_string()
-            } else {
-                field.clone()
-            };
-            let e = Explained::new("unknown-field", format!("{place} has no field `{bad}`"))
-                .expected(if known.is_empty() {
-                    "no further fields".to_string()
-                } else {
-                    format!("one of {}", known.join(", "))
-                })
-                .found(format!("`{bad}`"));
-            match nearest(&bad, &known) {
-                Some(k) => e.hint(format!("did you mean `{k}`?")).suggest(k),
-                None if known.is_empty() => e.hint("remove it"),
-                None => e.hint(format!("allowed fields: {}", known.join(", "))),
-            }
+            unknown_field(at, &field, unexpected)
         }
         K::FalseSchema => Explained::new("unknown-field", format!("{field} is not allowed here"))
             .found(f)
@@ -765,6 +643,145 @@ fn by_keyword(kind: &K, found: &Value, at: &At<'_>) -> Explained {
             format!("{field} does not satisfy the handler's params schema; found {f}"),
         )
         .found(f),
+    }
+}
+
+/// Text that does not match the handler's pattern; a stray space is named as such.
+fn pattern_value(field: &str, pattern: &str, found: &Value, f: String) -> Explained {
+    let e = Explained::new(
+        "invalid-value",
+        format!(
+            "{field} {} does not have the form the handler expects",
+            show(found)
+        ),
+    )
+    .expected(format!("text matching the pattern `{}`", cut(pattern)))
+    .found(f);
+    match found.as_str() {
+        Some(s) if s.trim() != s => {
+            let side = if s.ends_with(char::is_whitespace) {
+                "a trailing"
+            } else {
+                "a leading"
+            };
+            Explained {
+                message: format!("{field} has {side} space: {}", show(found)),
+                ..e
+            }
+            .hint("remove the space")
+            .suggest(s.trim())
+        }
+        _ => e,
+    }
+}
+
+/// A value the handler's list does not hold; the name probably meant.
+fn enum_value(field: &str, options: &Value, found: &Value, f: String) -> Explained {
+    let list: Vec<String> = options
+        .as_array()
+        .map(|a| a.iter().map(show).collect())
+        .unwrap_or_default();
+    let e = Explained::new(
+        "not-allowed-value",
+        format!("{field} must be one of {}; found {f}", list.join(", ")),
+    )
+    .expected(format!("one of {}", list.join(", ")))
+    .found(f);
+    let names: Vec<String> = options
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    match found.as_str().and_then(|s| nearest(s, &names)) {
+        Some(n) => e.hint(format!("did you mean `{n}`?")).suggest(n),
+        None => e,
+    }
+}
+
+/// A list naming an item twice; the list with each once.
+fn unique_items(field: &str, key: &str, found: &Value) -> Explained {
+    let items = found.as_array().cloned().unwrap_or_default();
+    let mut seen = Vec::new();
+    let mut dup = None;
+    let mut unique = Vec::new();
+    for it in items {
+        if seen.contains(&it) {
+            dup.get_or_insert(it);
+        } else {
+            seen.push(it.clone());
+            unique.push(it);
+        }
+    }
+    let dup = dup.map(|d| show(&d)).unwrap_or_default();
+    let fixed = inline(&Value::Array(unique));
+    Explained::new(
+        "duplicate-item",
+        format!("{field} lists {dup} more than once"),
+    )
+    .expected("each item once")
+    .found(format!("{dup} more than once"))
+    .hint(format!("write `{key}: {fixed}`"))
+    .suggest(fixed)
+}
+
+/// A field the schema requires and the file lacks; what it is for, where the schema says.
+fn required(at: &At<'_>, field: &str, property: &Value) -> Explained {
+    let p = property.as_str().unwrap_or("?");
+    let what = if at.steps.is_empty() {
+        "the request".to_string()
+    } else {
+        field.to_string()
+    };
+    let prop_desc = at
+        .node
+        .and_then(|n| n.get("properties"))
+        .and_then(|p2| p2.get(p))
+        .and_then(|p2| p2.get("description"))
+        .and_then(Value::as_str);
+    let e = Explained::new(
+        "missing-field",
+        format!("{what} has no `{p}`, which is required"),
+    )
+    .expected(format!("a `{p}:` field"))
+    .found(format!("no `{p}`"));
+    match prop_desc {
+        _ if at.steps.is_empty() && p == "kind" => e.hint(
+            "add `kind:` naming the handler that runs the request, such as `kind: echo`; `codex-runner handlers list` shows them",
+        ),
+        Some(d) => e.hint(format!("add `{p}:` ({})", d.trim_end_matches('.'))),
+        None => e.hint(format!("add `{p}:`")),
+    }
+}
+
+/// A field the schema does not name; the one probably meant, or those there are.
+fn unknown_field(at: &At<'_>, field: &str, unexpected: &[String]) -> Explained {
+    let bad = unexpected.first().cloned().unwrap_or_default();
+    let known: Vec<String> = at
+        .node
+        .and_then(|n| n.get("properties"))
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    let place = if at.steps.is_empty() {
+        "a request".to_string()
+    } else {
+        field.to_string()
+    };
+    let e = Explained::new("unknown-field", format!("{place} has no field `{bad}`"))
+        .expected(if known.is_empty() {
+            "no further fields".to_string()
+        } else {
+            format!("one of {}", known.join(", "))
+        })
+        .found(format!("`{bad}`"));
+    match nearest(&bad, &known) {
+        Some(k) => e.hint(format!("did you mean `{k}`?")).suggest(k),
+        None if known.is_empty() => e.hint("remove it"),
+        None => e.hint(format!("allowed fields: {}", known.join(", "))),
     }
 }
 
