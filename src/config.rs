@@ -35,6 +35,9 @@ pub struct HostLimits {
     pub allow_root: bool,
     /// Handlers may have a writable root filesystem.
     pub allow_writable_root: bool,
+    /// OCI runtimes handlers may name (`runtime: runsc`) beside the engine's default; each
+    /// must be registered with the engine, which is checked when the runner starts.
+    pub runtimes: Vec<String>,
 }
 
 impl Default for HostLimits {
@@ -50,6 +53,7 @@ impl Default for HostLimits {
             allow_network_host: false,
             allow_root: false,
             allow_writable_root: false,
+            runtimes: Vec::new(),
         }
     }
 }
@@ -300,6 +304,7 @@ struct LimitsFile {
     allow_network_host: Option<bool>,
     allow_root: Option<bool>,
     allow_writable_root: Option<bool>,
+    runtimes: Option<Vec<String>>,
 }
 
 impl HostConfig {
@@ -388,6 +393,7 @@ impl HostConfig {
                 allow_network_host: l.allow_network_host.unwrap_or(d.allow_network_host),
                 allow_root: l.allow_root.unwrap_or(d.allow_root),
                 allow_writable_root: l.allow_writable_root.unwrap_or(d.allow_writable_root),
+                runtimes: l.runtimes.unwrap_or(d.runtimes),
             },
         })
     }
@@ -415,6 +421,9 @@ mod tests {
         assert_eq!(c.name.as_deref(), Some("h1"));
         assert_eq!(c.limits.output_cap, 1 << 20);
         assert!(c.limits.allow_network_host);
+        assert!(c.limits.runtimes.is_empty());
+        let c = HostConfig::parse("[limits]\nruntimes = [\"runsc\"]\n").unwrap();
+        assert_eq!(c.limits.runtimes, ["runsc"]);
         assert!(HostConfig::parse("[runner]\nnmae = \"x\"\n").is_err());
         let err = HostConfig::parse("[limits]\ngrace = \"soon\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("limits.grace"), "{err:#}");

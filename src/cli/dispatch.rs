@@ -312,6 +312,10 @@ pub async fn run(a: DispatchArgs) -> i32 {
         super::report_error(&e);
         return exit::USAGE;
     }
+    if let Err(e) = engine_has_runtimes(&opts).await {
+        super::report_error(&e);
+        return exit::USAGE;
+    }
     if let Some(path) = &a.metrics_file {
         if path.extension().is_none_or(|e| e != "prom") {
             eprintln!(
@@ -361,6 +365,16 @@ fn write_metrics_file(path: &Path, metrics: &crate::metrics::Metrics) -> anyhow:
     std::fs::write(&aside, metrics.encode_prometheus_text())
         .and_then(|()| std::fs::rename(&aside, path))
         .with_context(|| format!("failed to write the metrics file {}", path.display()))
+}
+
+/// Check the engine has every runtime `limits.runtimes` allows handlers to name; a host config
+/// the engine cannot honour stops the runner before any pass (exit 2).
+pub async fn engine_has_runtimes(opts: &DispatchOptions) -> anyhow::Result<()> {
+    if opts.limits.runtimes.is_empty() {
+        return Ok(());
+    }
+    let executor = opts.executor.connect().await?;
+    crate::exec::check_runtimes(executor.as_ref(), &opts.limits.runtimes).await
 }
 
 /// The pass report as JSON.

@@ -286,6 +286,10 @@ pub async fn do_register(a: RegisterArgs) -> anyhow::Result<Registered> {
     limits.insert("allow_network_host".into(), l.allow_network_host.into());
     limits.insert("allow_root".into(), l.allow_root.into());
     limits.insert("allow_writable_root".into(), l.allow_writable_root.into());
+    limits.insert(
+        "runtimes".into(),
+        toml::Value::Array(l.runtimes.iter().map(|r| r.clone().into()).collect()),
+    );
     let mut repository = toml::Table::new();
     repository.insert("url".into(), git_url.clone().into());
     let mut forge_t = toml::Table::new();

@@ -69,6 +69,7 @@ pub async fn daemon(a: RunArgs, chatty: bool) -> anyhow::Result<()> {
     )?;
     // A daemon has a next pass: the claims a pass recorded ride on its first push.
     opts.keep_recorded_claims = true;
+    super::dispatch::engine_has_runtimes(&opts).await?;
     let linger = server_cfg.poll_interval.min(CLAIM_LINGER);
     let secret = webhook_secret(&server_cfg)?;
     let fingerprint = secret.as_deref().map(crate::server::ops::fingerprint);

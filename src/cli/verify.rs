@@ -141,7 +141,10 @@ async fn checks(path: &Path) -> Vec<Check> {
             );
         }
     }
-    said("docker", docker(index.as_ref()).await);
+    said(
+        "docker",
+        docker(index.as_ref(), &opts.limits.runtimes).await,
+    );
     said("listeners", listeners(&server, &opts.state_dir).await);
     out
 }
@@ -355,12 +358,16 @@ async fn daemon_status(addr: &str) -> Value {
     answer.await.unwrap_or(Value::Null)
 }
 
-/// The engine answers, and every image the handler index names is here (or is built here).
-async fn docker(index: Option<&HandlerIndex>) -> Result<String, String> {
+/// The engine answers, has every runtime the host config allows, and every image the handler
+/// index names is here (or is built here).
+async fn docker(index: Option<&HandlerIndex>, runtimes: &[String]) -> Result<String, String> {
     let engine = crate::exec::docker::DockerExecutor::connect()
         .await
         .map_err(|e| format!("{e:#}"))?;
     let version = engine.version().await.map_err(|e| format!("{e:#}"))?;
+    crate::exec::check_runtimes(&engine, runtimes)
+        .await
+        .map_err(|e| format!("engine {version}; {e:#}"))?;
     let Some(index) = index else {
         return Ok(format!("engine {version}; no handler index to name images"));
     };

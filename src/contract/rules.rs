@@ -137,6 +137,7 @@ pub const RULES: &[(&str, &str)] = &[
         "A handler's network is `none` or `host`.",
     ),
     ("invalid-checkout", "A handler's checkout setting is valid."),
+    ("invalid-runtime", "A handler's runtime is a runtime name."),
     ("invalid-env", "A handler's environment names are valid."),
     (
         "invalid-secret",

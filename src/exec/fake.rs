@@ -226,4 +226,30 @@ impl Executor for FakeExecutor {
     async fn mount_sources(&self) -> anyhow::Result<Vec<PathBuf>> {
         Ok(Vec::new())
     }
+
+    async fn runtimes(&self) -> anyhow::Result<Vec<String>> {
+        Ok(vec!["runc".into()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_runtime_the_engine_lacks_stops_the_runner_at_its_start() {
+        let fake = FakeExecutor::default();
+        assert!(super::super::check_runtimes(&fake, &[]).await.is_ok());
+        assert!(super::super::check_runtimes(&fake, &["runc".into()])
+            .await
+            .is_ok());
+        let err = super::super::check_runtimes(&fake, &["runc".into(), "runsc".into()])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("limits.runtimes names runsc, which the container engine does not have (it has: runc)"),
+            "{err}"
+        );
+    }
 }

@@ -206,6 +206,28 @@ pub trait Executor: Send + Sync {
 
     /// The host directories mounted into containers of any codex-runner on this runtime.
     async fn mount_sources(&self) -> anyhow::Result<Vec<PathBuf>>;
+
+    /// The OCI runtimes a handler may name here (`runc`, `runsc`).
+    async fn runtimes(&self) -> anyhow::Result<Vec<String>>;
+}
+
+/// Check that `executor` has every runtime the host config allows handlers to name
+/// (`limits.runtimes`), so a missing one stops the runner at its start, not a request later.
+pub async fn check_runtimes(executor: &dyn Executor, allowed: &[String]) -> anyhow::Result<()> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let have = executor.runtimes().await?;
+    let missing: Vec<&String> = allowed.iter().filter(|r| !have.contains(r)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+    anyhow::bail!(
+        "limits.runtimes names {}, which the container engine does not have (it has: {}); register it with the engine (Docker: \"runtimes\" in /etc/docker/daemon.json) or remove it from the host config",
+        names.join(", "),
+        have.join(", ")
+    )
 }
 
 /// Which executor the engine connects to, from the host config.

@@ -43,6 +43,8 @@ pub struct ContainerSpec {
     pub user: String,
     /// `none` or `host`.
     pub network: String,
+    /// The OCI runtime (`runsc`); the engine's default when `None`.
+    pub runtime: Option<String>,
     /// Read-only `/`.
     pub read_only_root: bool,
     /// Size of the `/tmp` tmpfs.
@@ -140,6 +142,11 @@ pub fn container_spec(
     if !l.read_only_root && !host.allow_writable_root {
         return refuse("a writable root filesystem (set limits.allow_writable_root)".into());
     }
+    if let Some(r) = &handler.runtime {
+        if !host.runtimes.contains(r) {
+            return refuse(format!("the `{r}` runtime (list it in limits.runtimes)"));
+        }
+    }
     if l.user.split(':').next() == Some("0") && !host.allow_root {
         return refuse("uid 0 (set limits.allow_root)".into());
     }
@@ -223,6 +230,7 @@ pub fn container_spec(
         labels,
         user: l.user.clone(),
         network: handler.network.as_str().to_string(),
+        runtime: handler.runtime.clone(),
         read_only_root: l.read_only_root,
         tmpfs_bytes: l.tmpfs,
         memory: l.memory,
@@ -336,6 +344,7 @@ mod tests {
             "    limits:\n      memory: 64GiB\n",
             "    limits:\n      read_only_root: false\n",
             "    limits:\n      user: \"0:0\"\n",
+            "    runtime: runsc\n",
         ] {
             let err = container_spec(&handler(extra), &ctx(), &host).unwrap_err();
             assert!(err.contains("does not allow"), "{err}");
@@ -345,5 +354,31 @@ mod tests {
             ..HostLimits::default()
         };
         assert!(container_spec(&handler("    network: host\n"), &ctx(), &open).is_ok());
+    }
+
+    #[test]
+    fn a_runtime_the_host_lists_is_what_the_container_runs_under() {
+        let gvisor = HostLimits {
+            runtimes: vec!["runsc".into()],
+            ..HostLimits::default()
+        };
+        let s = container_spec(&handler("    runtime: runsc\n"), &ctx(), &gvisor).unwrap();
+        assert_eq!(s.runtime.as_deref(), Some("runsc"));
+        assert_eq!(
+            container_spec(&handler(""), &ctx(), &gvisor)
+                .unwrap()
+                .runtime,
+            None
+        );
+        let err = container_spec(&handler("    runtime: kata\n"), &ctx(), &gvisor).unwrap_err();
+        assert!(
+            err.contains("the `kata` runtime (list it in limits.runtimes)"),
+            "{err}"
+        );
+        let bad = HandlerIndex::parse(
+            b"handlers:\n  echo:\n    run: handlers/echo.sh\n    image: img\n    runtime: \"run sc\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(bad.0[0].rule, "invalid-runtime", "{bad}");
     }
 }

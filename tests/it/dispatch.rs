@@ -301,15 +301,17 @@ fn two_runner_processes_serialize_on_a_shared_resource() {
     two.assert_no_containers();
 }
 
-#[test]
-fn hardened_container_is_not_root_has_no_network_no_caps_and_a_read_only_root() {
+/// Run the isolation probe as a handler (under `runtime`, when given, which the host config
+/// allows); its output lines, once it succeeded.
+fn isolation_probe(name: &str, runtime: Option<&str>) -> Vec<String> {
     docker();
-    let mut repo = Repo::new("t-iso");
+    let mut repo = Repo::new(name);
     repo.write(
         "handlers/isolation.sh",
         br#"#!/bin/sh
 fail=0
 echo "uid=$(id -u) gid=$(id -g)"
+echo "kernel=$(uname -r)"
 [ "$(id -u)" != 0 ] || { echo "FAIL: root"; fail=1; }
 if touch /probe 2>/dev/null; then echo "FAIL: / writable"; fail=1; else echo "root read-only"; fi
 if touch /codex/repo/probe 2>/dev/null; then echo "FAIL: repo writable"; fail=1; else echo "repo read-only"; fi
@@ -319,49 +321,108 @@ bnd=$(awk '/^CapBnd/ {print $2}' /proc/self/status)
 nnp=$(awk '/^NoNewPrivs/ {print $2}' /proc/self/status)
 echo "CapEff=$eff CapBnd=$bnd NoNewPrivs=$nnp"
 [ "$eff" = 0000000000000000 ] && [ "$bnd" = 0000000000000000 ] || { echo "FAIL: capabilities"; fail=1; }
-[ "$nnp" = 1 ] || { echo "FAIL: new privileges allowed"; fail=1; }
+# gVisor's /proc does not show NoNewPrivs; its sandbox enforces it below the handler.
+[ "$nnp" = 1 ] || [ "$GVISOR" = 1 ] || { echo "FAIL: new privileges allowed"; fail=1; }
 ifs=$(ls /sys/class/net | tr '\n' ' ')
 echo "interfaces: $ifs"
 [ "$ifs" = "lo " ] || { echo "FAIL: network"; fail=1; }
 test -r /codex/request.json && echo "request at /codex/request.json"
-mem=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes)
-pids=$(cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max)
-cpu=$(cat /sys/fs/cgroup/cpu.max 2>/dev/null || echo "$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)")
+mem=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null)
+pids=$(cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max 2>/dev/null)
+cpu=$(cat /sys/fs/cgroup/cpu.max 2>/dev/null || echo "$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us 2>/dev/null)")
 echo "memory=$mem pids=$pids pid1=$(cat /proc/1/comm)"
 echo "cpu=$cpu"
 exit $fail
 "#,
     );
     sh_chmod(&repo, "handlers/isolation.sh");
-    append_index(
-        &repo,
+    let mut entry = String::from(
         "  isolation:\n    run: handlers/isolation.sh\n    image: codex-runner/busybox:1\n",
     );
+    let mut args: Vec<String> = Vec::new();
+    if let Some(r) = runtime {
+        entry.push_str(&format!("    runtime: {r}\n    env: {{GVISOR: \"1\"}}\n"));
+        let config = repo.tmp.path().join("host.toml");
+        std::fs::write(&config, format!("[limits]\nruntimes = [\"{r}\"]\n")).unwrap();
+        args = vec!["--config".into(), config.display().to_string()];
+    }
+    append_index(&repo, &entry);
     repo.merge_pr(&[("requests/iso.yaml", b"kind: isolation\n")]);
-    let pass = repo.dispatch(&[]).ok();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pass = repo.dispatch(&args).ok();
     let out = repo.output("iso");
     assert_eq!(pass.states()["iso"], "succeeded", "{out:#?}");
-    for want in [
-        "memory=536870912 pids=256 pid1=docker-init",
-        "cpu=100000 100000",
-        "uid=65534 gid=65534",
-        "root read-only",
-        "repo read-only",
-        "tmp writable",
-        "interfaces: lo ",
-        "request at /codex/request.json",
-    ] {
-        assert!(
-            out.iter().any(|l| l == want),
-            "missing {want:?} in {out:#?}"
-        );
+    repo.assert_no_containers();
+    out
+}
+
+fn assert_lines(out: &[String], want: &[&str]) {
+    for w in want {
+        assert!(out.iter().any(|l| l == w), "missing {w:?} in {out:#?}");
     }
+}
+
+#[test]
+fn hardened_container_is_not_root_has_no_network_no_caps_and_a_read_only_root() {
+    let out = isolation_probe("t-iso", None);
+    assert_lines(
+        &out,
+        &[
+            "memory=536870912 pids=256 pid1=docker-init",
+            "cpu=100000 100000",
+            "uid=65534 gid=65534",
+            "root read-only",
+            "repo read-only",
+            "tmp writable",
+            "interfaces: lo ",
+            "request at /codex/request.json",
+            "CapEff=0000000000000000 CapBnd=0000000000000000 NoNewPrivs=1",
+        ],
+    );
+    // The host's own kernel, not a sandbox's.
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_lines(&out, &[&format!("kernel={}", host.trim())]);
+}
+
+#[test]
+fn under_gvisor_the_same_hardening_holds_and_the_kernel_is_gvisors() {
+    // `scripts/docker-up.sh` registers Debian's runsc with the engine (.ci/run installs it).
+    let out = isolation_probe("t-iso-gvisor", Some("runsc"));
+    assert_lines(
+        &out,
+        &[
+            // gVisor's Sentry answers uname: its own kernel version, not the host's.
+            "kernel=4.4.0",
+            "uid=65534 gid=65534",
+            "root read-only",
+            "repo read-only",
+            "tmp writable",
+            "interfaces: lo ",
+            "request at /codex/request.json",
+            "CapEff=0000000000000000 CapBnd=0000000000000000 NoNewPrivs=",
+        ],
+    );
     assert!(
-        out.iter()
-            .any(|l| l == "CapEff=0000000000000000 CapBnd=0000000000000000 NoNewPrivs=1"),
+        out.iter().any(|l| l.ends_with("pid1=docker-init")),
         "{out:#?}"
     );
-    repo.assert_no_containers();
+}
+
+#[test]
+fn a_runtime_the_engine_does_not_have_stops_dispatch_at_its_start() {
+    docker();
+    let repo = Repo::new("t-no-runtime");
+    let config = repo.tmp.path().join("host.toml");
+    std::fs::write(&config, "[limits]\nruntimes = [\"no-such-runtime\"]\n").unwrap();
+    let out = repo.dispatch(&["--config", config.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "limits.runtimes names no-such-runtime, which the container engine does not have"
+        ),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub(super) struct EntryFile {
     resource: Option<String>,
     network: Option<String>,
     checkout: Option<String>,
+    runtime: Option<String>,
     params: Option<Value>,
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -132,6 +133,22 @@ pub(super) fn check_entry(
             CheckoutScope::Lean
         }
     };
+    let runtime = match e.runtime {
+        Some(r) if runtime_name_ok(&r) => Some(r),
+        Some(r) => {
+            errors.push(
+                place
+                    .bad(
+                        "runtime",
+                        "invalid-runtime",
+                        format!("`{r}` is not a runtime name"),
+                    )
+                    .hint("name a runtime the host's Docker engine registers, such as `runsc` (gVisor); leave it out for the engine's default"),
+            );
+            None
+        }
+        None => None,
+    };
     let params = match e.params {
         None => None,
         Some(doc) => match Schema::compile(doc) {
@@ -174,11 +191,21 @@ pub(super) fn check_entry(
         resource_text,
         network,
         checkout,
+        runtime,
         params,
         env: e.env,
         secrets,
         limits,
     })
+}
+
+/// An OCI runtime's name as Docker registers it: `runsc`, `io.containerd.runc.v2`.
+fn runtime_name_ok(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// A kind is lowercase letters, digits, `_` and `-`, at most 64 of them.

@@ -220,6 +220,9 @@ pub struct HandlerSpec {
     pub network: Network,
     /// What its checkout of the repository holds.
     pub checkout: CheckoutScope,
+    /// The OCI runtime its container runs under (`runsc` for gVisor); the engine's default
+    /// when `None`. The host config must allow it (`limits.runtimes`).
+    pub runtime: Option<String>,
     /// JSON Schema for `params`, if the entry has one.
     pub params: Option<Schema>,
     /// Fixed environment values.

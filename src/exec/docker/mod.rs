@@ -327,6 +327,17 @@ impl Executor for DockerExecutor {
             .filter_map(|m| m.source.map(PathBuf::from))
             .collect())
     }
+
+    async fn runtimes(&self) -> anyhow::Result<Vec<String>> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .context("failed to ask the Docker engine what it runs")?;
+        let mut names: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+        names.sort();
+        Ok(names)
+    }
 }
 
 fn tar_dir(dir: &Path) -> anyhow::Result<Vec<u8>> {

@@ -119,6 +119,7 @@ pub(super) fn body(spec: &ContainerSpec) -> ContainerCreateBody {
         host_config: Some(HostConfig {
             binds: Some(binds),
             network_mode: Some(spec.network.clone()),
+            runtime: spec.runtime.clone(),
             readonly_rootfs: Some(spec.read_only_root),
             tmpfs: Some(tmpfs),
             cap_drop: Some(vec!["ALL".into()]),
