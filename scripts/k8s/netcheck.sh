@@ -9,47 +9,17 @@
 #   usage: netcheck.sh [KUBECONFIG]   (default /var/lib/k8s-local/admin.kubeconfig)
 set -euo pipefail
 export KUBECONFIG=${1:-/var/lib/k8s-local/admin.kubeconfig}
-IMG=k8stest/busybox:1
-if ! docker image inspect "$IMG" >/dev/null 2>&1; then
-  d=$(mktemp -d); cp "$(command -v busybox)" "$d/busybox"   # Debian busybox-static
-  printf 'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox","--install","-s","/bin"]\nCMD ["/bin/sh"]\n' > "$d/Dockerfile"
-  DOCKER_BUILDKIT=0 docker build --network none -q -t "$IMG" "$d" >/dev/null; rm -rf "$d"
-fi
-kubectl delete job netcheck --ignore-not-found --wait=true >/dev/null
-kubectl apply -f - <<YAML
-apiVersion: batch/v1
-kind: Job
-metadata: {name: netcheck}
-spec:
-  backoffLimit: 0
-  activeDeadlineSeconds: 60
-  template:
-    spec:
-      restartPolicy: Never
-      automountServiceAccountToken: false
-      securityContext: {runAsUser: 65534, runAsGroup: 65534, runAsNonRoot: true}
-      containers:
-      - name: main
-        image: $IMG
-        imagePullPolicy: Never
-        command:
-        - sh
-        - -c
-        - |
-          echo "ifaces: \$(ls /sys/class/net | tr '\n' ' ')"
-          echo "--- cat /proc/net/route"; cat /proc/net/route
-          echo "--- ip addr"; ip addr
-          echo "--- ip route show table all"; ip route show table all
-          echo "--- ipv6: disable_ipv6=\$(cat /proc/sys/net/ipv6/conf/all/disable_ipv6) addrs:"
-          cat /proc/net/if_inet6
-          if out=\$(timeout 2 wget -O /dev/null http://10.0.0.1/ 2>&1); then echo "probe: CONNECTED"
-          else echo "probe: failed (\$?): \$out" | tr '\n' ' '; echo; fi
-        securityContext:
-          readOnlyRootFilesystem: true
-          allowPrivilegeEscalation: false
-          capabilities: {drop: ["ALL"]}
-        resources: {limits: {cpu: 200m, memory: 64Mi}}
-YAML
+. "$(dirname "${BASH_SOURCE[0]}")/job.sh"
+locked_job netcheck <<'SH'
+echo "ifaces: $(ls /sys/class/net | tr '\n' ' ')"
+echo "--- cat /proc/net/route"; cat /proc/net/route
+echo "--- ip addr"; ip addr
+echo "--- ip route show table all"; ip route show table all
+echo "--- ipv6: disable_ipv6=$(cat /proc/sys/net/ipv6/conf/all/disable_ipv6) addrs:"
+cat /proc/net/if_inet6
+if out=$(timeout 2 wget -O /dev/null http://10.0.0.1/ 2>&1); then echo "probe: CONNECTED"
+else echo "probe: failed ($?): $out" | tr '\n' ' '; echo; fi
+SH
 rc=0; kubectl wait --for=condition=complete job/netcheck --timeout=90s || rc=1
 logs=$(kubectl logs job/netcheck) || rc=1
 printf '%s\n' "$logs"
