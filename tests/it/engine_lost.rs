@@ -110,6 +110,15 @@ impl Drop for Engine {
         let _ = Command::new("pkill")
             .args(["-f", &self.dir.join("exec").display().to_string()])
             .status();
+        // dockerd mounts its data root over itself; killed, it leaves the mount behind, and
+        // the temporary directory could not be removed (they piled up in /tmp).
+        for sub in ["data", "exec"] {
+            let _ = Command::new("umount")
+                .args(["--recursive", "--lazy"])
+                .arg(self.dir.join(sub))
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
