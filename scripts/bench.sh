@@ -5,6 +5,7 @@
 #   scripts/bench.sh                   everything
 #   BENCH_HISTORY="0 1000" scripts/bench.sh   smaller history scenarios
 #   BENCH_BIN=/path/to/codex-runner scripts/bench.sh   another build, same baselines
+#   BENCH_RUNTIMES=0 / BENCH_DAEMON=0  leave out the gVisor pass / the daemon
 #
 # Baselines: bench/shell-dispatcher.sh (bash + python yaml + docker CLI + git CLI, one request
 # at a time, flock per resource), `docker run` of the same no-op container (40 in a row, and 4
@@ -146,6 +147,39 @@ echo "  one container through the engine API, median ms (4 at a time): create $(
   "attach $(lc attach_ms), start $(lc start_ms), run $(lc run_ms), wait $(lc wait_ms)," \
   "remove $(lc remove_ms); one \`docker run --rm\` in a row: $per_run ms"
 echo
+
+# 1b. The OCI runtime: the same requests with the handler under gVisor (`runtime: runsc`),
+# beside `docker run --runtime runsc`, when the engine has runsc (scripts/docker-up.sh
+# registers it) and the build knows `runtime:` (BENCH_RUNTIMES=0 leaves it out).
+if [ "${BENCH_RUNTIMES:-1}" = 1 ] &&
+  docker info --format '{{json .Runtimes}}' | grep -q '"runsc"' &&
+  "$bin" schema index | grep -q '"runtime"'; then
+  template 0 "$tmp/tp-gvisor.git"
+  clone=$tmp/clone-gvisor
+  git clone -q "$tmp/tp-gvisor.git" "$clone"
+  sed -i '/^  noop:$/,/^    params:$/ s/^    timeout: 1m$/    timeout: 1m\n    runtime: runsc/' "$clone/handlers/index.yml"
+  grep -qx '    runtime: runsc' "$clone/handlers/index.yml" || {
+    echo "bench: could not put the noop handler under runsc" >&2
+    exit 1
+  }
+  git -C "$clone" -c user.name=bench -c user.email=bench@localhost commit -qam "noop under gVisor"
+  git -C "$clone" push -q origin main
+  rm -rf "$clone"
+  merge_requests "$tmp/tp-gvisor.git" tpg "$requests"
+  printf '[limits]\nruntimes = ["runsc"]\n' >"$tmp/gvisor.toml"
+  gvisor=$(timed pass "$tmp/tp-gvisor.git" "$tmp/tp-gvisor" --concurrency 4 --config "$tmp/gvisor.toml")
+  [ "$(jq '[.requests[] | select(.state == "succeeded")] | length' "$tmp/out")" = "$requests" ] || {
+    echo "bench: the gVisor requests did not all succeed" >&2
+    jq -c '.requests[] | {id, state}' "$tmp/out" >&2
+    exit 1
+  }
+  par_gvisor=$(timed bash -c "seq $requests | xargs -P4 -I{} docker run --rm --runtime runsc --network none $image true")
+  echo "the same $requests requests with the handler under gVisor (runtime: runsc):"
+  printf '  %-44s %8ss  %sx the runc pass\n' "codex-runner, runsc" "$gvisor" "$(ratio "$gvisor" "$codex")"
+  printf '  %-44s %8ss  %sx docker run under runc\n' "docker run --runtime runsc, 4 at a time" "$par_gvisor" "$(ratio "$par_gvisor" "$par_floor")"
+  printf '  %-44s %8s\n' "codex-runner under runsc, at this floor" "$(ratio "$gvisor" "$par_gvisor")x"
+  echo
+fi
 
 # 2. History: one new request on a repository with H finished requests, in each layout.
 git_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
