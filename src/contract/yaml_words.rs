@@ -108,17 +108,7 @@ pub fn explain(file: &str, text: &str, e: &E) -> Violation {
         .hint("finish the last value, or remove what is left of it"),
         E::SerdeUnknownField { field, expected, .. } => {
             let known: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
-            let place = match pos.map(|(l, c)| path_at(text, l, c)) {
-                Some(mut p) if !p.is_empty() => {
-                    p.pop();
-                    if p.is_empty() {
-                        "the file".to_string()
-                    } else {
-                        field_name(&p)
-                    }
-                }
-                _ => "the file".to_string(),
-            };
+            let place = holder(text, pos);
             let e = v("unknown-field", format!("{place} has no field `{field}`"))
                 .saw(format!("one of {}", known.join(", ")), format!("`{field}`"));
             match nearest(field, &known) {
@@ -127,14 +117,7 @@ pub fn explain(file: &str, text: &str, e: &E) -> Violation {
             }
         }
         E::SerdeMissingField { field, .. } => {
-            // The position is the mapping's, where its first key also is.
-            let place = match pos.map(|(l, c)| path_at(text, l, c)) {
-                Some(mut p) if p.len() > 1 => {
-                    p.pop();
-                    field_name(&p)
-                }
-                _ => "the file".to_string(),
-            };
+            let place = holder(text, pos);
             v("missing-field", format!("{place} has no `{field}`, which is required"))
                 .saw(format!("a `{field}:` field"), format!("no `{field}`"))
                 .hint(format!("add `{field}:`"))
@@ -207,6 +190,19 @@ pub fn explain(file: &str, text: &str, e: &E) -> Violation {
             format!("line {line} cannot be read as YAML"),
         )
         .hint("check the indentation and quoting of this line against the lines above it"),
+    }
+}
+
+/// The mapping that holds the key at `pos`, as a writer names it ("the file" at the top).
+/// An unknown field is reported at its key; a missing one at its mapping, where the mapping's
+/// first key also is: either way the key's parent is the place.
+fn holder(text: &str, pos: Option<(usize, usize)>) -> String {
+    match pos.map(|(l, c)| path_at(text, l, c)) {
+        Some(mut p) if p.len() > 1 => {
+            p.pop();
+            field_name(&p)
+        }
+        _ => "the file".to_string(),
     }
 }
 

@@ -362,20 +362,26 @@ fn assert_lines(out: &[String], want: &[&str]) {
     }
 }
 
+/// What the probe says under every runtime: not root, read-only root and repository, a
+/// writable /tmp, only `lo`, the request mounted.
+const HARDENED: &[&str] = &[
+    "uid=65534 gid=65534",
+    "root read-only",
+    "repo read-only",
+    "tmp writable",
+    "interfaces: lo ",
+    "request at /codex/request.json",
+];
+
 #[test]
 fn hardened_container_is_not_root_has_no_network_no_caps_and_a_read_only_root() {
     let out = isolation_probe("t-iso", None);
+    assert_lines(&out, HARDENED);
     assert_lines(
         &out,
         &[
             "memory=536870912 pids=256 pid1=docker-init",
             "cpu=100000 100000",
-            "uid=65534 gid=65534",
-            "root read-only",
-            "repo read-only",
-            "tmp writable",
-            "interfaces: lo ",
-            "request at /codex/request.json",
             "CapEff=0000000000000000 CapBnd=0000000000000000 NoNewPrivs=1",
         ],
     );
@@ -388,17 +394,12 @@ fn hardened_container_is_not_root_has_no_network_no_caps_and_a_read_only_root() 
 fn under_gvisor_the_same_hardening_holds_and_the_kernel_is_gvisors() {
     // `scripts/docker-up.sh` registers Debian's runsc with the engine (.ci/run installs it).
     let out = isolation_probe("t-iso-gvisor", Some("runsc"));
+    assert_lines(&out, HARDENED);
     assert_lines(
         &out,
         &[
             // gVisor's Sentry answers uname: its own kernel version, not the host's.
             "kernel=4.4.0",
-            "uid=65534 gid=65534",
-            "root read-only",
-            "repo read-only",
-            "tmp writable",
-            "interfaces: lo ",
-            "request at /codex/request.json",
             "CapEff=0000000000000000 CapBnd=0000000000000000 NoNewPrivs=",
         ],
     );
