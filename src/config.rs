@@ -88,16 +88,26 @@ pub struct HostConfig {
     /// Secrets handlers may name, and where file secrets are staged.
     pub secrets: HostSecrets,
     /// Where handlers run.
-    pub executor: ExecutorKind,
+    pub executor: ExecutorConfig,
 }
 
-/// `[executor] kind`: the container runtime handlers run on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutorKind {
+/// `[executor]`: where handlers run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum ExecutorConfig {
     /// The local Docker engine (`DOCKER_HOST` or `/var/run/docker.sock`).
     #[default]
     Docker,
+    /// A Kubernetes cluster: a Job per request (`[executor.kubernetes]`).
+    Kubernetes(crate::exec::kubernetes::KubernetesConfig),
+}
+
+/// `[executor] kind`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ExecutorKind {
+    #[default]
+    Docker,
+    Kubernetes,
 }
 
 /// `[repository]`: what `codex-runner run` watches.
@@ -241,8 +251,26 @@ struct File {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExecutorFile {
-    /// `docker` (the default).
+    /// `docker` (the default) or `kubernetes`.
     kind: Option<ExecutorKind>,
+    /// The cluster, namespace and pod settings of the Kubernetes executor.
+    kubernetes: Option<crate::exec::kubernetes::KubernetesFile>,
+}
+
+impl ExecutorFile {
+    fn check(self) -> anyhow::Result<ExecutorConfig> {
+        match (self.kind.unwrap_or_default(), self.kubernetes) {
+            (ExecutorKind::Docker, None) => Ok(ExecutorConfig::Docker),
+            (ExecutorKind::Docker, Some(_)) => anyhow::bail!(
+                "executor.kubernetes is set but executor.kind is `docker`: set kind = \"kubernetes\" or remove [executor.kubernetes]"
+            ),
+            (ExecutorKind::Kubernetes, k) => Ok(ExecutorConfig::Kubernetes(
+                k.unwrap_or_default()
+                    .check()
+                    .context("executor.kubernetes")?,
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -379,7 +407,7 @@ impl HostConfig {
                 .transpose()
                 .context("runner.drain_timeout")?,
             secrets,
-            executor: f.executor.kind.unwrap_or_default(),
+            executor: f.executor.check()?,
             author_name: f.git.author_name,
             author_email: f.git.author_email,
             limits: HostLimits {
@@ -442,16 +470,26 @@ mod tests {
     fn the_executor_is_docker_unless_the_config_names_another() {
         assert_eq!(
             HostConfig::parse("").unwrap().executor,
-            ExecutorKind::Docker
+            ExecutorConfig::Docker
         );
         let c = HostConfig::parse("[executor]\nkind = \"docker\"\n").unwrap();
-        assert_eq!(c.executor, ExecutorKind::Docker);
-        let err = HostConfig::parse("[executor]\nkind = \"kubernetes\"\n").unwrap_err();
+        assert_eq!(c.executor, ExecutorConfig::Docker);
+        let err = HostConfig::parse("[executor]\nkind = \"nomad\"\n").unwrap_err();
         let text = format!("{err:#}");
         assert!(
             text.contains("kubernetes") && text.contains("docker"),
             "{text}"
         );
         assert!(HostConfig::parse("[executor]\nkinds = \"docker\"\n").is_err());
+        let c = HostConfig::parse("[executor]\nkind = \"kubernetes\"\n").unwrap();
+        let ExecutorConfig::Kubernetes(k) = c.executor else {
+            panic!("not kubernetes: {:?}", c.executor)
+        };
+        assert_eq!(k.namespace, None);
+        let err = HostConfig::parse("[executor.kubernetes]\nnamespace = \"ops\"\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("executor.kind is `docker`"),
+            "{err:#}"
+        );
     }
 }

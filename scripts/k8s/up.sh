@@ -155,9 +155,13 @@ SYSCTLS="vm.overcommit_memory kernel.panic kernel.panic_on_oops kernel.keys.root
 # network below, which is loopback again: no eth0, no address but 127.0.0.1 (Docker disables
 # IPv6 there), no routes but loopback's, nothing on the host side (no veth, bridge, IPAM state or
 # iptables rules). The kubelet then reports no pod IP (status.podIP is empty; it logs "failed to
-# read pod IP from plugin/docker" a few times per sandbox start). The
+# read pod IP from plugin/docker" a few times per sandbox start). Upstream's kubelet would then
+# recreate every sandbox (killing its running containers) about a second after it starts, for
+# having no IP: the patched kubelet skips that with KUBELET_ALLOW_POD_WITHOUT_IP=1 (build.sh
+# patch pod-without-ip.patch). The
 # conf dir holds only this file: the kubelet uses the first valid one in lexical order (and
 # rereads the dir every few seconds, hence the rename when a kubelet is already running).
+export KUBELET_ALLOW_POD_WITHOUT_IP=1
 CNI_CONF=$STATE/cni/10-loopback-only.conf
 mkdir -p "$STATE/cni" "$STATE/cni-cache"
 find "$STATE/cni" -mindepth 1 ! -path "$CNI_CONF" -exec rm -rf {} +

@@ -86,11 +86,11 @@ pub(crate) enum Recovery {
 }
 
 /// Decide what becomes of `record`, given the container's fate. Pure: `boot` is this boot's
-/// id and `alive` says whether an owner label names a live runner process.
+/// id (`None` where runs outlive the host, as a cluster's Jobs do: any boot's are followed) and `alive` says whether an owner label names a live runner process.
 pub(crate) fn decide(
     record: &AttemptRecord,
     fate: &Fate,
-    boot: &str,
+    boot: Option<&str>,
     alive: impl Fn(Option<&str>) -> bool,
     config: &RepoConfig,
 ) -> Recovery {
@@ -98,7 +98,7 @@ pub(crate) fn decide(
         owner
             .as_deref()
             .and_then(|o| o.split_once('/'))
-            .is_some_and(|(b, _)| b == boot)
+            .is_some_and(|(b, _)| boot.is_none_or(|boot| b == boot))
     };
     let why = match (fate, record.phase) {
         (Fate::Missing | Fate::Created, Phase::Starting) => {
@@ -187,7 +187,7 @@ mod tests {
         let rerun = config(OnInterrupt::Rerun, 3);
         let record = config(OnInterrupt::Record, 3);
         let dead = |_: Option<&str>| false;
-        let d = |r: &AttemptRecord, f: &Fate, c: &RepoConfig| decide(r, f, "b1", dead, c);
+        let d = |r: &AttemptRecord, f: &Fate, c: &RepoConfig| decide(r, f, Some("b1"), dead, c);
 
         // Never started: the same attempt, whatever the policy.
         for fate in [Fate::Missing, Fate::Created] {
@@ -213,7 +213,7 @@ mod tests {
         );
         // A live owner keeps it.
         assert_eq!(
-            decide(&started, &running("b1/7"), "b1", |_| true, &rerun),
+            decide(&started, &running("b1/7"), Some("b1"), |_| true, &rerun),
             Recovery::Busy
         );
         // Interrupted: the policy.
@@ -241,6 +241,17 @@ mod tests {
         assert!(matches!(
             d(&rec(Phase::Started, 3), &Fate::Missing, &rerun),
             Recovery::Record { attempt: 3, ref why } if why.contains("at most 3")
+        ));
+        // A cluster's Job outlives the runner's host: followed after a reboot too.
+        for fate in [running("b0/7"), exited("b0/7", 3)] {
+            assert_eq!(
+                decide(&started, &fate, None, dead, &record),
+                Recovery::Follow(started.clone())
+            );
+        }
+        assert!(matches!(
+            decide(&started, &Fate::Missing, None, dead, &rerun),
+            Recovery::Rerun { attempt: 2, .. }
         ));
     }
 }

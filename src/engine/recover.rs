@@ -85,7 +85,8 @@ pub(super) async fn recover(
         let plan = journal::decide(
             &left.record,
             &fate,
-            &boot,
+            // A run that outlives its runner's host is followed whichever boot started it.
+            (!docker.outlives_host()).then_some(boot.as_str()),
             crate::exec::owner_is_alive,
             config,
         );

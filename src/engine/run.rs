@@ -385,7 +385,7 @@ async fn drive(
     };
     let image = match image {
         Ok(i) => i,
-        Err(ExecError::ImageUnavailable(reason)) => {
+        Err(ExecError::ImageUnavailable(reason) | ExecError::Unstartable(reason)) => {
             return attempt.end(Ending::Unstartable(&reason), Ran::default())
         }
         Err(ExecError::Engine(e)) => return Err(DispatchError::Docker(e)),
@@ -528,7 +528,9 @@ async fn stream(
     };
     let outcome = match outcome {
         Ok(o) => o,
-        Err(ExecError::ImageUnavailable(reason)) => return Ok(Streamed::Unstartable(reason)),
+        Err(ExecError::ImageUnavailable(reason) | ExecError::Unstartable(reason)) => {
+            return Ok(Streamed::Unstartable(reason))
+        }
         Err(ExecError::Engine(e)) => return Err(DispatchError::Docker(e)),
     };
     if let Some(e) = write_error {

@@ -8,6 +8,7 @@
 pub mod docker;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod kubernetes;
 mod lines;
 mod owner;
 pub mod spec;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use docker::DockerExecutor;
+pub use kubernetes::KubernetesExecutor;
 pub use owner::{boot_id, is_runner_process, owner_alive, owner_is_alive, owner_label};
 pub use spec::{ContainerSpec, Mount};
 
@@ -141,6 +143,10 @@ pub enum ExecError {
     /// The image can be neither found nor pulled nor built: the request is rejected.
     #[error("image unavailable: {0}")]
     ImageUnavailable(String),
+    /// The runtime cannot start this run at all (the cluster cannot schedule it, its files
+    /// cannot be carried): the request fails with the reason.
+    #[error("cannot start: {0}")]
+    Unstartable(String),
     /// The engine failed: infrastructure, the request is retried in a later pass.
     #[error(transparent)]
     Engine(#[from] anyhow::Error),
@@ -207,8 +213,15 @@ pub trait Executor: Send + Sync {
     /// The host directories mounted into containers of any codex-runner on this runtime.
     async fn mount_sources(&self) -> anyhow::Result<Vec<PathBuf>>;
 
-    /// The OCI runtimes a handler may name here (`runc`, `runsc`).
+    /// The OCI runtimes a handler may name here (`runc`, `runsc`; a cluster's
+    /// RuntimeClasses).
     async fn runtimes(&self) -> anyhow::Result<Vec<String>>;
+
+    /// Whether a run goes on when the runner's host restarts (a cluster's Jobs do; a local
+    /// engine's containers do not), so that a runner back from a reboot follows it.
+    fn outlives_host(&self) -> bool {
+        false
+    }
 }
 
 /// Check that `executor` has every runtime the host config allows handlers to name
@@ -236,6 +249,8 @@ pub enum ExecutorChoice {
     /// The local Docker engine (`DOCKER_HOST` or the local socket).
     #[default]
     Docker,
+    /// A Kubernetes cluster.
+    Kubernetes(Arc<kubernetes::KubernetesConfig>),
     /// An executor the caller made (an embedding program's own runtime; the engine's tests).
     Given(Arc<dyn Executor>),
 }
@@ -244,15 +259,17 @@ impl std::fmt::Debug for ExecutorChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             ExecutorChoice::Docker => "docker",
+            ExecutorChoice::Kubernetes(_) => "kubernetes",
             ExecutorChoice::Given(_) => "given",
         })
     }
 }
 
-impl From<crate::config::ExecutorKind> for ExecutorChoice {
-    fn from(kind: crate::config::ExecutorKind) -> Self {
-        match kind {
-            crate::config::ExecutorKind::Docker => ExecutorChoice::Docker,
+impl From<crate::config::ExecutorConfig> for ExecutorChoice {
+    fn from(config: crate::config::ExecutorConfig) -> Self {
+        match config {
+            crate::config::ExecutorConfig::Docker => ExecutorChoice::Docker,
+            crate::config::ExecutorConfig::Kubernetes(k) => ExecutorChoice::Kubernetes(Arc::new(k)),
         }
     }
 }
@@ -262,6 +279,7 @@ impl ExecutorChoice {
     pub async fn connect(&self) -> anyhow::Result<Arc<dyn Executor>> {
         match self {
             ExecutorChoice::Docker => Ok(Arc::new(DockerExecutor::connect().await?)),
+            ExecutorChoice::Kubernetes(k) => Ok(Arc::new(KubernetesExecutor::connect(k).await?)),
             ExecutorChoice::Given(e) => Ok(e.clone()),
         }
     }

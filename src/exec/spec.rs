@@ -37,6 +37,9 @@ pub struct ContainerSpec {
     pub cmd: Vec<String>,
     /// `KEY=value` pairs.
     pub env: Vec<String>,
+    /// Secrets in the environment, (name, value): apart from `env`, so that an executor can
+    /// keep them out of what it writes down about the container (a Kubernetes Job's spec).
+    pub secret_env: Vec<(String, String)>,
     /// Labels that find the container again.
     pub labels: HashMap<String, String>,
     /// `uid:gid`.
@@ -171,7 +174,6 @@ pub fn container_spec(
         format!("CODEX_REPO={REPO_MOUNT}"),
         "HOME=/tmp".to_string(),
     ]);
-    env.extend(ctx.secret_env.iter().map(|(k, v)| format!("{k}={v}")));
     let mut mounts = vec![
         Mount {
             source: ctx.repo_dir.clone(),
@@ -227,6 +229,7 @@ pub fn container_spec(
         image: ctx.image.clone(),
         cmd: vec![format!("{REPO_MOUNT}/{}", handler.run)],
         env,
+        secret_env: ctx.secret_env.clone(),
         labels,
         user: l.user.clone(),
         network: handler.network.as_str().to_string(),
@@ -330,7 +333,8 @@ mod tests {
             ..ctx()
         };
         let s = container_spec(&handler(""), &with, &HostLimits::default()).unwrap();
-        assert!(s.env.contains(&"TOKEN=abcd".to_string()));
+        assert_eq!(s.secret_env, [("TOKEN".to_string(), "abcd".to_string())]);
+        assert!(!s.env.iter().any(|e| e.contains("abcd")));
         assert!(s.env.contains(&"CODEX_SECRETS=/run/secrets".to_string()));
         let m = s.mounts.last().unwrap();
         assert_eq!((m.target.as_str(), m.read_only), (SECRETS_MOUNT, true));

@@ -304,6 +304,16 @@ fn two_runner_processes_serialize_on_a_shared_resource() {
 /// Run the isolation probe as a handler (under `runtime`, when given, which the host config
 /// allows); its output lines, once it succeeded.
 fn isolation_probe(name: &str, runtime: Option<&str>) -> Vec<String> {
+    let config = runtime.map(|r| format!("[limits]\nruntimes = [\"{r}\"]\n"));
+    isolation_probe_in(name, runtime, config.as_deref())
+}
+
+/// [`isolation_probe`] with the host config `config` (the executor's, the runtimes).
+pub(crate) fn isolation_probe_in(
+    name: &str,
+    runtime: Option<&str>,
+    config: Option<&str>,
+) -> Vec<String> {
     docker();
     let mut repo = Repo::new(name);
     repo.write(
@@ -342,8 +352,10 @@ exit $fail
     let mut args: Vec<String> = Vec::new();
     if let Some(r) = runtime {
         entry.push_str(&format!("    runtime: {r}\n    env: {{GVISOR: \"1\"}}\n"));
+    }
+    if let Some(text) = config {
         let config = repo.tmp.path().join("host.toml");
-        std::fs::write(&config, format!("[limits]\nruntimes = [\"{r}\"]\n")).unwrap();
+        std::fs::write(&config, text).unwrap();
         args = vec!["--config".into(), config.display().to_string()];
     }
     append_index(&repo, &entry);
@@ -356,7 +368,7 @@ exit $fail
     out
 }
 
-fn assert_lines(out: &[String], want: &[&str]) {
+pub(crate) fn assert_lines(out: &[String], want: &[&str]) {
     for w in want {
         assert!(out.iter().any(|l| l == w), "missing {w:?} in {out:#?}");
     }
@@ -364,7 +376,7 @@ fn assert_lines(out: &[String], want: &[&str]) {
 
 /// What the probe says under every runtime: not root, read-only root and repository, a
 /// writable /tmp, only `lo`, the request mounted.
-const HARDENED: &[&str] = &[
+pub(crate) const HARDENED: &[&str] = &[
     "uid=65534 gid=65534",
     "root read-only",
     "repo read-only",
@@ -493,12 +505,12 @@ fn an_unpullable_image_or_a_handler_beyond_host_limits_rejects_the_request() {
     repo.assert_no_containers();
 }
 
-fn sh_chmod(repo: &Repo, path: &str) {
+pub(crate) fn sh_chmod(repo: &Repo, path: &str) {
     crate::common::sh(&repo.work, "chmod", &["+x", path]);
 }
 
 /// Add entries to handlers/index.yml in the working clone (committed with the next PR).
-fn append_index(repo: &Repo, entries: &str) {
+pub(crate) fn append_index(repo: &Repo, entries: &str) {
     let path = repo.work.join("handlers/index.yml");
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push('\n');

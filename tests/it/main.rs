@@ -19,6 +19,7 @@ mod fuzz_seeds;
 mod git_flow;
 mod hostile;
 mod install;
+mod kubernetes;
 mod layout;
 mod messages;
 mod register;

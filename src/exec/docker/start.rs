@@ -110,7 +110,13 @@ pub(super) fn body(spec: &ContainerSpec) -> ContainerCreateBody {
         image: Some(spec.image.clone()),
         // The handler is the entrypoint: an image's own ENTRYPOINT or CMD never runs instead.
         entrypoint: Some(spec.cmd.clone()),
-        env: Some(spec.env.clone()),
+        env: Some(
+            spec.env
+                .iter()
+                .cloned()
+                .chain(spec.secret_env.iter().map(|(k, v)| format!("{k}={v}")))
+                .collect(),
+        ),
         labels: Some(spec.labels.clone()),
         user: Some(spec.user.clone()),
         working_dir: Some(spec.working_dir.clone()),

@@ -1,0 +1,505 @@
+//! The Kubernetes executor against a real cluster: the single-node Kubernetes 1.20 that
+//! `scripts/k8s/up.sh` starts on loopback (`.ci/run` builds and starts it). Each test has a
+//! namespace of its own. The same requests as the Docker executor's tests, with the same
+//! outcomes; then what only a cluster has: Secrets and ConfigMaps owned by the Job, a runner
+//! killed while its Job runs, Jobs a dead runner left.
+
+use crate::common::{docker, ms, Repo};
+use crate::dispatch::{append_index, assert_lines, isolation_probe_in, sh_chmod, HARDENED};
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::Digest;
+
+/// A namespace of the local cluster, deleted when dropped.
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub namespace: String,
+}
+
+impl Cluster {
+    /// Fail unless the cluster answers; make a fresh namespace for `test`.
+    pub fn new(test: &str) -> Cluster {
+        docker();
+        let kubeconfig = std::env::var_os("CODEX_RUNNER_KUBECONFIG").map_or_else(
+            || PathBuf::from("/var/lib/k8s-local/admin.kubeconfig"),
+            PathBuf::from,
+        );
+        assert!(
+            kubeconfig.exists(),
+            "these tests need the local Kubernetes cluster: run `bash scripts/k8s/build.sh` once, then `bash scripts/k8s/up.sh` (no {})",
+            kubeconfig.display()
+        );
+        let cluster = Cluster {
+            kubeconfig,
+            namespace: format!("codex-it-{test}-{}", std::process::id()),
+        };
+        let ready = cluster.try_kubectl(&["get", "--raw", "/readyz"]);
+        assert!(
+            ready.as_ref().is_ok_and(|s| s.trim() == "ok"),
+            "the Kubernetes API server does not answer (`bash scripts/k8s/up.sh` starts it): {ready:?}"
+        );
+        cluster.kubectl(&["create", "namespace", &cluster.namespace]);
+        // Pods are refused until the namespace's default service account exists.
+        let until = Instant::now() + Duration::from_secs(60);
+        while cluster
+            .try_kubectl(&["-n", &cluster.namespace, "get", "serviceaccount", "default"])
+            .is_err()
+        {
+            assert!(Instant::now() < until, "no default service account");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        cluster
+    }
+
+    fn try_kubectl(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .map_err(|e| format!("kubectl: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// kubectl in this test's namespace; its output.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", &self.namespace];
+        all.extend_from_slice(args);
+        self.try_kubectl(&all)
+            .unwrap_or_else(|e| panic!("kubectl {args:?} failed: {e}"))
+    }
+
+    /// A host config running handlers in this namespace, with `extra` TOML before it.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "{extra}\n[executor]\nkind = \"kubernetes\"\n\n[executor.kubernetes]\nkubeconfig = \"{}\"\nnamespace = \"{}\"\nimage_pull_policy = \"Never\"\nstart_timeout = \"60s\"\n",
+            self.kubeconfig.display(),
+            self.namespace
+        )
+    }
+
+    /// Names of the runner's objects of `kind` (jobs, configmaps, secrets) in the namespace.
+    pub fn ours(&self, kind: &str) -> Vec<String> {
+        self.kubectl(&[
+            "get",
+            kind,
+            "-l",
+            "codex-runner.io/managed=true",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+    }
+
+    /// Wait until no Job, ConfigMap or Secret of ours is left (deletion is asynchronous).
+    pub fn assert_nothing_left(&self) {
+        let until = Instant::now() + Duration::from_secs(90);
+        loop {
+            let left: Vec<String> = ["jobs", "configmaps", "secrets", "pods"]
+                .iter()
+                .flat_map(|k| self.ours(k))
+                .collect();
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < until, "left in the cluster: {left:?}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The JSON of the runner's Job for request `id`, once there is one.
+    pub fn wait_for_job(&self, id: &str) -> serde_json::Value {
+        let until = Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = self.kubectl(&[
+                "get",
+                "jobs",
+                "-l",
+                &format!("codex-runner.io/request={id}"),
+                "-o",
+                "json",
+            ]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            if let Some(job) = v["items"].as_array().and_then(|a| a.first()) {
+                return job.clone();
+            }
+            assert!(Instant::now() < until, "no Job for {id}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Whether the pod of the Job for `id` has its handler running.
+    pub fn running(&self, id: &str) -> bool {
+        !self
+            .kubectl(&[
+                "get",
+                "pods",
+                "-l",
+                &format!("codex-runner.io/request={id}"),
+                "-o",
+                "jsonpath={.items[*].status.containerStatuses[*].state.running.startedAt}",
+            ])
+            .trim()
+            .is_empty()
+    }
+
+    fn write_config(&self, repo: &Repo, extra: &str) -> String {
+        let path = repo.tmp.path().join("kube.toml");
+        std::fs::write(&path, self.config(extra)).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::env::var_os("CODEX_TEST_KEEP_NAMESPACE").is_some() {
+            return;
+        }
+        let _ = self.try_kubectl(&["delete", "namespace", &self.namespace, "--wait=false"]);
+    }
+}
+
+fn wait_until_running(cluster: &Cluster, id: &str, child: &mut std::process::Child) {
+    let until = Instant::now() + Duration::from_secs(90);
+    while !cluster.running(id) {
+        assert!(Instant::now() < until, "the pod of {id} never ran");
+        assert!(child.try_wait().unwrap().is_none(), "the pass ended early");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn on_kubernetes_requests_end_as_they_do_on_docker() {
+    let cluster = Cluster::new("outcomes");
+    let mut repo = Repo::new("t-k8s-outcomes");
+    repo.write("handlers/hog.py", b"#!/usr/bin/env python3\nprint('allocating', flush=True)\nx = bytearray(b'x') * (512 << 20)\nprint('survived', len(x))\n");
+    sh_chmod(&repo, "handlers/hog.py");
+    repo.write(
+        "handlers/term.sh",
+        b"#!/bin/sh\ntrap 'echo \"got SIGTERM, cleaning up\"; exit 143' TERM\necho working\nsleep 60 &\nwait $!\n",
+    );
+    sh_chmod(&repo, "handlers/term.sh");
+    repo.write(
+        "handlers/mute.sh",
+        b"#!/bin/sh\necho going quiet\nexec >/dev/null 2>&1\nsleep 60\n",
+    );
+    sh_chmod(&repo, "handlers/mute.sh");
+    repo.write(
+        "handlers/paced.sh",
+        b"#!/bin/sh\necho one\nsleep 2\necho two\nsleep 2\necho three\n",
+    );
+    sh_chmod(&repo, "handlers/paced.sh");
+    append_index(
+        &repo,
+        "  hog:\n    run: handlers/hog.py\n    image: codex-runner/python:3\n    limits:\n      memory: 48MiB\n  term:\n    run: handlers/term.sh\n    image: codex-runner/busybox:1\n  mute:\n    run: handlers/mute.sh\n    image: codex-runner/busybox:1\n  absent:\n    run: handlers/echo.sh\n    image: codex-runner/absent:1\n  paced:\n    run: handlers/paced.sh\n    image: codex-runner/busybox:1\n",
+    );
+    repo.merge_pr(&[
+        (
+            "requests/ok.yaml",
+            b"kind: echo\nparams: {message: hello from a pod}\n",
+        ),
+        (
+            "requests/boom.yaml",
+            b"kind: echo\nparams: {message: about to fail, exit: 3}\n",
+        ),
+        (
+            "requests/slow.yaml",
+            b"kind: echo\ntimeout: 2s\nparams: {message: sleepy, sleep: 60}\n",
+        ),
+        ("requests/hog.yaml", b"kind: hog\n"),
+        ("requests/polite.yaml", b"kind: term\ntimeout: 2s\n"),
+        ("requests/mute.yaml", b"kind: mute\ntimeout: 2s\n"),
+        ("requests/paced.yaml", b"kind: paced\n"),
+        (
+            "requests/absent.yaml",
+            b"kind: absent\nparams: {message: x}\n",
+        ),
+        (
+            "requests/built.yaml",
+            b"kind: deploy\nparams: {service: web, version: v1, environment: staging}\n",
+        ),
+    ]);
+    let config = cluster.write_config(&repo, "[limits]\ngrace = \"2s\"\n");
+    let pass = repo.dispatch(&["--config", &config]).ok();
+    let states = pass.states();
+
+    assert_eq!(states["ok"], "succeeded", "{}", pass.stderr);
+    assert!(
+        repo.output("ok")
+            .contains(&"message: hello from a pod".to_string()),
+        "{:?}",
+        repo.output("ok")
+    );
+    assert_eq!(states["boom"], "failed");
+    let st = repo.status("boom");
+    assert_eq!(
+        (st["exit_code"].as_i64(), st["reason"].as_str()),
+        (Some(3), Some("exit code 3"))
+    );
+    assert!(repo
+        .output("boom")
+        .contains(&"failing on purpose with exit code 3".to_string()));
+
+    let st = repo.status("slow");
+    assert_eq!(
+        states["slow"],
+        "timed_out",
+        "{st} {:?}\n{}",
+        repo.output("slow"),
+        pass.stderr
+    );
+    assert_eq!(st["reason"], "timeout after 2s");
+    let took = st["duration_ms"].as_u64().unwrap();
+    assert!(
+        (2000..20_000).contains(&took),
+        "stopped after the timeout and grace, not the 60s sleep: {took}ms"
+    );
+    assert!(repo.output("slow").contains(&"sleeping 60s".to_string()));
+
+    // SIGTERM reaches the handler first (the Job is deleted; its pod gets the grace period).
+    assert_eq!(states["polite"], "timed_out");
+    assert!(
+        repo.output("polite")
+            .contains(&"got SIGTERM, cleaning up".to_string()),
+        "{:?}",
+        repo.output("polite")
+    );
+    assert_eq!(repo.status("polite")["exit_code"], 143);
+    assert_eq!(states["mute"], "timed_out");
+    assert!(repo.status("mute")["duration_ms"].as_u64().unwrap() < 20_000);
+
+    // Streamed from the pod's log as written: lines 2 s apart in the pod are 2 s apart in the
+    // run log (the first may wait for the log stream to open).
+    let log = repo.log("paced");
+    let at = |line: &str| {
+        let e = log
+            .iter()
+            .find(|e| e["event"] == "output" && e["line"] == line)
+            .unwrap_or_else(|| panic!("{line}: {log:#?}"));
+        ms(e["ts"].as_str().unwrap())
+    };
+    let gap = at("three") - at("two");
+    assert!(gap >= 1800, "output was collected, not streamed: {gap}ms");
+    assert!(at("two") > at("one"), "{log:#?}");
+
+    assert_eq!(states["hog"], "failed");
+    let st = repo.status("hog");
+    assert_eq!(st["reason"], "oom", "{st}");
+
+    // What the cluster cannot run fails with the reason, in the operator's words.
+    assert_eq!(states["absent"], "rejected", "{}", pass.stderr);
+    let reason = repo.status("absent")["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("codex-runner/absent:1") && reason.contains("ErrImageNeverPull"),
+        "{reason}"
+    );
+    let reason = repo.status("built")["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("does not build images"), "{reason}");
+    repo.assert_no_containers();
+    cluster.assert_nothing_left();
+}
+
+#[test]
+fn on_kubernetes_the_pod_is_hardened_like_the_container() {
+    let cluster = Cluster::new("iso");
+    let out = isolation_probe_in("t-k8s-iso", None, Some(&cluster.config("")));
+    assert_lines(&out, HARDENED);
+    assert_lines(
+        &out,
+        &[
+            "CapEff=0000000000000000 CapBnd=0000000000000000 NoNewPrivs=1",
+            "cpu=100000 100000",
+        ],
+    );
+    // The pause container is PID 1 (shareProcessNamespace), as docker-init is under Docker;
+    // the pod's process limit is the node's (kubelet podPidsLimit), not the handler's.
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("memory=536870912 ") && l.ends_with("pid1=pause")),
+        "{out:#?}"
+    );
+    cluster.assert_nothing_left();
+}
+
+const SECRET: &str = "tok-k8s-5e1f0c9a7d";
+const FILE_SECRET: &str = "file-secret-9b2c4d";
+
+fn sha256(s: &str) -> String {
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+#[test]
+fn secrets_reach_the_pod_through_a_secret_the_job_owns_and_never_its_spec() {
+    let cluster = Cluster::new("secrets");
+    let mut repo = Repo::new("t-k8s-secrets");
+    repo.add_handler(
+        "peek",
+        "#!/bin/sh\necho \"token: $TOKEN\"\necho \"sha token $(printf %s \"$TOKEN\" | sha256sum | cut -d' ' -f1)\"\necho \"sha key $(printf %s \"$(cat \"$CODEX_SECRETS/KEY\")\" | sha256sum | cut -d' ' -f1)\"\necho \"key: $(cat \"$CODEX_SECRETS/KEY\")\"\nsleep 4\n",
+        "    image: codex-runner/busybox:1\n    secrets:\n      TOKEN: env\n      KEY: file\n",
+    );
+    repo.merge_pr(&[("requests/peek.yaml", b"kind: peek\n")]);
+    let config = cluster.write_config(
+        &repo,
+        &format!("[secrets]\nTOKEN = {{ value = \"{SECRET}\" }}\nKEY = {{ value = \"{FILE_SECRET}\" }}\n"),
+    );
+    let child = repo
+        .dispatch_command(repo.origin.to_str().unwrap(), &["--config", &config])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = cluster.wait_for_job("peek");
+    let name = job["metadata"]["name"].as_str().unwrap().to_string();
+    let text = job.to_string();
+    assert!(
+        !text.contains(SECRET) && !text.contains(FILE_SECRET),
+        "{text}"
+    );
+    // The Secret (and the ConfigMaps) belong to the Job: they go when it goes.
+    let uid = job["metadata"]["uid"].as_str().unwrap().to_string();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let owners = cluster.kubectl(&[
+            "get",
+            "secrets,configmaps",
+            "-l",
+            &format!("codex-runner.io/job={name}"),
+            "-o",
+            "jsonpath={range .items[*]}{.kind}={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].uid} {end}",
+        ]);
+        let owners: Vec<&str> = owners.split_whitespace().collect();
+        if owners.len() >= 2 && owners.iter().all(|o| o.ends_with(&format!("=Job/{uid}"))) {
+            assert!(
+                owners.iter().any(|o| o.starts_with("Secret=")),
+                "{owners:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < until, "not owned by the Job: {owners:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pass = crate::common::Pass::from(child.wait_with_output().unwrap()).ok();
+    assert_eq!(pass.states()["peek"], "succeeded", "{}", pass.stderr);
+    let out = repo.output("peek");
+    assert_lines(
+        &out,
+        &[
+            &format!("sha token {}", sha256(SECRET)),
+            &format!("sha key {}", sha256(FILE_SECRET)),
+        ],
+    );
+    let log = repo.main_file(&crate::common::log_path("peek")).unwrap();
+    assert!(!log.contains(SECRET) && !log.contains(FILE_SECRET), "{log}");
+    cluster.assert_nothing_left();
+}
+
+#[test]
+fn a_runner_killed_while_its_job_runs_follows_it_to_its_end_after_a_restart() {
+    let cluster = Cluster::new("killed");
+    let mut repo = Repo::new("t-k8s-killed");
+    repo.add_handler(
+        "count",
+        "#!/bin/sh\nfor i in 1 2 3 4 5 6; do echo \"line $i\"; sleep 1; done\n",
+        "    image: codex-runner/busybox:1\n",
+    );
+    repo.merge_pr(&[("requests/count.yaml", b"kind: count\n")]);
+    let config = cluster.write_config(&repo, "");
+    // Killed (SIGKILL) right after the pod started.
+    let crashed = repo.dispatch_env(
+        &["--config", &config],
+        &[("CODEX_RUNNER_CRASH_AT", "running")],
+    );
+    assert_ne!(crashed.code, 0, "{}", crashed.stderr);
+    assert!(cluster.running("count") || !cluster.ours("jobs").is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    let pass = repo.dispatch(&["--config", &config]).ok();
+    assert_eq!(pass.states()["count"], "succeeded", "{}", pass.stderr);
+    let st = repo.status("count");
+    assert_eq!(st["attempt"], 1, "followed, not run again: {st}");
+    let out = repo.output("count");
+    let want: Vec<String> = (1..=6).map(|i| format!("line {i}")).collect();
+    assert_eq!(out, want, "every line once, in order");
+    cluster.assert_nothing_left();
+}
+
+#[test]
+fn jobs_and_files_a_dead_runner_left_are_deleted_at_the_next_pass() {
+    let cluster = Cluster::new("leftovers");
+    let mut repo = Repo::new("t-k8s-left");
+    repo.merge_pr(&[(
+        "requests/long.yaml",
+        b"kind: echo\nparams: {message: long, sleep: 300}\n",
+    )]);
+    let config = cluster.write_config(&repo, "[limits]\ngrace = \"1s\"\n");
+    let crashed = repo.dispatch_env(
+        &["--config", &config],
+        &[("CODEX_RUNNER_CRASH_AT", "running")],
+    );
+    assert_ne!(crashed.code, 0, "{}", crashed.stderr);
+    assert_eq!(cluster.ours("jobs").len(), 1);
+    // A ConfigMap of a Job that was never made (its runner died in between).
+    let stray = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: stray-files-0\n  labels:\n    codex-runner.io/managed: \"true\"\n    codex-runner.io/runner: t-k8s-left\n    codex-runner.io/job: stray\n  annotations:\n    codex-runner.io/owner: {}/999999\n",
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim()
+    );
+    let file = repo.tmp.path().join("stray.yaml");
+    std::fs::write(&file, stray).unwrap();
+    cluster.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    // The same runner with its state lost: nothing to follow, everything of it to delete.
+    let other = Repo::new("t-k8s-left");
+    let config2 = cluster.write_config(&other, "[limits]\ngrace = \"1s\"\n");
+    let pass = other.dispatch(&["--config", &config2]).ok();
+    assert!(
+        pass.stderr.contains("Job left by a dead runner"),
+        "{}",
+        pass.stderr
+    );
+    cluster.assert_nothing_left();
+}
+
+#[test]
+fn after_the_drain_timeout_the_job_is_deleted_and_the_request_recorded_cancelled() {
+    let cluster = Cluster::new("cancel");
+    let mut repo = Repo::new("t-k8s-cancel");
+    repo.merge_pr(&[(
+        "requests/long.yaml",
+        b"kind: echo\nparams: {message: long, sleep: 120}\n",
+    )]);
+    let config = cluster.write_config(&repo, "[limits]\ngrace = \"1s\"\n");
+    let mut child = repo
+        .dispatch_command(
+            repo.origin.to_str().unwrap(),
+            &["--config", &config, "--drain-timeout", "1s"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_running(&cluster, "long", &mut child);
+    let t = Instant::now();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let pass = crate::common::Pass::from(child.wait_with_output().unwrap()).ok();
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    assert_eq!(pass.states()["long"], "cancelled", "{}", pass.stderr);
+    let status = repo.status("long");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("runner was stopping"),
+        "{status}"
+    );
+    cluster.assert_nothing_left();
+}
