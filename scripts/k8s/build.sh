@@ -20,7 +20,7 @@ mkdir -p "$BIN" "$SRC_DIR"
 # golang-go is 1.19 on bookworm (k8s 1.20 asks for >=1.15; 1.19 works with the reflect2 fix
 # below). reflect2-dev supplies reflect2 1.0.2; etcd-server supplies etcd 3.4.
 PKGS="golang-go rsync jq gcc libc6-dev dpkg-dev patch xz-utils etcd-server docker.io openssl curl
-      golang-github-modern-go-reflect2-dev containernetworking-plugins util-linux"
+      golang-github-modern-go-reflect2-dev containernetworking-plugins util-linux kubectl"
 missing=$(for p in $PKGS; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"; done)
 # docker may come from elsewhere (docker-ce, a static binary); only install it when absent
 command -v docker >/dev/null && missing=$(echo "$missing" | grep -vx docker.io || true)

@@ -141,10 +141,16 @@ async fn checks(path: &Path) -> Vec<Check> {
             );
         }
     }
-    said(
-        "docker",
-        docker(index.as_ref(), &opts.limits.runtimes).await,
-    );
+    match &opts.executor {
+        crate::exec::ExecutorChoice::Kubernetes(k) => said(
+            "kubernetes",
+            kubernetes(k, index.as_ref(), &opts.limits.runtimes).await,
+        ),
+        _ => said(
+            "docker",
+            docker(index.as_ref(), &opts.limits.runtimes).await,
+        ),
+    }
     said("listeners", listeners(&server, &opts.state_dir).await);
     out
 }
@@ -391,6 +397,49 @@ async fn docker(index: Option<&HandlerIndex>, runtimes: &[String]) -> Result<Str
         Err(format!(
             "engine {version}; not on this host (pulled at first use, or the request fails if no registry has them): {}",
             missing.join(", ")
+        ))
+    }
+}
+
+/// The API server answers, the runner may do what it needs in its namespace, the cluster has
+/// every runtime the host config allows; no handler builds its image (a cluster cannot).
+async fn kubernetes(
+    config: &crate::exec::kubernetes::KubernetesConfig,
+    index: Option<&HandlerIndex>,
+    runtimes: &[String],
+) -> Result<String, String> {
+    let cluster = crate::exec::KubernetesExecutor::connect(config)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let about = cluster.describe().await.map_err(|e| format!("{e:#}"))?;
+    let missing = cluster
+        .missing_permissions()
+        .await
+        .map_err(|e| format!("{about}; {e:#}"))?;
+    if !missing.is_empty() {
+        return Err(format!(
+            "{about}; the runner may not: {} (grant the Role in docs/kubernetes/rbac.yaml)",
+            missing.join(", ")
+        ));
+    }
+    crate::exec::check_runtimes(&cluster, runtimes)
+        .await
+        .map_err(|e| format!("{about}; {e:#}"))?;
+    let built: Vec<&str> = index
+        .map(|i| {
+            i.handlers
+                .values()
+                .filter(|h| matches!(h.image, ImageSource::Build(_)))
+                .map(|h| h.kind.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    if built.is_empty() {
+        Ok(format!("{about}; the runner may do all it needs there"))
+    } else {
+        Err(format!(
+            "{about}; handler(s) {} build their image from containers/, which a cluster cannot: push the image and name it in `image:`",
+            built.join(", ")
         ))
     }
 }

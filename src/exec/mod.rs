@@ -237,7 +237,7 @@ pub async fn check_runtimes(executor: &dyn Executor, allowed: &[String]) -> anyh
     }
     let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
     anyhow::bail!(
-        "limits.runtimes names {}, which the container engine does not have (it has: {}); register it with the engine (Docker: \"runtimes\" in /etc/docker/daemon.json) or remove it from the host config",
+        "limits.runtimes names {}, which the container engine does not have (it has: {}); register it with the engine (Docker: \"runtimes\" in /etc/docker/daemon.json; Kubernetes: a RuntimeClass) or remove it from the host config",
         names.join(", "),
         have.join(", ")
     )

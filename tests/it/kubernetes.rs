@@ -503,3 +503,161 @@ fn after_the_drain_timeout_the_job_is_deleted_and_the_request_recorded_cancelled
     );
     cluster.assert_nothing_left();
 }
+
+impl Cluster {
+    /// A kubeconfig that is service account `sa` of this namespace (its token).
+    fn kubeconfig_of(&self, sa: &str, dir: &std::path::Path) -> PathBuf {
+        let until = Instant::now() + Duration::from_secs(60);
+        let secret = loop {
+            let name = self.kubectl(&[
+                "get",
+                "serviceaccount",
+                sa,
+                "-o",
+                "jsonpath={.secrets[0].name}",
+            ]);
+            if !name.trim().is_empty() {
+                break name.trim().to_string();
+            }
+            assert!(Instant::now() < until, "no token for {sa}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let token = self.kubectl(&["get", "secret", &secret, "-o", "jsonpath={.data.token}"]);
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD
+            .decode(token.trim())
+            .unwrap();
+        let raw = |path: &str| {
+            self.try_kubectl(&["config", "view", "--raw", "-o", &format!("jsonpath={path}")])
+                .unwrap()
+        };
+        let server = raw("{.clusters[0].cluster.server}");
+        let mut ca = raw("{.clusters[0].cluster.certificate-authority-data}");
+        if ca.trim().is_empty() {
+            let file = raw("{.clusters[0].cluster.certificate-authority}");
+            ca = base64::engine::general_purpose::STANDARD
+                .encode(std::fs::read(file.trim()).unwrap());
+        }
+        let path = dir.join(format!("{sa}.kubeconfig"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {sa}\n  user:\n    token: {}\ncontexts:\n- name: {sa}\n  context: {{cluster: local, user: {sa}, namespace: {}}}\ncurrent-context: {sa}\n",
+                String::from_utf8(token).unwrap(),
+                self.namespace
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+/// The `kubernetes` line of `verify --format json` for the host config at `config`.
+fn verify_line(config: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_codex-runner"))
+        .args(["verify", "--format", "json", "--config", config])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kubernetes")
+        .cloned()
+        .unwrap_or_else(|| panic!("no kubernetes check: {report}"))
+}
+
+#[test]
+fn the_documented_role_is_all_the_runner_needs_and_verify_names_what_is_missing() {
+    let cluster = Cluster::new("rbac");
+    let mut repo = Repo::new("t-k8s-rbac");
+    let rbac = std::fs::read_to_string(crate::common::root().join("docs/kubernetes/rbac.yaml"))
+        .unwrap()
+        .replace(
+            "namespace: codex-runner",
+            &format!("namespace: {}", cluster.namespace),
+        );
+    let file = repo.tmp.path().join("rbac.yaml");
+    std::fs::write(&file, &rbac).unwrap();
+    cluster.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    // The same Role without secrets, for a runner that cannot do all it needs.
+    let weak = rbac
+        .replace("name: codex-runner\n", "name: weak\n")
+        .replace("\"configmaps\", \"secrets\"", "\"configmaps\"");
+    std::fs::write(&file, &weak).unwrap();
+    cluster.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    let runner = cluster.kubeconfig_of("codex-runner", repo.tmp.path());
+    let weakling = cluster.kubeconfig_of("weak", repo.tmp.path());
+    let config_with = |kubeconfig: &PathBuf, name: &str| {
+        let text = cluster
+            .config(&format!(
+                "[runner]\nname = \"{}\"\nstate_dir = \"{}\"\n[repository]\nurl = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"off\"\n[secrets]\nTOKEN = {{ value = \"{SECRET}\" }}\n",
+                repo.runner,
+                repo.state.display(),
+                repo.origin.display()
+            ))
+            .replace(
+                &format!("kubeconfig = \"{}\"", cluster.kubeconfig.display()),
+                &format!("kubeconfig = \"{}\"", kubeconfig.display()),
+            );
+        let path = repo.tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let good = config_with(&runner, "good.toml");
+    let bad = config_with(&weakling, "weak.toml");
+
+    // verify: the documented Role lacks nothing; the weak one lacks the secrets. (The
+    // template's `deploy` handler builds its image, which a cluster cannot: said too.)
+    let line = verify_line(&good);
+    let detail = line["detail"].as_str().unwrap();
+    assert!(!detail.contains("may not"), "{line}");
+    assert!(
+        detail.contains("deploy") && detail.contains("v1.20"),
+        "{line}"
+    );
+    let line = verify_line(&bad);
+    let detail = line["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("may not: create secrets, list secrets, patch secrets, delete secrets, deletecollection secrets"),
+        "{line}"
+    );
+
+    // Requests run end to end with nothing but the documented Role, a refused one included
+    // (its Job is deleted with its files at once).
+    repo.add_handler(
+        "peek",
+        "#!/bin/sh\necho \"token is ${#TOKEN} long\"\n",
+        "    image: codex-runner/busybox:1\n    secrets:\n      TOKEN: env\n",
+    );
+    append_index(
+        &repo,
+        "  absent:\n    run: handlers/echo.sh\n    image: codex-runner/absent:1\n",
+    );
+    repo.merge_pr(&[
+        (
+            "requests/ok.yaml",
+            b"kind: echo\nparams: {message: least privilege}\n",
+        ),
+        ("requests/peek.yaml", b"kind: peek\n"),
+        (
+            "requests/absent.yaml",
+            b"kind: absent\nparams: {message: x}\n",
+        ),
+    ]);
+    let pass = repo.dispatch(&["--config", &good]).ok();
+    let states = pass.states();
+    assert_eq!(states["ok"], "succeeded", "{}", pass.stderr);
+    assert_eq!(states["peek"], "succeeded", "{}", pass.stderr);
+    assert_eq!(states["absent"], "rejected", "{}", pass.stderr);
+    assert!(
+        repo.output("peek")
+            .contains(&format!("token is {} long", SECRET.len())),
+        "{:?}",
+        repo.output("peek")
+    );
+    assert!(!pass.stderr.contains("forbidden"), "{}", pass.stderr);
+    cluster.assert_nothing_left();
+}

@@ -48,6 +48,24 @@ const CONTAINER_ERRORS: &[&str] = &[
     "RunContainerError",
 ];
 
+/// What the runner does in its namespace: (API group, resource, verbs). The Role in
+/// docs/kubernetes/rbac.yaml grants exactly this; `verify` checks it.
+pub const NEEDED: &[(&str, &str, &[&str])] = &[
+    ("batch", "jobs", &["create", "get", "list", "delete"]),
+    ("", "pods", &["get", "list", "watch"]),
+    ("", "pods/log", &["get"]),
+    (
+        "",
+        "configmaps",
+        &["create", "list", "patch", "delete", "deletecollection"],
+    ),
+    (
+        "",
+        "secrets",
+        &["create", "list", "patch", "delete", "deletecollection"],
+    ),
+];
+
 /// A connection to a Kubernetes API server, for one namespace.
 #[derive(Clone)]
 pub struct KubernetesExecutor {
@@ -123,6 +141,38 @@ impl KubernetesExecutor {
             .await
             .context("failed to ask the Kubernetes API server its version")?;
         Ok(format!("{} (namespace {})", v.git_version, self.namespace))
+    }
+
+    /// What the runner may not do in its namespace, of what it needs (the Role in
+    /// docs/kubernetes/rbac.yaml), as `verb resource` phrases; empty when it may do it all.
+    pub async fn missing_permissions(&self) -> anyhow::Result<Vec<String>> {
+        use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+        let api: Api<SelfSubjectAccessReview> = Api::all(self.client.clone());
+        let mut missing = Vec::new();
+        for (group, resource, verbs) in NEEDED {
+            for verb in *verbs {
+                let review: SelfSubjectAccessReview = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "authorization.k8s.io/v1",
+                    "kind": "SelfSubjectAccessReview",
+                    "spec": { "resourceAttributes": {
+                        "namespace": self.namespace,
+                        "group": group,
+                        "resource": resource.split('/').next().unwrap_or(resource),
+                        "subresource": resource.split('/').nth(1).unwrap_or(""),
+                        "verb": verb,
+                    }},
+                }))
+                .context("failed to build an access review")?;
+                let answer = api
+                    .create(&PostParams::default(), &review)
+                    .await
+                    .context("failed to ask the API server what the runner may do")?;
+                if !answer.status.is_some_and(|s| s.allowed) {
+                    missing.push(format!("{verb} {resource}"));
+                }
+            }
+        }
+        Ok(missing)
     }
 
     /// The namespace the Jobs go to.
