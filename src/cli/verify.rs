@@ -434,8 +434,15 @@ async fn kubernetes(
                 .collect()
         })
         .unwrap_or_default();
+    let policy = match cluster.isolating_policy().await {
+        Some(true) => "a NetworkPolicy isolates `network: none` pods",
+        Some(false) => "no NetworkPolicy isolates `network: none` pods (apply docs/kubernetes/networkpolicy.yaml; the cluster's network plugin must enforce it)",
+        None => "the runner may not list NetworkPolicies to tell whether its pods are isolated",
+    };
     if built.is_empty() {
-        Ok(format!("{about}; the runner may do all it needs there"))
+        Ok(format!(
+            "{about}; the runner may do all it needs there; {policy}"
+        ))
     } else {
         Err(format!(
             "{about}; handler(s) {} build their image from containers/, which a cluster cannot: push the image and name it in `image:`",

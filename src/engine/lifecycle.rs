@@ -90,6 +90,8 @@ pub(crate) fn conclude(ending: &Ending<'_>) -> Verdict {
                 (State::Failed, Some("oom".to_string()))
             } else if outcome.exit_code == Some(0) {
                 (State::Succeeded, None)
+            } else if let Some(lost) = &outcome.lost {
+                (State::Failed, Some(lost.clone()))
             } else {
                 let code = outcome
                     .exit_code

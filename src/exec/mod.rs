@@ -80,6 +80,8 @@ pub struct RunOutcome {
     pub truncated: bool,
     /// How long each call to the engine took.
     pub phases: Phases,
+    /// Why there is no exit code, when the runtime knows (the pod was deleted under it).
+    pub lost: Option<String>,
 }
 
 /// How long the engine took for each step of one container's life, in microseconds (the

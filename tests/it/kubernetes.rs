@@ -354,6 +354,23 @@ fn secrets_reach_the_pod_through_a_secret_the_job_owns_and_never_its_spec() {
         &repo,
         &format!("[secrets]\nTOKEN = {{ value = \"{SECRET}\" }}\nKEY = {{ value = \"{FILE_SECRET}\" }}\n"),
     );
+    // Every version of the run's Secret, as the API server hands them out.
+    let mut secrets = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args([
+            "-n",
+            &cluster.namespace,
+            "get",
+            "secrets",
+            "-l",
+            "codex-runner.io/managed=true",
+        ])
+        .args(["--watch", "--output-watch-events", "-o", "json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     let child = repo
         .dispatch_command(repo.origin.to_str().unwrap(), &["--config", &config])
         .stdout(Stdio::piped())
@@ -367,29 +384,6 @@ fn secrets_reach_the_pod_through_a_secret_the_job_owns_and_never_its_spec() {
         !text.contains(SECRET) && !text.contains(FILE_SECRET),
         "{text}"
     );
-    // The Secret (and the ConfigMaps) belong to the Job: they go when it goes.
-    let uid = job["metadata"]["uid"].as_str().unwrap().to_string();
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let owners = cluster.kubectl(&[
-            "get",
-            "secrets,configmaps",
-            "-l",
-            &format!("codex-runner.io/job={name}"),
-            "-o",
-            "jsonpath={range .items[*]}{.kind}={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].uid} {end}",
-        ]);
-        let owners: Vec<&str> = owners.split_whitespace().collect();
-        if owners.len() >= 2 && owners.iter().all(|o| o.ends_with(&format!("=Job/{uid}"))) {
-            assert!(
-                owners.iter().any(|o| o.starts_with("Secret=")),
-                "{owners:?}"
-            );
-            break;
-        }
-        assert!(Instant::now() < until, "not owned by the Job: {owners:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
     let pass = crate::common::Pass::from(child.wait_with_output().unwrap()).ok();
     assert_eq!(pass.states()["peek"], "succeeded", "{}", pass.stderr);
     let out = repo.output("peek");
@@ -403,6 +397,24 @@ fn secrets_reach_the_pod_through_a_secret_the_job_owns_and_never_its_spec() {
     let log = repo.main_file(&crate::common::log_path("peek")).unwrap();
     assert!(!log.contains(SECRET) && !log.contains(FILE_SECRET), "{log}");
     cluster.assert_nothing_left();
+    // The Secret was the Job's (it goes with the Job), and was deleted once the pod ran.
+    let _ = secrets.kill();
+    let out = secrets.wait_with_output().unwrap();
+    let events: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<serde_json::Value>()
+        .map(Result::unwrap)
+        .collect();
+    let uid = job["metadata"]["uid"].as_str().unwrap();
+    let meta = |e: &serde_json::Value| e["object"]["metadata"].clone();
+    assert!(
+        events
+            .iter()
+            .any(|e| meta(e)["ownerReferences"][0]["uid"] == uid
+                && meta(e)["ownerReferences"][0]["kind"] == "Job"
+                && meta(e)["labels"]["codex-runner.io/job"] == name.as_str()),
+        "never owned by Job {name}: {events:#?}"
+    );
+    assert!(events.iter().any(|e| e["type"] == "DELETED"), "{events:#?}");
 }
 
 #[test]
@@ -588,6 +600,36 @@ fn the_documented_role_is_all_the_runner_needs_and_verify_names_what_is_missing(
         .replace("\"configmaps\", \"secrets\"", "\"configmaps\"");
     std::fs::write(&file, &weak).unwrap();
     cluster.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    // The documented Deployment is what the API server accepts (validated, not run: pods
+    // here have no network to reach a forge).
+    let deployment =
+        std::fs::read_to_string(crate::common::root().join("docs/kubernetes/deployment.yaml"))
+            .unwrap()
+            .replace(
+                "namespace: codex-runner",
+                &format!("namespace: {}", cluster.namespace),
+            );
+    let manifest = repo.tmp.path().join("deployment.yaml");
+    std::fs::write(&manifest, deployment).unwrap();
+    let accepted = cluster.kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        manifest.to_str().unwrap(),
+    ]);
+    for kind in [
+        "configmap",
+        "secret",
+        "persistentvolumeclaim",
+        "deployment.apps",
+        "service",
+    ] {
+        assert!(
+            accepted.contains(&format!("{kind}/codex-runner"))
+                || accepted.contains(&format!("{kind}/codex-runner-state")),
+            "{kind}: {accepted}"
+        );
+    }
     let runner = cluster.kubeconfig_of("codex-runner", repo.tmp.path());
     let weakling = cluster.kubeconfig_of("weak", repo.tmp.path());
     let config_with = |kubeconfig: &PathBuf, name: &str| {
@@ -659,5 +701,60 @@ fn the_documented_role_is_all_the_runner_needs_and_verify_names_what_is_missing(
         repo.output("peek")
     );
     assert!(!pass.stderr.contains("forbidden"), "{}", pass.stderr);
+    cluster.assert_nothing_left();
+}
+
+#[test]
+fn a_pod_deleted_under_a_running_handler_fails_its_request_and_is_not_started_again() {
+    let cluster = Cluster::new("evicted");
+    let mut repo = Repo::new("t-k8s-evicted");
+    repo.add_handler(
+        "stubborn",
+        "#!/bin/sh\ntrap '' TERM\necho started\nsleep 20\necho finished\n",
+        "    image: codex-runner/busybox:1\n",
+    );
+    repo.merge_pr(&[("requests/gone.yaml", b"kind: stubborn\n")]);
+    let config = cluster.write_config(&repo, "[limits]\ngrace = \"5s\"\n");
+    let mut child = repo
+        .dispatch_command(repo.origin.to_str().unwrap(), &["--config", &config])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_running(&cluster, "gone", &mut child);
+    // Not in the very moment it starts: then the runner has not yet seen it run and taken
+    // back its files (see docs/kubernetes/README.md).
+    std::thread::sleep(Duration::from_secs(1));
+    let job = cluster.wait_for_job("gone")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // As a node drain would: the pod goes, with its grace period.
+    cluster.kubectl(&[
+        "delete",
+        "pod",
+        "-l",
+        &format!("job-name={job}"),
+        "--wait=false",
+    ]);
+    let pass = crate::common::Pass::from(child.wait_with_output().unwrap()).ok();
+    assert_eq!(pass.states()["gone"], "failed", "{}", pass.stderr);
+    let reason = repo.status("gone")["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("deleted by someone else"), "{reason}");
+    assert_eq!(repo.output("gone"), ["started"]);
+    // The Job controller made a pod in place of the deleted one; it never ran the handler.
+    let started = cluster
+        .kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=Started",
+            "-o",
+            "jsonpath={range .items[*]}{.involvedObject.name} {end}",
+        ])
+        .split_whitespace()
+        .filter(|p| p.starts_with(&job))
+        .count();
+    assert_eq!(started, 1, "the handler started again");
     cluster.assert_nothing_left();
 }

@@ -2,6 +2,8 @@
 //! container's terminated state a moment before a deleted pod disappears, so a runner that
 //! only asked after stopping it could miss the exit code. A watch sees every change.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -27,6 +29,9 @@ pub enum Ended {
 pub struct Ending {
     rx: watch::Receiver<Ended>,
     task: tokio::task::JoinHandle<()>,
+    /// The pod was seen being deleted.
+    deleting: Arc<AtomicBool>,
+    deleted_rx: watch::Receiver<bool>,
 }
 
 impl Drop for Ending {
@@ -48,6 +53,15 @@ impl Ending {
     pub fn watch(pods: Api<Pod>, name: &str) -> Ending {
         let (tx, rx) = watch::channel(Ended::Running);
         let name = name.to_string();
+        let deleting = Arc::new(AtomicBool::new(false));
+        let seen = deleting.clone();
+        let (deleted_tx, deleted_rx) = watch::channel(false);
+        let marked = move |p: &Pod| {
+            if p.metadata.deletion_timestamp.is_some() {
+                seen.store(true, Ordering::Relaxed);
+                let _ = deleted_tx.send(true);
+            }
+        };
         let task = tokio::spawn(async move {
             loop {
                 // Where the watch starts: the pod as it is now.
@@ -63,6 +77,7 @@ impl Ending {
                         continue;
                     }
                 };
+                marked(&pod);
                 if let Some(e) = ended(&pod) {
                     let _ = tx.send(e);
                     return;
@@ -83,12 +98,14 @@ impl Ending {
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)) => {
+                            marked(&p);
                             if let Some(e) = ended(&p) {
                                 let _ = tx.send(e);
                                 return;
                             }
                         }
                         Ok(WatchEvent::Deleted(p)) => {
+                            marked(&p);
                             let _ = tx.send(ended(&p).unwrap_or(Ended::Gone));
                             return;
                         }
@@ -99,7 +116,24 @@ impl Ending {
                 }
             }
         });
-        Ending { rx, task }
+        Ending {
+            rx,
+            task,
+            deleting,
+            deleted_rx,
+        }
+    }
+
+    /// Whether the pod was seen being deleted (or is gone).
+    pub fn deleting(&self) -> bool {
+        self.deleting.load(Ordering::Relaxed) || self.now() == Ended::Gone
+    }
+
+    /// Completes when the pod is seen being deleted; never, if it is not.
+    pub async fn deleted(&mut self) {
+        if self.deleted_rx.wait_for(|d| *d).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// What was seen so far.

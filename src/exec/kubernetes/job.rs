@@ -31,6 +31,9 @@ pub const MANAGED: &str = "codex-runner.io/managed";
 pub const RUNNER: &str = "codex-runner.io/runner";
 /// Label: the Job a ConfigMap or Secret belongs to.
 pub const JOB: &str = "codex-runner.io/job";
+/// Label: the pod's network, `none` or `host`; docs/kubernetes/networkpolicy.yaml denies all
+/// traffic to and from `none`.
+pub const NETWORK: &str = "codex-runner.io/network";
 /// Annotation: the container name the engine knows the run by.
 pub const NAME: &str = "codex-runner.io/name";
 /// Annotation: the runner process that made the Job (`<boot id>/<pid>`).
@@ -111,6 +114,7 @@ fn labels(spec: &ContainerSpec, job: &str, cfg: &KubernetesConfig) -> BTreeMap<S
     }
     out.insert(MANAGED.into(), "true".into());
     out.insert(JOB.into(), job.to_string());
+    out.insert(NETWORK.into(), label_value(&spec.network));
     out
 }
 
@@ -189,7 +193,8 @@ pub fn objects(
         config_maps.push(ConfigMap {
             metadata: from(meta(name.clone()))?,
             binary_data: Some(data),
-            immutable: Some(true),
+            // Not immutable: the kubelet stops watching an immutable object, and would go on
+            // handing a deleted one to a second pod of the Job.
             ..Default::default()
         });
         sources.push(json!({ "configMap": { "name": name, "items": items } }));
@@ -238,7 +243,6 @@ pub fn objects(
         Some(Secret {
             metadata: from(meta(secret_name))?,
             data: Some(secret_data),
-            immutable: Some(true),
             type_: Some("Opaque".into()),
             ..Default::default()
         })
@@ -463,6 +467,8 @@ mod tests {
         assert_eq!(meta["annotations"][OWNER], "boot/42");
         assert_eq!(meta["annotations"][NAME], "codex-Host_1-ops-1234-r1-1");
         assert!(meta["labels"].get(OWNER).is_none());
+        assert_eq!(s["template"]["metadata"]["labels"][NETWORK], "none");
+        assert_eq!(pod["hostNetwork"], false);
         assert_eq!(o.config_maps.len(), 1);
         let items = &pod["volumes"][0]["projected"]["sources"][0]["configMap"]["items"];
         assert_eq!(items[0]["mode"], 0o555);

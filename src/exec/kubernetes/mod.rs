@@ -175,6 +175,28 @@ impl KubernetesExecutor {
         Ok(missing)
     }
 
+    /// Whether a NetworkPolicy in the namespace selects the handlers' `network: none` pods
+    /// and allows them nothing; `None` when the runner may not list policies.
+    pub async fn isolating_policy(&self) -> Option<bool> {
+        use k8s_openapi::api::networking::v1::NetworkPolicy;
+        let api: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), &self.namespace);
+        let list = api.list(&ListParams::default()).await.ok()?;
+        Some(list.items.iter().any(|p| {
+            let Some(spec) = &p.spec else { return false };
+            let selects = spec
+                .pod_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .is_none_or(|m| m.iter().all(|(k, v)| k == job::NETWORK && v == "none"));
+            let types = spec.policy_types.clone().unwrap_or_default();
+            selects
+                && types.iter().any(|t| t == "Egress")
+                && types.iter().any(|t| t == "Ingress")
+                && spec.egress.as_ref().is_none_or(Vec::is_empty)
+                && spec.ingress.as_ref().is_none_or(Vec::is_empty)
+        }))
+    }
+
     /// The namespace the Jobs go to.
     pub fn namespace(&self) -> &str {
         &self.namespace
@@ -256,6 +278,13 @@ impl KubernetesExecutor {
     /// Delete Job `job` (its pod gets its grace period) and the files and secrets made for it.
     async fn purge(&self, job: &str) {
         self.delete_job(job).await;
+        self.delete_files(job).await;
+    }
+
+    /// Delete the ConfigMaps and the Secret made for Job `job`. Once its pod runs they are
+    /// of no more use to it (a running pod keeps what it mounted), and without them no second
+    /// pod of the Job can start the handler.
+    async fn delete_files(&self, job: &str) {
         let lp = ListParams::default().labels(&format!("{JOB}={job}"));
         let dp = DeleteParams::default();
         if let Err(e) = self.config_maps().delete_collection(&dp, &lp).await {
@@ -452,12 +481,19 @@ impl KubernetesExecutor {
                             outcome.cancelled = true;
                             stopper = Some(self.stopper(job));
                         }
+                        _ = ending.deleted(), if stopper.is_none() => {
+                            outcome.lost = Some(lost(pod));
+                            stopper = Some(self.stopper(job));
+                        }
                     }
                 }
             }
             // The stream ended: the handler is done, or the connection went; reconnect while
             // it runs and this runner has not stopped it.
             if stopper.is_some() {
+                break 'reading;
+            }
+            if ending.deleting() {
                 break 'reading;
             }
             if ending.now() != Ended::Running {
@@ -476,6 +512,10 @@ impl KubernetesExecutor {
                     break 'reading;
                 }
             }
+        }
+        if stopper.is_none() && ending.deleting() {
+            outcome.lost = Some(lost(pod));
+            stopper = Some(self.stopper(job));
         }
         lines.finish(&mut |e| on_output(e));
         outcome.output_bytes = lines.seen;
@@ -528,6 +568,17 @@ impl KubernetesExecutor {
             .context("failed to list Jobs")?
             .items)
     }
+}
+
+/// Why a run whose pod someone else deleted has no result. The Job goes at once: Kubernetes
+/// 1.20's Job controller starts a new pod for one being deleted, and the handler must not run
+/// twice.
+fn lost(pod: &str) -> String {
+    tracing::warn!(
+        pod,
+        "the handler's pod is being deleted by someone else; deleting its Job"
+    );
+    "the handler's pod was deleted by someone else while it ran (its Job was deleted so that it does not run again)".into()
 }
 
 /// The handler container's status in `pod`.
@@ -625,6 +676,9 @@ impl Executor for KubernetesExecutor {
             }
         };
         phases.start = us_since(t);
+        // The request is handed out once: Kubernetes 1.20's Job controller starts a new pod
+        // for one deleted under it, and that pod must find nothing to run.
+        self.delete_files(&job).await;
         on_started();
         let ends_at = tokio::time::Instant::now() + spec.timeout;
         let mut outcome = self

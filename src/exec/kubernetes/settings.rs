@@ -245,6 +245,24 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_deployment_carries_a_config_that_parses() {
+        let manifest = include_str!("../../../docs/kubernetes/deployment.yaml");
+        let config: String = manifest
+            .lines()
+            .skip_while(|l| !l.ends_with("config.toml: |"))
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+            .collect();
+        let host = crate::config::HostConfig::parse(&config).unwrap();
+        let crate::config::ExecutorConfig::Kubernetes(k) = host.executor else {
+            panic!("{config}")
+        };
+        assert_eq!(k.kubeconfig, None, "in the pod: its service account");
+        assert_eq!(host.name.as_deref(), Some("cluster-runner-1"));
+    }
+
+    #[test]
     fn label_syntax() {
         assert!(is_label_value("host-1.example_a"));
         assert!(!is_label_value("a/b"));
