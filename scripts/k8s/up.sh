@@ -92,7 +92,15 @@ fi
 # --- start one component in the background, logging to $LOG/<name>.log ---
 start() { # name cmd...
   local n=$1; shift
-  if [ -s "$RUN/$n.pid" ] && kill -0 "$(cat "$RUN/$n.pid")" 2>/dev/null; then log "$n already running"; return; fi
+  if [ -s "$RUN/$n.pid" ] && kill -0 "$(cat "$RUN/$n.pid")" 2>/dev/null; then
+    # A binary rebuilt since (build.sh applied a new patch) replaces the running one.
+    if [ "$1" -nt "$RUN/$n.pid" ]; then
+      log "$n was rebuilt: restarting it"; kill "$(cat "$RUN/$n.pid")"
+      for _ in $(seq 40); do kill -0 "$(cat "$RUN/$n.pid")" 2>/dev/null || break; sleep 0.25; done
+    else
+      log "$n already running"; return
+    fi
+  fi
   setsid "$@" >>"$LOG/$n.log" 2>&1 < /dev/null & echo $! > "$RUN/$n.pid"
 }
 wait_for() { # what seconds cmd...
