@@ -5,7 +5,8 @@
 #   scripts/bench.sh                   everything
 #   BENCH_HISTORY="0 1000" scripts/bench.sh   smaller history scenarios
 #   BENCH_BIN=/path/to/codex-runner scripts/bench.sh   another build, same baselines
-#   BENCH_RUNTIMES=0 / BENCH_DAEMON=0  leave out the gVisor pass / the daemon
+#   BENCH_RUNTIMES=0 / BENCH_K8S=0 / BENCH_DAEMON=0  leave out the gVisor pass / the
+#                                      Kubernetes pass (needs scripts/k8s/up.sh) / the daemon
 #
 # Baselines: bench/shell-dispatcher.sh (bash + python yaml + docker CLI + git CLI, one request
 # at a time, flock per resource), `docker run` of the same no-op container (40 in a row, and 4
@@ -179,6 +180,111 @@ if [ "${BENCH_RUNTIMES:-1}" = 1 ] &&
   printf '  %-44s %8ss  %sx docker run under runc\n' "docker run --runtime runsc, 4 at a time" "$par_gvisor" "$(ratio "$par_gvisor" "$par_floor")"
   printf '  %-44s %8s\n' "codex-runner under runsc, at this floor" "$(ratio "$gvisor" "$par_gvisor")x"
   echo
+fi
+
+# 1c. The Kubernetes executor: the same requests as Jobs on the local cluster (scripts/k8s/up.sh),
+# beside `kubectl create` of a Job with the same pod, 4 at a time, each waited for, its log read
+# and deleted. BENCH_K8S=0 leaves it out; without a cluster, or with a build that has no
+# Kubernetes executor, it says so and goes on.
+kubeconfig=${CODEX_RUNNER_KUBECONFIG:-/var/lib/k8s-local/admin.kubeconfig}
+if [ "${BENCH_K8S:-1}" = 1 ]; then
+  if ! grep -q 'executor.kubernetes' "$bin"; then
+    echo "Kubernetes: left out ($bin has no Kubernetes executor)"
+    echo
+  elif ! kubectl --kubeconfig "$kubeconfig" get --raw /readyz >/dev/null 2>&1; then
+    echo "Kubernetes: left out (no cluster answers at $kubeconfig; bash scripts/k8s/up.sh starts one)"
+    echo
+  else
+    k() { kubectl --kubeconfig "$kubeconfig" -n "$ns" "$@"; }
+    ns=codex-bench-$$
+    kubectl --kubeconfig "$kubeconfig" create namespace "$ns" >/dev/null
+    trap 'kubectl --kubeconfig "$kubeconfig" delete namespace "$ns" --wait=false >/dev/null 2>&1; rm -rf "$tmp"' EXIT
+    until k get serviceaccount default >/dev/null 2>&1; do sleep 0.2; done
+    template 0 "$tmp/tp-k8s.git"
+    clone=$tmp/clone-k8s
+    git clone -q "$tmp/tp-k8s.git" "$clone"
+    # One line of output, to time its arrival.
+    printf '#!/bin/sh\necho ready\n' >"$clone/handlers/noop.sh"
+    git -C "$clone" -c user.name=bench -c user.email=bench@localhost commit -qam "noop says ready"
+    git -C "$clone" push -q origin main
+    rm -rf "$clone"
+    merge_requests "$tmp/tp-k8s.git" tpk "$requests"
+    printf '[executor]\nkind = "kubernetes"\n[executor.kubernetes]\nkubeconfig = "%s"\nnamespace = "%s"\nimage_pull_policy = "Never"\n' \
+      "$kubeconfig" "$ns" >"$tmp/k8s.toml"
+    kube=$(timed pass "$tmp/tp-k8s.git" "$tmp/tp-k8s" --concurrency 4 --config "$tmp/k8s.toml")
+    [ "$(jq '[.requests[] | select(.state == "succeeded")] | length' "$tmp/out")" = "$requests" ] || {
+      echo "bench: the Kubernetes requests did not all succeed" >&2
+      jq -c '.requests[] | {id, state, reason}' "$tmp/out" >&2
+      exit 1
+    }
+    cp "$tmp/out" "$tmp/k8s.json"
+    git clone -q "$tmp/tp-k8s.git" "$tmp/k8s-logs"
+    # Launch (the runner's `started`) to the first output line's arrival, per request.
+    first=$(find "$tmp/k8s-logs/logs" -name '*.jsonl' | python3 -c '
+import json, sys, statistics, datetime
+def ms(t): return datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1000
+gaps = []
+for path in sys.stdin.read().split():
+    ev = [json.loads(l) for l in open(path)]
+    start = next(e["ts"] for e in ev if e["event"] == "started")
+    out = next(e["ts"] for e in ev if e["event"] == "output")
+    gaps.append(ms(out) - ms(start))
+print(round(statistics.median(gaps)), round(max(gaps)))')
+    # The baseline: the same pod (hardening, limits, image, a one-line script) as a bare Job.
+    cat >"$tmp/job.sh" <<'JOB'
+#!/usr/bin/env bash
+set -euo pipefail
+name=base-$1
+t0=$(date +%s.%N)
+kubectl --kubeconfig "$KCFG" -n "$NS" create -f - >/dev/null <<YAML
+apiVersion: batch/v1
+kind: Job
+metadata: {name: $name}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      shareProcessNamespace: true
+      securityContext: {runAsUser: 65534, runAsGroup: 65534, runAsNonRoot: true, fsGroup: 65534, seccompProfile: {type: RuntimeDefault}}
+      containers:
+      - name: handler
+        image: codex-runner/busybox:1
+        imagePullPolicy: Never
+        command: ["sh", "-c", "echo ready"]
+        securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, privileged: false, capabilities: {drop: [ALL]}}
+        resources: {limits: {cpu: "1", memory: 512Mi}, requests: {cpu: 100m, memory: 512Mi}}
+        volumeMounts: [{name: tmp, mountPath: /tmp}]
+      volumes: [{name: tmp, emptyDir: {medium: Memory, sizeLimit: 64Mi}}]
+YAML
+kubectl --kubeconfig "$KCFG" -n "$NS" wait --for=condition=complete "job/$name" --timeout=120s >/dev/null
+line=$(kubectl --kubeconfig "$KCFG" -n "$NS" logs --timestamps "job/$name")
+kubectl --kubeconfig "$KCFG" -n "$NS" delete job "$name" --wait=false >/dev/null
+echo "$t0 ${line%% *}" >>"$OUT"
+JOB
+    : >"$tmp/base-first"
+    base=$(timed env KCFG="$kubeconfig" NS="$ns" OUT="$tmp/base-first" bash -c "seq $requests | xargs -P4 -I{} bash $tmp/job.sh {}")
+    base_first=$(python3 -c '
+import sys, statistics, datetime
+gaps = []
+for l in open(sys.argv[1]):
+    t0, ts = l.split()
+    gaps.append((datetime.datetime.fromisoformat(ts[:26] + "+00:00").timestamp() - float(t0)) * 1000)
+print(round(statistics.median(gaps)), round(max(gaps)))' "$tmp/base-first")
+    lk() { jq -r ".lifecycle.$1 * 10 | round / 10" "$tmp/k8s.json"; }
+    echo "the same $requests requests as Kubernetes Jobs (the local cluster, 4 at a time):"
+    printf '  %-44s %8ss  %sx the Docker pass\n' "codex-runner, kind = \"kubernetes\"" "$kube" "$(ratio "$kube" "$codex")"
+    printf '  %-44s %8ss\n' "kubectl create + wait + logs + delete" "$base"
+    printf '  %-44s %8s  %s ms per request over kubectl\n' "codex-runner at this floor" "$(ratio "$kube" "$base")x" \
+      "$(python3 -c "print(round(($kube - $base) * 1000 / $requests))")"
+    printf '  %-44s %8s\n' "launch to first output, median/max ms" "${first/ //}"
+    printf '  %-44s %8s\n' "kubectl create to first line, median/max ms" "${base_first/ //}"
+    echo "  one Job through the API, median ms: objects $(lk create_ms), pod running $(lk start_ms)," \
+      "run $(lk run_ms), exit seen $(lk wait_ms), delete $(lk remove_ms)"
+    echo
+  fi
 fi
 
 # 2. History: one new request on a repository with H finished requests, in each layout.

@@ -198,9 +198,15 @@ fn on_kubernetes_requests_end_as_they_do_on_docker() {
         b"#!/bin/sh\necho one\nsleep 2\necho two\nsleep 2\necho three\n",
     );
     sh_chmod(&repo, "handlers/paced.sh");
+    // A line longer than the 16 KiB pieces the container log keeps it in.
+    repo.write(
+        "handlers/long.sh",
+        b"#!/bin/sh\nhead -c 40000 /dev/zero | tr '\\0' a\necho\necho next\n",
+    );
+    sh_chmod(&repo, "handlers/long.sh");
     append_index(
         &repo,
-        "  hog:\n    run: handlers/hog.py\n    image: codex-runner/python:3\n    limits:\n      memory: 48MiB\n  term:\n    run: handlers/term.sh\n    image: codex-runner/busybox:1\n  mute:\n    run: handlers/mute.sh\n    image: codex-runner/busybox:1\n  absent:\n    run: handlers/echo.sh\n    image: codex-runner/absent:1\n  paced:\n    run: handlers/paced.sh\n    image: codex-runner/busybox:1\n",
+        "  hog:\n    run: handlers/hog.py\n    image: codex-runner/python:3\n    limits:\n      memory: 48MiB\n  term:\n    run: handlers/term.sh\n    image: codex-runner/busybox:1\n  mute:\n    run: handlers/mute.sh\n    image: codex-runner/busybox:1\n  absent:\n    run: handlers/echo.sh\n    image: codex-runner/absent:1\n  paced:\n    run: handlers/paced.sh\n    image: codex-runner/busybox:1\n  long:\n    run: handlers/long.sh\n    image: codex-runner/busybox:1\n",
     );
     repo.merge_pr(&[
         (
@@ -219,6 +225,7 @@ fn on_kubernetes_requests_end_as_they_do_on_docker() {
         ("requests/polite.yaml", b"kind: term\ntimeout: 2s\n"),
         ("requests/mute.yaml", b"kind: mute\ntimeout: 2s\n"),
         ("requests/paced.yaml", b"kind: paced\n"),
+        ("requests/long.yaml", b"kind: long\n"),
         (
             "requests/absent.yaml",
             b"kind: absent\nparams: {message: x}\n",
@@ -290,6 +297,12 @@ fn on_kubernetes_requests_end_as_they_do_on_docker() {
     let gap = at("three") - at("two");
     assert!(gap >= 1800, "output was collected, not streamed: {gap}ms");
     assert!(at("two") > at("one"), "{log:#?}");
+
+    assert_eq!(
+        repo.output("long"),
+        ["a".repeat(40_000), "next".to_string()],
+        "one line, whole, without the log's own stamps"
+    );
 
     assert_eq!(states["hog"], "failed");
     let st = repo.status("hog");

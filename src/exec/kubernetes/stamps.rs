@@ -5,6 +5,9 @@
 
 /// Longest time prefix looked for (`2026-12-03T10:56:08.123456789Z ` is 31).
 const MAX_STAMP: usize = 40;
+/// A longer line reaches the log in pieces of this size, each with a stamp of its own and
+/// no newline between them (Docker's json-file and the CRI runtimes both cut at 16 KiB).
+const PIECE: usize = 16 * 1024;
 
 /// Splits stamps off a stamped log stream.
 #[derive(Debug, Default)]
@@ -15,6 +18,10 @@ pub struct Stamps {
     in_text: bool,
     /// The current line is being dropped.
     dropping: bool,
+    /// Bytes of the current piece's text.
+    piece: usize,
+    /// The stamp being read is a long line's next piece, not a new line's.
+    continued: bool,
     /// Lines stamped at or before this (Unix nanoseconds) are dropped.
     after: Option<i128>,
     /// The stamp of the last line that began.
@@ -52,26 +59,41 @@ impl Stamps {
                     }
                     Some(_) => {
                         // A line with no stamp at all: kept as it is.
-                        self.head.clear();
+                        let head = std::mem::take(&mut self.head);
                         self.in_text = true;
-                        self.dropping = false;
+                        if !self.continued {
+                            self.dropping = false;
+                        }
+                        if !self.dropping {
+                            out(&head);
+                        }
+                        self.piece = head.len();
                     }
                     None => {
                         self.head.extend_from_slice(chunk);
                         if self.head.len() > MAX_STAMP {
                             let text = std::mem::take(&mut self.head);
                             self.in_text = true;
-                            self.dropping = false;
-                            out(&text);
+                            if !self.continued {
+                                self.dropping = false;
+                            }
+                            if !self.dropping {
+                                out(&text);
+                            }
+                            self.piece = text.len();
                         }
                         return;
                     }
                 }
                 continue;
             }
-            let end = chunk.iter().position(|b| *b == b'\n');
+            let room = PIECE - self.piece;
+            let end = chunk[..chunk.len().min(room + 1)]
+                .iter()
+                .position(|b| *b == b'\n');
             let (text, rest) = match end {
                 Some(i) => (&chunk[..=i], &chunk[i + 1..]),
+                None if chunk.len() >= room => (&chunk[..room], &chunk[room..]),
                 None => (chunk, &chunk[chunk.len()..]),
             };
             if !self.dropping {
@@ -80,6 +102,16 @@ impl Stamps {
             if end.is_some() {
                 self.in_text = false;
                 self.dropping = false;
+                self.continued = false;
+                self.piece = 0;
+            } else {
+                self.piece += text.len();
+                if self.piece == PIECE {
+                    // A full piece: the next one begins with a stamp of its own.
+                    self.in_text = false;
+                    self.continued = true;
+                    self.piece = 0;
+                }
             }
             chunk = rest;
         }
@@ -92,6 +124,8 @@ impl Stamps {
             time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
         });
         match stamp {
+            // The next piece of a long line: kept or dropped with its line.
+            Some(_) if self.continued => {}
             Some(t) => {
                 let ns = t.unix_timestamp_nanos();
                 self.dropping = self.after.is_some_and(|a| ns <= a);
@@ -99,9 +133,14 @@ impl Stamps {
             }
             None => {
                 // Not a stamp: the line's own text.
-                self.dropping = false;
-                out(&head);
-                out(b" ");
+                if !self.continued {
+                    self.dropping = false;
+                }
+                if !self.dropping {
+                    out(&head);
+                    out(b" ");
+                }
+                self.piece = head.len() + 1;
             }
         }
     }
@@ -143,6 +182,35 @@ mod tests {
         let mut s = Stamps::after(Some(at));
         let log = b"2026-12-03T10:00:00Z old\n2026-12-03T10:00:01.5Z also old\n2026-12-03T10:00:01.500000001Z new\n";
         assert_eq!(run(&mut s, &[log]), "new\n");
+    }
+
+    #[test]
+    fn a_long_line_comes_whole_though_each_piece_has_a_stamp() {
+        let mut log = Vec::new();
+        let line = "x".repeat(40_000);
+        for (i, piece) in line.as_bytes().chunks(PIECE).enumerate() {
+            log.extend_from_slice(format!("2026-12-03T10:00:0{i}.5Z ").as_bytes());
+            log.extend_from_slice(piece);
+        }
+        log.extend_from_slice(b"\n2026-12-03T10:00:09Z next\n");
+        for cut in [1, 100, PIECE, PIECE + 10, 2 * PIECE + 31, log.len() - 3] {
+            let mut s = Stamps::default();
+            let (a, b) = log.split_at(cut);
+            assert_eq!(
+                run(&mut s, &[a, b]),
+                format!("{line}\nnext\n"),
+                "cut at {cut}"
+            );
+        }
+        // Dropped whole, with all its pieces, when it was read before.
+        let at = time::macros::datetime!(2026-12-03 10:00:00.5 UTC).unix_timestamp_nanos();
+        let mut s = Stamps::after(Some(at));
+        assert_eq!(run(&mut s, &[&log]), "next\n");
+        // A line of exactly one piece, its newline a piece of its own.
+        let mut s = Stamps::default();
+        let exact = "y".repeat(PIECE);
+        let log = format!("2026-12-03T10:00:00Z {exact}2026-12-03T10:00:00.1Z \n");
+        assert_eq!(run(&mut s, &[log.as_bytes()]), format!("{exact}\n"));
     }
 
     #[test]
