@@ -198,7 +198,8 @@ fn log_filter(flag: Option<&str>) -> Result<tracing_subscriber::EnvFilter, Strin
         (Some(f), _, _) => (f.to_string(), "--log"),
         (None, Some(c), _) => (c, "CODEX_LOG"),
         (None, None, Some(r)) => (r, "RUST_LOG"),
-        (None, None, None) => ("info".to_string(), "the default"),
+        // kube's client logs each failed request itself; the runner says what failed, once.
+        (None, None, None) => ("info,kube_client=off".to_string(), "the default"),
     };
     tracing_subscriber::EnvFilter::try_new(&text).map_err(|e| {
         format!("{from} `{text}` is not a log filter (e.g. info, codex_runner=debug): {e}")

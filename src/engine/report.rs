@@ -78,8 +78,9 @@ pub enum DispatchError {
     /// The git remote failed (fetch or push, after retries).
     #[error("git failed: {0:#}")]
     Git(anyhow::Error),
-    /// The Docker engine failed; unfinished requests run in a later pass.
-    #[error("docker failed: {0:#}")]
+    /// The executor (the Docker engine, the Kubernetes API server) failed; unfinished
+    /// requests run in a later pass.
+    #[error("the executor failed: {0:#}")]
     Docker(anyhow::Error),
     /// Anything else (state directory, I/O).
     #[error("{0:#}")]

@@ -188,7 +188,7 @@ fn a_docker_engine_dying_mid_handler_loses_nothing_and_the_request_runs_again() 
         first.stderr
     );
     assert!(
-        first.stderr.contains("docker failed") && first.stderr.contains("slow-1"),
+        first.stderr.contains("the executor failed") && first.stderr.contains("slow-1"),
         "a clear error naming the request:\n{}",
         first.stderr
     );

@@ -5,7 +5,9 @@
 //! killed while its Job runs, Jobs a dead runner left.
 
 use crate::common::{docker, ms, Repo};
-use crate::dispatch::{append_index, assert_lines, isolation_probe_in, sh_chmod, HARDENED};
+use crate::dispatch::{
+    add_stubborn_handlers, append_index, assert_lines, isolation_probe_in, sh_chmod, HARDENED,
+};
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -181,18 +183,7 @@ fn wait_until_running(cluster: &Cluster, id: &str, child: &mut std::process::Chi
 fn on_kubernetes_requests_end_as_they_do_on_docker() {
     let cluster = Cluster::new("outcomes");
     let mut repo = Repo::new("t-k8s-outcomes");
-    repo.write("handlers/hog.py", b"#!/usr/bin/env python3\nprint('allocating', flush=True)\nx = bytearray(b'x') * (512 << 20)\nprint('survived', len(x))\n");
-    sh_chmod(&repo, "handlers/hog.py");
-    repo.write(
-        "handlers/term.sh",
-        b"#!/bin/sh\ntrap 'echo \"got SIGTERM, cleaning up\"; exit 143' TERM\necho working\nsleep 60 &\nwait $!\n",
-    );
-    sh_chmod(&repo, "handlers/term.sh");
-    repo.write(
-        "handlers/mute.sh",
-        b"#!/bin/sh\necho going quiet\nexec >/dev/null 2>&1\nsleep 60\n",
-    );
-    sh_chmod(&repo, "handlers/mute.sh");
+    add_stubborn_handlers(&repo);
     repo.write(
         "handlers/paced.sh",
         b"#!/bin/sh\necho one\nsleep 2\necho two\nsleep 2\necho three\n",
@@ -206,7 +197,7 @@ fn on_kubernetes_requests_end_as_they_do_on_docker() {
     sh_chmod(&repo, "handlers/long.sh");
     append_index(
         &repo,
-        "  hog:\n    run: handlers/hog.py\n    image: codex-runner/python:3\n    limits:\n      memory: 48MiB\n  term:\n    run: handlers/term.sh\n    image: codex-runner/busybox:1\n  mute:\n    run: handlers/mute.sh\n    image: codex-runner/busybox:1\n  absent:\n    run: handlers/echo.sh\n    image: codex-runner/absent:1\n  paced:\n    run: handlers/paced.sh\n    image: codex-runner/busybox:1\n  long:\n    run: handlers/long.sh\n    image: codex-runner/busybox:1\n",
+        "  absent:\n    run: handlers/echo.sh\n    image: codex-runner/absent:1\n  paced:\n    run: handlers/paced.sh\n    image: codex-runner/busybox:1\n  long:\n    run: handlers/long.sh\n    image: codex-runner/busybox:1\n",
     );
     repo.merge_pr(&[
         (

@@ -8,45 +8,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::AsyncReadExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Pod, Secret};
 use k8s_openapi::api::node::v1::RuntimeClass;
-use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 mod ending;
+mod follow;
 pub mod job;
 pub mod payload;
 pub mod settings;
 mod stamps;
+mod start;
 
 pub use settings::{KubernetesConfig, KubernetesFile};
 
-use super::lines::LineSplitter;
 use super::{
     owner_is_alive, us_since, Cancel, ContainerSpec, ExecError, Executor, Fate, OutputEvent,
-    Phases, Resume, RunOutcome, Stream,
+    Phases, Resume, RunOutcome,
 };
-use ending::{Ended, Ending};
-use job::{job_name, label_value, Objects, CONTAINER, JOB, MANAGED, NAME, OWNER, RUNNER};
-use stamps::Stamps;
-
-/// Waiting reasons of a pod's container that mean its image will not come.
-const IMAGE_ERRORS: &[&str] = &[
-    "ErrImageNeverPull",
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "ImageInspectError",
-    "RegistryUnavailable",
-];
-/// Waiting reasons that mean the container cannot be made at all.
-const CONTAINER_ERRORS: &[&str] = &[
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "RunContainerError",
-];
+use job::{job_name, label_value, CONTAINER, JOB, MANAGED, NAME, OWNER, RUNNER};
+use start::Start;
 
 /// What the runner does in its namespace: (API group, resource, verbs). The Role in
 /// docs/kubernetes/rbac.yaml grants exactly this; `verify` checks it.
@@ -72,16 +55,6 @@ pub struct KubernetesExecutor {
     client: kube::Client,
     namespace: String,
     cfg: Arc<KubernetesConfig>,
-}
-
-/// How waiting for a Job's pod to start ended.
-enum Start {
-    /// Its pod runs (or already ran): its name.
-    Pod(String),
-    /// It cannot start: why.
-    Unstartable(ExecError),
-    /// The runner is stopping.
-    Cancelled,
 }
 
 fn api_code(e: &kube::Error) -> Option<u16> {
@@ -218,63 +191,6 @@ impl KubernetesExecutor {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// Create the objects: files and secrets first, then the Job, then make the Job their
-    /// owner. Objects of the same names are a dead run's: removed first.
-    async fn create(&self, o: &Objects) -> anyhow::Result<Job> {
-        match self.create_once(o).await {
-            Err(e) if e.downcast_ref::<kube::Error>().and_then(api_code) == Some(409) => {
-                let name = o.job.metadata.name.clone().unwrap_or_default();
-                tracing::warn!(job = %name, "a Job of this name is left from an earlier run: replacing it");
-                self.purge(&name).await;
-                self.gone(&name, Duration::from_secs(120)).await?;
-                self.create_once(o).await
-            }
-            other => other,
-        }
-    }
-
-    async fn create_once(&self, o: &Objects) -> anyhow::Result<Job> {
-        let pp = PostParams::default();
-        let name = o.job.metadata.name.clone().unwrap_or_default();
-        for cm in &o.config_maps {
-            self.config_maps().create(&pp, cm).await?;
-        }
-        if let Some(s) = &o.secret {
-            self.secrets().create(&pp, s).await?;
-        }
-        let job = self.jobs().create(&pp, &o.job).await?;
-        let owner = serde_json::json!({ "metadata": { "ownerReferences": [{
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "name": name,
-            "uid": job.metadata.uid,
-        }]}});
-        let patch = Patch::Merge(&owner);
-        let pp = PatchParams::default();
-        let owned = futures_util::future::join_all(
-            o.config_maps
-                .iter()
-                .filter_map(|c| c.metadata.name.clone())
-                .map(|n| {
-                    let api = self.config_maps();
-                    let patch = &patch;
-                    let pp = &pp;
-                    async move { api.patch(&n, pp, patch).await.map(|_| ()) }
-                }),
-        )
-        .await;
-        for r in owned {
-            r.context("failed to make the Job the owner of its files")?;
-        }
-        if let Some(n) = o.secret.as_ref().and_then(|s| s.metadata.name.clone()) {
-            self.secrets()
-                .patch(&n, &pp, &patch)
-                .await
-                .context("failed to make the Job the owner of its secrets")?;
-        }
-        Ok(job)
-    }
-
     /// Delete Job `job` (its pod gets its grace period) and the files and secrets made for it.
     async fn purge(&self, job: &str) {
         self.delete_job(job).await;
@@ -332,227 +248,43 @@ impl KubernetesExecutor {
         Ok(pods.pop())
     }
 
-    /// Wait for Job `job`'s pod to start, at most the start timeout.
-    async fn await_start(&self, job: &str, cancel: &mut Cancel<'_>) -> anyhow::Result<Start> {
-        let started = tokio::time::Instant::now();
-        let until = started + self.cfg.start_timeout;
-        let mut last = String::from("no pod was made");
-        loop {
-            if let Some(pod) = self.pod_of(job).await? {
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                let status = pod.status.clone().unwrap_or_default();
-                let handler = handler_status(&pod);
-                let state = handler.and_then(|c| c.state.clone()).unwrap_or_default();
-                if state.running.is_some() || state.terminated.is_some() {
-                    return Ok(Start::Pod(name));
-                }
-                if let Some(w) = state.waiting {
-                    let reason = w.reason.unwrap_or_default();
-                    let message = w.message.unwrap_or_default();
-                    let why = format!("{reason}: {message}");
-                    if IMAGE_ERRORS.contains(&reason.as_str()) {
-                        return Ok(Start::Unstartable(ExecError::ImageUnavailable(format!(
-                            "the cluster cannot run image `{}` ({})",
-                            handler.map(|c| c.image.as_str()).unwrap_or(""),
-                            why.trim_end_matches([':', ' '])
-                        ))));
-                    }
-                    if CONTAINER_ERRORS.contains(&reason.as_str()) {
-                        return Ok(Start::Unstartable(ExecError::Unstartable(format!(
-                            "the cluster could not start the handler's container ({})",
-                            why.trim_end_matches([':', ' '])
-                        ))));
-                    }
-                    last = format!("its container waits: {}", why.trim_end_matches([':', ' ']));
-                }
-                if status.phase.as_deref() == Some("Failed") {
-                    return Ok(Start::Unstartable(ExecError::Unstartable(format!(
-                        "its pod failed before the handler started ({}: {})",
-                        status.reason.unwrap_or_default(),
-                        status.message.unwrap_or_default()
-                    ))));
-                }
-                if let Some(c) = status
-                    .conditions
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-                {
-                    last = format!(
-                        "its pod is not scheduled: {}",
-                        c.message.or(c.reason).unwrap_or_default()
-                    );
-                }
-            } else if let Some(why) = self.job_failed(job).await? {
-                return Ok(Start::Unstartable(ExecError::Unstartable(format!(
-                    "the Job failed before its pod started: {why}"
-                ))));
-            }
-            if tokio::time::Instant::now() >= until {
-                return Ok(Start::Unstartable(ExecError::Unstartable(format!(
-                    "the handler's pod did not start within {} (executor.kubernetes.start_timeout): {last}",
-                    crate::contract::units::format_duration(self.cfg.start_timeout)
-                ))));
-            }
-            // Quick at first: most pods start within a second or two.
-            let pause = if started.elapsed() < Duration::from_secs(3) {
-                Duration::from_millis(100)
-            } else {
-                Duration::from_millis(500)
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = &mut *cancel => return Ok(Start::Cancelled),
-            }
-        }
-    }
-
-    /// Why Job `job` failed, if it did (`DeadlineExceeded: …`); an absent Job is an error.
-    async fn job_failed(&self, job: &str) -> anyhow::Result<Option<String>> {
-        let Some(j) = self.jobs().get_opt(job).await? else {
-            anyhow::bail!("Job {job} was deleted by someone else");
-        };
-        Ok(failed_condition(&j))
-    }
-
-    /// Read pod `pod`'s log from after `after` (Unix nanoseconds) until its handler ends,
-    /// enforcing the deadline and `cancel`; then read how it ended.
-    #[allow(clippy::too_many_arguments)]
-    async fn follow(
+    /// Delete `runner`'s objects in `api` whose Job does not exist and whose owner process
+    /// is dead (its Job was never made), except those of `live_jobs`.
+    async fn reap_strays<K>(
         &self,
-        job: &str,
-        pod: &str,
-        after: Option<i128>,
-        ends_at: tokio::time::Instant,
-        grace: Duration,
-        cap: u64,
-        on_output: &mut (dyn FnMut(OutputEvent) + Send),
-        mut cancel: Cancel<'_>,
-    ) -> anyhow::Result<RunOutcome> {
-        let mut ending = Ending::watch(self.pods(), pod);
-        let mut lines = LineSplitter::new(cap);
-        let mut stamps = Stamps::after(after);
-        let mut outcome = RunOutcome::default();
-        let running = std::time::Instant::now();
-        let deadline = tokio::time::sleep_until(ends_at);
-        tokio::pin!(deadline);
-        let mut stopper: Option<tokio::task::JoinHandle<()>> = None;
-        let mut buf = vec![0u8; 64 << 10];
-        let mut emit = |lines: &mut LineSplitter, stamps: &mut Stamps, bytes: &[u8]| {
-            stamps.push(bytes, &mut |text| {
-                lines.push(Stream::Stdout, text, &mut |e| on_output(e))
-            });
-        };
-        'reading: loop {
-            let since = stamps.last.or(after);
-            let lp = LogParams {
-                container: Some(CONTAINER.into()),
-                follow: true,
-                timestamps: true,
-                since_seconds: since.map(since_seconds),
-                ..LogParams::default()
-            };
-            let stream = match self.pods().log_stream(pod, &lp).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::debug!(pod, error = %e, "no log stream");
-                    None
-                }
-            };
-            if let Some(stream) = stream {
-                // A reconnect must not repeat what was read.
-                stamps.reconnect();
-                tokio::pin!(stream);
-                loop {
-                    tokio::select! {
-                        n = stream.read(&mut buf) => match n {
-                            Ok(0) => break,
-                            Ok(n) => emit(&mut lines, &mut stamps, &buf[..n]),
-                            Err(e) => {
-                                tracing::warn!(pod, error = %e, "the pod's log stream broke");
-                                break;
-                            }
-                        },
-                        _ = &mut deadline, if stopper.is_none() => {
-                            outcome.timed_out = true;
-                            stopper = Some(self.stopper(job));
-                        }
-                        _ = &mut cancel, if stopper.is_none() => {
-                            outcome.cancelled = true;
-                            stopper = Some(self.stopper(job));
-                        }
-                        _ = ending.deleted(), if stopper.is_none() => {
-                            outcome.lost = Some(lost(pod));
-                            stopper = Some(self.stopper(job));
-                        }
-                    }
-                }
+        api: Api<K>,
+        runner: &str,
+        live_jobs: &[String],
+    ) -> anyhow::Result<()>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let selector = format!("{MANAGED}=true,{RUNNER}={}", label_value(runner));
+        let lp = ListParams::default().labels(&selector);
+        let items = api
+            .list(&lp)
+            .await
+            .with_context(|| format!("failed to list {}", K::plural(&())))?
+            .items;
+        for item in items {
+            let meta = item.meta();
+            let name = meta.name.clone().unwrap_or_default();
+            let job = meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(JOB).cloned())
+                .unwrap_or_default();
+            if live_jobs.contains(&job)
+                || owner_is_alive(annotation(meta, OWNER).as_deref())
+                || self.jobs().get_opt(&job).await?.is_some()
+            {
+                continue;
             }
-            // The stream ended: the handler is done, or the connection went; reconnect while
-            // it runs and this runner has not stopped it.
-            if stopper.is_some() {
-                break 'reading;
-            }
-            if ending.deleting() {
-                break 'reading;
-            }
-            if ending.now() != Ended::Running {
-                break 'reading;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                _ = &mut deadline => {
-                    outcome.timed_out = true;
-                    stopper = Some(self.stopper(job));
-                    break 'reading;
-                }
-                _ = &mut cancel => {
-                    outcome.cancelled = true;
-                    stopper = Some(self.stopper(job));
-                    break 'reading;
-                }
+            if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
+                tracing::warn!(object = %name, error = %e, "failed to delete a leftover");
             }
         }
-        if stopper.is_none() && ending.deleting() {
-            outcome.lost = Some(lost(pod));
-            stopper = Some(self.stopper(job));
-        }
-        lines.finish(&mut |e| on_output(e));
-        outcome.output_bytes = lines.seen;
-        outcome.truncated = lines.truncated;
-        outcome.phases.run = us_since(running);
-        let waiting = std::time::Instant::now();
-        // The exit code, as the kubelet reports it (a moment after the log ends).
-        let stopped = outcome.timed_out || outcome.cancelled;
-        let patience = if stopped {
-            grace + Duration::from_secs(10)
-        } else {
-            Duration::from_secs(30)
-        };
-        if let Ended::Exited { code, oom } = ending.wait(patience).await {
-            outcome.exit_code = Some(code);
-            outcome.oom_killed = oom;
-        }
-        if let Some(s) = stopper {
-            let _ = s.await;
-        }
-        // Ended by the Job's own deadline (a runner that was away too long).
-        if outcome.exit_code.is_none() && !stopped {
-            if let Ok(Some(j)) = self.jobs().get_opt(job).await {
-                outcome.timed_out =
-                    failed_condition(&j).is_some_and(|why| why.starts_with("DeadlineExceeded"));
-            }
-        }
-        outcome.phases.wait = us_since(waiting);
-        Ok(outcome)
-    }
-
-    /// Delete Job `job` in the background: its pod gets SIGTERM, the grace period, SIGKILL.
-    fn stopper(&self, job: &str) -> tokio::task::JoinHandle<()> {
-        tracing::info!(job, "stopping the handler: deleting its Job");
-        let this = self.clone();
-        let job = job.to_string();
-        tokio::spawn(async move { this.delete_job(&job).await })
+        Ok(())
     }
 
     /// Our Jobs, optionally of one runner.
@@ -568,17 +300,6 @@ impl KubernetesExecutor {
             .context("failed to list Jobs")?
             .items)
     }
-}
-
-/// Why a run whose pod someone else deleted has no result. The Job goes at once: Kubernetes
-/// 1.20's Job controller starts a new pod for one being deleted, and the handler must not run
-/// twice.
-fn lost(pod: &str) -> String {
-    tracing::warn!(
-        pod,
-        "the handler's pod is being deleted by someone else; deleting its Job"
-    );
-    "the handler's pod was deleted by someone else while it ran (its Job was deleted so that it does not run again)".into()
 }
 
 /// The handler container's status in `pod`.
@@ -610,14 +331,6 @@ fn failed_condition(j: &Job) -> Option<String> {
 
 fn annotation(meta: &kube::api::ObjectMeta, key: &str) -> Option<String> {
     meta.annotations.as_ref()?.get(key).cloned()
-}
-
-/// Seconds back from now to a time in Unix nanoseconds, rounded up and one more.
-fn since_seconds(ns: i128) -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128);
-    i64::try_from((now - ns).max(0) / 1_000_000_000 + 2).unwrap_or(i64::MAX)
 }
 
 #[async_trait::async_trait]
@@ -777,56 +490,9 @@ impl Executor for KubernetesExecutor {
             reaped.push(name);
         }
         // Files and secrets whose Job was never made (the runner died in between).
-        let selector = format!("{MANAGED}=true,{RUNNER}={}", label_value(runner));
-        let lp = ListParams::default().labels(&selector);
-        let mut stray: Vec<(String, Option<String>, Option<String>)> = Vec::new();
-        for cm in self
-            .config_maps()
-            .list(&lp)
-            .await
-            .context("failed to list ConfigMaps")?
-            .items
-        {
-            let m = cm.metadata;
-            stray.push((
-                m.name.clone().unwrap_or_default(),
-                m.labels.and_then(|l| l.get(JOB).cloned()),
-                m.annotations.and_then(|a| a.get(OWNER).cloned()),
-            ));
-        }
-        let cms = stray.len();
-        for s in self
-            .secrets()
-            .list(&lp)
-            .await
-            .context("failed to list Secrets")?
-            .items
-        {
-            let m = s.metadata;
-            stray.push((
-                m.name.clone().unwrap_or_default(),
-                m.labels.and_then(|l| l.get(JOB).cloned()),
-                m.annotations.and_then(|a| a.get(OWNER).cloned()),
-            ));
-        }
-        for (i, (name, job, owner)) in stray.into_iter().enumerate() {
-            let job = job.unwrap_or_default();
-            if live_jobs.contains(&job) || owner_is_alive(owner.as_deref()) {
-                continue;
-            }
-            if self.jobs().get_opt(&job).await?.is_some() {
-                continue;
-            }
-            let dp = DeleteParams::default();
-            let r = if i < cms {
-                self.config_maps().delete(&name, &dp).await.map(|_| ())
-            } else {
-                self.secrets().delete(&name, &dp).await.map(|_| ())
-            };
-            if let Err(e) = r {
-                tracing::warn!(object = %name, error = %e, "failed to delete a leftover");
-            }
-        }
+        self.reap_strays(self.config_maps(), runner, &live_jobs)
+            .await?;
+        self.reap_strays(self.secrets(), runner, &live_jobs).await?;
         Ok(reaped)
     }
 
