@@ -58,7 +58,18 @@ pub async fn run(a: SelftestArgs) -> i32 {
             })
             .map_err(|e| anyhow::anyhow!("{e:#}")),
     );
-    check("docker", docker().await);
+    let kubernetes = match &host {
+        Ok(Some(h)) => match &h.executor {
+            crate::config::ExecutorConfig::Kubernetes(k) => Some(k.clone()),
+            crate::config::ExecutorConfig::Docker => None,
+        },
+        _ => None,
+    };
+    match kubernetes {
+        // Handlers run in a cluster: this host may well have no Docker at all.
+        Some(k) => check("kubernetes", cluster(&k).await),
+        None => check("docker", docker().await),
+    }
     check("git", git_roundtrip());
     check("state dir", state(&state_dir).await);
     if failed == 0 {
@@ -91,6 +102,15 @@ async fn docker() -> anyhow::Result<String> {
         )
     };
     Ok(format!("engine {version}; {images}"))
+}
+
+/// The API server answers and the runner may do all it needs in its namespace.
+async fn cluster(config: &crate::exec::kubernetes::KubernetesConfig) -> anyhow::Result<String> {
+    let c = crate::exec::KubernetesExecutor::connect(config).await?;
+    c.access()
+        .await
+        .map(|about| format!("{about}; the runner may do all it needs there"))
+        .map_err(anyhow::Error::msg)
 }
 
 fn git_roundtrip() -> anyhow::Result<String> {

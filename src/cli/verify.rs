@@ -411,17 +411,7 @@ async fn kubernetes(
     let cluster = crate::exec::KubernetesExecutor::connect(config)
         .await
         .map_err(|e| format!("{e:#}"))?;
-    let about = cluster.describe().await.map_err(|e| format!("{e:#}"))?;
-    let missing = cluster
-        .missing_permissions()
-        .await
-        .map_err(|e| format!("{about}; {e:#}"))?;
-    if !missing.is_empty() {
-        return Err(format!(
-            "{about}; the runner may not: {} (grant the Role in docs/kubernetes/rbac.yaml)",
-            missing.join(", ")
-        ));
-    }
+    let about = cluster.access().await?;
     crate::exec::check_runtimes(&cluster, runtimes)
         .await
         .map_err(|e| format!("{about}; {e:#}"))?;

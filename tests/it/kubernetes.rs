@@ -671,6 +671,26 @@ fn the_documented_role_is_all_the_runner_needs_and_verify_names_what_is_missing(
         "{line}"
     );
 
+    // selftest checks the cluster instead of Docker (a runner in a pod has no Docker).
+    let selftest = |config: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_codex-runner"))
+            .args(["selftest", "--config", config])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = selftest(&good);
+    assert!(
+        out.lines().any(|l| l.starts_with("ok   kubernetes: v1.20")) && !out.contains("docker"),
+        "{out}"
+    );
+    let out = selftest(&bad);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL kubernetes:") && l.contains("may not: create secrets")),
+        "{out}"
+    );
+
     // Requests run end to end with nothing but the documented Role, a refused one included
     // (its Job is deleted with its files at once).
     repo.add_handler(

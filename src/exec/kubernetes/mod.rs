@@ -170,6 +170,20 @@ impl KubernetesExecutor {
         }))
     }
 
+    /// The server's version and the namespace, once the runner may do all it needs there;
+    /// else what it may not, in the operator's terms.
+    pub async fn access(&self) -> Result<String, String> {
+        let about = self.describe().await.map_err(|e| format!("{e:#}"))?;
+        match self.missing_permissions().await {
+            Ok(missing) if missing.is_empty() => Ok(about),
+            Ok(missing) => Err(format!(
+                "{about}; the runner may not: {} (grant the Role in docs/kubernetes/rbac.yaml)",
+                missing.join(", ")
+            )),
+            Err(e) => Err(format!("{about}; {e:#}")),
+        }
+    }
+
     /// The namespace the Jobs go to.
     pub fn namespace(&self) -> &str {
         &self.namespace
