@@ -176,7 +176,9 @@ find "$STATE/cni" -mindepth 1 ! -path "$CNI_CONF" -exec rm -rf {} +
 echo '{"cniVersion": "0.4.0", "name": "loopback-only", "type": "loopback"}' > "$CNI_CONF.tmp"
 mv -f "$CNI_CONF.tmp" "$CNI_CONF"
 # kubelet: dockershim, cgroupfs, CNI loopback-only network (above), no iptables chains,
-# image GC effectively off (it would otherwise delete unused images that are not ours).
+# image GC effectively off (it would otherwise delete unused images that are not ours), and the
+# API rate limits kubelets have by default since 1.27 (50/100; 1.20's 5/10 held pod status
+# updates back by seconds once a few dozen pods had come and gone).
 start kubelet "$BIN/kubelet" --kubeconfig="$STATE/kubelet.kubeconfig" \
   --container-runtime=docker --docker-endpoint=unix:///var/run/docker.sock \
   --cgroup-driver=cgroupfs --pod-infra-container-image=k8s.gcr.io/pause:3.2 \
@@ -194,7 +196,8 @@ start kubelet "$BIN/kubelet" --kubeconfig="$STATE/kubelet.kubeconfig" \
   --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
   --eviction-hard='memory.available<100Mi,nodefs.available<2%,imagefs.available<2%' \
   --cluster-domain=cluster.local --resolv-conf=/etc/resolv.conf \
-  --rotate-certificates=false --oom-score-adj=$OOM_ADJ
+  --rotate-certificates=false --oom-score-adj=$OOM_ADJ \
+  --kube-api-qps=50 --kube-api-burst=100
 wait_for kube-controller-manager 60 curl -fsSk https://127.0.0.1:10257/healthz
 wait_for kube-scheduler 60 curl -fsSk https://127.0.0.1:10259/healthz
 wait_for kubelet 60 curl -fsS http://127.0.0.1:10248/healthz

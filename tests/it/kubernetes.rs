@@ -782,3 +782,35 @@ fn a_pod_deleted_under_a_running_handler_fails_its_request_and_is_not_started_ag
     assert_eq!(started, 1, "the handler started again");
     cluster.assert_nothing_left();
 }
+
+#[test]
+fn a_pod_no_node_takes_fails_its_request_at_the_start_timeout_with_the_schedulers_word() {
+    let cluster = Cluster::new("unschedulable");
+    let mut repo = Repo::new("t-k8s-unschedulable");
+    repo.merge_pr(&[(
+        "requests/nowhere.yaml",
+        b"kind: echo\nparams: {message: never}\n",
+    )]);
+    // No node carries this label: the pod stays Pending, unscheduled.
+    let config = cluster.write_config(&repo, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "start_timeout = \"60s\"",
+        "start_timeout = \"3s\"\nnode_selector = { \"codex-runner.io/test\" = \"nowhere\" }",
+    );
+    std::fs::write(&config, text).unwrap();
+    let t = Instant::now();
+    let pass = repo.dispatch(&["--config", &config]).ok();
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    assert_eq!(pass.states()["nowhere"], "rejected", "{}", pass.stderr);
+    let reason = repo.status("nowhere")["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("did not start within 3s")
+            && reason.contains("start_timeout")
+            && reason.contains("not scheduled: 0/1 nodes are available"),
+        "{reason}"
+    );
+    cluster.assert_nothing_left();
+}

@@ -130,7 +130,7 @@ impl KubernetesExecutor {
                             why.trim_end_matches([':', ' '])
                         ))));
                     }
-                    last = format!("its container waits: {}", why.trim_end_matches([':', ' ']));
+                    last = format!("its container is waiting: {}", why.trim_end_matches([':', ' ']));
                 }
                 if status.phase.as_deref() == Some("Failed") {
                     return Ok(Start::Unstartable(ExecError::Unstartable(format!(
@@ -146,7 +146,7 @@ impl KubernetesExecutor {
                     .find(|c| c.type_ == "PodScheduled" && c.status == "False")
                 {
                     last = format!(
-                        "its pod is not scheduled: {}",
+                        "not scheduled: {}",
                         c.message.or(c.reason).unwrap_or_default()
                     );
                 }
