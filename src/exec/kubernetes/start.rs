@@ -130,7 +130,10 @@ impl KubernetesExecutor {
                             why.trim_end_matches([':', ' '])
                         ))));
                     }
-                    last = format!("its container is waiting: {}", why.trim_end_matches([':', ' ']));
+                    last = format!(
+                        "its container is waiting: {}",
+                        why.trim_end_matches([':', ' '])
+                    );
                 }
                 if status.phase.as_deref() == Some("Failed") {
                     return Ok(Start::Unstartable(ExecError::Unstartable(format!(
