@@ -110,7 +110,7 @@ pub(crate) fn decide(
             return Recovery::Busy
         }
         (Fate::Exited { exit_code, .. }, Phase::EngineLost) if *exit_code != Some(0) => format!(
-            "the Docker engine failed while attempt {} ran (exit code {})",
+            "the container engine failed while attempt {} ran (exit code {})",
             record.attempt,
             exit_code.map_or("unknown".into(), |c| c.to_string())
         ),

@@ -142,32 +142,7 @@ fn failing_timed_out_and_oom_handlers_are_recorded_as_such() {
         .output("boom")
         .contains(&"failing on purpose with exit code 3".to_string()));
 
-    assert_eq!(states["slow"], "timed_out");
-    let st = repo.status("slow");
-    assert_eq!(st["reason"], "timeout after 2s");
-    let took = st["duration_ms"].as_u64().unwrap();
-    assert!(
-        (2000..20_000).contains(&took),
-        "stopped after the timeout and grace, not the 60s sleep: {took}ms"
-    );
-    assert!(
-        repo.output("slow").contains(&"sleeping 60s".to_string()),
-        "output before the timeout is kept"
-    );
-
-    // SIGTERM reaches the handler first; it may clean up within the grace period.
-    assert_eq!(states["polite"], "timed_out");
-    assert!(
-        repo.output("polite")
-            .contains(&"got SIGTERM, cleaning up".to_string()),
-        "{:?}",
-        repo.output("polite")
-    );
-    assert_eq!(repo.status("polite")["exit_code"], 143);
-
-    // Closing its output does not let a handler outlive its timeout.
-    assert_eq!(states["mute"], "timed_out");
-    assert!(repo.status("mute")["duration_ms"].as_u64().unwrap() < 20_000);
+    assert_stopped_at_their_timeout(&repo, &states);
 
     // Output is written as it arrives: the lines around a 2 s sleep are 2 s apart in the log.
     let log = repo.log("paced");
@@ -488,6 +463,40 @@ fn an_unpullable_image_or_a_handler_beyond_host_limits_rejects_the_request() {
     );
     assert!(!repo.log("ghost").iter().any(|e| e["event"] == "started"));
     repo.assert_no_containers();
+}
+
+/// `slow` (echo sleeping 60 s), `polite` (term) and `mute` (mute), each with a 2 s timeout and
+/// a 2 s grace, ended as a timeout: stopped soon after it, output so far kept, SIGTERM first.
+pub(crate) fn assert_stopped_at_their_timeout(
+    repo: &Repo,
+    states: &std::collections::BTreeMap<String, String>,
+) {
+    assert_eq!(states["slow"], "timed_out");
+    let st = repo.status("slow");
+    assert_eq!(st["reason"], "timeout after 2s");
+    let took = st["duration_ms"].as_u64().unwrap();
+    assert!(
+        (2000..20_000).contains(&took),
+        "stopped after the timeout and grace, not the 60s sleep: {took}ms"
+    );
+    assert!(
+        repo.output("slow").contains(&"sleeping 60s".to_string()),
+        "output before the timeout is kept"
+    );
+
+    // SIGTERM reaches the handler first; it may clean up within the grace period.
+    assert_eq!(states["polite"], "timed_out");
+    assert!(
+        repo.output("polite")
+            .contains(&"got SIGTERM, cleaning up".to_string()),
+        "{:?}",
+        repo.output("polite")
+    );
+    assert_eq!(repo.status("polite")["exit_code"], 143);
+
+    // Closing its output does not let a handler outlive its timeout.
+    assert_eq!(states["mute"], "timed_out");
+    assert!(repo.status("mute")["duration_ms"].as_u64().unwrap() < 20_000);
 }
 
 /// Handlers that end badly: `hog` (past its 48 MiB), `term` (cleans up on SIGTERM), `mute`

@@ -6,7 +6,8 @@
 
 use crate::common::{docker, ms, Repo};
 use crate::dispatch::{
-    add_stubborn_handlers, append_index, assert_lines, isolation_probe_in, sh_chmod, HARDENED,
+    add_stubborn_handlers, append_index, assert_lines, assert_stopped_at_their_timeout,
+    isolation_probe_in, sh_chmod, HARDENED,
 };
 
 use std::path::PathBuf;
@@ -247,33 +248,8 @@ fn on_kubernetes_requests_end_as_they_do_on_docker() {
         .output("boom")
         .contains(&"failing on purpose with exit code 3".to_string()));
 
-    let st = repo.status("slow");
-    assert_eq!(
-        states["slow"],
-        "timed_out",
-        "{st} {:?}\n{}",
-        repo.output("slow"),
-        pass.stderr
-    );
-    assert_eq!(st["reason"], "timeout after 2s");
-    let took = st["duration_ms"].as_u64().unwrap();
-    assert!(
-        (2000..20_000).contains(&took),
-        "stopped after the timeout and grace, not the 60s sleep: {took}ms"
-    );
-    assert!(repo.output("slow").contains(&"sleeping 60s".to_string()));
-
-    // SIGTERM reaches the handler first (the Job is deleted; its pod gets the grace period).
-    assert_eq!(states["polite"], "timed_out");
-    assert!(
-        repo.output("polite")
-            .contains(&"got SIGTERM, cleaning up".to_string()),
-        "{:?}",
-        repo.output("polite")
-    );
-    assert_eq!(repo.status("polite")["exit_code"], 143);
-    assert_eq!(states["mute"], "timed_out");
-    assert!(repo.status("mute")["duration_ms"].as_u64().unwrap() < 20_000);
+    // The Job is deleted; its pod gets SIGTERM, the grace period, SIGKILL.
+    assert_stopped_at_their_timeout(&repo, &states);
 
     // Streamed from the pod's log as written: lines 2 s apart in the pod are 2 s apart in the
     // run log (the first may wait for the log stream to open).
