@@ -398,31 +398,39 @@ fn secrets_reach_the_pod_through_a_secret_the_job_owns_and_never_its_spec() {
 }
 
 #[test]
-fn a_runner_killed_while_its_job_runs_follows_it_to_its_end_after_a_restart() {
+fn a_runner_killed_before_during_or_after_its_job_goes_on_from_there_exactly_once() {
     let cluster = Cluster::new("killed");
-    let mut repo = Repo::new("t-k8s-killed");
-    repo.add_handler(
-        "count",
-        "#!/bin/sh\nfor i in 1 2 3 4 5 6; do echo \"line $i\"; sleep 1; done\n",
-        "    image: codex-runner/busybox:1\n",
-    );
-    repo.merge_pr(&[("requests/count.yaml", b"kind: count\n")]);
-    let config = cluster.write_config(&repo, "");
-    // Killed (SIGKILL) right after the pod started.
-    let crashed = repo.dispatch_env(
-        &["--config", &config],
-        &[("CODEX_RUNNER_CRASH_AT", "running")],
-    );
-    assert_ne!(crashed.code, 0, "{}", crashed.stderr);
-    assert!(cluster.running("count") || !cluster.ours("jobs").is_empty());
-    std::thread::sleep(Duration::from_secs(2));
-    let pass = repo.dispatch(&["--config", &config]).ok();
-    assert_eq!(pass.states()["count"], "succeeded", "{}", pass.stderr);
-    let st = repo.status("count");
-    assert_eq!(st["attempt"], 1, "followed, not run again: {st}");
-    let out = repo.output("count");
-    let want: Vec<String> = (1..=6).map(|i| format!("line {i}")).collect();
-    assert_eq!(out, want, "every line once, in order");
+    // Before the Job exists; while its pod runs; after the handler exited, its outcome not yet
+    // recorded. Each time the next pass must end the request once, as attempt 1, with every
+    // line once and in order (each point has a runner, a repository and a request of its own).
+    for point in ["before-start", "running", "after-exit"] {
+        let mut repo = Repo::new(&format!("t-k8s-killed-{point}"));
+        repo.add_handler(
+            "count",
+            "#!/bin/sh\nfor i in 1 2 3 4 5 6; do echo \"line $i\"; sleep 0.5; done\n",
+            "    image: codex-runner/busybox:1\n",
+        );
+        repo.merge_pr(&[("requests/count.yaml", b"kind: count\n")]);
+        let config = cluster.write_config(&repo, "");
+        let crashed =
+            repo.dispatch_env(&["--config", &config], &[("CODEX_RUNNER_CRASH_AT", point)]);
+        assert_ne!(crashed.code, 0, "{point}: {}", crashed.stderr);
+        let pass = repo.dispatch(&["--config", &config]).ok();
+        assert_eq!(
+            pass.states()["count"],
+            "succeeded",
+            "{point}: {}",
+            pass.stderr
+        );
+        let st = repo.status("count");
+        assert_eq!(
+            st["attempt"], 1,
+            "{point}: followed or started, not run again: {st}"
+        );
+        let out = repo.output("count");
+        let want: Vec<String> = (1..=6).map(|i| format!("line {i}")).collect();
+        assert_eq!(out, want, "{point}: every line once, in order");
+    }
     cluster.assert_nothing_left();
 }
 
