@@ -263,6 +263,27 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_configuration_parses_as_documented() {
+        let doc = include_str!("../../../docs/kubernetes/README.md");
+        let toml: String = doc
+            .lines()
+            .skip_while(|l| *l != "```toml")
+            .skip(1)
+            .take_while(|l| *l != "```")
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let host = crate::config::HostConfig::parse(&toml).unwrap();
+        let crate::config::ExecutorConfig::Kubernetes(k) = host.executor else {
+            panic!("{toml}")
+        };
+        assert_eq!(k.namespace.as_deref(), Some("codex-runner"));
+        assert_eq!(k.start_timeout, Duration::from_secs(300));
+        assert_eq!(k.node_selector["kubernetes.io/os"], "linux");
+        assert_eq!(k.tolerations[0].key.as_deref(), Some("dedicated"));
+        assert_eq!(k.labels["team"], "infra");
+    }
+
+    #[test]
     fn label_syntax() {
         assert!(is_label_value("host-1.example_a"));
         assert!(!is_label_value("a/b"));
