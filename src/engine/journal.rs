@@ -86,7 +86,8 @@ pub(crate) enum Recovery {
 }
 
 /// Decide what becomes of `record`, given the container's fate. Pure: `boot` is this boot's
-/// id (`None` where runs outlive the host, as a cluster's Jobs do: any boot's are followed) and `alive` says whether an owner label names a live runner process.
+/// id (`None` where runs outlive the host, as a cluster's Jobs do: any boot's are followed)
+/// and `alive` says whether an owner label names a live runner process.
 pub(crate) fn decide(
     record: &AttemptRecord,
     fate: &Fate,

@@ -98,6 +98,19 @@ pub struct Phases {
     pub remove: u64,
 }
 
+impl RunOutcome {
+    /// This outcome, its run and wait phases measured while following, with the phases
+    /// before it (create, attach, start) from `setup`.
+    pub fn after_setup(mut self, setup: Phases) -> Self {
+        self.phases = Phases {
+            run: self.phases.run,
+            wait: self.phases.wait,
+            ..setup
+        };
+        self
+    }
+}
+
 /// Microseconds since `t`.
 pub fn us_since(t: std::time::Instant) -> u64 {
     u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)

@@ -9,6 +9,7 @@ use crate::dispatch::{
     add_stubborn_handlers, append_index, assert_lines, assert_stopped_at_their_timeout,
     isolation_probe_in, sh_chmod, HARDENED,
 };
+use crate::shutdown::{finish, signal, spawn_pass};
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -351,12 +352,7 @@ fn secrets_reach_the_pod_through_a_secret_the_job_owns_and_never_its_spec() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let child = repo
-        .dispatch_command(repo.origin.to_str().unwrap(), &["--config", &config])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_pass(&repo, &["--config", &config]);
     let job = cluster.wait_for_job("peek");
     let name = job["metadata"]["name"].as_str().unwrap().to_string();
     let text = job.to_string();
@@ -364,7 +360,7 @@ fn secrets_reach_the_pod_through_a_secret_the_job_owns_and_never_its_spec() {
         !text.contains(SECRET) && !text.contains(FILE_SECRET),
         "{text}"
     );
-    let pass = crate::common::Pass::from(child.wait_with_output().unwrap()).ok();
+    let pass = finish(child).0.ok();
     assert_eq!(pass.states()["peek"], "succeeded", "{}", pass.stderr);
     let out = repo.output("peek");
     assert_lines(
@@ -478,20 +474,12 @@ fn after_the_drain_timeout_the_job_is_deleted_and_the_request_recorded_cancelled
         b"kind: echo\nparams: {message: long, sleep: 120}\n",
     )]);
     let config = cluster.write_config(&repo, "[limits]\ngrace = \"1s\"\n");
-    let mut child = repo
-        .dispatch_command(
-            repo.origin.to_str().unwrap(),
-            &["--config", &config, "--drain-timeout", "1s"],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_pass(&repo, &["--config", &config, "--drain-timeout", "1s"]);
     wait_until_running(&cluster, "long", &mut child);
-    let t = Instant::now();
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let pass = crate::common::Pass::from(child.wait_with_output().unwrap()).ok();
-    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    signal(&child, libc::SIGTERM);
+    let (pass, took) = finish(child);
+    let pass = pass.ok();
+    assert!(took < Duration::from_secs(60), "{took:?}");
     assert_eq!(pass.states()["long"], "cancelled", "{}", pass.stderr);
     let status = repo.status("long");
     assert!(
@@ -723,12 +711,7 @@ fn a_pod_deleted_under_a_running_handler_fails_its_request_and_is_not_started_ag
     );
     repo.merge_pr(&[("requests/gone.yaml", b"kind: stubborn\n")]);
     let config = cluster.write_config(&repo, "[limits]\ngrace = \"5s\"\n");
-    let mut child = repo
-        .dispatch_command(repo.origin.to_str().unwrap(), &["--config", &config])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_pass(&repo, &["--config", &config]);
     wait_until_running(&cluster, "gone", &mut child);
     // Not in the very moment it starts: then the runner has not yet seen it run and taken
     // back its files (see docs/kubernetes/README.md).
@@ -745,7 +728,7 @@ fn a_pod_deleted_under_a_running_handler_fails_its_request_and_is_not_started_ag
         &format!("job-name={job}"),
         "--wait=false",
     ]);
-    let pass = crate::common::Pass::from(child.wait_with_output().unwrap()).ok();
+    let pass = finish(child).0.ok();
     assert_eq!(pass.states()["gone"], "failed", "{}", pass.stderr);
     let reason = repo.status("gone")["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("deleted by someone else"), "{reason}");

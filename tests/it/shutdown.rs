@@ -7,7 +7,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// Start `dispatch --once` for `repo` in the background.
-fn spawn_pass(repo: &Repo, extra: &[&str]) -> Child {
+pub(crate) fn spawn_pass(repo: &Repo, extra: &[&str]) -> Child {
     repo.dispatch_command(repo.origin.to_str().unwrap(), extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -25,12 +25,12 @@ fn wait_for_container(repo: &Repo, child: &mut Child) {
     }
 }
 
-fn signal(child: &Child, sig: i32) {
+pub(crate) fn signal(child: &Child, sig: i32) {
     let pid = i32::try_from(child.id()).unwrap();
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
 }
 
-fn finish(child: Child) -> (Pass, Duration) {
+pub(crate) fn finish(child: Child) -> (Pass, Duration) {
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
     (Pass::from(out), started.elapsed())

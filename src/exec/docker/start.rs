@@ -72,7 +72,7 @@ impl DockerExecutor {
             grace: spec.grace,
             cap: spec.output_cap,
         };
-        let mut outcome = self
+        let outcome = self
             .watch(
                 &watch,
                 output.map(|c| c.map(|c| (c, None))),
@@ -80,12 +80,7 @@ impl DockerExecutor {
                 cancel,
             )
             .await?;
-        outcome.phases = Phases {
-            run: outcome.phases.run,
-            wait: outcome.phases.wait,
-            ..phases
-        };
-        Ok(outcome)
+        Ok(outcome.after_setup(phases))
     }
 }
 

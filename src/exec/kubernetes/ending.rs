@@ -2,8 +2,6 @@
 //! container's terminated state a moment before a deleted pod disappears, so a runner that
 //! only asked after stopping it could miss the exit code. A watch sees every change.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -30,7 +28,6 @@ pub struct Ending {
     rx: watch::Receiver<Ended>,
     task: tokio::task::JoinHandle<()>,
     /// The pod was seen being deleted.
-    deleting: Arc<AtomicBool>,
     deleted_rx: watch::Receiver<bool>,
 }
 
@@ -53,12 +50,9 @@ impl Ending {
     pub fn watch(pods: Api<Pod>, name: &str) -> Ending {
         let (tx, rx) = watch::channel(Ended::Running);
         let name = name.to_string();
-        let deleting = Arc::new(AtomicBool::new(false));
-        let seen = deleting.clone();
         let (deleted_tx, deleted_rx) = watch::channel(false);
         let marked = move |p: &Pod| {
             if p.metadata.deletion_timestamp.is_some() {
-                seen.store(true, Ordering::Relaxed);
                 let _ = deleted_tx.send(true);
             }
         };
@@ -119,14 +113,13 @@ impl Ending {
         Ending {
             rx,
             task,
-            deleting,
             deleted_rx,
         }
     }
 
     /// Whether the pod was seen being deleted (or is gone).
     pub fn deleting(&self) -> bool {
-        self.deleting.load(Ordering::Relaxed) || self.now() == Ended::Gone
+        *self.deleted_rx.borrow() || self.now() == Ended::Gone
     }
 
     /// Completes when the pod is seen being deleted; never, if it is not.

@@ -408,7 +408,7 @@ impl Executor for KubernetesExecutor {
         self.delete_files(&job).await;
         on_started();
         let ends_at = tokio::time::Instant::now() + spec.timeout;
-        let mut outcome = self
+        let outcome = self
             .follow(
                 &job,
                 &pod,
@@ -420,12 +420,7 @@ impl Executor for KubernetesExecutor {
                 cancel,
             )
             .await?;
-        outcome.phases = Phases {
-            run: outcome.phases.run,
-            wait: outcome.phases.wait,
-            ..phases
-        };
-        Ok(outcome)
+        Ok(outcome.after_setup(phases))
     }
 
     /// Output the kubelet stamped after `after_ms` is read from the pod's log, then followed.
